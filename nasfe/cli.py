@@ -1,0 +1,90 @@
+"""``nasfe <command>``: thin argument parsing; each command lives in the module that does the work.
+
+Every command module exposes ``add_arguments(parser)`` and ``main(args) -> int`` (or
+``add_<command>_arguments`` and ``<command>_main``); they are
+imported only when their command runs, so ``nasfe --help`` stays fast and a command never pays
+for another's imports (Ray, W&B, onnxruntime).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Optional, Sequence
+
+#: command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "testsets": ("nasfe.data.testsets", "build Test-B/N/L/BN/BNL (Table 4) from a face folder"),
+    "search": ("nasfe.distributed.search_job", "architecture search on Ray Train (then retrain and evaluate)"),
+    "retrain": ("nasfe.distributed.retrain_job", "retrain a derived genotype on Ray Train"),
+    "sweep": ("nasfe.distributed.sweep_job", "hyperparameter sweep with Ray Tune + Optuna + ASHA"),
+    "compare": ("nasfe.evaluate.compare", "compare derived architectures (table, diff, cell graphs)"),
+    "evaluate": ("nasfe.evaluate.evaluate_cmd", "PSNR/SSIM/recognition of a trained model on test sets"),
+    "restore": ("nasfe.evaluate.restore", "restore your own photos with a trained model"),
+    "export": ("nasfe.evaluate.export", "export a derived network to ONNX and TorchScript"),
+    "ablation": ("nasfe.evaluate.ablation", "train and evaluate Table 6's ablation rows"),
+}
+
+
+class CommandError(Exception):
+    """A user-facing error: printed as one line, exit status 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-parser per available command."""
+    parser = argparse.ArgumentParser(prog="nasfe", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that are the user's input, not a bug: one clear line, no traceback."""
+    from nasfe.config import ConfigError
+
+    errors: list[type[BaseException]] = [CommandError, ConfigError, FileNotFoundError]
+    for mod, name in (("nasfe.engine.checkpoint", "CheckpointError"), ("nasfe.genotype", "GenotypeError"),
+                      ("nasfe.imageio", "ImageReadError"), ("nasfe.data.testsets", "TestSetError"),
+                      ("nasfe.data.faces", "FaceSourceError")):
+        try:
+            errors.append(getattr(importlib.import_module(mod), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``nasfe`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # parse the command name first, then let its module add the rest of its arguments
+    known, _ = parser.parse_known_args(argv)
+    if not known.command:
+        parser.print_help()
+        return 0
+    module = importlib.import_module(COMMANDS[known.command][0])
+    add_arguments = getattr(module, "add_arguments", None) or getattr(module, f"add_{known.command}_arguments")
+    run = getattr(module, "main", None) or getattr(module, f"{known.command}_main")
+    sub = argparse.ArgumentParser(prog=f"nasfe {known.command}", description=COMMANDS[known.command][1])
+    sub.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_arguments(sub)
+    rest = argv[argv.index(known.command) + 1:]
+    args = sub.parse_args(rest)
+    logging.basicConfig(level=logging.DEBUG if args.verbose or known.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(run(args) or 0)
+    except _user_errors() as exc:
+        print(f"nasfe {known.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nasfe {known.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

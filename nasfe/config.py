@@ -1,0 +1,344 @@
+"""Typed configuration: one dataclass per concern, loaded from a search-space YAML.
+
+A search space file (``search_spaces/*.yaml``) has one top-level section per dataclass below
+(``model``, ``identity``, ``loss``, ``degrade``, ``data``, ``search``, ``retrain``); every key is
+optional and falls back to the dataclass default. Unknown keys and wrong types are errors that
+name the file and the field, so a typo never silently becomes a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+#: The ten operators of the paper (section 3.1), in the order of the OPS table.
+PAPER_OPERATORS = [
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "res2block",
+    "self_attn",
+    "res_op",
+    "fft_op",
+    "deveil_op",
+    "skip_connect",
+    "zero",
+]
+# The paper announces "ten operators" but lists eleven names (identity and zero included); all
+# eleven are here. Identity is "skip_connect", "no connection" is "zero".
+
+
+class ConfigError(ValueError):
+    """A configuration file or field is invalid; the message names the file and the field."""
+
+
+@dataclass
+class ModelConfig:
+    """Widths and topology of the NASFE network (section 3, Figure 2)."""
+
+    channels: int = 16  # C: channels of a fusion cell's input/output at full resolution
+    encoder_channels: int = 16  # output channels of each task encoder
+    encoder_blocks: int = 2  # residual blocks per task encoder
+    decoder_blocks: int = 2  # residual blocks in the decoder
+    blocks: int = 12  # B: blocks per fusion cell
+    cells: int = 3  # L: fusion cells (layers of the network-level trellis)
+    levels: int = 3  # resolutions searched: 1, 1/2, 1/4 of the encoder output
+    operators: list[str] = field(default_factory=lambda: list(PAPER_OPERATORS))
+    partial_channels: int = 1  # PC-DARTS K: 1/K of channels go through the mixed op (1 = off)
+    fusion: str = "nas"  # "nas" (searched fusion cells) or "res2" (ablation baseline BN)
+    res2_blocks: int = 4  # fusion blocks of the BN baseline
+    use_classifier: bool = True  # feed CN's prediction as a prior (Table 6 "+ classification")
+    use_identity: bool = True  # feed I_iden (Table 6 "+ identity information")
+    identity_channels: int = 16  # I_iden is projected to this many channels
+    shared_cell: bool = True  # one searched cell type for every layer (Auto-DeepLab); False: one per layer
+
+
+@dataclass
+class IdentityConfig:
+    """Face backbone used for I_iden, the perceptual loss and the identity loss (section 3.2)."""
+
+    backbone: str = "vggface"  # "vggface" | "mobilefacenet"
+    weights: Optional[str] = None  # path to weights; None: seeded random init (said in logs)
+    refs: int = 3  # k clean reference photos per training sample
+    drop_refs: float = 0.25  # probability of training a sample without refs (restore without them)
+    width: float = 1.0  # backbone channel scaling; 1.0 for real weights, smaller for fast CPU spaces
+
+
+@dataclass
+class LossConfig:
+    """L_final = L2 + lambda_per * L_per + lambda_iden * L_iden (Eq. 9)."""
+
+    lambda_per: float = 0.04
+    lambda_iden: float = 0.003
+    perceptual: str = "l1"  # Eq. 10 as written: mean |F^x_hat - F^x|; "l2sq": Johnson et al.'s mean squared
+    # Weight of CN's multi-label BCE when CN trains jointly with the network (the paper trains CN
+    # on (y, c) and gives no weight; joint training keeps one loop; 0 freezes CN's objective).
+    lambda_cls: float = 0.1
+
+
+@dataclass
+class DegradeConfig:
+    """The image-formation model y = r * (k conv x) + n (sections 3 and 4)."""
+
+    motion_kernels: int = 25000  # size of the seeded motion-kernel bank
+    gaussian_kernels: int = 8  # anisotropic Gaussian kernels in the training bank
+    kernel_sizes: list[int] = field(default_factory=lambda: [13, 15, 17, 19, 21, 23, 25, 27])
+    p_blur: float = 0.8  # probability that a training sample is blurred
+    p_noise: float = 0.8
+    p_lowlight: float = 0.8
+    r_range: list[float] = field(default_factory=lambda: [0.05, 0.5])
+    sigma_s_range: list[float] = field(default_factory=lambda: [0.01, 0.16])
+    sigma_c_range: list[float] = field(default_factory=lambda: [0.01, 0.06])
+    crf: str = "parametric"  # "parametric" or a path to the DoRF folder (201_CRF_data.mat ...)
+    bank_seed: int = 0
+    cache_dir: Optional[str] = None  # where kernel banks are cached; None: ~/.cache/nasfe
+
+
+@dataclass
+class DataConfig:
+    """Where the faces come from and how they are split (identity-disjoint)."""
+
+    source: str = "synthetic"  # "synthetic" | "folder" | "celeba" | "vggface2"
+    root: Optional[str] = None
+    height: int = 176
+    width: int = 144
+    synthetic_identities: int = 24
+    synthetic_images_per_identity: int = 6
+    val_fraction: float = 0.1  # of identities
+    test_fraction: float = 0.1  # of identities
+    max_images: Optional[int] = None  # subsample the training set (None: all)
+    seed: int = 0
+    workers: int = 0  # DataLoader workers
+
+
+@dataclass
+class SearchConfig:
+    """First-order DARTS bilevel search (section 4; Auto-DeepLab's alternation)."""
+
+    epochs: int = 40
+    warmup_epochs: int = 10  # weight-only epochs before architecture steps start
+    steps_per_epoch: Optional[int] = None  # None: one pass over the training split
+    batch_size: int = 40
+    lr: float = 5e-4  # Adam on weights
+    arch_lr: float = 3e-4  # Adam on alpha and beta
+    arch_weight_decay: float = 1e-3
+    second_order: bool = False
+    grad_clip: float = 5.0
+    amp: bool = False  # bf16 autocast
+    val_batches: int = 4
+    checkpoint_every: int = 100  # steps
+    pretrain_steps: int = 0  # steps pre-training each task encoder and CN alone first
+    seed: int = 0
+
+
+@dataclass
+class RetrainConfig:
+    """Training of the derived network with L_final (section 4: Adam 5e-4, batch 40)."""
+
+    epochs: int = 100
+    steps_per_epoch: Optional[int] = None
+    batch_size: int = 40
+    lr: float = 5e-4
+    grad_clip: float = 5.0
+    amp: bool = False
+    val_batches: int = 4
+    checkpoint_every: int = 100
+    pretrain_steps: int = 0  # steps pre-training each task encoder and CN alone first
+    seed: int = 0
+
+
+@dataclass
+class SpaceConfig:
+    """A whole search space: what ``search_spaces/<name>.yaml`` holds."""
+
+    name: str = "unnamed"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    source: Optional[str] = None  # the file it was loaded from (not part of the hash)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (JSON/YAML-safe), without ``source``."""
+        d = dataclasses.asdict(self)
+        d.pop("source", None)
+        return d
+
+    def space_hash(self) -> str:
+        """Hash of what defines the architecture space (model section only), 12 hex digits.
+
+        Genotypes carry it so a genotype is never built against a different space.
+        """
+        blob = json.dumps(dataclasses.asdict(self.model), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+_VALID_CHOICES = {
+    ("model", "fusion"): {"nas", "res2"},
+    ("identity", "backbone"): {"vggface", "mobilefacenet"},
+    ("data", "source"): {"synthetic", "folder", "celeba", "vggface2"},
+}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{where}.{key}")
+        else:
+            kwargs[key] = _coerce(value, tp, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
+    """Check ranges and choices; raise :class:`ConfigError` naming the field."""
+    from nasfe.model.ops import OPS  # local: config must not import torch at module load
+
+    for (section, key), allowed in _VALID_CHOICES.items():
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {section}.{key} = {value!r}; expected one of {sorted(allowed)}")
+    m = cfg.model
+    bad_ops = [o for o in m.operators if o not in OPS]
+    if bad_ops:
+        raise ConfigError(f"{where}: model.operators has unknown operator(s) {bad_ops}; known: {sorted(OPS)}")
+    if len(set(m.operators)) != len(m.operators):
+        raise ConfigError(f"{where}: model.operators lists an operator twice")
+    if not [o for o in m.operators if o != "zero"]:
+        raise ConfigError(f"{where}: model.operators needs at least one operator other than 'zero'")
+    positive = {
+        "model.channels": m.channels, "model.encoder_channels": m.encoder_channels,
+        "model.blocks": m.blocks, "model.cells": m.cells, "model.levels": m.levels,
+        "model.partial_channels": m.partial_channels, "model.res2_blocks": m.res2_blocks,
+        "model.identity_channels": m.identity_channels, "identity.refs": cfg.identity.refs,
+        "search.batch_size": cfg.search.batch_size, "retrain.batch_size": cfg.retrain.batch_size,
+        "data.height": cfg.data.height, "data.width": cfg.data.width,
+    }
+    for name, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{where}: {name} must be >= 1, got {value}")
+    if m.channels % m.partial_channels:
+        raise ConfigError(f"{where}: model.channels ({m.channels}) must be divisible by model.partial_channels ({m.partial_channels})")
+    if m.channels % 2:
+        raise ConfigError(f"{where}: model.channels must be even (the FFT operator splits it in halves)")
+    d = cfg.degrade
+    for name in ("p_blur", "p_noise", "p_lowlight"):
+        p = getattr(d, name)
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError(f"{where}: degrade.{name} must lie in [0, 1], got {p}")
+    for name in ("r_range", "sigma_s_range", "sigma_c_range"):
+        lo_hi = getattr(d, name)
+        if len(lo_hi) != 2 or not 0 <= lo_hi[0] <= lo_hi[1]:
+            raise ConfigError(f"{where}: degrade.{name} must be [low, high] with 0 <= low <= high, got {lo_hi}")
+    if any(k % 2 == 0 or k < 3 for k in d.kernel_sizes):
+        raise ConfigError(f"{where}: degrade.kernel_sizes must be odd and >= 3, got {d.kernel_sizes}")
+    if not 0 <= cfg.data.val_fraction < 1 or not 0 <= cfg.data.test_fraction < 1:
+        raise ConfigError(f"{where}: data.val_fraction and data.test_fraction must lie in [0, 1)")
+    if cfg.search.warmup_epochs > cfg.search.epochs:
+        raise ConfigError(f"{where}: search.warmup_epochs ({cfg.search.warmup_epochs}) exceeds search.epochs ({cfg.search.epochs})")
+    if not 0.0 <= cfg.identity.drop_refs <= 1.0:
+        raise ConfigError(f"{where}: identity.drop_refs must lie in [0, 1]")
+    return cfg
+
+
+def space_from_dict(data: Any, where: str = "config") -> SpaceConfig:
+    """Build and validate a :class:`SpaceConfig` from plain data (a parsed YAML mapping)."""
+    cfg = _build(SpaceConfig, data, where)
+    return validate(cfg, where)
+
+
+#: Folder holding the built-in search spaces (``paper``, ``tiny``, ``bn`` ...).
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+def resolve_space_path(name_or_path: str | Path) -> Path:
+    """A path to a YAML file, or the name of a built-in space (``tiny`` -> search_spaces/tiny.yaml)."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"{p}: search space file not found")
+        return p
+    candidate = SPACES_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = sorted(q.stem for q in SPACES_DIR.glob("*.yaml")) if SPACES_DIR.is_dir() else []
+    raise ConfigError(f"unknown search space {str(name_or_path)!r}: not a .yaml file and not one of {known}")
+
+
+def load_space(name_or_path: str | Path, overrides: Optional[dict[str, Any]] = None) -> SpaceConfig:
+    """Load a search space from YAML (``yaml.safe_load``), apply dotted overrides, validate.
+
+    ``overrides`` maps dotted keys to values, e.g. ``{"loss.lambda_per": 0.1, "model.blocks": 4}``.
+    """
+    path = resolve_space_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    data.pop("sweep", None)  # sweep spaces may share a file; they are read by nasfe.distributed
+    for dotted, value in (overrides or {}).items():
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{path}: override {dotted!r}: {part!r} is not a section")
+        node[parts[-1]] = value
+    cfg = space_from_dict(data, where=str(path))
+    cfg.source = str(path)
+    return cfg

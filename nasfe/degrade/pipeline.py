@@ -1,0 +1,249 @@
+"""The batched image-formation model y = r * (k conv x) + n, in torch, on any device.
+
+Order of operations (paper sections 3 and 4, after CBDNet and ELD), per sample:
+
+1. blur: x_b = k conv x (per-sample kernel, FFT convolution with reflect padding), skipped when
+   kernel_id = -1;
+2. camera, only when the sample has noise or low light (blur-only samples stop at step 1):
+   L = M(f^-1(x_b)) (irradiance through the inverse response curve, then RGGB Bayer mosaic);
+   L = r * L (low light); L = L + sqrt(L sigma_s^2 + sigma_c^2) * eps (heteroscedastic Gaussian
+   approximation of Poisson-Gaussian noise, eps ~ N(0, 1)); clip to [0, 1] (a sensor reads no
+   negative light and saturates); bilinear demosaic; y = f(.) back through the response curve.
+
+Random numbers (parameters and the noise field) are drawn on a CPU ``torch.Generator`` and moved
+to the images' device, so CPU and GPU give the same degradation for the same seed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from nasfe.degrade.camera import ResponseCurves, demosaic, mosaic
+from nasfe.degrade.kernels import KernelBank
+
+
+@dataclass
+class DegradeParams:
+    """Per-sample degradation parameters of a batch (all CPU tensors of length N).
+
+    kernel_ids: int64, -1 = no blur; r: float, 1.0 = no low light; sigma_s, sigma_c: float,
+    both 0 = no noise; crf_ids: int64, the response curve used (-1 when the camera stage is
+    skipped); kernel_kinds: 'motion' | 'gaussian' | 'none' per sample (None when unknown).
+    """
+
+    kernel_ids: torch.Tensor
+    r: torch.Tensor
+    sigma_s: torch.Tensor
+    sigma_c: torch.Tensor
+    crf_ids: torch.Tensor
+    kernel_kinds: Optional[list[str]] = field(default=None)
+
+    def __len__(self) -> int:
+        return int(self.kernel_ids.shape[0])
+
+    @classmethod
+    def explicit(cls, kernel_ids: Sequence[int], r: Sequence[float], sigma_s: Sequence[float],
+                 sigma_c: Sequence[float], crf_ids: Sequence[int], bank: Optional[KernelBank] = None) -> "DegradeParams":
+        """Parameters given one per sample (test-set grids). ``bank`` (optional) fills in kernel kinds."""
+        cols = {"kernel_ids": kernel_ids, "r": r, "sigma_s": sigma_s, "sigma_c": sigma_c, "crf_ids": crf_ids}
+        lens = {k: len(v) for k, v in cols.items()}
+        if len(set(lens.values())) != 1:
+            raise ValueError(f"DegradeParams.explicit: all columns need the same length, got {lens}")
+        p = cls(torch.as_tensor(list(kernel_ids), dtype=torch.int64), torch.as_tensor(list(r), dtype=torch.float32),
+                torch.as_tensor(list(sigma_s), dtype=torch.float32), torch.as_tensor(list(sigma_c), dtype=torch.float32),
+                torch.as_tensor(list(crf_ids), dtype=torch.int64))
+        p.validate(bank)
+        if bank is not None:
+            p.kernel_kinds = [bank.kinds[i] if i >= 0 else "none" for i in p.kernel_ids.tolist()]
+        return p
+
+    def validate(self, bank: Optional[KernelBank] = None, curves: Optional[ResponseCurves] = None) -> None:
+        """Raise ValueError naming the field when a value is out of range."""
+        if torch.any(self.r <= 0) or torch.any(self.r > 1):
+            raise ValueError(f"DegradeParams.r must lie in (0, 1], got {self.r.tolist()}")
+        if torch.any(self.sigma_s < 0) or torch.any(self.sigma_c < 0):
+            raise ValueError("DegradeParams.sigma_s and sigma_c must be >= 0")
+        if bank is not None and torch.any(self.kernel_ids >= len(bank)):
+            raise ValueError(f"DegradeParams.kernel_ids: id >= bank size {len(bank)}")
+        if torch.any(self.kernel_ids < -1):
+            raise ValueError("DegradeParams.kernel_ids must be >= -1")
+        if curves is not None and torch.any(self.crf_ids >= curves.count):
+            raise ValueError(f"DegradeParams.crf_ids: id >= number of curves {curves.count}")
+
+    def has_blur(self) -> torch.Tensor:
+        return self.kernel_ids >= 0
+
+    def has_noise(self) -> torch.Tensor:
+        return (self.sigma_s > 0) | (self.sigma_c > 0)
+
+    def has_lowlight(self) -> torch.Tensor:
+        return self.r < 1.0
+
+    def uses_camera(self) -> torch.Tensor:
+        """Samples that go through the camera stage (noise or low light)."""
+        return self.has_noise() | self.has_lowlight()
+
+    def labels(self) -> torch.Tensor:
+        """(N, 3) float class labels c = (b, n, l): 1 where blur / noise / low light is present."""
+        return torch.stack([self.has_blur(), self.has_noise(), self.has_lowlight()], 1).float()
+
+    def records(self) -> list[dict]:
+        """One plain dict per sample: kernel_id, kernel_kind, r, sigma_s, sigma_c, crf_id, c."""
+        c = self.labels().int().tolist()
+        kinds = self.kernel_kinds or [None if k >= 0 else "none" for k in self.kernel_ids.tolist()]
+        return [{"kernel_id": int(k), "kernel_kind": kind, "r": float(r), "sigma_s": float(s), "sigma_c": float(n),
+                 "crf_id": int(f), "c": ci}
+                for k, kind, r, s, n, f, ci in zip(self.kernel_ids.tolist(), kinds, self.r.tolist(), self.sigma_s.tolist(),
+                                                   self.sigma_c.tolist(), self.crf_ids.tolist(), c)]
+
+
+def _uniform(n: int, lo_hi: Sequence[float], g: torch.Generator) -> torch.Tensor:
+    lo, hi = float(lo_hi[0]), float(lo_hi[1])
+    return lo + (hi - lo) * torch.rand(n, generator=g)
+
+
+def sample_params(n: int, cfg, bank: KernelBank, curves: ResponseCurves, generator: torch.Generator) -> DegradeParams:
+    """Draw training parameters for ``n`` samples from a :class:`~nasfe.config.DegradeConfig`.
+
+    Each degradation is present independently with probability p_blur / p_noise / p_lowlight; a
+    sample that drew none gets one of the three, chosen uniformly (every training input is
+    degraded). Kernel ids are uniform over the bank, r, sigma_s, sigma_c uniform over their ranges,
+    the response curve uniform over ``curves``. The number of draws does not depend on the
+    outcomes, so the stream stays aligned.
+    """
+    g = generator
+    if len(bank) == 0 and cfg.p_blur > 0:
+        raise ValueError("sample_params: the kernel bank is empty but p_blur > 0")
+    u = torch.rand(n, 3, generator=g)
+    present = u < torch.tensor([cfg.p_blur, cfg.p_noise, cfg.p_lowlight])
+    forced = torch.randint(0, 3, (n,), generator=g)
+    none = ~present.any(1)
+    present[none, forced[none]] = True
+    kid = torch.randint(0, max(len(bank), 1), (n,), generator=g)
+    r = _uniform(n, cfg.r_range, g)
+    ss = _uniform(n, cfg.sigma_s_range, g)
+    sc = _uniform(n, cfg.sigma_c_range, g)
+    crf = torch.randint(0, curves.count, (n,), generator=g)
+    kernel_ids = torch.where(present[:, 0], kid, torch.full_like(kid, -1))
+    r = torch.where(present[:, 2], r, torch.ones_like(r))
+    ss = torch.where(present[:, 1], ss, torch.zeros_like(ss))
+    sc = torch.where(present[:, 1], sc, torch.zeros_like(sc))
+    cam = present[:, 1] | present[:, 2]
+    crf = torch.where(cam, crf, torch.full_like(crf, -1))
+    kinds = [bank.kinds[i] if i >= 0 else "none" for i in kernel_ids.tolist()]
+    return DegradeParams(kernel_ids, r, ss, sc, crf, kinds)
+
+
+def blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Convolve sample i of ``x`` (N, C, H, W) with ``kernels[i]`` (N, S, S), S odd; reflect padding.
+
+    True convolution (not correlation), done in the Fourier domain on the reflect-padded image:
+    with padding S//2 the circular wrap-around never reaches the cropped output.
+    """
+    n, c, h, w = x.shape
+    s = kernels.shape[-1]
+    p = s // 2
+    if p >= h or p >= w:
+        raise ValueError(f"blur: image {h}x{w} too small for reflect padding of a {s}x{s} kernel")
+    xp = F.pad(x, (p, p, p, p), mode="reflect")
+    hp, wp = h + 2 * p, w + 2 * p
+    k = torch.zeros(n, hp, wp, device=x.device, dtype=x.dtype)
+    k[:, :s, :s] = kernels.to(x.device, x.dtype)
+    k = torch.roll(k, shifts=(-p, -p), dims=(1, 2))  # kernel centre to the origin
+    y = torch.fft.irfft2(torch.fft.rfft2(xp) * torch.fft.rfft2(k)[:, None], s=(hp, wp))
+    return y[..., p:p + h, p:p + w]
+
+
+def camera(x: torch.Tensor, r: torch.Tensor, sigma_s: torch.Tensor, sigma_c: torch.Tensor,
+           crf_ids: torch.Tensor, curves: ResponseCurves, eps: torch.Tensor) -> torch.Tensor:
+    """The camera stage: f^-1, mosaic, low light r, Poisson-Gaussian noise, clip, demosaic, f.
+
+    ``r``, ``sigma_s``, ``sigma_c``, ``crf_ids`` are (N,); ``eps`` is a standard normal field (N, 1, H, W).
+    """
+    dev, dt = x.device, x.dtype
+    shape = (-1, 1, 1, 1)
+    raw = mosaic(curves.to_irradiance(x, crf_ids))
+    raw = raw * r.to(dev, dt).view(shape)
+    var = raw * sigma_s.to(dev, dt).view(shape) ** 2 + sigma_c.to(dev, dt).view(shape) ** 2
+    raw = (raw + var.sqrt() * eps.to(dev, dt)).clamp(0.0, 1.0)
+    return curves.to_brightness(demosaic(raw), crf_ids).clamp(0.0, 1.0)
+
+
+def degrade(x: torch.Tensor, params: DegradeParams, bank: Optional[KernelBank], curves: ResponseCurves,
+            generator: Optional[torch.Generator] = None, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Degrade a batch ``x`` (N, 3, H, W) in [0, 1] with per-sample ``params``; returns y, same shape, in [0, 1].
+
+    ``noise``: the standard normal field eps (N, 1, H, W) of the Bayer sensor; when None it is
+    drawn from ``generator`` (a CPU generator; required then if any sample is noisy) and moved
+    to x's device. Passing it explicitly makes a degradation reproducible per image.
+    """
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"degrade: expected x of shape (N, 3, H, W), got {tuple(x.shape)}")
+    n, _, h, w = x.shape
+    if len(params) != n:
+        raise ValueError(f"degrade: {len(params)} parameter rows for a batch of {n}")
+    params.validate(bank, curves)
+    y = x
+    blurred = params.has_blur()
+    if blurred.any():
+        if bank is None:
+            raise ValueError("degrade: samples ask for blur but no kernel bank was given")
+        idx = blurred.nonzero().squeeze(1)
+        yb = blur(x[idx.to(x.device)], bank.kernels[params.kernel_ids[idx]]).clamp(0.0, 1.0)
+        y = x.clone()
+        y[idx.to(x.device)] = yb
+    cam = params.uses_camera()
+    if noise is None and cam.any():
+        if params.has_noise().any():
+            if generator is None:
+                raise ValueError("degrade: a generator (or an explicit noise field) is needed for noisy samples")
+            noise = torch.randn(n, 1, h, w, generator=generator)
+        else:
+            noise = torch.zeros(n, 1, h, w)  # low light only: the noise field is multiplied by 0
+    if cam.any():
+        if noise.shape != (n, 1, h, w):
+            raise ValueError(f"degrade: noise must have shape {(n, 1, h, w)}, got {tuple(noise.shape)}")
+        idx = cam.nonzero().squeeze(1)
+        if torch.any(params.crf_ids[idx] < 0):
+            raise ValueError("degrade: samples with noise or low light need a response curve (crf_id >= 0)")
+        di = idx.to(x.device)
+        yc = camera(y[di], params.r[idx], params.sigma_s[idx], params.sigma_c[idx], params.crf_ids[idx], curves,
+                    noise[idx.to(noise.device)])
+        y = y.clone() if y is x else y
+        y[di] = yc
+    return y
+
+
+class Degrader:
+    """The training entry point: ``y, params = Degrader(cfg)(x, generator)``.
+
+    Loads (or builds and caches) the kernel bank and the response curves lazily, on first use.
+    """
+
+    def __init__(self, cfg, bank: Optional[KernelBank] = None, curves: Optional[ResponseCurves] = None):
+        self.cfg = cfg
+        self._bank = bank
+        self._curves = curves
+
+    @property
+    def bank(self) -> KernelBank:
+        if self._bank is None:
+            self._bank = KernelBank.load_or_build(self.cfg)
+        return self._bank
+
+    @property
+    def curves(self) -> ResponseCurves:
+        if self._curves is None:
+            self._curves = ResponseCurves.from_spec(self.cfg.crf)
+        return self._curves
+
+    def sample(self, n: int, generator: torch.Generator) -> DegradeParams:
+        """Training parameters for ``n`` samples."""
+        return sample_params(n, self.cfg, self.bank, self.curves, generator)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, DegradeParams]:
+        params = self.sample(x.shape[0], generator)
+        return degrade(x, params, self.bank, self.curves, generator), params

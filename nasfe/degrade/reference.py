@@ -1,0 +1,54 @@
+"""Per-image NumPy/OpenCV implementation of the same degradation model (the benchmark baseline).
+
+Straightforward code, one HxWx3 float image at a time: ``cv2.filter2D`` for the blur (reflect-101
+border, the same as torch's 'reflect'), ``np.interp`` for the response curves, NumPy for the
+Bayer mosaic and the noise, ``cv2.filter2D`` with the bilinear kernels for the demosaic. Given the
+same parameters and the same noise field it matches :func:`nasfe.degrade.pipeline.degrade` up to
+float rounding; the cross-check test holds them together.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from nasfe.degrade.camera import DEMOSAIC_KERNELS, ResponseCurves
+
+
+def _bayer_masks(h: int, w: int) -> np.ndarray:
+    yy = (np.arange(h) % 2)[:, None]
+    xx = (np.arange(w) % 2)[None, :]
+    r = (yy == 0) & (xx == 0)
+    b = (yy == 1) & (xx == 1)
+    return np.stack([r, ~(r | b), b], axis=-1).astype(np.float32)  # (H, W, 3)
+
+
+def degrade_image(x: np.ndarray, kernel: Optional[np.ndarray], r: float, sigma_s: float, sigma_c: float,
+                  curves: Optional[ResponseCurves], crf_id: int, eps: Optional[np.ndarray] = None,
+                  rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """Degrade one image ``x`` (H, W, 3) float32 in [0, 1]; returns the same shape in [0, 1].
+
+    ``kernel``: a 2-D PSF (odd size) or None for no blur. ``eps``: the (H, W) standard normal
+    sensor field (drawn from ``rng`` when None).
+    """
+    y = x.astype(np.float32)
+    if kernel is not None:
+        # filter2D correlates; flipping the kernel makes it a convolution.
+        y = np.clip(cv2.filter2D(y, -1, np.ascontiguousarray(kernel[::-1, ::-1]).astype(np.float32),
+                                 borderType=cv2.BORDER_REFLECT_101), 0.0, 1.0)
+    if r >= 1.0 and sigma_s == 0 and sigma_c == 0:
+        return y
+    grid, inv = curves.numpy_curve(crf_id, inverse=True)
+    _, fwd = curves.numpy_curve(crf_id, inverse=False)
+    h, w = y.shape[:2]
+    masks = _bayer_masks(h, w)
+    irr = np.interp(y, grid, inv).astype(np.float32)
+    raw = (irr * masks).sum(-1) * r
+    if eps is None:
+        eps = (rng or np.random.default_rng()).standard_normal((h, w)).astype(np.float32)
+    raw = np.clip(raw + np.sqrt(raw * sigma_s ** 2 + sigma_c ** 2) * eps, 0.0, 1.0)
+    planes = raw[..., None] * masks
+    rgb = np.stack([cv2.filter2D(np.ascontiguousarray(planes[..., c]), -1, DEMOSAIC_KERNELS[c].numpy(),
+                                 borderType=cv2.BORDER_REFLECT_101) for c in range(3)], axis=-1)
+    return np.clip(np.interp(np.clip(rgb, 0, 1), grid, fwd), 0.0, 1.0).astype(np.float32)

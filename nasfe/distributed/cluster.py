@@ -1,0 +1,176 @@
+"""Where a job runs and where its results land: join a Ray cluster (or start one), run storage paths.
+
+A run named ``<name>`` lives under ``<storage>/<name>/`` (storage: a local folder, ``runs`` by
+default, or a URI such as ``s3://bucket/prefix`` on a cluster)::
+
+    <storage>/<name>/genotype.json, search_summary.json, retrain_summary.json, model.pt, ...
+    <storage>/<name>/checkpoints/       engine checkpoints (local storage only: rank 0 writes them live)
+    <storage>/<name>/ray/search/        Ray Train's run: checkpoint_*/ and its snapshot (resume state)
+    <storage>/<name>/ray/retrain/
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger("nasfe.distributed")
+
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+class StorageError(ValueError):
+    """Bad run name or storage location (a user error)."""
+
+
+def is_uri(path: str) -> bool:
+    """True for ``scheme://...`` storage (S3, GCS ...), False for a local path."""
+    return bool(_URI.match(str(path)))
+
+
+@dataclass(frozen=True)
+class RunStorage:
+    """The storage of one run: its root (local folder or URI) and the Ray paths inside it."""
+
+    storage: str  # a local folder (absolute) or a URI
+    name: str
+
+    @classmethod
+    def create(cls, storage: Optional[str], name: str) -> "RunStorage":
+        """Validate ``name`` and resolve ``storage`` (None: ``./runs``) to an absolute path or a URI."""
+        if not _NAME_OK.match(name or ""):
+            raise StorageError(f"run name {name!r}: use letters, digits, '.', '_' or '-' (at most 128)")
+        storage = storage or "runs"
+        if not is_uri(storage):
+            storage = str(Path(storage).expanduser().resolve())
+        return cls(storage.rstrip("/"), name)
+
+    @property
+    def is_local(self) -> bool:
+        """True when the run root is a folder of this machine (or a shared mount of it)."""
+        return not is_uri(self.storage)
+
+    @property
+    def root(self) -> str:
+        """The run's folder or URI: ``<storage>/<name>``."""
+        return f"{self.storage}/{self.name}"
+
+    @property
+    def ray_storage_path(self) -> str:
+        """``RunConfig.storage_path`` for this run's Ray Train runs (each phase is one Ray run in it)."""
+        return f"{self.root}/ray"
+
+    def ray_run_path(self, phase: str) -> str:
+        """Where Ray Train keeps the checkpoints and snapshot of ``phase``."""
+        return f"{self.ray_storage_path}/{phase}"
+
+    def _fs(self):
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(self.root if not self.is_local else Path(self.root).as_uri())
+        return fs, path
+
+    def clear_phase(self, phase: str) -> None:
+        """Forget ``phase``'s progress (``--no-resume``): its Ray run and engine checkpoints."""
+        if self.is_local:
+            shutil.rmtree(self.ray_run_path(phase), ignore_errors=True)
+            ckpts = Path(self.root) / "checkpoints"
+            for p in ckpts.glob(f"{phase}_step_*.pt") if ckpts.is_dir() else []:
+                p.unlink(missing_ok=True)
+            return
+        import pyarrow.fs
+
+        fs, path = self._fs()
+        target = f"{path}/ray/{phase}"
+        if fs.get_file_info(target).type != pyarrow.fs.FileType.NotFound:
+            fs.delete_dir(target)
+
+    def upload(self, local_dir: str | Path, files: list[str]) -> None:
+        """Copy ``files`` (relative to ``local_dir``; folders too) into the run root (remote storage)."""
+        if self.is_local:
+            dest = Path(self.root)
+            for rel in files:
+                src = Path(local_dir) / rel
+                if not src.exists() or src.resolve() == (dest / rel).resolve():
+                    continue
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                if src.is_dir():
+                    shutil.copytree(src, dest / rel, dirs_exist_ok=True)
+                else:
+                    shutil.copy2(src, dest / rel)
+            return
+        import pyarrow.fs
+
+        fs, path = self._fs()
+        local = pyarrow.fs.LocalFileSystem()
+        for rel in files:
+            src = Path(local_dir) / rel
+            if not src.exists():
+                continue
+            if src.is_dir():
+                pyarrow.fs.copy_files(str(src), f"{path}/{rel}", source_filesystem=local, destination_filesystem=fs)
+            else:
+                with src.open("rb") as fh, fs.open_output_stream(f"{path}/{rel}") as out:
+                    shutil.copyfileobj(fh, out)
+
+
+def ray_address(address: Optional[str]) -> Optional[str]:
+    """The address to join: ``--address``, else ``RAY_ADDRESS``, else a cluster started on this node."""
+    if address:
+        return address
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    try:  # `ray start` on this node leaves the address here
+        from ray._private.services import find_bootstrap_address
+
+        found = find_bootstrap_address(None)
+        if found:
+            return "auto"
+    except Exception:  # private API: absence only means "no running cluster"
+        pass
+    return None
+
+
+def worker_env() -> dict[str, str]:
+    """Environment of the job's Ray workers: this nasfe importable even when not pip-installed."""
+    package_parent = str(Path(__file__).resolve().parents[2])
+    paths = [package_parent] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+    for key in ("OMP_NUM_THREADS", "WANDB_MODE", "WANDB_API_KEY", "WANDB_SILENT", "NASFE_WORK_DIR"):
+        if os.environ.get(key):
+            env[key] = os.environ[key]
+    return env
+
+
+def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
+            log_to_driver: bool = True) -> str:
+    """Join a running Ray cluster (``address``/``RAY_ADDRESS``/one on this node) or start a local one.
+
+    Returns a line saying which. Already connected: does nothing.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return "using the Ray instance already connected"
+    target = ray_address(address)
+    env = {"env_vars": worker_env()}
+    if target:
+        try:
+            ray.init(address=target, log_to_driver=log_to_driver, runtime_env=env)
+        except ConnectionError as exc:
+            raise StorageError(f"cannot join the Ray cluster at {target!r}: {exc}") from None
+        return f"joined the Ray cluster at {target}"
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver, runtime_env=env)
+    return f"started a local Ray instance ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+
+
+def cluster_gpus() -> int:
+    """GPUs the connected cluster has right now (0 without a cluster)."""
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0

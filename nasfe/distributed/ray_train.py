@@ -1,0 +1,324 @@
+"""Ray Train wiring: one ``TorchTrainer`` runs one engine phase (search or retrain) data parallel.
+
+Each worker runs :func:`train_worker`: Ray's TorchTrainer has already started ``torch.distributed``
+(gloo on CPU, NCCL on GPU), so the engine's ``DistContext.detect()`` finds it and all-reduces the
+gradients of the weights and of alpha/beta itself (alpha and beta stay identical on every rank; the
+engine checks the derived genotype is equal on all ranks every epoch).
+
+Checkpoints and resume. At every engine checkpoint all ranks call ``ray.train.report``; rank 0
+attaches a Ray ``Checkpoint`` folder holding the engine's ``<phase>_step_XXXXXXXX.pt`` (weights,
+alpha, beta, optimisers, random states, step) and the run's small artifacts (``genotype.json``,
+``genotypes/``, summaries, ``model.pt``). Ray copies it to ``<storage>/<name>/ray/<phase>/``. A
+worker (re)starting calls ``ray.train.get_checkpoint()``, which Ray Train fills from that folder
+when the same run name is run again or when ``FailureConfig`` restarts a failed worker group, and
+passes the ``.pt`` inside as the engine's ``resume_from``: Ray's record is the one source of truth.
+
+Where rank 0's engine writes: with local storage (a folder of this machine or a shared mount),
+straight into ``<storage>/<name>/`` so files appear live; with URI storage (``s3://``) into a
+node-local working folder, and the driver publishes the final artifacts from the last Ray
+checkpoint into the run root (:func:`fit_phase`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from nasfe.distributed.cluster import RunStorage
+from nasfe.engine.callbacks import Callback, ConsoleProgress
+
+log = logging.getLogger("nasfe.distributed")
+
+PHASES = ("search", "retrain")
+#: Small run artifacts carried by every Ray checkpoint (then published into the run root).
+ARTIFACTS = ("genotype.json", "genotypes", "search_summary.json", "retrain_summary.json", "model.pt",
+             "wandb_search.json", "wandb_retrain.json")
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    """The scalar metrics Ray can record (tensors, strings and NaN-free check left out)."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        out[k] = float(v) if not math.isnan(v) else None
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def local_work_dir(name: str, phase: str) -> Path:
+    """Node-local folder where rank 0's engine writes when the run root is remote storage."""
+    base = Path(os.environ.get("NASFE_WORK_DIR", Path.home() / "nasfe-work"))
+    return base / name
+
+
+class RayReportCallback(Callback):
+    """Engine checkpoints -> ``ray.train.report`` on every rank (the checkpoint from rank 0 only)."""
+
+    def __init__(self, phase: str, work_dir: Path):
+        self.phase = phase
+        self.work_dir = Path(work_dir)
+        self.last_pt: Optional[Path] = None
+
+    def _report(self, state, pt: Optional[Path], metrics: dict[str, Any]) -> None:
+        import ray.train
+
+        numbers = {**_numbers(metrics), "step": state.step, "epoch": state.epoch}
+        if not state.is_main or pt is None:
+            ray.train.report(numbers, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory(prefix="nasfe-ckpt-") as tmp:
+            tmp = Path(tmp)
+            _link_or_copy(pt, tmp / pt.name)
+            for rel in ARTIFACTS:
+                src = self.work_dir / rel
+                if src.is_dir():
+                    shutil.copytree(src, tmp / rel)
+                elif src.is_file():
+                    _link_or_copy(src, tmp / rel)
+            ray.train.report(numbers, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
+
+    def on_checkpoint(self, state, path, metrics):
+        if path is not None:
+            self.last_pt = Path(path)
+        self._report(state, self.last_pt if state.is_main else None, metrics)
+
+    def on_end(self, state, summary):
+        # one more report so the last Ray checkpoint also carries the summary (and model.pt)
+        self._report(state, self.last_pt if state.is_main else None, summary.get("final", {}) or {})
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _restore_from_ray(phase: str, work_dir: Path, is_main: bool, scratch: Path) -> Optional[Path]:
+    """The engine checkpoint of Ray's latest checkpoint, copied to ``scratch`` (None: fresh start).
+
+    Rank 0 also puts the checkpoint's artifacts (genotype history ...) back into ``work_dir``.
+    """
+    import ray.train
+
+    from nasfe.engine.checkpoint import CheckpointError, list_checkpoints
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None
+    local = Path(ckpt.to_directory(str(scratch / "restored")))
+    found = list_checkpoints(local, phase)
+    if not found:
+        raise CheckpointError(f"{ckpt.path}: Ray checkpoint holds no {phase} checkpoint")
+    if is_main:
+        for rel in ARTIFACTS:
+            src = local / rel
+            if src.is_dir():
+                shutil.copytree(src, work_dir / rel, dirs_exist_ok=True)
+            elif src.is_file() and not (work_dir / rel).exists():
+                shutil.copy2(src, work_dir / rel)
+        # engine files newer than Ray's record were never reported: drop them so pruning stays sane
+        step = int(found[-1].stem.rsplit("_", 1)[-1])
+        for p in list_checkpoints(work_dir / "checkpoints", phase):
+            if int(p.stem.rsplit("_", 1)[-1]) > step:
+                p.unlink(missing_ok=True)
+    return found[-1]
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Per-worker entry point of the TorchTrainer: restore, run the engine phase, report."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from nasfe.config import space_from_dict
+    from nasfe.engine.dist import DistContext
+
+    torch.set_num_threads(max(1, int(config.get("threads") or torch.get_num_threads())))
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    phase = config["phase"]
+    space = space_from_dict(config["space"], where=f"space {config['space'].get('name')!r}")
+    storage = RunStorage(config["storage"], config["name"])
+    work_dir = Path(storage.root) if storage.is_local else local_work_dir(storage.name, phase)
+    scratch = Path(tempfile.mkdtemp(prefix=f"nasfe-{phase}-r{rank}-"))
+    if rank != 0:
+        work_dir = scratch / "run"  # other ranks write nothing, but keep them away from rank 0's files
+    work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        resume_from = _restore_from_ray(phase, work_dir, rank == 0, scratch)
+        callbacks: list[Callback] = [RayReportCallback(phase, work_dir)]
+        if config.get("progress", True):
+            callbacks.append(ConsoleProgress(bar=False))
+        if config.get("wandb") is not None and rank == 0:
+            from nasfe.tracking.wandb_logger import WandbLogger, WandbSettings
+
+            settings = WandbSettings(**config["wandb"])
+            settings.dir = settings.dir or str(work_dir)
+            callbacks.append(WandbLogger(settings))
+        callbacks.extend(config.get("extra_callbacks") or [])
+        device = ray.train.torch.get_device()
+        dist = DistContext.detect()
+        if phase == "search":
+            from nasfe.engine.search import run_search
+
+            run_search(space, work_dir, callbacks=callbacks, device=str(device), dist=dist,
+                       resume=False, resume_from=resume_from)
+        else:
+            from nasfe.engine.retrain import run_retrain
+            from nasfe.genotype import Genotype
+
+            genotype = Genotype.from_dict(config["genotype"], space=space) if config.get("genotype") else None
+            run_retrain(space, genotype, work_dir, callbacks=callbacks, device=str(device), dist=dist,
+                        resume=False, resume_from=resume_from)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@dataclass
+class PhaseResult:
+    """What :func:`fit_phase` hands back."""
+
+    phase: str
+    summary: dict[str, Any]
+    run_root: str  # the run's folder or URI
+    local_dir: Path  # a local folder holding the published artifacts (the run root when local)
+    checkpoint_path: Optional[str]  # Ray's last checkpoint (a path in storage)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def build_trainer(space, run_name: str, storage: Optional[str] = None, num_workers: int = 2,
+                  use_gpu: bool = False, phase: str = "search", genotype=None,
+                  extra_callbacks: Sequence[Callback] = (), wandb=None, wandb_group: Optional[str] = None,
+                  max_failures: int = 2, keep_checkpoints: int = 3, threads_per_worker: Optional[int] = None,
+                  progress: bool = True, cpus_per_worker: Optional[float] = None):
+    """A ``TorchTrainer`` for one phase of run ``run_name`` (usable as is inside a Tune trial).
+
+    ``space`` is a SpaceConfig; ``genotype`` a Genotype (retrain); ``wandb`` a
+    :class:`~nasfe.tracking.wandb_logger.WandbSettings` or None (no W&B); ``extra_callbacks`` engine
+    callbacks run on every worker (picklable). Re-using ``run_name`` and ``storage`` resumes.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if phase not in PHASES:
+        raise ValueError(f"phase {phase!r}; expected one of {PHASES}")
+    batch = space.search.batch_size if phase == "search" else space.retrain.batch_size
+    if num_workers < 1 or batch % num_workers:
+        raise ValueError(f"{phase}.batch_size {batch} is not divisible by {num_workers} workers")
+    st = storage if isinstance(storage, RunStorage) else RunStorage.create(storage, run_name)
+    wb = None
+    if wandb is not None:
+        wb = asdict(wandb)
+        wb["group"] = wb.get("group") or wandb_group or run_name
+        wb["name"] = wb.get("name") or f"{run_name}-{phase}"
+        wb["run_id"] = wb.get("run_id") or _wandb_id(f"{st.root}-{phase}")
+    config = {"phase": phase, "space": space.to_dict(), "name": st.name, "storage": st.storage,
+              "genotype": genotype.to_dict() if genotype is not None else None, "wandb": wb,
+              "extra_callbacks": list(extra_callbacks), "threads": threads_per_worker, "progress": progress}
+    resources = {"CPU": cpus_per_worker} if cpus_per_worker else None
+    return TorchTrainer(
+        train_worker,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name=phase, storage_path=st.ray_storage_path,
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints)),
+    )
+
+
+def _wandb_id(key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def fit_phase(space, run_name: str, storage: Optional[str] = None, phase: str = "search",
+              resume: bool = True, **trainer_kwargs) -> PhaseResult:
+    """Build the trainer, ``fit()`` it, publish the artifacts into the run root, return the summary."""
+    import json
+
+    st = storage if isinstance(storage, RunStorage) else RunStorage.create(storage, run_name)
+    if not resume:
+        st.clear_phase(phase)
+    elif st.is_local:
+        check_resumable(st, phase)
+    trainer = build_trainer(space, run_name, st, phase=phase, **trainer_kwargs)
+    try:
+        result = trainer.fit()
+    except Exception as exc:
+        raise _user_error(exc) or exc
+    if result.error is not None:
+        raise _user_error(result.error) or result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"{phase} of run {run_name!r} finished without a checkpoint")
+    if st.is_local:
+        local_dir = Path(st.root)
+    else:
+        local_dir = local_work_dir(st.name, phase).with_name(f"{st.name}-published")
+        local_dir.mkdir(parents=True, exist_ok=True)
+        result.checkpoint.to_directory(str(local_dir))
+        st.upload(local_dir, [a for a in ARTIFACTS if (local_dir / a).exists()])
+    summary_file = local_dir / f"{phase}_summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    return PhaseResult(phase, summary, st.root, local_dir, result.checkpoint.path, dict(result.metrics or {}))
+
+
+def check_resumable(storage: RunStorage, phase: str) -> None:
+    """Read the checkpoint a resume would start from (local storage) so a broken one is named now.
+
+    Raises :class:`~nasfe.engine.checkpoint.CheckpointError` naming the file.
+    """
+    from nasfe.engine.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+
+    ray_dir = Path(storage.ray_run_path(phase))
+    dirs = sorted(d for d in ray_dir.glob("checkpoint_*") if d.is_dir()) if ray_dir.is_dir() else []
+    if not dirs:
+        return
+    found = list_checkpoints(dirs[-1], phase)
+    if not found:
+        raise CheckpointError(f"{dirs[-1]}: the run's last Ray checkpoint holds no {phase} checkpoint "
+                              f"(use --no-resume to start over)")
+    load_checkpoint(found[-1], required=("step", "epoch", "model", "optimizers"))
+
+
+def _user_error(exc: BaseException) -> Optional[BaseException]:
+    """The user-input error (bad checkpoint, genotype, config, data) behind a Ray worker failure."""
+    from nasfe.config import ConfigError
+    from nasfe.engine.checkpoint import CheckpointError
+
+    kinds: list[type] = [ConfigError, CheckpointError, FileNotFoundError]
+    for mod, name in (("nasfe.genotype", "GenotypeError"), ("nasfe.imageio", "ImageReadError"),
+                      ("nasfe.data.faces", "FaceSourceError")):
+        try:
+            kinds.append(getattr(__import__(mod, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    todo, seen = [exc], set()
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, tuple(kinds)):
+            return e
+        todo.extend(getattr(e, "worker_failures", {}).values() if isinstance(getattr(e, "worker_failures", None), dict) else [])
+        todo.extend([getattr(e, "cause", None), getattr(e, "controller_failure", None), e.__cause__, e.__context__])
+    return None
+
+
+def fit_search(space, run_name: str, storage: Optional[str] = None, **kwargs) -> PhaseResult:
+    """Search on Ray Train; the summary holds the genotype (``summary['genotype']``)."""
+    return fit_phase(space, run_name, storage, phase="search", **kwargs)
+
+
+def fit_retrain(space, genotype, run_name: str, storage: Optional[str] = None, **kwargs) -> PhaseResult:
+    """Retrain ``genotype`` on Ray Train; ``model.pt`` lands in the run root."""
+    return fit_phase(space, run_name, storage, phase="retrain", genotype=genotype, **kwargs)

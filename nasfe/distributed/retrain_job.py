@@ -1,0 +1,104 @@
+"""``nasfe retrain`` (and ``jobs/retrain.py``): retrain a derived genotype on Ray Train, then evaluate."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``nasfe retrain``."""
+    from nasfe.distributed.search_job import add_common_arguments
+
+    add_common_arguments(parser)
+    parser.add_argument("--genotype", help="genotype.json to retrain (default: the run's own genotype.json; "
+                                           "none for a space with fusion: res2)")
+    parser.add_argument("--epochs", type=int, help="retrain epochs (retrain.epochs)")
+
+
+def evaluate_restoration(space, genotype, model_path: str | Path, max_images: int = 256,
+                         device: str = "cpu") -> dict[str, Any]:
+    """Mean PSNR/SSIM on the test identities: degraded input vs clean, restored vs clean.
+
+    The test split is identity-disjoint from training; its degradations are seeded (the same
+    images every call). The restored output uses the references of the same identity when the
+    space gives references.
+    """
+    import torch
+
+    from nasfe.data.batches import BatchMaker
+    from nasfe.engine.checkpoint import load_checkpoint
+    from nasfe.engine.search import build_network
+    from nasfe.evaluate.metrics import psnr, ssim
+
+    payload = load_checkpoint(model_path, required=("model",))
+    model, _ = build_network(space, genotype=genotype)
+    model.load_state_dict(payload["model"])
+    model.to(device).eval()
+    maker = BatchMaker(space, "test", batch_size=min(16, max_images), device=device, seed=space.retrain.seed + 5000)
+    sums = {"input_psnr": 0.0, "input_ssim": 0.0, "psnr": 0.0, "ssim": 0.0}
+    n = 0
+    with torch.no_grad():
+        for batch in maker:
+            if n >= max_images:
+                break
+            out = model(batch.y, refs=batch.refs).restored.float().clamp(0, 1)
+            sums["input_psnr"] += float(psnr(batch.y, batch.x).clamp(max=100).sum())
+            sums["input_ssim"] += float(ssim(batch.y, batch.x).sum())
+            sums["psnr"] += float(psnr(out, batch.x).clamp(max=100).sum())
+            sums["ssim"] += float(ssim(out, batch.x).sum())
+            n += len(batch.x)
+    return {"images": n, **{k: v / max(n, 1) for k, v in sums.items()}}
+
+
+def evaluate_and_report(space, genotype, model_path, max_images: int, use_gpu: bool = False) -> dict[str, Any]:
+    """Evaluate (on this machine) and print one line per measure."""
+    import torch
+
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    res = evaluate_restoration(space, genotype, model_path, max_images, device)
+    print(f"[nasfe] test split ({res['images']} images, held-out identities):\n"
+          f"          PSNR  degraded {res['input_psnr']:.2f} dB -> restored {res['psnr']:.2f} dB\n"
+          f"          SSIM  degraded {res['input_ssim']:.4f}    -> restored {res['ssim']:.4f}", flush=True)
+    return res
+
+
+def _find_genotype(args, storage, space):
+    from nasfe.cli import CommandError
+    from nasfe.genotype import Genotype
+
+    if args.genotype:
+        return Genotype.from_json(args.genotype, space=space)
+    if space.model.fusion != "nas":
+        return None  # a fixed network (res2 baseline) needs no genotype
+    if storage.is_local and (Path(storage.root) / "genotype.json").is_file():
+        return Genotype.from_json(Path(storage.root) / "genotype.json", space=space)
+    raise CommandError(f"no genotype: give --genotype <genotype.json> (none found in {storage.root})")
+
+
+def main(args) -> int:
+    """Run ``nasfe retrain``: retrain on Ray Train, evaluate on the test split, print the numbers."""
+    from nasfe.cli import CommandError
+    from nasfe.distributed.ray_train import fit_retrain
+    from nasfe.distributed.search_job import (
+        check_workers, format_genotype, job_storage, load_job_space, open_cluster, wandb_pointer, wandb_settings,
+    )
+
+    space = load_job_space(args, {"retrain.epochs": args.epochs})
+    check_workers(space, args.workers, ("retrain",))
+    if args.name is None and not args.genotype and space.model.fusion == "nas":
+        raise CommandError("give --genotype <genotype.json> or --name of a searched run")
+    storage = job_storage(args, space)
+    genotype = _find_genotype(args, storage, space)
+    if genotype is not None:
+        print(format_genotype(genotype), flush=True)
+    use_gpu = open_cluster(args, args.workers)
+    t0 = time.time()
+    res = fit_retrain(space, genotype, storage.name, storage, num_workers=args.workers, use_gpu=use_gpu,
+                      wandb=wandb_settings(args, storage.name), resume=args.resume, max_failures=args.max_failures)
+    evaluate_and_report(space, genotype, res.local_dir / "model.pt", args.eval_images, use_gpu)
+    for line in wandb_pointer(res.local_dir):
+        print(f"[nasfe] {line}", flush=True)
+    print(f"[nasfe] results in {storage.root} ({time.time() - t0:.0f}s)", flush=True)
+    return 0

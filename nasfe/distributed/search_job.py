@@ -1,0 +1,210 @@
+"""``nasfe search`` (and ``jobs/search.py``): search on Ray Train, derive, retrain, evaluate.
+
+With no arguments it runs the built-in default end to end on a laptop: the ``tiny`` space on
+synthetic faces, 2 Ray Train workers, a short retrain, then PSNR/SSIM of the degraded inputs
+against the restored outputs on the held-out test identities.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+log = logging.getLogger("nasfe.distributed")
+
+
+def _override(text: str) -> tuple[str, Any]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
+    return key.strip(), yaml.safe_load(value)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by ``nasfe search`` and ``nasfe retrain``."""
+    parser.add_argument("--space", default="tiny", help="search space: built-in name or a .yaml file (default: tiny)")
+    parser.add_argument("--data", help="a face folder (<root>/<identity>/<image>); sets data.source=folder")
+    parser.add_argument("--data-source", choices=["synthetic", "folder", "celeba", "vggface2"],
+                        help="data.source (with --data: the kind of folder it is)")
+    parser.add_argument("--name", help="run name (default: <space>-<date>-<time>; reuse a name to resume)")
+    parser.add_argument("--storage", help="where runs live: a folder (default ./runs) or s3://bucket/prefix")
+    parser.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
+    parser.add_argument("--gpus", "--use-gpu", dest="gpus", nargs="?", const="auto", default="auto",
+                        help="'auto' (default: GPUs when the cluster has them), 'yes'/'no'")
+    parser.add_argument("--resume", dest="resume", action="store_true", default=True,
+                        help="continue the run's last checkpoint (default)")
+    parser.add_argument("--no-resume", dest="resume", action="store_false",
+                        help="start over: the run's earlier checkpoints are deleted")
+    parser.add_argument("--set", dest="overrides", action="append", type=_override, default=[],
+                        metavar="KEY=VALUE", help="override a space field, e.g. --set search.lr=1e-3 (repeatable)")
+    parser.add_argument("--wandb-project", default="nasfe", help="W&B project (default nasfe)")
+    parser.add_argument("--wandb-mode", default="auto", choices=["auto", "online", "offline", "disabled"],
+                        help="auto: online with an API key and network, else offline (default)")
+    parser.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS or a cluster on this node, "
+                                          "else start a local one)")
+    parser.add_argument("--max-failures", type=int, default=2,
+                        help="worker-group restarts from the last checkpoint before giving up (default 2)")
+    parser.add_argument("--eval-images", type=int, default=256, help="test images to evaluate (default 256)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``nasfe search``."""
+    add_common_arguments(parser)
+    parser.add_argument("--epochs", type=int, help="search epochs (search.epochs)")
+    parser.add_argument("--retrain-epochs", type=int, help="retrain epochs (retrain.epochs)")
+    parser.add_argument("--no-retrain", action="store_true", help="stop after the search")
+
+
+def load_job_space(args, extra: Optional[dict[str, Any]] = None):
+    """The space of the job: file or name, ``--data``/``--data-source``, ``--set`` and ``extra``."""
+    from nasfe.cli import CommandError
+    from nasfe.config import load_space
+
+    overrides = dict(args.overrides or [])
+    if args.data:
+        root = Path(args.data).expanduser()
+        if not root.is_dir():
+            raise CommandError(f"--data {args.data}: no such folder")
+        overrides["data.root"] = str(root.resolve())
+        overrides["data.source"] = args.data_source or "folder"
+    elif args.data_source:
+        if args.data_source != "synthetic":
+            raise CommandError(f"--data-source {args.data_source} needs --data <folder>")
+        overrides["data.source"] = "synthetic"
+    overrides.update({k: v for k, v in (extra or {}).items() if v is not None})
+    space = load_space(args.space, overrides)
+    if space.data.source != "synthetic":
+        root = Path(space.data.root or "")
+        if not space.data.root or not root.exists():
+            raise CommandError(f"data.root {space.data.root!r}: no such folder (data.source = {space.data.source!r})")
+    return space
+
+
+def check_workers(space, workers: int, phases: tuple[str, ...]) -> None:
+    """Batch sizes must split evenly over the workers."""
+    from nasfe.cli import CommandError
+
+    if workers < 1:
+        raise CommandError(f"--workers {workers}: need at least 1")
+    for phase in phases:
+        batch = getattr(space, phase).batch_size
+        if batch % workers:
+            raise CommandError(f"{phase}.batch_size {batch} is not divisible by --workers {workers} "
+                               f"(use --set {phase}.batch_size=...)")
+
+
+def open_cluster(args, workers: int) -> bool:
+    """Connect to Ray; returns whether the workers use GPUs."""
+    from nasfe.cli import CommandError
+    from nasfe.distributed.cluster import StorageError, cluster_gpus, connect
+
+    try:
+        print(f"[nasfe] {connect(args.address, log_to_driver=True)}", flush=True)
+    except StorageError as exc:
+        raise CommandError(str(exc)) from None
+    want = str(args.gpus).lower()
+    if want in ("auto",):
+        return cluster_gpus() >= 1
+    if want in ("yes", "true", "1", "on"):
+        if cluster_gpus() < 1:
+            log.warning("--gpus yes but the cluster reports no GPU now (the autoscaler may add GPU nodes)")
+        return True
+    if want in ("no", "false", "0", "off"):
+        return False
+    raise CommandError(f"--gpus {args.gpus!r}: expected auto, yes or no")
+
+
+def job_storage(args, space):
+    """The run's :class:`RunStorage` (name defaults to ``<space>-<date>-<time>``)."""
+    from nasfe.cli import CommandError
+    from nasfe.distributed.cluster import RunStorage, StorageError
+
+    name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        return RunStorage.create(args.storage, name)
+    except StorageError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def wandb_settings(args, name: str):
+    """W&B settings of the job, or None when disabled."""
+    from nasfe.tracking.wandb_logger import WandbSettings
+
+    if args.wandb_mode == "disabled":
+        return None
+    return WandbSettings(project=args.wandb_project, mode=args.wandb_mode, group=name,
+                         extra_config={"run_name": name, "workers": args.workers})
+
+
+def format_genotype(genotype) -> str:
+    """The genotype as a few readable lines: path over levels, then each cell's blocks."""
+    names = lambda j: {0: "prev-prev", 1: "prev"}.get(j, f"block{j - 2}")  # noqa: E731
+    lines = [f"genotype {genotype.genotype_id()}  path (level per layer): {' -> '.join(map(str, genotype.path))}"]
+    for ci, cell in enumerate(genotype.cells):
+        label = "cell (shared by all layers)" if len(genotype.cells) == 1 else f"cell of layer {ci}"
+        lines.append(f"  {label}:")
+        for bi, g in enumerate(cell):
+            parts = " + ".join(f"{op}({names(j)})" for op, j in zip(g.ops, g.inputs))
+            lines.append(f"    block{bi} = {parts}")
+    return "\n".join(lines)
+
+
+def wandb_pointer(local_dir: Path) -> list[str]:
+    """Lines saying where the W&B runs of this run are (from the pointer files)."""
+    out = []
+    for phase in ("search", "retrain"):
+        f = Path(local_dir) / f"wandb_{phase}.json"
+        if f.is_file():
+            info = json.loads(f.read_text())
+            where = info.get("url") or info.get("dir")
+            extra = f" (upload later: {info['sync']})" if info.get("sync") else ""
+            out.append(f"W&B {phase} run ({info.get('mode')}): {where}{extra}")
+    return out
+
+
+def main(args) -> int:
+    """Run ``nasfe search``: search -> derive -> retrain -> evaluate, printing the results."""
+    from nasfe.distributed.ray_train import fit_retrain, fit_search
+    from nasfe.distributed.retrain_job import evaluate_and_report
+    from nasfe.genotype import Genotype
+
+    space = load_job_space(args, {"search.epochs": args.epochs, "retrain.epochs": args.retrain_epochs})
+    phases = ("search",) if args.no_retrain else ("search", "retrain")
+    check_workers(space, args.workers, phases)
+    storage = job_storage(args, space)
+    use_gpu = open_cluster(args, args.workers)
+    wb = wandb_settings(args, storage.name)
+    print(f"[nasfe] run {storage.name!r} in {storage.root} (space {space.name}, {args.workers} workers, "
+          f"{'GPU' if use_gpu else 'CPU'})", flush=True)
+    t0 = time.time()
+    common = dict(num_workers=args.workers, use_gpu=use_gpu, wandb=wb, resume=args.resume,
+                  max_failures=args.max_failures)
+    search = fit_search(space, storage.name, storage, **common)
+    if "genotype" not in search.summary:
+        raise RuntimeError(f"the search of {storage.root} left no genotype in search_summary.json")
+    genotype = Genotype.from_dict(search.summary["genotype"], space=space)
+    print(f"[nasfe] search done in {time.time() - t0:.0f}s; derived:\n{format_genotype(genotype)}", flush=True)
+    report: dict[str, Any] = {"run": storage.name, "root": storage.root, "space": space.name,
+                              "genotype_id": genotype.genotype_id(), "search": search.summary}
+    local_dir = search.local_dir
+    if not args.no_retrain:
+        retrain = fit_retrain(space, genotype, storage.name, storage, **common)
+        local_dir = retrain.local_dir
+        report["retrain"] = retrain.summary
+        report["test"] = evaluate_and_report(space, genotype, local_dir / "model.pt", args.eval_images, use_gpu)
+    report["seconds"] = round(time.time() - t0, 1)
+    report["wandb"] = wandb_pointer(local_dir)
+    from nasfe.imageio import atomic_write_json
+
+    atomic_write_json(local_dir / "job_summary.json", report)
+    storage.upload(local_dir, ["job_summary.json"])
+    for line in report["wandb"]:
+        print(f"[nasfe] {line}", flush=True)
+    print(f"[nasfe] results in {storage.root} ({report['seconds']:.0f}s)", flush=True)
+    return 0

@@ -1,0 +1,303 @@
+"""What every training phase shares: data, loss, epochs, validation, checkpoints, resume.
+
+A phase (search, retrain, pretrain) subclasses :class:`Phase` and supplies its model,
+optimisers and one ``train_step``. The loop is plain PyTorch; progress, W&B and Ray reach it
+only through :class:`~nasfe.engine.callbacks.Callback` objects.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from nasfe.config import SpaceConfig
+from nasfe.engine.callbacks import Callback, CallbackList, TrainState
+from nasfe.engine.checkpoint import (
+    checkpoint_name, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint,
+)
+from nasfe.engine.dist import DistContext
+
+log = logging.getLogger("nasfe.engine")
+
+
+@dataclass
+class PhaseSettings:
+    """The knobs a phase reads from its config section (search or retrain)."""
+
+    epochs: int
+    steps_per_epoch: Optional[int]
+    batch_size: int
+    lr: float
+    grad_clip: float
+    amp: bool
+    val_batches: int
+    checkpoint_every: int
+    seed: int
+    pretrain_steps: int = 0
+
+
+def cycle(maker) -> Iterator[Any]:
+    """Endless batches from a batch maker, moving to its next epoch when one runs out."""
+    epoch = 0
+    while True:
+        if hasattr(maker, "set_epoch"):
+            maker.set_epoch(epoch)
+        empty = True
+        for batch in maker:
+            empty = False
+            yield batch
+        if empty:
+            raise RuntimeError("the batch source yields no batches (too few images for one batch?)")
+        epoch += 1
+
+
+class Phase:
+    """One training phase with checkpoint/resume; subclasses implement :meth:`train_step`."""
+
+    name = "phase"
+    keep_checkpoints = 3
+
+    def __init__(self, space: SpaceConfig, settings: PhaseSettings, run_dir: str | Path,
+                 callbacks: Sequence[Callback] = (), device: str | torch.device = "cpu",
+                 dist: Optional[DistContext] = None, resume: bool = True,
+                 resume_from: Optional[str | Path] = None, faces=None):
+        self.space = space
+        self.cfg = settings
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.callbacks = CallbackList(callbacks)
+        self.device = torch.device(device)
+        self.dist = dist or DistContext.detect()
+        self.resume = resume
+        self.resume_from = Path(resume_from) if resume_from else None
+        self.faces = faces
+        if settings.batch_size % self.dist.world_size:
+            raise ValueError(f"batch_size {settings.batch_size} is not divisible by {self.dist.world_size} workers")
+        self.local_batch = settings.batch_size // self.dist.world_size
+        self.state = TrainState(phase=self.name, rank=self.dist.rank, world_size=self.dist.world_size,
+                                run_dir=self.run_dir, epochs=settings.epochs)
+        self.last_metrics: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []
+
+    # ----- to be provided by phases -------------------------------------------------------
+    def build(self) -> None:
+        """Create ``self.model``, ``self.loss_fn`` and optimisers."""
+        raise NotImplementedError
+
+    def train_step(self, batch) -> dict[str, float]:
+        """One optimisation step on ``batch``; returns scalar metrics."""
+        raise NotImplementedError
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Named optimisers whose state is checkpointed."""
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, Any]:
+        """Phase-specific checkpoint entries."""
+        return {}
+
+    def load_extra_state(self, payload: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` saved."""
+
+    def on_epoch_end_extra(self, metrics: dict[str, Any]) -> Any:
+        """Hook after validation (search derives its genotype here); returns the genotype or None."""
+        return None
+
+    # ----- shared machinery ---------------------------------------------------------------
+    def make_batches(self, split: str, seed_offset: int = 0, space: Optional[SpaceConfig] = None):
+        """A batch maker for ``split`` on this rank (its shard, its share of the global batch)."""
+        from nasfe.data.batches import BatchMaker
+
+        return BatchMaker(space or self.space, split, self.local_batch, device=self.device, rank=self.dist.rank,
+                          world_size=self.dist.world_size, seed=self.cfg.seed + seed_offset, faces=self.faces)
+
+    def autocast(self):
+        """bf16 autocast when enabled in the config (CPU and CUDA)."""
+        if not self.cfg.amp:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def network_loss(self, batch, drop_refs: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+        """L_final (Eq. 9) plus CN's BCE.
+
+        With ``drop_refs`` the network restores without reference photos (so it learns to work
+        without them at test time); the identity loss still uses them, as targets only.
+        """
+        with self.autocast():
+            out = self.model(batch.y, refs=None if drop_refs else batch.refs)
+        restored = out.restored.float()
+        total, parts = self.loss_fn(restored, batch.x, batch.refs)
+        metrics = {k: float(v) for k, v in parts.items()}
+        if self.space.loss.lambda_cls > 0 and out.class_logits is not None:
+            cls = F.binary_cross_entropy_with_logits(out.class_logits.float(), batch.c.float())
+            total = total + self.space.loss.lambda_cls * cls
+            metrics["cls"] = float(cls)
+        metrics["loss"] = float(total)
+        return total, metrics
+
+    def clip(self, params) -> None:
+        """Clip the gradient norm when configured."""
+        if self.cfg.grad_clip and self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """PSNR/SSIM of restored and of degraded inputs against clean, on the validation split."""
+        from nasfe.evaluate.metrics import psnr, ssim
+
+        self.model.eval()
+        sums = {"val_psnr": 0.0, "val_ssim": 0.0, "input_psnr": 0.0, "input_ssim": 0.0, "val_cls_acc": 0.0}
+        n = 0
+        first = None
+        self.val_maker.set_epoch(0)  # the same validation images every epoch
+        for i, batch in enumerate(self.val_maker):
+            if i >= self.cfg.val_batches:
+                break
+            with self.autocast():
+                out = self.model(batch.y, refs=None)
+            restored = out.restored.float().clamp(0, 1)
+            sums["val_psnr"] += float(psnr(restored, batch.x).clamp(max=100).sum())
+            sums["val_ssim"] += float(ssim(restored, batch.x).sum())
+            sums["input_psnr"] += float(psnr(batch.y, batch.x).clamp(max=100).sum())
+            sums["input_ssim"] += float(ssim(batch.y, batch.x).sum())
+            if out.class_logits is not None:
+                pred = (out.class_logits.float() > 0).float()
+                sums["val_cls_acc"] += float((pred == batch.c).float().mean(dim=1).sum())
+            n += len(batch.x)
+            if first is None:
+                first = {"degraded": batch.y[:4].cpu(), "restored": restored[:4].cpu(), "clean": batch.x[:4].cpu()}
+        self.model.train()
+        total_n = self.dist.mean(n) * self.dist.world_size
+        metrics = {k: self.dist.mean(v) * self.dist.world_size / max(total_n, 1) for k, v in sums.items()}
+        if first is not None and self.state.is_main:
+            self.callbacks.on_images(self.state, first)
+        return metrics
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where the phase stands."""
+        return {
+            "phase": self.name,
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            "steps_per_epoch": self.state.steps_per_epoch,
+            "model": self.model.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
+            "torch_rng": torch.get_rng_state(),
+            "space": self.space.to_dict(),
+            "history": json.loads(json.dumps(self.history)),
+            **self.extra_state(),
+        }
+
+    def save(self) -> Optional[Path]:
+        """Rank 0 writes a checkpoint; every rank then calls ``on_checkpoint`` together."""
+        path = None
+        if self.dist.is_main:
+            path = save_checkpoint(self.ckpt_dir / checkpoint_name(self.name, self.state.step), self.checkpoint_payload())
+            prune_checkpoints(self.ckpt_dir, self.name, self.keep_checkpoints)
+        self.callbacks.on_checkpoint(self.state, path, dict(self.last_metrics))
+        return path
+
+    def maybe_resume(self) -> Optional[Path]:
+        """Load ``resume_from`` or the newest checkpoint in the run directory, if any."""
+        path = self.resume_from
+        if path is None and self.resume:
+            path = latest_checkpoint(self.ckpt_dir, self.name)
+        if path is None:
+            return None
+        payload = load_checkpoint(path, required=("step", "epoch", "model", "optimizers"))
+        if payload.get("phase") != self.name:
+            from nasfe.engine.checkpoint import CheckpointError
+
+            raise CheckpointError(f"{path}: a {payload.get('phase')!r} checkpoint, not {self.name!r}")
+        try:
+            self.model.load_state_dict(payload["model"])
+        except RuntimeError as exc:
+            from nasfe.engine.checkpoint import CheckpointError
+
+            raise CheckpointError(f"{path}: weights do not fit this model ({exc})") from None
+        for name, opt in self.optimizers().items():
+            if name in payload["optimizers"]:
+                opt.load_state_dict(payload["optimizers"][name])
+        torch.set_rng_state(payload["torch_rng"])
+        self.state.step = int(payload["step"])
+        self.state.epoch = int(payload["epoch"])
+        self.history = list(payload.get("history", []))
+        self.load_extra_state(payload)
+        log.info("resumed %s from %s at step %d", self.name, path, self.state.step)
+        return path
+
+    def run(self) -> dict[str, Any]:
+        """Train for the configured epochs (continuing a checkpoint), then return a summary."""
+        torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
+        self.build()
+        self.train_maker = self.make_batches("train")
+        self.val_maker = self.make_batches("val", seed_offset=1000)
+        spe = self.cfg.steps_per_epoch or len(self.train_maker)
+        if spe < 1:
+            raise RuntimeError("the training split holds fewer images than one batch")
+        self.state.steps_per_epoch = spe
+        resumed = self.maybe_resume()
+        if resumed is None and self.cfg.pretrain_steps > 0:
+            from nasfe.engine.pretrain import pretrain_parts
+
+            pretrain_parts(self.model, self.space, lambda sp: self.make_batches("train", 3000, space=sp),
+                           self.cfg.pretrain_steps, self.cfg.lr, self.dist, self.cfg.grad_clip or 5.0)
+        self.callbacks.on_start(self.state, {"phase": self.name, "space": self.space.to_dict(),
+                                             "resumed_from": str(resumed) if resumed else None})
+        t_start = time.time()
+        self.model.train()
+        while self.state.epoch < self.cfg.epochs:
+            epoch = self.state.epoch
+            first_step = self.state.step - epoch * spe  # > 0 after a mid-epoch resume
+            self.train_maker.set_epoch(epoch)
+            batches = iter(self.train_maker)
+            for _ in range(first_step):
+                # an epoch shorter than the loader cycles; skipping keeps the data order of a run
+                # that never stopped
+                next(batches, None)
+            for _ in range(first_step, spe):
+                batch = next(batches, None)
+                if batch is None:
+                    self.train_maker.set_epoch(epoch + 10_000 * (self.state.step + 1))
+                    batches = iter(self.train_maker)
+                    batch = next(batches)
+                metrics = self.train_step(batch)
+                self.state.step += 1
+                self.last_metrics = metrics
+                self.callbacks.on_step(self.state, metrics)
+                if self.cfg.checkpoint_every and self.state.step % self.cfg.checkpoint_every == 0 \
+                        and self.state.step % spe:
+                    self.save()
+            val = self.validate()
+            metrics = {"epoch": epoch + 1, **{k: v for k, v in self.last_metrics.items()}, **val}
+            genotype = self.on_epoch_end_extra(metrics)
+            self.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            self.state.epoch = epoch + 1
+            self.callbacks.on_epoch_end(self.state, metrics, genotype)
+            self.last_metrics = metrics
+            self.save()
+        summary = self.summary(time.time() - t_start)
+        if self.dist.is_main:
+            from nasfe.imageio import atomic_write_json
+
+            atomic_write_json(self.run_dir / f"{self.name}_summary.json", summary)
+        self.callbacks.on_end(self.state, summary)
+        return summary
+
+    def summary(self, seconds: float) -> dict[str, Any]:
+        """What the phase achieved (written to ``<phase>_summary.json``)."""
+        last = self.history[-1] if self.history else {}
+        best = max((h.get("val_psnr", -math.inf) for h in self.history), default=None)
+        params = sum(p.numel() for p in self.model.weight_parameters())
+        return {"phase": self.name, "steps": self.state.step, "epochs": self.state.epoch,
+                "seconds": round(seconds, 2), "world_size": self.dist.world_size,
+                "final": last, "best_val_psnr": best, "parameters": params,
+                "run_dir": str(self.run_dir)}

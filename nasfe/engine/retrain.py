@@ -1,0 +1,78 @@
+"""Retraining of a derived network (or the BN baseline) with L_final: Adam 5e-4, batch 40."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from nasfe.config import SpaceConfig
+from nasfe.engine.callbacks import Callback
+from nasfe.engine.dist import DistContext
+from nasfe.engine.loop import Phase, PhaseSettings
+from nasfe.engine.search import build_network
+
+
+class RetrainPhase(Phase):
+    """Train the discrete network built from ``genotype`` (None: the space's fixed fusion)."""
+
+    name = "retrain"
+
+    def __init__(self, space: SpaceConfig, genotype, run_dir, **kwargs):
+        r = space.retrain
+        settings = PhaseSettings(r.epochs, r.steps_per_epoch, r.batch_size, r.lr, r.grad_clip, r.amp,
+                                 r.val_batches, r.checkpoint_every, r.seed,
+                                 r.pretrain_steps)
+        super().__init__(space, settings, run_dir, **kwargs)
+        self.genotype = genotype
+
+    def build(self) -> None:
+        model, loss = build_network(self.space, genotype=self.genotype)
+        self.model = model.to(self.device)
+        self.loss_fn = loss.to(self.device)
+        self.weights = list(self.model.weight_parameters())
+        self.dist.broadcast_parameters(self.weights)
+        self.opt = torch.optim.Adam(self.weights, lr=self.cfg.lr)
+        self._drop_gen = torch.Generator().manual_seed(self.cfg.seed + 17)
+
+    def optimizers(self):
+        return {"weights": self.opt}
+
+    def extra_state(self):
+        return {"genotype": self.genotype.to_dict() if self.genotype is not None else None,
+                "drop_rng": self._drop_gen.get_state()}
+
+    def load_extra_state(self, payload):
+        if payload.get("drop_rng") is not None:
+            self._drop_gen.set_state(payload["drop_rng"])
+
+    def train_step(self, batch) -> dict[str, float]:
+        drop = bool(torch.rand((), generator=self._drop_gen) < self.space.identity.drop_refs)
+        self.opt.zero_grad(set_to_none=True)
+        loss, metrics = self.network_loss(batch, drop_refs=drop)
+        loss.backward()
+        self.dist.all_reduce_grads(self.weights)
+        self.clip(self.weights)
+        self.opt.step()
+        return metrics
+
+    def save(self):
+        path = super().save()
+        if self.dist.is_main:
+            # a small weights-only file for `nasfe evaluate` / `nasfe restore` / export
+            from nasfe.engine.checkpoint import save_checkpoint
+
+            save_checkpoint(self.run_dir / "model.pt", {
+                "step": self.state.step, "model": self.model.state_dict(), "space": self.space.to_dict(),
+                "genotype": self.genotype.to_dict() if self.genotype is not None else None,
+            })
+        return path
+
+
+def run_retrain(space: SpaceConfig, genotype, run_dir: str | Path, callbacks: Sequence[Callback] = (),
+                device: str = "cpu", dist: Optional[DistContext] = None, resume: bool = True,
+                resume_from: Optional[str | Path] = None, faces=None) -> dict[str, Any]:
+    """Retrain ``genotype`` in ``space``; writes checkpoints, ``model.pt`` and ``retrain_summary.json``."""
+    phase = RetrainPhase(space, genotype, run_dir, callbacks=callbacks, device=device, dist=dist,
+                         resume=resume, resume_from=resume_from, faces=faces)
+    return phase.run()

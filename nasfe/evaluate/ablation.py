@@ -1,0 +1,282 @@
+"""``nasfe ablation``: train and evaluate the rows of Table 6 at a chosen scale and budget.
+
+Each row is a set of overrides on a base search space (default ``tiny``):
+
+==========================  =====================================================================
+row                         overrides
+==========================  =====================================================================
+BN                          fusion res2, no classifier, no identity, L2 only (lambda_per = lambda_iden = 0)
+BN-NAS                      fusion nas (search, then retrain), no classifier, no identity, L2 only
++ classification network    + use_classifier
++ identity information      + use_identity
+NASFE (L_mse + L_per)       + lambda_per 0.04
+NASFE w/ L_final            + lambda_iden 0.003
+==========================  =====================================================================
+
+A searched row searches its own space (the genotype carries the hash of the model section, and the
+classifier and identity inputs change it); rows that differ only in the loss reuse that search.
+Training runs the engine in this process (no Ray). Every row lives in ``OUT/rows/<row>/`` and
+searches in ``OUT/search/<space hash>/``: a rerun resumes, and finished rows are reused.
+
+Evaluation: PSNR/SSIM (RGB, [0, 1], full image) on Test-BN and Test-BNL. Without ``--testsets``
+a small pair is built in ``OUT/testsets`` from the base space's *test* identities (never trained
+on), whose other images also serve as identity references for the rows that use them.
+The table puts our numbers beside the paper's Table 6 (CelebA columns) and the restoration
+parameters of each network (Table 6 counts encoders, fusion and decoder, in millions).
+
+Budget: ``--budget-minutes M`` times one training step of the largest row first and sizes every
+phase so the whole ablation takes about M minutes (a search step counts as two training steps);
+``--search-epochs/--retrain-epochs/--steps-per-epoch`` set it explicitly instead.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+log = logging.getLogger("nasfe.evaluate")
+
+_L2_ONLY = {"loss.lambda_per": 0.0, "loss.lambda_iden": 0.0}
+_NAS_BASE = {"model.fusion": "nas", "model.use_classifier": False, "model.use_identity": False, **_L2_ONLY}
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    """One row of Table 6: its name, a file-safe slug, space overrides and the paper's CelebA numbers."""
+
+    name: str
+    slug: str
+    overrides: dict
+    paper_bn: tuple[float, float]   # Test-BN CelebA (PSNR, SSIM)
+    paper_bnl: tuple[float, float]  # Test-BNL CelebA (PSNR, SSIM)
+    paper_params_m: float
+
+
+ROWS: tuple[AblationRow, ...] = (
+    AblationRow("BN", "bn", {"model.fusion": "res2", "model.use_classifier": False, "model.use_identity": False,
+                             **_L2_ONLY}, (19.72, 0.70), (19.95, 0.65), 6.00),
+    AblationRow("BN-NAS", "bn_nas", dict(_NAS_BASE), (22.51, 0.74), (21.17, 0.70), 6.25),
+    AblationRow("+ classification network", "cls", {**_NAS_BASE, "model.use_classifier": True},
+                (23.28, 0.76), (21.56, 0.72), 6.25),
+    AblationRow("+ identity information", "iden", {**_NAS_BASE, "model.use_classifier": True,
+                                                   "model.use_identity": True}, (24.88, 0.81), (23.06, 0.80), 6.40),
+    AblationRow("NASFE (L_mse + L_per)", "per", {**_NAS_BASE, "model.use_classifier": True, "model.use_identity": True,
+                                                 "loss.lambda_per": 0.04}, (25.10, 0.84), (23.35, 0.83), 6.40),
+    AblationRow("NASFE w/ L_final", "final", {**_NAS_BASE, "model.use_classifier": True, "model.use_identity": True,
+                                              "loss.lambda_per": 0.04, "loss.lambda_iden": 0.003},
+                (25.57, 0.87), (23.80, 0.85), 6.40),
+)
+ROW_SLUGS = [r.slug for r in ROWS]
+EVAL_SETS = ("Test-BN", "Test-BNL")
+
+
+def row_space(base: str, row: AblationRow, schedule: dict[str, Any]):
+    """The search space of ``row``: the base space with the row's and the schedule's overrides."""
+    from nasfe.config import load_space
+
+    return load_space(base, {**row.overrides, **schedule})
+
+
+# ---- budget -----------------------------------------------------------------------------------------
+def schedule_from_args(search_epochs: int, retrain_epochs: int, steps_per_epoch: Optional[int]) -> dict[str, Any]:
+    """Explicit epochs (and steps per epoch) for every search and retrain phase."""
+    s: dict[str, Any] = {"search.epochs": search_epochs, "search.warmup_epochs": max(0, min(search_epochs - 1, search_epochs // 2)),
+                         "retrain.epochs": retrain_epochs}
+    if steps_per_epoch:
+        s.update({"search.steps_per_epoch": steps_per_epoch, "retrain.steps_per_epoch": steps_per_epoch})
+    return s
+
+
+def schedule_for_budget(base: str, rows: Sequence[AblationRow], minutes: float, work_dir: Path,
+                        device: str) -> tuple[dict[str, Any], float]:
+    """Steps per phase so that all ``rows`` take about ``minutes``: one timed retrain step of the
+    most expensive row gives seconds per step; a search step counts twice; two epochs per phase."""
+    from nasfe.engine.retrain import run_retrain
+
+    probe = rows[-1]
+    space = row_space(base, probe, {"retrain.epochs": 1, "retrain.steps_per_epoch": 2, "retrain.val_batches": 1})
+    geno = _initial_genotype(space) if space.model.fusion == "nas" else None
+    t0 = time.time()
+    summary = run_retrain(space, geno, work_dir / "calibration", device=device, resume=False)
+    per_step = max(1e-3, (time.time() - t0) / max(1, summary["steps"]))
+    searches = len({row_space(base, r, {}).space_hash() for r in rows if r.overrides.get("model.fusion") == "nas"})
+    units = len(rows) + 2 * searches
+    steps = max(2, int(minutes * 60 / per_step / units))
+    spe = max(1, steps // 2)
+    log.info("budget %.1f min: %.2f s/step measured, %d step(s) per phase (2 epochs x %d)", minutes, per_step, 2 * spe, spe)
+    return {"search.epochs": 2, "search.warmup_epochs": 1, "search.steps_per_epoch": spe,
+            "retrain.epochs": 2, "retrain.steps_per_epoch": spe}, per_step
+
+
+def _initial_genotype(space):
+    """The genotype of a fresh supernet's (seeded) architecture weights: used only to time a step."""
+    from nasfe.genotype import derive_genotype
+    from nasfe.model.registry import create_model
+
+    with torch.random.fork_rng():
+        torch.manual_seed(space.search.seed)
+        net = create_model(space)
+    return derive_genotype(net.alphas, net.betas, space)
+
+
+# ---- test data ---------------------------------------------------------------------------------------
+def build_ablation_testsets(base: str, out: Path, images: int, seed: int = 0) -> tuple[Path, Path]:
+    """Write the base space's test identities to ``out/test_faces/<identity>/`` (at the training size)
+    and build Test-BN and Test-BNL from ``images`` of them in ``out/testsets``; returns both folders."""
+    from nasfe.config import load_space
+    from nasfe.data.faces import open_faces
+    from nasfe.data.splits import split_identities
+    from nasfe.data.testsets import build_testsets
+    from nasfe.imageio import ImageReadError, write_png_atomic
+
+    space = load_space(base)
+    faces = open_faces(space.data)
+    test = split_identities(faces, space.data)["test"]
+    if not test:
+        raise ValueError(f"space {space.name!r}: its data has no test identities (data.test_fraction)")
+    folder = out / "test_faces"
+    from nasfe.data.faces import fit_to_size
+
+    written = 0
+    for i, rec in enumerate(test):
+        path = folder / rec.identity / f"{i:05d}.png"
+        if not path.is_file():
+            try:
+                write_png_atomic(path, fit_to_size(faces.load(rec), space.data.height, space.data.width))
+            except ImageReadError as exc:
+                print(f"nasfe ablation: test face skipped: {exc}", file=sys.stderr)
+                continue
+        written += 1
+    root = out / "testsets"
+    build_testsets(root, faces=str(folder), sets=EVAL_SETS, seed=seed, images=min(images, written), progress=False)
+    return root, folder
+
+
+# ---- the rows ---------------------------------------------------------------------------------------------
+def train_row(base: str, row: AblationRow, schedule: dict[str, Any], out: Path, device: str,
+              callbacks=()) -> dict[str, Any]:
+    """Search (when the row's fusion is searched; shared by rows of the same model section) and
+    retrain one row; returns ``{'model_pt', 'space', 'genotype', 'seconds'}`` (a finished row is reused)."""
+    from nasfe.engine.retrain import run_retrain
+    from nasfe.engine.search import run_search
+    from nasfe.genotype import Genotype
+
+    space = row_space(base, row, schedule)
+    run = out / "rows" / row.slug
+    t0 = time.time()
+    genotype = None
+    if space.model.fusion == "nas":
+        sdir = out / "search" / space.space_hash()
+        if not (sdir / "search_summary.json").is_file():
+            run_search(space, sdir, callbacks=callbacks, device=device)
+        genotype = Genotype.from_json(sdir / "genotype.json", space=space)
+    if not (run / "retrain_summary.json").is_file():
+        run_retrain(space, genotype, run, callbacks=callbacks, device=device)
+    return {"model_pt": run / "model.pt", "space": space, "genotype": genotype, "seconds": time.time() - t0}
+
+
+def run_ablation(base: str, out: str | Path, rows: Sequence[AblationRow] = ROWS, schedule: Optional[dict] = None,
+                 budget_minutes: Optional[float] = None, testsets: Optional[str | Path] = None,
+                 faces: Optional[str | Path] = None, test_images: int = 8, max_images: Optional[int] = None,
+                 device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+    """Train and evaluate ``rows``; writes ablation.md/.csv/.json in ``out``; returns the table rows."""
+    from nasfe.engine.callbacks import ConsoleProgress
+    from nasfe.evaluate.evaluate_cmd import evaluate_sets, network_method
+    from nasfe.evaluate.model_io import load_trained
+    from nasfe.evaluate.report import write_table
+    from nasfe.imageio import atomic_write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    per_step = None
+    if schedule is None:
+        if budget_minutes is None:
+            raise ValueError("give a schedule or budget_minutes")
+        schedule, per_step = schedule_for_budget(base, rows, budget_minutes, out, device)
+    if testsets is None:
+        testsets, faces = build_ablation_testsets(base, out, test_images)
+    callbacks = [ConsoleProgress(bar=progress)]
+    table = []
+    for row in rows:
+        print(f"== {row.name}", file=sys.stderr)
+        trained = train_row(base, row, schedule, out, device, callbacks)
+        model, space, _ = load_trained(trained["model_pt"], device)
+        method = network_method(row.name, model, torch.device(device), with_refs=bool(faces))
+        res = evaluate_sets([method], testsets, EVAL_SETS, faces=faces, k_refs=space.identity.refs,
+                            recognizer=None, max_images=max_images, progress=progress)
+        by_set = {r["test_set"]: r for r in res["rows"]}
+        params = model.parameter_counts()["restoration"] / 1e6
+        table.append({
+            "row": row.name,
+            "bn_psnr": by_set["Test-BN"]["psnr"], "bn_ssim": by_set["Test-BN"]["ssim"],
+            "bnl_psnr": by_set["Test-BNL"]["psnr"], "bnl_ssim": by_set["Test-BNL"]["ssim"],
+            "paper_bn_psnr": row.paper_bn[0], "paper_bn_ssim": row.paper_bn[1],
+            "paper_bnl_psnr": row.paper_bnl[0], "paper_bnl_ssim": row.paper_bnl[1],
+            "params_M": params, "paper_params_M": row.paper_params_m,
+            "train_seconds": round(trained["seconds"], 1), "images": by_set["Test-BN"]["images"],
+            "genotype_id": trained["genotype"].genotype_id() if trained["genotype"] is not None else None,
+        })
+    columns = ["row", "bn_psnr", "bn_ssim", "bnl_psnr", "bnl_ssim", "paper_bn_psnr", "paper_bn_ssim",
+               "paper_bnl_psnr", "paper_bnl_ssim", "params_M", "paper_params_M", "train_seconds"]
+    write_table(table, columns, out / "ablation.md", out / "ablation.csv")
+    atomic_write_json(out / "ablation.json", {
+        "base_space": base, "schedule": schedule, "seconds_per_step": per_step, "budget_minutes": budget_minutes,
+        "testsets": str(testsets), "faces": str(faces) if faces else None, "device": device,
+        "total_seconds": round(time.time() - t_start, 1), "rows": table,
+        "note": "bn_* = Test-BN, bnl_* = Test-BNL, ours at this budget; paper_* = Table 6, CelebA columns"})
+    return {"rows": table, "schedule": schedule}
+
+
+# ---- command ----------------------------------------------------------------------------------------------
+def add_arguments(parser) -> None:
+    """Arguments of ``nasfe ablation``."""
+    parser.add_argument("--space", default="tiny", help="base search space (YAML or built-in name; default tiny)")
+    parser.add_argument("--out", required=True, help="output folder (rows, searches, test sets, ablation.md)")
+    parser.add_argument("--rows", nargs="+", default=ROW_SLUGS, choices=ROW_SLUGS, help="rows to run (default all)")
+    parser.add_argument("--budget-minutes", type=float, default=None, help="size every phase to fit about this many minutes")
+    parser.add_argument("--search-epochs", type=int, default=None)
+    parser.add_argument("--retrain-epochs", type=int, default=None)
+    parser.add_argument("--steps-per-epoch", type=int, default=None)
+    parser.add_argument("--testsets", default=None, help="built test sets with Test-BN and Test-BNL (default: build small ones)")
+    parser.add_argument("--faces", default=None, help="face folder of --testsets (identity references)")
+    parser.add_argument("--test-images", type=int, default=8, help="clean faces of the built test sets")
+    parser.add_argument("--max-images", type=int, default=None, help="seeded subsample of each test set")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def main(args) -> int:
+    """``nasfe ablation``."""
+    from nasfe.cli import CommandError
+    from nasfe.config import resolve_space_path
+    from nasfe.evaluate.model_io import resolve_device
+
+    resolve_space_path(args.space)
+    explicit = args.search_epochs is not None or args.retrain_epochs is not None
+    if explicit and args.budget_minutes is not None:
+        raise CommandError("give either --budget-minutes or --search-epochs/--retrain-epochs, not both")
+    if not explicit and args.budget_minutes is None:
+        raise CommandError("give a budget: --budget-minutes M, or --search-epochs N --retrain-epochs N")
+    schedule = None
+    if explicit:
+        se, re_ = args.search_epochs or 1, args.retrain_epochs or 1
+        if se < 1 or re_ < 1 or (args.steps_per_epoch is not None and args.steps_per_epoch < 1):
+            raise CommandError("--search-epochs, --retrain-epochs and --steps-per-epoch must be >= 1")
+        schedule = schedule_from_args(se, re_, args.steps_per_epoch)
+    elif args.budget_minutes <= 0:
+        raise CommandError(f"--budget-minutes must be > 0, got {args.budget_minutes}")
+    if args.faces and not args.testsets:
+        raise CommandError("--faces goes with --testsets (the built test sets come with their own faces)")
+    device = str(resolve_device(args.device))
+    rows = [r for r in ROWS if r.slug in args.rows]
+    result = run_ablation(args.space, args.out, rows, schedule, args.budget_minutes, args.testsets, args.faces,
+                          args.test_images, args.max_images, device, progress=not args.quiet)
+    print((Path(args.out) / "ablation.md").read_text())
+    print(f"{len(result['rows'])} row(s); table: {Path(args.out) / 'ablation.md'} (.csv, .json)")
+    return 0

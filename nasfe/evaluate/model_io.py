@@ -1,0 +1,155 @@
+"""Load a trained NASFE network for evaluation, restoration and export.
+
+Two ways to name a trained model:
+
+* a ``model.pt`` written by ``run_retrain`` (or a folder holding one, or a ``retrain_step_*.pt``
+  checkpoint): it carries the weights, the search space and the genotype;
+* ``--genotype genotype.json --weights file.pt --space space.yaml``: the parts given separately
+  (``--weights`` may be any file with a ``model`` state dict, or a plain state dict). With
+  ``fusion: res2`` (the BN baseline) no genotype is needed.
+
+Every failure is one clear line naming the file (``CheckpointError``, ``GenotypeError`` or
+``ConfigError``, which the CLI prints without a traceback).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from nasfe.config import SpaceConfig, load_space, space_from_dict
+from nasfe.engine.checkpoint import CheckpointError, load_checkpoint
+from nasfe.genotype import Genotype, GenotypeError
+
+log = logging.getLogger("nasfe.evaluate")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
+    from nasfe.cli import CommandError
+
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise CommandError(f"--device {name!r}: not a device (try cpu, cuda, cuda:1 or auto)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CommandError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise CommandError(f"--device {name}: MPS is not available on this machine (use --device cpu)")
+    return dev
+
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    """A nasfe checkpoint dict, or ``{'model': state_dict}`` for a plain state-dict file."""
+    try:
+        return load_checkpoint(path, required=())
+    except CheckpointError as exc:
+        if "checkpoint version None" not in str(exc):
+            raise
+    # not a nasfe checkpoint: maybe a plain state dict saved with torch.save(model.state_dict())
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return {"model": payload}
+    raise CheckpointError(f"{path}: neither a nasfe checkpoint nor a state dict of tensors")
+
+
+def _space_without_missing_weights(space: SpaceConfig, where: str) -> SpaceConfig:
+    """The checkpoint carries the frozen backbone's weights, so a backbone weights file that is
+    not on this machine is not needed: build the backbone without it and load the checkpoint's."""
+    w = space.identity.weights
+    if w and not Path(w).expanduser().is_file():
+        log.info("%s: identity.weights %s is not here; the backbone weights come from the checkpoint", where, w)
+        space = dataclasses.replace(space, identity=dataclasses.replace(space.identity, weights=None))
+    return space
+
+
+def build_and_load(space: SpaceConfig, genotype: Optional[Genotype], state_dict: dict[str, torch.Tensor],
+                   where: str, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Build the network of ``space``/``genotype``, load ``state_dict`` strictly, eval mode, frozen."""
+    from nasfe.engine.search import build_network
+
+    if space.model.fusion == "nas" and genotype is None:
+        raise GenotypeError(f"{where}: the space searches its fusion (model.fusion: nas) but no genotype was "
+                            "given; pass --genotype genotype.json (or use the model.pt that retrain wrote)")
+    if space.model.fusion == "res2" and genotype is not None:
+        log.info("%s: model.fusion is res2 (BN baseline); the genotype is ignored", where)
+        genotype = None
+    model, _ = build_network(_space_without_missing_weights(space, where), genotype)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "shape or key mismatch"
+        missing = sum(1 for k in model.state_dict() if k not in state_dict)
+        extra = sum(1 for k in state_dict if k not in model.state_dict())
+        raise CheckpointError(f"{where}: weights do not fit the network of this space/genotype "
+                              f"({missing} missing, {extra} unexpected keys; {first})") from None
+    model.eval().requires_grad_(False)
+    return model.to(device)
+
+
+def load_trained(path: Optional[str | Path] = None, device: str | torch.device = "cpu", *,
+                 genotype: Optional[str | Path] = None, weights: Optional[str | Path] = None,
+                 space: Optional[str | Path] = None) -> tuple[torch.nn.Module, SpaceConfig, Optional[Genotype]]:
+    """A trained network in eval mode on ``device``, with its space and genotype (None for BN).
+
+    ``path``: a ``model.pt`` (or a run folder holding one, or a retrain checkpoint). Otherwise
+    ``weights`` plus ``space`` (a YAML file or built-in name) and, for a searched fusion,
+    ``genotype`` (JSON). ``genotype``/``space`` given together with ``path`` override what the
+    checkpoint holds (the weights must still fit).
+    """
+    if path is None and weights is None:
+        raise CheckpointError("no model given: pass a model.pt, or --weights with --space (and --genotype)")
+    if path is not None and weights is not None:
+        raise CheckpointError(f"{path}: give either a model.pt or --weights, not both")
+    src = Path(path if path is not None else weights).expanduser()
+    if src.is_dir():
+        if (src / "model.pt").is_file():
+            src = src / "model.pt"
+        else:
+            raise CheckpointError(f"{src}: a folder without model.pt (run `nasfe retrain` first, or pass the file)")
+    payload = _read_payload(src)
+    if payload.get("phase") == "search":
+        raise CheckpointError(f"{src}: a search checkpoint (supernet weights); retrain its genotype.json and "
+                              "evaluate the model.pt that retrain writes")
+    state = payload.get("model")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{src}: holds no 'model' weights")
+
+    if space is not None:
+        cfg = load_space(space)
+    elif isinstance(payload.get("space"), dict):
+        cfg = space_from_dict(payload["space"], where=f"{src} (space)")
+    else:
+        raise CheckpointError(f"{src}: holds no search space; pass --space space.yaml")
+
+    geno: Optional[Genotype] = None
+    if genotype is not None:
+        geno = Genotype.from_json(genotype, space=cfg)
+    elif isinstance(payload.get("genotype"), dict):
+        geno = Genotype.from_dict(payload["genotype"], space=cfg, where=f"{src} (genotype)")
+    model = build_and_load(cfg, geno, state, str(src), device)
+    return model, cfg, (geno if cfg.model.fusion == "nas" else None)
+
+
+def add_model_arguments(parser) -> None:
+    """The shared way commands name a trained model: ``MODEL`` or ``--weights/--space/--genotype``."""
+    parser.add_argument("model", nargs="?", default=None,
+                        help="model.pt written by retrain (or its run folder)")
+    parser.add_argument("--weights", default=None, help="weights file (instead of MODEL); needs --space")
+    parser.add_argument("--space", dest="model_space", default=None,
+                        help="search space YAML or built-in name for --weights (overrides the checkpoint's)")
+    parser.add_argument("--genotype", default=None, help="genotype.json (for a searched fusion with --weights)")
+
+
+def load_from_args(args, device: str | torch.device = "cpu"):
+    """``load_trained`` from the arguments of :func:`add_model_arguments`."""
+    from nasfe.cli import CommandError
+
+    if args.model is None and args.weights is None:
+        raise CommandError("no model given: pass MODEL (a model.pt) or --weights FILE --space SPACE [--genotype G]")
+    return load_trained(args.model, device, genotype=args.genotype, weights=args.weights, space=args.model_space)

@@ -1,0 +1,322 @@
+"""Genotypes: the discrete architecture found by the search, as plain data.
+
+A genotype holds, per fusion-cell type and block, the two chosen inputs and their operators
+(never ``zero``), and the network-level path: the level (0 = encoder resolution, s = 1/2^s of
+it) of each of the L fusion cells. With ``model.shared_cell`` (the default, Auto-DeepLab style)
+there is one cell type used by every layer, so ``cells`` has one entry; otherwise one per layer.
+
+Block inputs are numbered 0 = previous-previous cell, 1 = previous cell, 2 + j = block j.
+JSON form (schema 1)::
+
+    {"schema_version": 1, "space_hash": "...", "blocks": 2, "operators": [...],
+     "cells": [[{"inputs": [0, 1], "ops": ["fft_op", "sep_conv_3x3"]}, ...]],
+     "path": [0, 1, 0], "meta": {...}}
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+SCHEMA_VERSION = 1
+
+
+class GenotypeError(ValueError):
+    """A genotype (file or data) is invalid; the message names the file and the field."""
+
+
+@dataclass
+class BlockGene:
+    """One block: ``ops[i]`` is applied to input ``inputs[i]``; the two results are added."""
+
+    inputs: list[int]
+    ops: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inputs": list(self.inputs), "ops": list(self.ops)}
+
+
+def node_levels(layer: int, cells: int, levels: int) -> list[int]:
+    """Levels of the trellis nodes at ``layer``: reachable from level 0 before layer 0 and able to
+    return to level 0 at the last layer, moving at most one level per layer."""
+    return [s for s in range(levels) if s <= layer + 1 and s <= cells - 1 - layer]
+
+
+def source_level(level: int, transition: int) -> int:
+    """Level a transition comes from: 0 = from the finer level (downsample), 1 = same, 2 = from the coarser level (upsample)."""
+    return level + transition - 1
+
+
+def check_path(path: list[int], cells: Optional[int] = None, levels: Optional[int] = None) -> Optional[str]:
+    """Why ``path`` is not a valid network-level path, or None when it is."""
+    if not isinstance(path, list) or not path or not all(isinstance(s, int) and not isinstance(s, bool) for s in path):
+        return f"expected a non-empty list of integers, got {path!r}"
+    if cells is not None and len(path) != cells:
+        return f"has {len(path)} layers, the space has model.cells = {cells}"
+    if path[-1] != 0:
+        return f"must end at level 0 (the decoder's resolution), ends at {path[-1]}"
+    prev = 0
+    for layer, s in enumerate(path):
+        if s < 0 or (levels is not None and s >= levels):
+            return f"layer {layer}: level {s} out of range [0, {levels if levels is not None else '...'})"
+        if abs(s - prev) > 1:
+            return f"layer {layer}: jumps from level {prev} to {s} (at most one level per layer)"
+        prev = s
+    return None
+
+
+@dataclass
+class Genotype:
+    """The derived architecture (plain data). See the module docstring for the JSON form."""
+
+    cells: list[list[BlockGene]]
+    path: list[int]
+    operators: list[str]
+    blocks: int
+    space_hash: str
+    schema_version: int = SCHEMA_VERSION
+    meta: dict = field(default_factory=dict)
+
+    def cell_for_layer(self, layer: int) -> list[BlockGene]:
+        """The cell type used by ``layer`` (the shared one when there is only one)."""
+        return self.cells[0] if len(self.cells) == 1 else self.cells[layer]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe plain data."""
+        return {
+            "schema_version": self.schema_version,
+            "space_hash": self.space_hash,
+            "blocks": self.blocks,
+            "operators": list(self.operators),
+            "cells": [[g.to_dict() for g in cell] for cell in self.cells],
+            "path": list(self.path),
+            "meta": dict(self.meta),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, space=None, where: str = "genotype") -> "Genotype":
+        """Build and validate; ``space`` (a SpaceConfig) adds the hash, size and operator checks."""
+        if not isinstance(data, dict):
+            raise GenotypeError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        required = ("schema_version", "space_hash", "blocks", "operators", "cells", "path")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise GenotypeError(f"{where}: missing field(s) {missing}")
+        unknown = sorted(set(data) - set(required) - {"meta"})
+        if unknown:
+            raise GenotypeError(f"{where}: unknown field(s) {unknown}")
+        if data["schema_version"] != SCHEMA_VERSION:
+            raise GenotypeError(f"{where}: schema_version = {data['schema_version']!r}; this code reads {SCHEMA_VERSION}")
+        ops = data["operators"]
+        if not isinstance(ops, list) or not all(isinstance(o, str) for o in ops):
+            raise GenotypeError(f"{where}: operators must be a list of names")
+        from nasfe.model.ops import OPS
+
+        unknown_ops = [o for o in ops if o not in OPS]
+        if unknown_ops:
+            raise GenotypeError(f"{where}: operators: unknown operator(s) {unknown_ops}")
+        blocks = data["blocks"]
+        if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1:
+            raise GenotypeError(f"{where}: blocks must be a positive integer, got {blocks!r}")
+        raw_cells = data["cells"]
+        if not isinstance(raw_cells, list) or not raw_cells:
+            raise GenotypeError(f"{where}: cells must be a non-empty list of cells")
+        cells = []
+        for ci, raw in enumerate(raw_cells):
+            if not isinstance(raw, list) or len(raw) != blocks:
+                raise GenotypeError(f"{where}: cells[{ci}] must list {blocks} blocks")
+            genes = []
+            for bi, g in enumerate(raw):
+                at = f"{where}: cells[{ci}][{bi}]"
+                if not isinstance(g, dict) or set(g) != {"inputs", "ops"}:
+                    raise GenotypeError(f"{at}: expected {{'inputs': [i, j], 'ops': [op, op]}}, got {g!r}")
+                inp, gops = g["inputs"], g["ops"]
+                if (not isinstance(inp, list) or len(inp) != 2
+                        or not all(isinstance(j, int) and not isinstance(j, bool) for j in inp)):
+                    raise GenotypeError(f"{at}.inputs: expected two integers, got {inp!r}")
+                if any(not 0 <= j < bi + 2 for j in inp):
+                    raise GenotypeError(f"{at}.inputs: {inp} out of range [0, {bi + 2}) for block {bi}")
+                if inp[0] == inp[1]:
+                    raise GenotypeError(f"{at}.inputs: the two inputs must differ, got {inp}")
+                if not isinstance(gops, list) or len(gops) != 2 or not all(isinstance(o, str) for o in gops):
+                    raise GenotypeError(f"{at}.ops: expected two operator names, got {gops!r}")
+                if "zero" in gops:
+                    raise GenotypeError(f"{at}.ops: 'zero' is never a derived operator")
+                bad = [o for o in gops if o not in ops]
+                if bad:
+                    raise GenotypeError(f"{at}.ops: {bad} not among the genotype's operators")
+                genes.append(BlockGene(list(inp), list(gops)))
+            cells.append(genes)
+        path = data["path"]
+        why = check_path(path)
+        if why:
+            raise GenotypeError(f"{where}: path {why}")
+        meta = data.get("meta", {})
+        if not isinstance(meta, dict):
+            raise GenotypeError(f"{where}: meta must be an object")
+        if len(cells) not in (1, len(path)):
+            raise GenotypeError(f"{where}: cells has {len(cells)} entries; expected 1 (shared) or one per layer ({len(path)})")
+        g = cls(cells=cells, path=list(path), operators=list(ops), blocks=blocks,
+                space_hash=str(data["space_hash"]), schema_version=SCHEMA_VERSION, meta=meta)
+        if space is not None:
+            g.check_space(space, where)
+        return g
+
+    def check_space(self, space, where: str = "genotype") -> None:
+        """Raise :class:`GenotypeError` unless this genotype belongs to ``space`` (a SpaceConfig)."""
+        m = space.model
+        if self.space_hash != space.space_hash():
+            raise GenotypeError(f"{where}: space_hash {self.space_hash!r} does not match space "
+                                f"{space.name!r} ({space.space_hash()!r}); it was searched in another space")
+        if self.blocks != m.blocks:
+            raise GenotypeError(f"{where}: blocks = {self.blocks}, space has model.blocks = {m.blocks}")
+        expected_cells = 1 if m.shared_cell else m.cells
+        if len(self.cells) != expected_cells:
+            raise GenotypeError(f"{where}: cells has {len(self.cells)} entries, space expects {expected_cells}")
+        why = check_path(self.path, m.cells, m.levels)
+        if why:
+            raise GenotypeError(f"{where}: path {why}")
+        bad = sorted({o for cell in self.cells for g in cell for o in g.ops} - set(m.operators))
+        if bad:
+            raise GenotypeError(f"{where}: ops {bad} not in the space's model.operators")
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write atomically (temp file in the same folder, then ``os.replace``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f, indent=1)
+                f.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def from_json(cls, path: str | Path, space=None) -> "Genotype":
+        """Read and validate a genotype file; errors name the file and the field."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise GenotypeError(f"{path}: genotype file not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise GenotypeError(f"{path}: not valid JSON: {exc}") from None
+        return cls.from_dict(data, space=space, where=str(path))
+
+    def genotype_id(self) -> str:
+        """Short hash (10 hex digits) of the architecture (cells, path, blocks), not of meta."""
+        blob = json.dumps({"cells": self.to_dict()["cells"], "path": self.path, "blocks": self.blocks},
+                          sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def derive_genotype(alphas, betas, space, edge_weights=None) -> Genotype:
+    """The discrete architecture from the supernet's architecture weights.
+
+    Cell level (DARTS rule): for each block keep the two incoming edges with the largest weight
+    of their best non-zero operator (softmax over all operators, ``zero`` included, then ``zero``
+    is excluded from the max: it never wins), and that operator. With PC-DARTS edge
+    normalisation, ``edge_weights`` (cell types, edges) raw logits scale each edge's strength.
+    Network level: Viterbi over softmax(beta) restricted to the valid transitions of each node,
+    from level 0 before the first cell to level 0 after the last.
+    """
+    import torch
+
+    from nasfe.model.cell import edge_offset, edge_softmax, num_edges
+
+    m = space.model
+    alphas = torch.as_tensor(alphas).detach().float().cpu()
+    betas = torch.as_tensor(betas).detach().float().cpu()
+    n_types = 1 if m.shared_cell else m.cells
+    expect_a = (n_types, num_edges(m.blocks), len(m.operators))
+    if tuple(alphas.shape) != expect_a:
+        raise GenotypeError(f"alphas: shape {tuple(alphas.shape)}, expected {expect_a} for space {space.name!r}")
+    if tuple(betas.shape) != (m.cells, m.levels, 3):
+        raise GenotypeError(f"betas: shape {tuple(betas.shape)}, expected {(m.cells, m.levels, 3)}")
+    weights = torch.softmax(alphas, dim=-1)
+    live = [i for i, o in enumerate(m.operators) if o != "zero"]
+    best_w, best_i = weights[..., live].max(dim=-1)  # (types, edges)
+    if edge_weights is not None:
+        best_w = best_w * edge_softmax(torch.as_tensor(edge_weights).detach().float().cpu(), m.blocks)
+    cells = []
+    for t in range(n_types):
+        genes = []
+        for i in range(m.blocks):
+            e0 = edge_offset(i)
+            strength = best_w[t, e0:e0 + i + 2]
+            top = sorted(torch.argsort(strength, descending=True, stable=True)[:2].tolist())
+            genes.append(BlockGene(top, [m.operators[live[int(best_i[t, e0 + j])]] for j in top]))
+        cells.append(genes)
+    path = viterbi_path(betas, m.cells, m.levels)
+    return Genotype(cells=cells, path=path, operators=list(m.operators), blocks=m.blocks,
+                    space_hash=space.space_hash(), meta={"space": space.name})
+
+
+def viterbi_path(betas, cells: int, levels: int) -> list[int]:
+    """Most probable level sequence under softmax(beta) over each node's valid transitions."""
+    import torch
+
+    score = {0: 0.0}
+    back: list[dict[int, int]] = []
+    for layer in range(cells):
+        new, arg = {}, {}
+        for s in node_levels(layer, cells, levels):
+            valid = [t for t in range(3) if source_level(s, t) in score]
+            logp = torch.log_softmax(betas[layer, s, valid], dim=0).tolist()
+            cand = [(score[source_level(s, t)] + lp, source_level(s, t)) for t, lp in zip(valid, logp)]
+            best = max(cand, key=lambda c: c[0])  # ties: the first (finer source) wins
+            new[s], arg[s] = best
+        score = new
+        back.append(arg)
+    path = [0]
+    for layer in range(cells - 1, 0, -1):
+        path.append(back[layer][path[-1]])
+    return path[::-1]
+
+
+def diff_genotypes(a: Genotype, b: Genotype) -> list[str]:
+    """Readable differences, e.g. ``cell 0 block 3 input 1: sep_conv_3x3 -> fft_op``; [] when equal."""
+    lines = []
+    if a.blocks != b.blocks:
+        lines.append(f"blocks: {a.blocks} -> {b.blocks}")
+    if a.space_hash != b.space_hash:
+        lines.append(f"space_hash: {a.space_hash} -> {b.space_hash}")
+    if len(a.cells) != len(b.cells):
+        lines.append(f"cell types: {len(a.cells)} -> {len(b.cells)}")
+    for c, (ca, cb) in enumerate(zip(a.cells, b.cells)):
+        for i, (ga, gb) in enumerate(zip(ca, cb)):
+            for k in range(2):
+                ea = f"{ga.ops[k]}(input {ga.inputs[k]})"
+                eb = f"{gb.ops[k]}(input {gb.inputs[k]})"
+                if ga.inputs[k] == gb.inputs[k] and ga.ops[k] != gb.ops[k]:
+                    lines.append(f"cell {c} block {i} input {ga.inputs[k]}: {ga.ops[k]} -> {gb.ops[k]}")
+                elif ga.inputs[k] != gb.inputs[k]:
+                    lines.append(f"cell {c} block {i} edge {k}: {ea} -> {eb}")
+    if a.path != b.path:
+        lines.append(f"path: {a.path} -> {b.path}")
+    return lines
+
+
+def expected_log_prob(betas, path: list[int], cells: int, levels: int) -> float:
+    """Log-probability of ``path`` under softmax(beta) (what Viterbi maximises); for reports and tests."""
+    import torch
+
+    total, prev_levels, prev = 0.0, [0], 0
+    for layer, s in enumerate(path):
+        valid = [t for t in range(3) if source_level(s, t) in prev_levels]
+        t = prev - s + 1
+        if t not in valid:
+            return -math.inf
+        total += torch.log_softmax(torch.as_tensor(betas)[layer, s, valid], dim=0)[valid.index(t)].item()
+        prev_levels, prev = node_levels(layer, cells, levels), s
+    return total

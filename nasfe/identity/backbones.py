@@ -1,0 +1,178 @@
+"""Frozen face backbones behind one interface: VGGFace (pool3) and MobileFaceNet.
+
+Every backbone takes RGB float images in [0, 1], NCHW, of any size, normalises them itself, has no
+trainable parameters and stays in eval mode even when a parent module calls ``.train()``; it is
+still differentiable with respect to its input, so the perceptual and identity losses backpropagate
+through it into the restoration network.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasfe.config import ConfigError, IdentityConfig
+from nasfe.identity.align import ARCFACE_SIZE, align_faces
+from nasfe.identity.mobilefacenet import MobileFaceNetNet, load_mobilefacenet_state
+from nasfe.identity.vggface import VGGFACE_MEAN, VGGFacePool3, load_vggface_state
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _check_images(x: torch.Tensor, who: str) -> None:
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"{who}: expected RGB images (N,3,H,W), got shape {tuple(x.shape)}")
+
+
+class FaceBackbone(nn.Module):
+    """Interface of the frozen face networks used for I_iden, L_per and L_iden.
+
+    ``features(x)`` -> (N, feature_channels, h, w) spatial map (the perceptual / AdaIN features);
+    ``embedding(x)`` -> (N, D) identity descriptor compared by cosine in the identity loss.
+    """
+
+    feature_channels: int
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Spatial feature map of images x (N,3,H,W) in [0, 1]."""
+        raise NotImplementedError
+
+    def embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """Identity descriptor (N, D) of images x (N,3,H,W) in [0, 1] (not normalised)."""
+        raise NotImplementedError
+
+    def embedding_from_features(self, feats: torch.Tensor) -> Optional[torch.Tensor]:
+        """The embedding computed from ``features(x)`` when it is a function of them, else None.
+
+        Lets the loss reuse one backbone pass for both L_per and L_iden (VGGFace).
+        """
+        return None
+
+    def freeze(self) -> "FaceBackbone":
+        """No gradients for the weights; eval mode (BN statistics fixed)."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return super().train(False)
+
+    def train(self, mode: bool = True) -> "FaceBackbone":
+        """Always eval: a parent's ``.train()`` must not switch BN to batch statistics."""
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`features`."""
+        return self.features(x)
+
+
+class VGGFace(FaceBackbone):
+    """VGGFace truncated at pool3 (256*width channels at H/8).
+
+    ``embedding`` is the flattened pool3 map: the paper's Eq. 8 compares "VGGFace features" of the
+    same pool3 layer used for I_iden and L_per; flattening keeps the spatial layout, which is
+    meaningful because all faces are aligned the same way.
+    """
+
+    def __init__(self, weights: Optional[str] = None, width: float = 1.0, seed: int = 0):
+        super().__init__()
+        self.net = VGGFacePool3(width)
+        if weights is not None:
+            if width != 1.0:
+                raise ConfigError(f"identity.width = {width}: real VGGFace weights ({weights}) need width 1.0")
+            load_vggface_state(self.net, weights)
+        else:
+            self.net.seeded_init(seed)
+            log.warning(
+                "VGGFace has no weights (identity.weights is empty): seeded random init; "
+                "I_iden, the perceptual and the identity losses are not meaningful for faces"
+            )
+        self.feature_channels = self.net.out_channels
+        self.register_buffer("mean255", torch.tensor(VGGFACE_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.freeze()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """pool3 map (N, 256*width, floor(H/8), floor(W/8))."""
+        _check_images(x, "VGGFace.features")
+        return self.net(x * 255.0 - self.mean255.to(x.dtype))
+
+    def embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """Flattened pool3 map (N, C*h*w)."""
+        return self.features(x).flatten(1)
+
+    def embedding_from_features(self, feats: torch.Tensor) -> Optional[torch.Tensor]:
+        return feats.flatten(1)
+
+
+class MobileFaceNet(FaceBackbone):
+    """MobileFaceNet: ``features`` = the stride-8 map after features.11, ``embedding`` = 128-d.
+
+    ``features`` runs the convolutional trunk on the image at its own size (ImageNet mean/std),
+    so the map (128*width channels at ceil(H/8) x ceil(W/8)) is registered with the input like
+    VGGFace's pool3; CelebA-style 176x144 crops have the face at about the scale MobileFaceNet
+    was trained on (eye distance 39 px vs 35 px). ``embedding`` first aligns the face to the
+    112x112 ArcFace template (``align=True``, CelebA layout assumed, see ``align.py``) or just
+    resizes it to 112x112 (``align=False``, for faces already aligned to the template).
+    """
+
+    def __init__(self, weights: Optional[str] = None, width: float = 1.0, align: bool = True, seed: int = 0):
+        super().__init__()
+        if width <= 0:
+            raise ConfigError(f"identity.width must be > 0, got {width}")
+        self.net = MobileFaceNetNet(width)
+        if weights is not None:
+            if width != 1.0:
+                raise ConfigError(f"identity.width = {width}: MobileFaceNet weights ({weights}) need width 1.0")
+            load_mobilefacenet_state(self.net, weights)
+        else:
+            self.net.seeded_init(seed)
+            log.warning(
+                "MobileFaceNet has no weights (identity.weights is empty): seeded random init; "
+                "identity features and losses are not meaningful for faces"
+            )
+        self.align = align
+        self.feature_channels = self.net.feature_channels
+        self.embedding_dim = self.net.conv3.out_channels
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.freeze()
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def to_template(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,3,112,112) faces in [0, 1] on the ArcFace template (aligned or resized)."""
+        _check_images(x, "MobileFaceNet")
+        if self.align:
+            return align_faces(x, ARCFACE_SIZE)
+        if x.shape[-2:] == (ARCFACE_SIZE, ARCFACE_SIZE):
+            return x
+        return F.interpolate(x, size=(ARCFACE_SIZE, ARCFACE_SIZE), mode="bilinear", align_corners=False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Trunk map after features.11 of the unaligned image: (N, 128*width, ceil(H/8), ceil(W/8))."""
+        _check_images(x, "MobileFaceNet.features")
+        return self.net.trunk(self._normalise(x))
+
+    def embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """128-d embedding of the aligned 112x112 face (not normalised)."""
+        return self.net(self._normalise(self.to_template(x)))
+
+
+def build_backbone(cfg: IdentityConfig) -> FaceBackbone:
+    """The frozen backbone named by ``cfg.backbone`` ('vggface' | 'mobilefacenet').
+
+    ``cfg.weights``: path to the weights or None (seeded random init, with a logged warning);
+    ``cfg.width``: channel scaling (1.0 for real weights; smaller for fast CPU spaces).
+    """
+    width = float(getattr(cfg, "width", 1.0))
+    if width <= 0:
+        raise ConfigError(f"identity.width must be > 0, got {width}")
+    if cfg.backbone == "vggface":
+        return VGGFace(cfg.weights, width=width)
+    if cfg.backbone == "mobilefacenet":
+        return MobileFaceNet(cfg.weights, width=width)
+    raise ConfigError(f"identity.backbone = {cfg.backbone!r}; expected 'vggface' or 'mobilefacenet'")

@@ -1,0 +1,117 @@
+"""Fusion cells (Eq. 4-6): the searchable ``SearchCell`` with ``MixedOp`` edges and the discrete ``DerivedCell``.
+
+A cell has B blocks. The inputs of block i are, in this order: the previous-previous cell
+(index 0), the previous cell (index 1) and blocks 0..i-1 (indices 2..i+1). Edge e of the cell
+enumerates (block, input) pairs block by block, so block i owns edges
+``edge_offset(i) .. edge_offset(i) + i + 1``. The cell's output is the concatenation of its B
+blocks reduced back to C channels by a 1x1 convolution, plus the previous cell (a residual
+connection, which keeps deep supernets trainable; not in the paper).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasfe.model.ops import OPS
+
+
+def edge_offset(block: int) -> int:
+    """Index of the first edge of ``block`` (block i has i + 2 incoming edges)."""
+    return 2 * block + block * (block - 1) // 2
+
+
+def num_edges(blocks: int) -> int:
+    """Edges of a cell with ``blocks`` blocks: sum over i of (i + 2)."""
+    return edge_offset(blocks)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave ``groups`` channel groups (PC-DARTS: the bypassed channels move on each edge)."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class MixedOp(nn.Module):
+    """softmax(alpha)-weighted sum of every operator (Eq. 5), optionally on 1/K of the channels.
+
+    With ``partial_channels`` K > 1 (PC-DARTS) only the first C/K channels go through the
+    operators; the rest pass through unchanged, then the channels are shuffled.
+    """
+
+    def __init__(self, c: int, operators: Sequence[str], partial_channels: int = 1):
+        super().__init__()
+        if c % partial_channels:
+            raise ValueError(f"channels {c} not divisible by partial_channels {partial_channels}")
+        self.k = partial_channels
+        self.cp = c // partial_channels
+        self.names = list(operators)
+        self.ops = nn.ModuleList(OPS[name](self.cp) for name in self.names)
+        # zero contributes nothing to the sum: skip computing it (its alpha still competes in softmax)
+        self._live = [i for i, name in enumerate(self.names) if name != "zero"]
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        xa = x[:, : self.cp] if self.k > 1 else x
+        out = sum(weights[i] * self.ops[i](xa) for i in self._live)
+        if self.k == 1:
+            return out
+        return channel_shuffle(torch.cat([out, x[:, self.cp :]], dim=1), self.k)
+
+
+class SearchCell(nn.Module):
+    """Continuous-relaxation fusion cell: block i = sum over its inputs of MixedOp (Eq. 4)."""
+
+    def __init__(self, c: int, blocks: int, operators: Sequence[str], partial_channels: int = 1):
+        super().__init__()
+        self.blocks = blocks
+        self.edges = nn.ModuleList(MixedOp(c, operators, partial_channels) for _ in range(num_edges(blocks)))
+        self.reduce = nn.Conv2d(blocks * c, c, 1, bias=True)
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, op_weights: torch.Tensor,
+                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``op_weights`` (edges, n_ops) softmaxed alphas; ``edge_weights`` (edges,) PC-DARTS edge normalisation or None."""
+        states = [s0, s1]
+        for i in range(self.blocks):
+            e0 = edge_offset(i)
+            terms = []
+            for j, h in enumerate(states):
+                y = self.edges[e0 + j](h, op_weights[e0 + j])
+                terms.append(y if edge_weights is None else edge_weights[e0 + j] * y)
+            states.append(sum(terms))
+        return s1 + self.reduce(torch.cat(states[2:], dim=1))
+
+
+class DerivedCell(nn.Module):
+    """Discrete fusion cell from a genotype: block i = op_a(input_a) + op_b(input_b)."""
+
+    def __init__(self, c: int, genes: Sequence):
+        """``genes``: one ``BlockGene`` (``inputs``, ``ops``) per block."""
+        super().__init__()
+        self.blocks = len(genes)
+        self.inputs = [list(g.inputs) for g in genes]
+        for i, g in enumerate(genes):
+            if "zero" in g.ops:
+                raise ValueError(f"block {i}: a derived cell never uses the 'zero' operator")
+            if any(not 0 <= j < i + 2 for j in g.inputs):
+                raise ValueError(f"block {i}: inputs {list(g.inputs)} out of range [0, {i + 2})")
+        self.ops = nn.ModuleList(nn.ModuleList(OPS[name](c) for name in g.ops) for g in genes)
+        self.reduce = nn.Conv2d(self.blocks * c, c, 1, bias=True)
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
+        states = [s0, s1]
+        for inputs, ops in zip(self.inputs, self.ops):
+            states.append(sum(op(states[j]) for j, op in zip(inputs, ops)))
+        return s1 + self.reduce(torch.cat(states[2:], dim=1))
+
+
+def softmax_ops(alphas: torch.Tensor) -> torch.Tensor:
+    """Operator weights of every edge: softmax over the last axis."""
+    return F.softmax(alphas, dim=-1)
+
+
+def edge_softmax(gammas: torch.Tensor, blocks: int) -> torch.Tensor:
+    """PC-DARTS edge normalisation: softmax over the incoming edges of each block separately."""
+    parts = [F.softmax(gammas[..., edge_offset(i):edge_offset(i + 1)], dim=-1) for i in range(blocks)]
+    return torch.cat(parts, dim=-1)

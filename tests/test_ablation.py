@@ -1,0 +1,74 @@
+"""``nasfe ablation``: two Table 6 rows (BN, BN-NAS) with a minimal budget, then a resumed rerun."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nasfe.cli import main as cli
+from nasfe.config import load_space
+from nasfe.evaluate.ablation import ROWS, row_space, schedule_from_args
+
+
+@pytest.fixture(scope="module")
+def ablation(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ablation")
+    args = ["ablation", "--out", str(out), "--rows", "bn", "bn_nas", "--search-epochs", "1", "--retrain-epochs", "1",
+            "--steps-per-epoch", "1", "--test-images", "2", "--max-images", "4", "--device", "cpu", "--quiet"]
+    assert cli(args) == 0
+    return out, args
+
+
+def test_rows_beside_the_paper(ablation):
+    out, _ = ablation
+    data = json.loads((out / "ablation.json").read_text())
+    rows = data["rows"]
+    assert [r["row"] for r in rows] == ["BN", "BN-NAS"]
+    for r, spec in zip(rows, ROWS[:2]):
+        assert (r["paper_bn_psnr"], r["paper_bnl_ssim"]) == (spec.paper_bn[0], spec.paper_bnl[1])
+        assert 0 < r["bn_ssim"] <= 1 and 0 < r["bnl_ssim"] <= 1 and r["images"] == 4
+    assert rows[0]["genotype_id"] is None and rows[1]["genotype_id"]  # only BN-NAS is searched
+    assert rows[0]["params_M"] != rows[1]["params_M"]
+    md = (out / "ablation.md").read_text()
+    assert "19.72" in md and "BN-NAS" in md
+    assert len((out / "ablation.csv").read_text().splitlines()) == 3
+    # the built test sets come from the base space's test identities, which training never sees
+    from nasfe.data.faces import open_faces
+    from nasfe.data.splits import split_identities
+
+    space = load_space("tiny")
+    train_ids = {r.identity for r in split_identities(open_faces(space.data), space.data)["train"]}
+    built = {p.name for p in (out / "test_faces").iterdir()}
+    assert built and not built & train_ids
+
+
+def test_rerun_reuses_finished_rows(ablation):
+    out, args = ablation
+    before = json.loads((out / "ablation.json").read_text())["rows"]
+    stamp = (out / "rows" / "bn" / "model.pt").stat().st_mtime_ns
+    assert cli(args) == 0
+    after = json.loads((out / "ablation.json").read_text())["rows"]
+    assert (out / "rows" / "bn" / "model.pt").stat().st_mtime_ns == stamp  # not retrained
+    assert [r["bn_psnr"] for r in after] == [r["bn_psnr"] for r in before]
+
+
+def test_row_spaces_follow_table_6():
+    sched = schedule_from_args(2, 3, 4)
+    spaces = {r.slug: row_space("tiny", r, sched) for r in ROWS}
+    assert spaces["bn"].model.fusion == "res2" and not spaces["bn"].model.use_identity
+    assert spaces["bn_nas"].model.fusion == "nas" and not spaces["bn_nas"].model.use_classifier
+    assert spaces["cls"].model.use_classifier and not spaces["cls"].model.use_identity
+    assert spaces["iden"].model.use_identity and spaces["iden"].loss.lambda_per == 0
+    assert spaces["per"].loss.lambda_per == 0.04 and spaces["per"].loss.lambda_iden == 0
+    assert spaces["final"].loss.lambda_iden == 0.003
+    # the loss rows share the identity row's search (same model section)
+    assert spaces["iden"].space_hash() == spaces["per"].space_hash() == spaces["final"].space_hash()
+    assert spaces["final"].retrain.epochs == 3 and spaces["final"].search.steps_per_epoch == 4
+
+
+def test_a_budget_is_required(tmp_path, capsys):
+    assert cli(["ablation", "--out", str(tmp_path)]) == 2
+    assert "budget" in capsys.readouterr().err
+    assert cli(["ablation", "--out", str(tmp_path), "--budget-minutes", "1", "--retrain-epochs", "1"]) == 2
+    assert cli(["ablation", "--out", str(tmp_path), "--space", "nope", "--budget-minutes", "1"]) == 2
+    assert "nope" in capsys.readouterr().err

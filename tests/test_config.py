@@ -1,0 +1,88 @@
+"""Typed configuration: YAML loading, overrides, validation messages, hashing."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from nasfe.config import ConfigError, SPACES_DIR, SpaceConfig, load_space, space_from_dict
+
+
+def write(tmp_path, data, name="space.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_defaults_follow_the_paper():
+    cfg = SpaceConfig()
+    assert cfg.loss.lambda_per == 0.04 and cfg.loss.lambda_iden == 0.003
+    assert cfg.retrain.lr == 5e-4 and cfg.retrain.batch_size == 40
+    assert cfg.model.blocks == 12
+
+
+@pytest.mark.parametrize("path", sorted(SPACES_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_space_loads(path):
+    if path.stem.startswith("sweep"):
+        pytest.skip("sweep spaces are read by nasfe.distributed.sweep_space")
+    cfg = load_space(path)
+    assert cfg.source == str(path)
+    assert cfg.model.operators
+
+
+def test_overrides_apply_dotted_keys(tmp_path):
+    p = write(tmp_path, {"name": "t", "model": {"blocks": 3}})
+    cfg = load_space(p, {"loss.lambda_per": 0.1, "model.blocks": 5})
+    assert cfg.loss.lambda_per == 0.1 and cfg.model.blocks == 5
+
+
+def test_int_accepted_where_float_expected(tmp_path):
+    cfg = load_space(write(tmp_path, {"loss": {"lambda_per": 1}}))
+    assert isinstance(cfg.loss.lambda_per, float)
+
+
+@pytest.mark.parametrize("data, needle", [
+    ({"model": {"blokcs": 3}}, "model: unknown field(s) ['blokcs']"),
+    ({"model": {"blocks": "many"}}, "model.blocks: expected an integer"),
+    ({"model": {"blocks": 0}}, "model.blocks must be >= 1"),
+    ({"model": {"operators": ["sep_conv_3x3", "warp_drive"]}}, "unknown operator(s) ['warp_drive']"),
+    ({"model": {"operators": ["zero"]}}, "other than 'zero'"),
+    ({"model": {"fusion": "magic"}}, "model.fusion = 'magic'"),
+    ({"degrade": {"p_blur": 1.5}}, "degrade.p_blur must lie in [0, 1]"),
+    ({"degrade": {"r_range": [0.5, 0.1]}}, "degrade.r_range"),
+    ({"degrade": {"kernel_sizes": [12]}}, "kernel_sizes must be odd"),
+    ({"search": {"epochs": 2, "warmup_epochs": 5}}, "warmup_epochs (5) exceeds"),
+    ({"data": {"source": "imagenet"}}, "data.source"),
+    ({"model": {"channels": 10, "partial_channels": 4}}, "divisible"),
+    ({"model": [1, 2]}, "model: expected a mapping"),
+])
+def test_validation_names_the_field(tmp_path, data, needle):
+    p = write(tmp_path, data)
+    with pytest.raises(ConfigError) as exc:
+        load_space(p)
+    assert needle in str(exc.value)
+    assert str(p) in str(exc.value)
+
+
+def test_unknown_space_name_lists_known():
+    with pytest.raises(ConfigError, match="unknown search space 'nope'"):
+        load_space("nope")
+
+
+def test_missing_yaml_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_space(tmp_path / "absent.yaml")
+
+
+def test_invalid_yaml(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_space(p)
+
+
+def test_space_hash_tracks_model_section_only():
+    a = space_from_dict({"model": {"blocks": 3}})
+    b = space_from_dict({"model": {"blocks": 3}, "loss": {"lambda_per": 0.5}})
+    c = space_from_dict({"model": {"blocks": 4}})
+    assert a.space_hash() == b.space_hash() != c.space_hash()
+    assert len(a.space_hash()) == 12

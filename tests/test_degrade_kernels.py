@@ -1,0 +1,93 @@
+"""Blur kernels: normalisation, centring, support, Gaussian shape, seeded bank and its cache."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nasfe.config import DegradeConfig
+from nasfe.degrade.kernels import KernelBank, gaussian_kernel, kernel_centroid, motion_kernels
+
+
+@pytest.fixture(scope="module")
+def bank():
+    return KernelBank.build(64, 8, seed=5)
+
+
+def test_kernels_sum_to_one_and_are_centred(bank):
+    k = bank.kernels.double().numpy()
+    assert np.allclose(k.sum((1, 2)), 1.0, atol=1e-5)
+    assert (k >= 0).all()
+    centre = (bank.canvas - 1) / 2
+    assert np.abs(kernel_centroid(k) - centre).max() < 1e-3
+    # not min-max rescaled: the peak is far below 1 for spread-out kernels
+    assert k.max((1, 2)).min() < 0.5
+
+
+def test_kernels_stay_in_their_support(bank):
+    k = bank.kernels.numpy()
+    c = bank.canvas // 2
+    for i, s in enumerate(bank.sizes.tolist()):
+        h = s // 2
+        inside = np.zeros_like(k[i], dtype=bool)
+        inside[c - h:c + h + 1, c - h:c + h + 1] = True
+        assert k[i][~inside].sum() == 0, f"kernel {i} of size {s} leaks outside its support"
+    assert set(bank.sizes[:64].tolist()) == {13, 15, 17, 19, 21, 23, 25, 27}
+    assert bank.kinds[:64] == ["motion"] * 64 and bank.kinds[64:] == ["gaussian"] * 8
+
+
+def test_motion_kernels_are_spread_out():
+    k = motion_kernels([27] * 32, np.random.default_rng(0))
+    support = (k > 1e-6).sum((1, 2))
+    # a blur, not a dot: most kernels cover many pixels
+    assert np.median(support) > 20
+
+
+def test_gaussian_kernel_has_requested_axes():
+    s1, s2, th = 3.0, 1.0, math.pi / 6
+    k = gaussian_kernel(s1, s2, th, 27)
+    ax = np.arange(27) - 13
+    xx, yy = np.meshgrid(ax, ax)
+    u = math.cos(th) * xx + math.sin(th) * yy
+    v = -math.sin(th) * xx + math.cos(th) * yy
+    assert (k * u * u).sum() == pytest.approx(s1 ** 2, rel=0.03)
+    assert (k * v * v).sum() == pytest.approx(s2 ** 2, rel=0.03)
+    assert abs((k * u * v).sum()) < 1e-3
+
+
+def test_bank_is_seeded():
+    a = KernelBank.build(20, 3, seed=1)
+    b = KernelBank.build(20, 3, seed=1)
+    c = KernelBank.build(20, 3, seed=2)
+    assert torch.equal(a.kernels, b.kernels)
+    assert not torch.equal(a.kernels, c.kernels)
+
+
+def test_bad_sizes_are_rejected():
+    with pytest.raises(ValueError, match="odd"):
+        motion_kernels([12], np.random.default_rng(0), canvas=27)
+
+
+def test_load_or_build_caches_atomically(tmp_path):
+    cfg = DegradeConfig(motion_kernels=10, gaussian_kernels=2, bank_seed=3, cache_dir=str(tmp_path))
+    a = KernelBank.load_or_build(cfg)
+    files = list((tmp_path / "kernels").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".pt"  # no temp file left behind
+    raw = torch.load(files[0], weights_only=True)
+    assert torch.equal(raw["kernels"], a.kernels)
+    b = KernelBank.load_or_build(cfg)
+    assert torch.equal(a.kernels, b.kernels) and a.kinds == b.kinds and torch.equal(a.sizes, b.sizes)
+    # a corrupt cache is rebuilt, not trusted
+    files[0].write_bytes(b"not a torch file")
+    c = KernelBank.load_or_build(cfg)
+    assert torch.equal(a.kernels, c.kernels)
+    # another seed is another cache entry
+    KernelBank.load_or_build(DegradeConfig(motion_kernels=10, gaussian_kernels=2, bank_seed=4, cache_dir=str(tmp_path)))
+    assert len(list((tmp_path / "kernels").iterdir())) == 2
+
+
+def test_load_names_the_file(tmp_path):
+    p = tmp_path / "bad.pt"
+    torch.save({"x": torch.zeros(1)}, p)
+    with pytest.raises(ValueError, match="bad.pt"):
+        KernelBank.load(p)

@@ -1,0 +1,158 @@
+"""The batched degradation: blur, camera stage, noise statistics, labels, seeding, reference cross-check."""
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nasfe.config import DegradeConfig
+from nasfe.degrade.albu import NASFEDegrade
+from nasfe.degrade.camera import ResponseCurves, demosaic, mosaic
+from nasfe.degrade.kernels import KernelBank
+from nasfe.degrade.pipeline import DegradeParams, Degrader, blur, degrade, sample_params
+from nasfe.degrade.reference import degrade_image
+
+
+@pytest.fixture(scope="module")
+def bank():
+    return KernelBank.build(16, 4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def x():
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(4, 3, 8, 6, generator=g)
+    return F.interpolate(base, size=(40, 32), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def test_blur_is_a_true_convolution_with_reflect_padding(x, bank):
+    k = bank.kernels[[0, 5, 9, 17]]
+    y = blur(x, k)
+    p = k.shape[-1] // 2
+    xp = F.pad(x, (p, p, p, p), mode="reflect")
+    ref = torch.cat([F.conv2d(xp[i:i + 1], k[i].flip(0, 1).expand(3, 1, -1, -1), groups=3) for i in range(4)])
+    assert torch.allclose(y, ref, atol=1e-5)
+
+
+def test_mosaic_demosaic():
+    flat = torch.full((1, 3, 6, 8), 0.3)
+    flat[:, 1] = 0.6
+    raw = mosaic(flat)
+    assert raw[0, 0, 0, 0] == pytest.approx(0.3) and raw[0, 0, 0, 1] == pytest.approx(0.6)
+    assert raw[0, 0, 1, 1] == pytest.approx(0.3)
+    assert torch.allclose(demosaic(raw), flat, atol=1e-6)  # a flat colour survives, borders included
+
+
+def test_response_curves_round_trip():
+    for curves in (ResponseCurves.parametric(), ResponseCurves.linear()):
+        v = torch.linspace(0, 1, 101).view(1, 1, 1, -1)
+        ids = torch.tensor([curves.count - 1])
+        assert torch.allclose(curves.to_brightness(curves.to_irradiance(v, ids), ids), v, atol=1e-4)
+    p = ResponseCurves.parametric()
+    mid = torch.full((1, 1, 1, 1), 0.5)
+    # the camera curve brightens: irradiance of mid-grey is below 0.5, more so for steeper curves
+    irr = [p.to_irradiance(mid, torch.tensor([i])).item() for i in (0, p.count - 1)]
+    assert 0 < irr[1] < irr[0] < 0.5
+
+
+def test_noise_has_the_stated_variance():
+    n, h, w = 2, 64, 64
+    level = 0.4
+    x = torch.full((n, 3, h, w), level)
+    curves = ResponseCurves.linear()
+    p = DegradeParams.explicit([-1, -1], [1.0, 0.5], [0.1, 0.1], [0.05, 0.02], [0, 0])
+    y = degrade(x, p, None, curves, torch.Generator().manual_seed(1))
+    red = y[:, 0, 0::2, 0::2]  # red at red Bayer sites is the raw sample itself
+    for i, (r, ss, sc) in enumerate([(1.0, 0.1, 0.05), (0.5, 0.1, 0.02)]):
+        L = level * r
+        assert red[i].mean().item() == pytest.approx(L, abs=0.01)
+        assert red[i].std().item() == pytest.approx(np.sqrt(L * ss ** 2 + sc ** 2), rel=0.1)
+
+
+def test_lowlight_darkens_through_the_curve(x):
+    curves = ResponseCurves.parametric()
+    p = DegradeParams.explicit([-1] * 4, [0.5, 0.1, 1.0, 0.3], [0.0] * 4, [0.0] * 4, [0, 5, 10, 20])
+    y = degrade(x, p, None, curves)  # no noise: no generator needed
+    m = y.mean((1, 2, 3))
+    assert m[1] < m[0] < x.mean() and m[1] < m[3]
+    assert (y >= 0).all() and (y <= 1).all()
+
+
+def test_labels_and_records(bank):
+    p = DegradeParams.explicit([3, -1, 18], [1.0, 0.2, 0.4], [0.0, 0.1, 0.0], [0.0, 0.05, 0.0], [-1, 2, 1], bank=bank)
+    assert p.labels().tolist() == [[1, 0, 0], [0, 1, 1], [1, 0, 1]]
+    recs = p.records()
+    assert recs[0]["kernel_kind"] == "motion" and recs[2]["kernel_kind"] == "gaussian" and recs[1]["kernel_kind"] == "none"
+    assert recs[1]["r"] == pytest.approx(0.2) and recs[1]["crf_id"] == 2 and recs[1]["c"] == [0, 1, 1]
+    with pytest.raises(ValueError, match="r must"):
+        DegradeParams.explicit([-1], [1.5], [0], [0], [-1])
+    with pytest.raises(ValueError, match="same length"):
+        DegradeParams.explicit([-1, 2], [1.0], [0], [0], [-1])
+
+
+def test_sample_params_ranges_and_seed(bank):
+    cfg = DegradeConfig(motion_kernels=16, gaussian_kernels=4)
+    curves = ResponseCurves.parametric()
+    a = sample_params(2000, cfg, bank, curves, torch.Generator().manual_seed(3))
+    b = sample_params(2000, cfg, bank, curves, torch.Generator().manual_seed(3))
+    assert torch.equal(a.kernel_ids, b.kernel_ids) and torch.equal(a.r, b.r) and torch.equal(a.sigma_s, b.sigma_s)
+    c = a.labels()
+    assert (c.sum(1) >= 1).all()  # every training sample is degraded
+    assert 0.75 < c[:, 0].mean() < 0.86  # p_blur 0.8 plus the forced ones
+    low = a.r[a.has_lowlight()]
+    assert low.min() >= 0.05 and low.max() <= 0.5
+    ss = a.sigma_s[a.has_noise()]
+    sc = a.sigma_c[a.has_noise()]
+    assert ss.min() >= 0.01 and ss.max() <= 0.16 and sc.min() >= 0.01 and sc.max() <= 0.06
+    assert (a.crf_ids[~a.uses_camera()] == -1).all() and (a.crf_ids[a.uses_camera()] >= 0).all()
+    assert set(a.kernel_ids[a.has_blur()].tolist()) == set(range(len(bank)))
+
+
+def test_degrader_is_reproducible_and_device_independent(x, bank):
+    cfg = DegradeConfig(motion_kernels=16, gaussian_kernels=4)
+    d = Degrader(cfg, bank=bank)
+    y1, p1 = d(x, torch.Generator().manual_seed(7))
+    y2, p2 = d(x, torch.Generator().manual_seed(7))
+    y3, _ = d(x, torch.Generator().manual_seed(8))
+    assert torch.equal(y1, y2) and p1.records() == p2.records()
+    assert not torch.equal(y1, y3)
+    assert y1.shape == x.shape and y1.dtype == x.dtype
+    if torch.cuda.is_available():
+        yg, _ = d(x.cuda(), torch.Generator().manual_seed(7))
+        assert torch.allclose(yg.cpu(), y1, atol=2e-4)
+
+
+def test_reference_matches_batched(x, bank):
+    curves = ResponseCurves.parametric()
+    p = DegradeParams.explicit([2, -1, 17, 9], [0.3, 1.0, 1.0, 0.1], [0.1, 0.05, 0.0, 0.16], [0.05, 0.1, 0.0, 0.06],
+                               [3, 0, -1, 20])
+    eps = torch.randn(4, 1, 40, 32, generator=torch.Generator().manual_seed(0))
+    y = degrade(x, p, bank, curves, noise=eps)
+    for i, rec in enumerate(p.records()):
+        k = bank.kernels[rec["kernel_id"]].numpy() if rec["kernel_id"] >= 0 else None
+        ref = degrade_image(x[i].permute(1, 2, 0).numpy(), k, rec["r"], rec["sigma_s"], rec["sigma_c"], curves,
+                            rec["crf_id"], eps=eps[i, 0].numpy())
+        assert np.abs(ref - y[i].permute(1, 2, 0).numpy()).max() < 2e-3, f"sample {i}"
+
+
+def test_degrade_rejects_bad_input(x, bank):
+    p = DegradeParams.explicit([-1] * 4, [0.5] * 4, [0.1] * 4, [0.1] * 4, [0] * 4)
+    with pytest.raises(ValueError, match="generator"):
+        degrade(x, p, bank, ResponseCurves.linear())
+    with pytest.raises(ValueError, match="shape"):
+        degrade(x[:, :1], p, bank, ResponseCurves.linear())
+    with pytest.raises(ValueError, match="crf_ids"):
+        degrade(x, DegradeParams.explicit([-1] * 4, [0.5] * 4, [0] * 4, [0] * 4, [5] * 4), bank, ResponseCurves.linear())
+
+
+def test_albumentations_wrapper(bank):
+    cfg = DegradeConfig(motion_kernels=16, gaussian_kernels=4)
+    img = (np.random.default_rng(0).random((40, 32, 3)) * 255).astype(np.uint8)
+    outs = []
+    for _ in range(2):
+        t = A.Compose([NASFEDegrade(cfg, bank=bank)], seed=11)
+        outs.append(t(image=img)["image"])
+    assert outs[0].dtype == np.uint8 and outs[0].shape == img.shape
+    assert np.array_equal(outs[0], outs[1])
+    assert not np.array_equal(outs[0], img)
+    assert t.transforms[0].last_params.labels().sum() >= 1

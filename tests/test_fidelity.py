@@ -1,0 +1,71 @@
+"""Fidelity to the paper: input PSNR/SSIM of each test set on real CelebA faces vs the paper's "input" columns.
+
+Subset: 20 images (one per identity, seeded), and per face a strided share of the set's grid,
+offset by the face index, so the subset covers every kernel / noise / low-light value of Table 4.
+Scores: RGB in [0, 1] after 8-bit quantisation (what the PNG files hold), full image, data range 1,
+per-image PSNR and SSIM (Gaussian window 11, sigma 1.5) averaged (nasfe.evaluate.metrics).
+Readings that cannot reach a paper figure are marked xfail(strict) with the reason; see
+docs/DEGRADATION.md for the numbers.
+"""
+import numpy as np
+import pytest
+import torch
+
+import nasfe.data.testsets as ts
+from nasfe.degrade.camera import ResponseCurves
+from nasfe.evaluate.metrics import psnr, ssim
+from nasfe.imageio import read_image, to_tensor
+from tests.conftest import shared_path
+
+PAPER = {"Test-N": (17.63, 0.50), "Test-B": (19.64, 0.61), "Test-L": (8.25, 0.14), "Test-BNL": (8.17, 0.22)}
+STRIDE = {"Test-N": 2, "Test-B": 4, "Test-L": 4, "Test-BNL": 8}
+MISSES = {
+    "Test-B": "kernels limited to 27 px and Gaussians sigma<=3 cannot blur CelebA faces down to 19.64 dB "
+              "(a straight 27 px line gives 20.8 dB, a Gaussian sigma 3 gives 24.3 dB)",
+    "Test-L": "r applied to irradiance before a DoRF-like response curve brightens the result (~r^0.5) "
+              "compared with r * x; 8.25 dB needs y ~ r * x",
+    "Test-BNL": "same reason as Test-L",
+}
+
+
+@pytest.fixture(scope="module")
+def scores():
+    root = shared_path("data", "celeba-id")
+    torch.set_num_threads(2)
+    files = sorted(root.glob("*/*.jpg"))
+    by_id = {}
+    for f in files:
+        by_id.setdefault(f.parent.name, []).append(f)
+    rng = np.random.default_rng(0)
+    ids = sorted(rng.choice(sorted(by_id), 20, replace=False))
+    faces = [to_tensor(read_image(by_id[i][rng.integers(len(by_id[i]))])) for i in ids]
+    bank = ts.test_bank(0)
+    curves = ResponseCurves.parametric()
+    out = {}
+    for name, stride in STRIDE.items():
+        p_all, s_all = [], []
+        n = len(ts.variants(name))
+        for face, x in enumerate(faces):
+            only = list(range(face % stride, n, stride))
+            y, _, _ = ts.degrade_face(x, name, face, 0, bank, curves, only=only)
+            y = (y * 255).round() / 255
+            xx = x[None].expand_as(y)
+            p_all.append(psnr(y, xx))
+            s_all.append(ssim(y, xx))
+        out[name] = (torch.cat(p_all).mean().item(), torch.cat(s_all).mean().item())
+    print({k: (round(v[0], 2), round(v[1], 3)) for k, v in out.items()})
+    return out
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=MISSES[n])) if n in MISSES else n for n in PAPER])
+def test_input_psnr_near_paper(scores, name):
+    ours, paper = scores[name][0], PAPER[name][0]
+    assert abs(ours - paper) <= 1.5, f"{name}: input PSNR {ours:.2f} dB vs paper {paper:.2f} dB"
+
+
+def test_ordering_matches_paper(scores):
+    """Whatever the offsets, the sets rank as in the paper: N > L and B > BNL, and low light is the worst."""
+    assert scores["Test-N"][0] > scores["Test-L"][0] + 5
+    assert scores["Test-B"][0] > scores["Test-BNL"][0] + 5
+    assert scores["Test-L"][1] < 0.3 and scores["Test-BNL"][1] < 0.35

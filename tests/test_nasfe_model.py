@@ -1,0 +1,252 @@
+"""The assembled NASFE network: every registered model, shapes, refs handling, gradients, parameter counts."""
+from __future__ import annotations
+
+import builtins
+
+import pytest
+import torch
+from torch import nn
+
+from nasfe.config import load_space
+from nasfe.genotype import derive_genotype
+from nasfe.model import NASFE, create_model, encoder_task_loss, list_models
+from nasfe.model.cell import num_edges
+from nasfe.model.ops import op_param_count
+from nasfe.model.registry import build_model, default_identity
+
+
+class TinyIdentity(nn.Module):
+    """Stand-in for nasfe.identity.IdentityInfo: frozen, (y, refs) -> (N, 5, H/4, W/4)."""
+
+    out_channels = 5
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(6, 5, 3, stride=4, padding=1)
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, y, refs, mask=None):
+        if mask is not None:
+            w = mask.float()[:, :, None, None, None]
+            refs = refs * w / w.sum(1, keepdim=True).clamp_min(1)
+            return self.conv(torch.cat([y, refs.sum(1)], 1))
+        return self.conv(torch.cat([y, refs.mean(1)], 1))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_space("tiny")
+
+
+def _model(name, space, seed=0):
+    torch.manual_seed(seed)
+    genotype = None
+    if name == "nasfe_derived":
+        sup = build_model("nasfe_search", space, None, TinyIdentity())
+        genotype = derive_genotype(sup.alphas, sup.betas, space)
+    if name == "nasfe_bn":
+        space = load_space("tiny", {"model.fusion": "res2"})
+    return build_model(name, space, genotype, TinyIdentity())
+
+
+def test_registry_lists_the_three_models():
+    assert {"nasfe_search", "nasfe_derived", "nasfe_bn"} <= set(list_models())
+    with pytest.raises(KeyError, match="unknown model"):
+        build_model("nope", load_space("tiny"))
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("hw", [(32, 32), (37, 29)])
+def test_every_model_restores_any_size(name, hw, tiny):
+    m = _model(name, tiny)
+    y = torch.rand(2, 3, *hw)
+    refs = torch.rand(2, 2, 3, *hw)
+    for r in (refs, None):
+        out = m(y, r)
+        assert out.restored.shape == y.shape and out.class_logits.shape == (2, 3)
+        assert torch.isfinite(out.restored).all()
+    assert m.classify(y).shape == (2, 3)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_gradients_reach_every_weight_alpha_and_beta(name, tiny):
+    m = _model(name, tiny)
+    for mod in m.modules():
+        if hasattr(mod, "gamma"):
+            nn.init.constant_(mod.gamma, 0.5)
+    y, x = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    out = m(y, torch.rand(2, 2, 3, 32, 32), has_refs=torch.tensor([True, False]))
+    loss = (out.restored - x).square().mean() + nn.functional.binary_cross_entropy_with_logits(
+        out.class_logits, torch.ones(2, 3))
+    loss.backward()
+    for p in m.weight_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    arch = m.arch_parameters()
+    if name == "nasfe_search":
+        assert arch[0] is m.alphas and arch[1] is m.betas
+        ops = tiny.model.operators
+        live = [i for i, o in enumerate(ops) if o != "zero"]
+        assert (m.alphas.grad[..., live].abs() > 0).all()
+        # every existing transition of the trellis gets a gradient (tiny: 2 cells, 2 levels)
+        # layer 0: level 0 from 0 (t=1), level 1 from 0 (t=0); layer 1: level 0 from 0 or 1
+        g = m.betas.grad
+        assert g[0, 0, 1] == 0 and g[0, 1, 0] == 0  # single valid transition: softmax gradient is 0
+        assert g[1, 0, 1].abs() > 0 and g[1, 0, 2].abs() > 0
+    else:
+        assert arch == [] and m.alphas is None
+    ids = {id(p) for p in m.weight_parameters()}
+    assert not ids & {id(p) for p in m.identity.parameters()}
+    assert not ids & {id(p) for p in arch}
+
+
+def test_betas_get_gradient_at_every_multi_source_node():
+    sp = load_space("tiny", {"model.cells": 4, "model.levels": 3, "model.blocks": 1})
+    torch.manual_seed(0)
+    m = create_model(sp, identity=TinyIdentity())
+    m(torch.rand(1, 3, 32, 32)).restored.mean().backward()
+    from nasfe.genotype import node_levels, source_level
+    prev = [0]
+    for layer in range(4):
+        for s in node_levels(layer, 4, 3):
+            valid = [t for t in range(3) if source_level(s, t) in prev]
+            if len(valid) > 1:
+                assert (m.betas.grad[layer, s, valid].abs() > 0).all(), (layer, s)
+        prev = node_levels(layer, 4, 3)
+
+
+def test_pc_mode_adds_edge_weights_and_trains_them():
+    sp = load_space("tiny", {"model.partial_channels": 2})
+    torch.manual_seed(0)
+    m = create_model(sp, identity=TinyIdentity())
+    arch = m.arch_parameters()
+    assert len(arch) == 3 and arch[2].shape == (1, num_edges(2))
+    m(torch.rand(1, 3, 32, 32)).restored.mean().backward()
+    assert (arch[2].grad.abs() > 0).all()
+
+
+def _fusion_params_from_formula(space, genotype) -> int:
+    """Independent count of a derived fusion network: ops by formula + 1x1 reductions + resamplers."""
+    c, total = space.model.channels, 0
+    levels = [0, 0] + genotype.path
+    for layer in range(space.model.cells):
+        cell = genotype.cell_for_layer(layer)
+        total += sum(op_param_count(o, c) for g in cell for o in g.ops) + len(cell) * c * c + c
+        for steps in (levels[layer + 2] - levels[layer + 1], levels[layer + 2] - levels[layer]):
+            total += abs(steps) * (9 * c * c + c) if steps > 0 else (c * c + c if steps < 0 else 0)
+    return total
+
+
+def test_derived_network_has_no_zero_and_formula_param_count(tiny):
+    m = _model("nasfe_derived", tiny)
+    assert not any(type(mod).__name__ == "Zero" for mod in m.modules())
+    g = derive_genotype(torch.randn(1, num_edges(2), 6), torch.randn(2, 2, 3), tiny)
+    torch.manual_seed(1)
+    d = create_model(tiny, g, identity=TinyIdentity())
+    assert d.parameter_counts()["fusion"] == _fusion_params_from_formula(tiny, g)
+    assert d.arch_parameters() == []
+
+
+def test_paper_space_derived_size_is_near_table6():
+    paper = load_space("paper")
+
+    class VGGShape(TinyIdentity):
+        out_channels = 256  # VGGFace pool3
+
+    torch.manual_seed(0)
+    alphas = torch.randn(1, num_edges(paper.model.blocks), len(paper.model.operators))
+    g = derive_genotype(alphas, torch.randn(paper.model.cells, paper.model.levels, 3), paper)
+    m = create_model(paper, g, identity=VGGShape())
+    counts = m.parameter_counts()
+    assert counts["fusion"] == _fusion_params_from_formula(paper, g)
+    assert 5.9e6 < counts["restoration"] < 6.9e6  # Table 6: 6.40 M
+    bn = create_model(load_space("bn"))
+    assert 5.6e6 < bn.parameter_counts()["restoration"] < 6.4e6  # Table 6: 6.00 M
+    assert bn.parameter_counts()["restoration"] < counts["restoration"]
+
+
+def test_create_model_dispatch_and_errors(tiny):
+    torch.manual_seed(0)
+    sup = create_model(tiny, identity=TinyIdentity())
+    assert sup.alphas.shape == (1, num_edges(2), 6) and sup.betas.shape == (2, 2, 3)
+    g = derive_genotype(sup.alphas, sup.betas, tiny)
+    assert create_model(tiny, g, identity=TinyIdentity()).arch_parameters() == []
+    bn_space = load_space("tiny", {"model.fusion": "res2"})
+    with pytest.raises(ValueError, match="genotype"):
+        create_model(bn_space, g, identity=TinyIdentity())
+    from nasfe.genotype import GenotypeError
+    with pytest.raises(GenotypeError, match="space_hash"):
+        create_model(load_space("tiny", {"model.channels": 12}), g, identity=TinyIdentity())
+    no_id = create_model(load_space("tiny", {"model.use_identity": False}))
+    assert no_id.identity is None and no_id(torch.rand(1, 3, 16, 16)).restored.shape == (1, 3, 16, 16)
+
+
+def test_missing_identity_room_gives_clear_error(monkeypatch, tiny):
+    real_import = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name.startswith("nasfe.identity"):
+            raise ImportError("not ready")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(RuntimeError, match="use_identity"):
+        default_identity(tiny)
+
+
+def test_refs_change_the_output_and_flag_masks_them(tiny):
+    m = _model("nasfe_search", tiny)
+    nn.init.normal_(m.no_identity)
+    y, refs = torch.rand(2, 3, 32, 32), torch.rand(2, 2, 3, 32, 32)
+    with torch.no_grad():
+        with_refs = m(y, refs).restored
+        without = m(y, None).restored
+        masked = m(y, refs, has_refs=torch.tensor([False, True])).restored
+    assert not torch.allclose(with_refs, without)
+    torch.testing.assert_close(masked[0], without[0])
+    torch.testing.assert_close(masked[1], with_refs[1])
+    with torch.no_grad():  # (N, k) reference mask: sample 0 has none, sample 1 keeps both
+        per_ref = m(y, refs, has_refs=torch.tensor([[False, False], [True, True]])).restored
+    torch.testing.assert_close(per_ref, masked)
+
+
+def test_with_the_identity_room_when_available(tiny):
+    pytest.importorskip("nasfe.identity.adain")
+    torch.manual_seed(0)
+    m = create_model(tiny)  # default_identity: IdentityInfo(build_backbone(space.identity))
+    frozen = {id(p) for p in m.identity.parameters()}
+    assert frozen and not frozen & {id(p) for p in m.weight_parameters()}
+    out = m(torch.rand(1, 3, 48, 40), torch.rand(1, 2, 3, 48, 40))
+    out.restored.mean().backward()
+    assert out.restored.shape == (1, 3, 48, 40)
+    assert all(p.grad is None for p in m.identity.parameters())
+
+
+def test_encoder_pretraining_hook(tiny):
+    m = _model("nasfe_search", tiny)
+    y, x = torch.rand(2, 3, 20, 18), torch.rand(2, 3, 20, 18)
+    feats = m.encoder_outputs(y)
+    assert set(feats) == {"blur", "noise", "lowlight"} and feats["blur"].shape == (2, 8, 10, 10)
+    loss = encoder_task_loss(m, "noise", y, x)
+    loss.backward()
+    params = m.pretrain_parameters("noise")
+    assert all(p.grad is not None for p in params)
+    assert all(p.grad is None for p in m.encoders["blur"].parameters())
+    with pytest.raises(ValueError, match="unknown task"):
+        encoder_task_loss(m, "rain", y, x)
+    assert isinstance(m, NASFE)
+
+
+def test_per_layer_cells_supernet_and_derived():
+    sp = load_space("tiny", {"model.shared_cell": False})
+    torch.manual_seed(0)
+    sup = create_model(sp, identity=TinyIdentity())
+    assert sup.alphas.shape == (2, num_edges(2), 6)
+    alphas = sup.alphas.detach().clone()
+    ops = sp.model.operators
+    alphas[1, :, ops.index("deveil_op")] = 5.0  # layer 1 prefers deveil, layer 0 does not
+    g = derive_genotype(alphas, sup.betas, sp)
+    assert len(g.cells) == 2 and all(o == "deveil_op" for gene in g.cells[1] for o in gene.ops)
+    d = create_model(sp, g, identity=TinyIdentity())
+    assert d.parameter_counts()["fusion"] == _fusion_params_from_formula(sp, g)
+    assert d(torch.rand(1, 3, 16, 16)).restored.shape == (1, 3, 16, 16)

@@ -115,10 +115,10 @@ def measure_search_step(space_name: str, k: int, height: int, width: int, device
         step(batch, meter)
         saved.append(meter.bytes)
         peaks.append(torch.cuda.max_memory_allocated() if device.startswith("cuda") else None)
-    times = [step(time_batch) for _ in range(repeats)]
+    times = [step(time_batch) for _ in range(repeats)]  # repeats 0: memory only
     row = {"k": k, "weights_bytes": weights, "saved_per_image": saved[1] - saved[0],
            "saved_fixed": max(0, saved[0] - (saved[1] - saved[0])),
-           "s_per_image": statistics.median(times) / time_batch, "time_batch": time_batch}
+           "s_per_image": statistics.median(times) / time_batch if times else None, "time_batch": time_batch}
     if peaks[0] is not None:
         row["cuda_peak_per_image"] = peaks[1] - peaks[0]
         row["cuda_peak_batch1"] = peaks[0]
@@ -184,7 +184,7 @@ def main(argv=None) -> int:
             per_img = r.get("cuda_peak_per_image", r["saved_per_image"]) * scale
             # fixed: weights + grads + Adam moments (4x weights) + batch-independent activations
             fixed = 4 * r["weights_bytes"] + r["saved_fixed"] * scale
-            row = dict(r, mem_per_image_gb_176x144=per_img / 1e9, s_per_image_176x144_est=r["s_per_image"] * scale, fixed_gb=fixed / 1e9,
+            row = dict(r, mem_per_image_gb_176x144=per_img / 1e9, s_per_image_176x144_est=r["s_per_image"] * scale if r["s_per_image"] else None, fixed_gb=fixed / 1e9,
                        fit_24gb=int((24e9 - fixed) // per_img), fit_80gb=int((80e9 - fixed) // per_img),
                        batch40_gb=(fixed + 40 * per_img) / 1e9)
             report["search"].append(row)

@@ -33,7 +33,9 @@ class CommandError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per available command."""
-    parser = argparse.ArgumentParser(prog="nasfe", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="nasfe", description="NASFE: network architecture search for face enhancement (blur, noise, low light).",
+        epilog="`nasfe COMMAND --help` shows a command's options.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
@@ -61,11 +63,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``nasfe`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    # parse the command name first, then let its module add the rest of its arguments
-    known, _ = parser.parse_known_args(argv)
-    if not known.command:
+    # find the command name first, then let its module add the rest of its arguments (so that
+    # `nasfe COMMAND --help` shows the command's own options)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command is None or command not in COMMANDS:
+        if command is not None or not set(argv) & {"-h", "--help"}:
+            parser.parse_args(argv)  # prints usage and exits 2 for an unknown command
         parser.print_help()
         return 0
+    known = argparse.Namespace(command=command, verbose=argv.index(command) > 0 and bool(
+        set(argv[:argv.index(command)]) & {"-v", "--verbose"}))
     module = importlib.import_module(COMMANDS[known.command][0])
     add_arguments = getattr(module, "add_arguments", None) or getattr(module, f"add_{known.command}_arguments")
     run = getattr(module, "main", None) or getattr(module, f"{known.command}_main")

@@ -12,7 +12,7 @@ from nasfe.evaluate.metrics import psnr
 from conftest import shared_path
 
 
-def _face(h=72, w=60, seed=0) -> torch.Tensor:
+def _face(h=72, w=60, seed=0, texture=0.01) -> torch.Tensor:
     """A smooth cartoon face: shaded background, skin ellipse, eyes, mouth (3,H,W) in [0,1]."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
@@ -25,7 +25,7 @@ def _face(h=72, w=60, seed=0) -> torch.Tensor:
         img[eye] = 0.1
     mouth = (np.abs(yy - 0.68 * h) < 0.025 * h) & (np.abs(xx - w / 2) < 0.15 * w)
     img[mouth] = np.array([0.6, 0.2, 0.2])
-    img += rng.normal(0, 0.01, img.shape)  # a little skin texture
+    img += rng.normal(0, texture, img.shape)  # a little skin texture
     return torch.from_numpy(np.clip(img, 0, 1).transpose(2, 0, 1).astype(np.float32))
 
 
@@ -81,9 +81,10 @@ def test_classical_improves_psnr_on_blur_noise_low_light(pair):
     assert (after > before + 3.0).all(), (before, after)
 
 
-def test_classical_leaves_a_clean_image_close_to_itself(pair):
+def test_classical_undoes_low_light_alone(pair):
     x, _ = pair
-    assert (psnr(BASELINES["classical"](x), x) > 28).all()
+    dark = _degrade(x, blur=0.01, r=0.2, sigma=0.0)
+    assert (psnr(BASELINES["classical"](dark), x) > psnr(dark, x) + 5.0).all()
 
 
 def test_noise_estimate_tracks_added_noise():
@@ -96,9 +97,9 @@ def test_noise_estimate_tracks_added_noise():
 
 
 def test_wiener_undoes_a_matching_gaussian_blur():
-    x = _face(seed=5).numpy().transpose(1, 2, 0)
+    x = _face(seed=5, texture=0.0).numpy().transpose(1, 2, 0)
     blurred = np.stack([ndimage.gaussian_filter(x[..., c], 1.2, mode="reflect") for c in range(3)], axis=-1)
-    restored = wiener_deconvolve(blurred, sigma=1.2, nsr=1e-3)
+    restored = wiener_deconvolve(blurred, sigma=1.2, nsr=1e-5)
     assert restored.shape == x.shape and restored.dtype == np.float32
     err_before = np.abs(blurred - x)[8:-8, 8:-8].mean()
     err_after = np.abs(restored - x)[8:-8, 8:-8].mean()

@@ -137,6 +137,19 @@ def sample_params(n: int, cfg, bank: KernelBank, curves: ResponseCurves, generat
     return DegradeParams(kernel_ids, r, ss, sc, crf, kinds)
 
 
+def _fft_size(n: int) -> int:
+    """Smallest m >= n whose only prime factors are 2, 3 and 5 (fast FFT lengths)."""
+    m = n
+    while True:
+        k = m
+        for f in (2, 3, 5):
+            while k % f == 0:
+                k //= f
+        if k == 1:
+            return m
+        m += 1
+
+
 def blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """Convolve sample i of ``x`` (N, C, H, W) with ``kernels[i]`` (N, S, S), S odd; reflect padding.
 
@@ -149,7 +162,10 @@ def blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     if p >= h or p >= w:
         raise ValueError(f"blur: image {h}x{w} too small for reflect padding of a {s}x{s} kernel")
     xp = F.pad(x, (p, p, p, p), mode="reflect")
-    hp, wp = h + 2 * p, w + 2 * p
+    # Zero-pad further to FFT-friendly sizes (e.g. 202 = 2 * 101 is slow); the extra zeros lie
+    # outside the cropped output's reach, so the result is unchanged.
+    hp, wp = _fft_size(h + 2 * p), _fft_size(w + 2 * p)
+    xp = F.pad(xp, (0, wp - xp.shape[-1], 0, hp - xp.shape[-2]))
     k = torch.zeros(n, hp, wp, device=x.device, dtype=x.dtype)
     k[:, :s, :s] = kernels.to(x.device, x.dtype)
     k = torch.roll(k, shifts=(-p, -p), dims=(1, 2))  # kernel centre to the origin
@@ -165,7 +181,9 @@ def camera(x: torch.Tensor, r: torch.Tensor, sigma_s: torch.Tensor, sigma_c: tor
     """
     dev, dt = x.device, x.dtype
     shape = (-1, 1, 1, 1)
-    raw = mosaic(curves.to_irradiance(x, crf_ids))
+    # The curve acts per pixel and the mosaic keeps one value per pixel, so f^-1 is applied after
+    # the mosaic (one channel instead of three); M(f^-1(x)) = f^-1(M(x)).
+    raw = curves.to_irradiance(mosaic(x), crf_ids)
     raw = raw * r.to(dev, dt).view(shape)
     var = raw * sigma_s.to(dev, dt).view(shape) ** 2 + sigma_c.to(dev, dt).view(shape) ** 2
     raw = (raw + var.sqrt() * eps.to(dev, dt)).clamp(0.0, 1.0)

@@ -165,7 +165,8 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
         except ConnectionError as exc:
             raise StorageError(f"cannot join the Ray cluster at {target!r}: {exc}") from None
         return f"joined the Ray cluster at {target}"
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver, runtime_env=env)
+    # the dashboard agent serves the state API that Ray Train's placement-group cleaner polls
+    ray.init(num_cpus=num_cpus, log_to_driver=log_to_driver, runtime_env=env)
     return f"started a local Ray instance ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
 
 

@@ -82,7 +82,8 @@ def main(args) -> int:
     from nasfe.cli import CommandError
     from nasfe.distributed.ray_train import fit_retrain
     from nasfe.distributed.search_job import (
-        check_workers, format_genotype, job_storage, load_job_space, open_cluster, wandb_pointer, wandb_settings,
+        check_workers, format_genotype, job_storage, load_job_space, open_cluster, preflight, wandb_pointer,
+        wandb_settings,
     )
 
     space = load_job_space(args, {"retrain.epochs": args.epochs})
@@ -93,6 +94,7 @@ def main(args) -> int:
     genotype = _find_genotype(args, storage, space)
     if genotype is not None:
         print(format_genotype(genotype), flush=True)
+    preflight(storage, ("retrain",), args.resume)
     use_gpu = open_cluster(args, args.workers)
     t0 = time.time()
     res = fit_retrain(space, genotype, storage.name, storage, num_workers=args.workers, use_gpu=use_gpu,

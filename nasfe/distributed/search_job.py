@@ -99,6 +99,15 @@ def check_workers(space, workers: int, phases: tuple[str, ...]) -> None:
                                f"(use --set {phase}.batch_size=...)")
 
 
+def preflight(storage, phases: tuple[str, ...], resume: bool) -> None:
+    """Before starting Ray: a checkpoint the run would resume from must be readable (local storage)."""
+    from nasfe.distributed.ray_train import check_resumable
+
+    if resume and storage.is_local:
+        for phase in phases:
+            check_resumable(storage, phase)
+
+
 def open_cluster(args, workers: int) -> bool:
     """Connect to Ray; returns whether the workers use GPUs."""
     from nasfe.cli import CommandError
@@ -178,6 +187,7 @@ def main(args) -> int:
     phases = ("search",) if args.no_retrain else ("search", "retrain")
     check_workers(space, args.workers, phases)
     storage = job_storage(args, space)
+    preflight(storage, phases, args.resume)
     use_gpu = open_cluster(args, args.workers)
     wb = wandb_settings(args, storage.name)
     print(f"[nasfe] run {storage.name!r} in {storage.root} (space {space.name}, {args.workers} workers, "

@@ -109,7 +109,7 @@ class ConsoleProgress(Callback):
         rate = (time.time() - self.t0) / max(done, 1)
         eta = rate * (state.total_steps - state.step)
         shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
-        line = f"[{state.phase}] epoch {state.epoch + 1}/{state.epochs} step {state.step}/{state.total_steps} {shown} eta {_fmt_eta(eta)}"
+        line = f"[{state.phase}] epoch {state.epoch}/{state.epochs} step {state.step}/{state.total_steps} {shown} eta {_fmt_eta(eta)}"
         if self.bar is not None:
             self.bar.write(line, file=self.stream)
         else:

@@ -52,7 +52,8 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = ("step",)) -> 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and EOF errors all mean the same thing to a user
-        raise CheckpointError(f"{path}: not a readable nasfe checkpoint ({type(exc).__name__}: {exc})") from None
+        first = (str(exc).strip().splitlines() or [""])[0]  # torch's messages run to many lines
+        raise CheckpointError(f"{path}: not a readable nasfe checkpoint ({type(exc).__name__}: {first})") from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(payload).__name__}")
     version = payload.get("checkpoint_version")

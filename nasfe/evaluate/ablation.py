@@ -39,6 +39,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from nasfe.engine.callbacks import Callback
+
 log = logging.getLogger("nasfe.evaluate")
 
 _L2_ONLY = {"loss.lambda_per": 0.0, "loss.lambda_iden": 0.0}
@@ -92,18 +94,29 @@ def schedule_from_args(search_epochs: int, retrain_epochs: int, steps_per_epoch:
     return s
 
 
+class _StepClock(Callback):
+    """Records when each training step ends (to time steps without setup and validation)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_step(self, state, metrics):
+        self.times.append(time.time())
+
+
 def schedule_for_budget(base: str, rows: Sequence[AblationRow], minutes: float, work_dir: Path,
                         device: str) -> tuple[dict[str, Any], float]:
-    """Steps per phase so that all ``rows`` take about ``minutes``: one timed retrain step of the
-    most expensive row gives seconds per step; a search step counts twice; two epochs per phase."""
+    """Steps per phase so that all ``rows`` take about ``minutes``: three timed retrain steps of the
+    most expensive row give seconds per step (the time between step ends, so setup and validation
+    are left out); a search step counts twice; two epochs per phase."""
     from nasfe.engine.retrain import run_retrain
 
     probe = rows[-1]
-    space = row_space(base, probe, {"retrain.epochs": 1, "retrain.steps_per_epoch": 2, "retrain.val_batches": 1})
+    space = row_space(base, probe, {"retrain.epochs": 1, "retrain.steps_per_epoch": 3, "retrain.val_batches": 1})
     geno = _initial_genotype(space) if space.model.fusion == "nas" else None
-    t0 = time.time()
-    summary = run_retrain(space, geno, work_dir / "calibration", device=device, resume=False)
-    per_step = max(1e-3, (time.time() - t0) / max(1, summary["steps"]))
+    clock = _StepClock()
+    run_retrain(space, geno, work_dir / "calibration", callbacks=[clock], device=device, resume=False)
+    per_step = max(1e-3, (clock.times[-1] - clock.times[0]) / max(1, len(clock.times) - 1))
     searches = len({row_space(base, r, {}).space_hash() for r in rows if r.overrides.get("model.fusion") == "nas"})
     units = len(rows) + 2 * searches
     steps = max(2, int(minutes * 60 / per_step / units))

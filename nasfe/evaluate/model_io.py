@@ -128,7 +128,10 @@ def load_trained(path: Optional[str | Path] = None, device: str | torch.device =
         raise CheckpointError(f"{src}: holds no search space; pass --space space.yaml")
 
     geno: Optional[Genotype] = None
-    if genotype is not None:
+    if cfg.model.fusion == "res2":
+        if genotype is not None:
+            log.info("%s: model.fusion is res2 (BN baseline); --genotype is ignored", src)
+    elif genotype is not None:
         geno = Genotype.from_json(genotype, space=cfg)
     elif isinstance(payload.get("genotype"), dict):
         geno = Genotype.from_dict(payload["genotype"], space=cfg, where=f"{src} (genotype)")

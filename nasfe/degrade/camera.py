@@ -17,6 +17,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -106,17 +107,27 @@ class ResponseCurves:
             return cls.linear()
         return cls.from_dorf(spec)
 
+    def lookup_tables(self, ids: torch.Tensor, inverse: bool = False, scale: Optional[torch.Tensor] = None,
+                      device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample (values, slopes) tables, each (N, K), for :func:`interp_tables`.
+
+        ``slopes[:, j]`` = values[:, j + 1] - values[:, j], with a last slope of 0, so that an input
+        of exactly K - 1 needs no index clamping. ``scale`` (N,) multiplies each curve (the low-light
+        factor folded into f^-1 costs nothing here, instead of a pass over the image).
+        """
+        table = (self.inverse if inverse else self.forward)[ids.long().cpu()]
+        if scale is not None:
+            table = table * scale.reshape(-1, 1).to(table.dtype).cpu()
+        slope = torch.zeros_like(table)
+        slope[:, :-1] = table[:, 1:] - table[:, :-1]
+        return table.to(device), slope.to(device)
+
     def apply(self, img: torch.Tensor, ids: torch.Tensor, inverse: bool = False) -> torch.Tensor:
         """Apply curve ``ids[i]`` (or its inverse) to sample i of ``img`` (N, C, H, W); values clamped to [0, 1]."""
-        table = (self.inverse if inverse else self.forward).to(img.device)[ids.to(img.device).long()]  # (N, K)
-        n = img.shape[0]
-        k = table.shape[1]
-        t = img.clamp(0.0, 1.0).reshape(n, -1) * (k - 1)
-        i0 = t.floor().long().clamp_(0, k - 2)
-        w = t - i0
-        lo = torch.gather(table, 1, i0)
-        hi = torch.gather(table, 1, i0 + 1)
-        return (lo + w * (hi - lo)).reshape(img.shape)
+        values, slopes = self.lookup_tables(ids, inverse, device=img.device)
+        k = values.shape[1]
+        t = img.clamp(0.0, 1.0).mul_(k - 1)
+        return interp_tables(t, values, slopes)
 
     def to_irradiance(self, img: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """sRGB-like brightness -> irradiance, f^-1, per sample."""
@@ -142,26 +153,87 @@ def bayer_masks(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tenso
     return torch.stack([r, g, b]).to(dtype)
 
 
+def interp_tables(t: torch.Tensor, values: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear table lookup, per sample: ``values[i]`` interpolated at ``t[i]`` (table units).
+
+    ``t`` (N, ...) must lie in [0, K - 1] (it is consumed: used as scratch space); ``values`` and
+    ``slopes`` (N, K) come from :meth:`ResponseCurves.lookup_tables`. Five passes over ``t``: the
+    index, the fraction, two gathers, one fused multiply-add.
+    """
+    n = t.shape[0]
+    flat = t.reshape(n, -1)
+    i = flat.long()  # truncation is floor for t >= 0
+    frac = flat.sub_(i)
+    out = torch.gather(values, 1, i)
+    return out.addcmul_(frac, torch.gather(slopes, 1, i)).reshape(t.shape)
+
+
 def mosaic(rgb: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) -> (N, 1, H, W) RGGB Bayer raw: each pixel keeps the colour its filter passes."""
-    m = bayer_masks(rgb.shape[-2], rgb.shape[-1], rgb.device, rgb.dtype)
-    return (rgb * m).sum(1, keepdim=True)
+    n, _, h, w = rgb.shape
+    raw = rgb.new_empty(n, 1, h, w)
+    # Four strided copies (a quarter of the pixels each) instead of a masked sum over 3 channels.
+    raw[:, 0, 0::2, 0::2] = rgb[:, 0, 0::2, 0::2]
+    raw[:, 0, 0::2, 1::2] = rgb[:, 1, 0::2, 1::2]
+    raw[:, 0, 1::2, 0::2] = rgb[:, 1, 1::2, 0::2]
+    raw[:, 0, 1::2, 1::2] = rgb[:, 2, 1::2, 1::2]
+    return raw
 
 
-# Bilinear demosaic kernels: green sites are cross neighbours, red/blue fill from 2 or 4 neighbours.
-_K_G = torch.tensor([[0, 1, 0], [1, 4, 1], [0, 1, 0]], dtype=torch.float32) / 4.0
-_K_RB = torch.tensor([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=torch.float32) / 4.0
-DEMOSAIC_KERNELS = torch.stack([_K_RB, _K_G, _K_RB])  # (3, 3, 3), one per output channel
+# Malvar, He and Cutler (2004) gradient-corrected bilinear demosaic, the one CBDNet's synthesis
+# uses (its ISP calls demosaicing_CFA_Bayer_Malvar2004): 5x5 kernels, weights / 8, each summing to 1.
+_M_G = [[0, 0, -1, 0, 0], [0, 0, 2, 0, 0], [-1, 2, 4, 2, -1], [0, 0, 2, 0, 0], [0, 0, -1, 0, 0]]  # G at R or B
+_M_ROW = [[0, 0, .5, 0, 0], [0, -1, 0, -1, 0], [-1, 4, 5, 4, -1], [0, -1, 0, -1, 0], [0, 0, .5, 0, 0]]  # colour left/right
+_M_DIAG = [[0, 0, -1.5, 0, 0], [0, 2, 0, 2, 0], [-1.5, 0, 6, 0, -1.5], [0, 2, 0, 2, 0], [0, 0, -1.5, 0, 0]]  # B at R, R at B
+MALVAR_KERNELS = torch.tensor([_M_G, _M_ROW, list(map(list, zip(*_M_ROW))), _M_DIAG], dtype=torch.float32) / 8.0
+#: Which kernel makes channel c at Bayer site (py, px) of RGGB: -1 = the raw sample itself,
+#: else an index into MALVAR_KERNELS (0: G at R/B, 1: same colour left/right, 2: up/down, 3: diagonal).
+DEMOSAIC_PLAN = {(0, 0): (-1, 0, 3), (0, 1): (1, -1, 2), (1, 0): (2, -1, 1), (1, 1): (3, 0, -1)}
+
+
+def _subgrid_weight(scale: float, device, dtype) -> torch.Tensor:
+    """The demosaic as one 3x3 conv on the 4 Bayer sub-images: weight (12, 4, 3, 3).
+
+    Output channel c * 4 + py * 2 + px holds channel c at sites (py, px) (pixel_shuffle order); a
+    5x5 full-resolution tap (dy, dx) at such a site reads sub-image ((py+dy) % 2, (px+dx) % 2) at
+    half-resolution offset ((py+2+dy) // 2, (px+2+dx) // 2) of the valid conv window.
+    """
+    w = torch.zeros(12, 4, 3, 3, dtype=torch.float64)
+    eye = torch.zeros(5, 5, dtype=torch.float64)
+    eye[2, 2] = 1.0
+    for (py, px), plan in DEMOSAIC_PLAN.items():
+        for c, k in enumerate(plan):
+            k5 = eye if k < 0 else MALVAR_KERNELS[k].double()
+            for dy in range(-2, 3):
+                for dx in range(-2, 3):
+                    if k5[dy + 2, dx + 2] != 0:
+                        w[c * 4 + py * 2 + px, ((py + dy) % 2) * 2 + (px + dx) % 2,
+                          (py + 2 + dy) // 2, (px + 2 + dx) // 2] += k5[dy + 2, dx + 2]
+    return (w * scale).to(device, dtype)
+
+
+_WEIGHTS: dict = {}
+
+
+def demosaic_subgrids(raw: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """(N, 1, H, W) RGGB raw -> (N, 12, ceil(H/2), ceil(W/2)): ``scale`` x the demosaiced sub-images.
+
+    ``pixel_shuffle(., 2)[..., :H, :W]`` of the result is the RGB image. Working on the four
+    half-resolution Bayer sub-images makes the whole demosaic one small dense conv (no per-channel
+    masks, no wasted taps on zeros). Reflect padding by 2 keeps the Bayer phase at the borders.
+    """
+    n, _, h, w = raw.shape
+    if h < 3 or w < 3:
+        raise ValueError(f"demosaic: raw image {h}x{w} is too small (needs at least 3x3)")
+    key = (float(scale), raw.device, raw.dtype)
+    if key not in _WEIGHTS:
+        _WEIGHTS[key] = _subgrid_weight(scale, raw.device, raw.dtype)
+    # Odd sizes get one more reflected row / column so that the sub-images have equal sizes.
+    padded = F.pad(raw, (2, 2 + w % 2, 2, 2 + h % 2), mode="reflect")
+    return F.conv2d(F.pixel_unshuffle(padded, 2), _WEIGHTS[key])
 
 
 def demosaic(raw: torch.Tensor) -> torch.Tensor:
-    """(N, 1, H, W) RGGB raw -> (N, 3, H, W) by bilinear interpolation (a depthwise 3x3 conv).
-
-    Reflect padding keeps the Bayer phase at the borders (index -1 mirrors to 1, same parity).
-    """
-    n, _, h, w = raw.shape
-    m = bayer_masks(h, w, raw.device, raw.dtype)
-    planes = raw * m  # (N, 3, H, W) sparse colour planes
-    planes = F.pad(planes, (1, 1, 1, 1), mode="reflect")
-    weight = DEMOSAIC_KERNELS.to(raw.device, raw.dtype)[:, None]
-    return F.conv2d(planes, weight, groups=3)
+    """(N, 1, H, W) RGGB raw -> (N, 3, H, W), Malvar-He-Cutler demosaic (may leave [0, 1] slightly)."""
+    h, w = raw.shape[-2:]
+    return F.pixel_shuffle(demosaic_subgrids(raw), 2)[..., :h, :w]

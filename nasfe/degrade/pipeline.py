@@ -8,7 +8,8 @@ Order of operations (paper sections 3 and 4, after CBDNet and ELD), per sample:
    L = M(f^-1(x_b)) (irradiance through the inverse response curve, then RGGB Bayer mosaic);
    L = r * L (low light); L = L + sqrt(L sigma_s^2 + sigma_c^2) * eps (heteroscedastic Gaussian
    approximation of Poisson-Gaussian noise, eps ~ N(0, 1)); clip to [0, 1] (a sensor reads no
-   negative light and saturates); bilinear demosaic; y = f(.) back through the response curve.
+   negative light and saturates); Malvar-He-Cutler demosaic (as CBDNet's synthesis), clip;
+   y = f(.) back through the response curve.
 
 Random numbers (parameters and the noise field) are drawn on a CPU ``torch.Generator`` and moved
 to the images' device, so CPU and GPU give the same degradation for the same seed.
@@ -21,7 +22,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from nasfe.degrade.camera import ResponseCurves, demosaic, mosaic
+from nasfe.degrade.camera import ResponseCurves, demosaic_subgrids, interp_tables, mosaic
 from nasfe.degrade.kernels import KernelBank
 
 
@@ -153,24 +154,27 @@ def _fft_size(n: int) -> int:
 def blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """Convolve sample i of ``x`` (N, C, H, W) with ``kernels[i]`` (N, S, S), S odd; reflect padding.
 
-    True convolution (not correlation), done in the Fourier domain on the reflect-padded image:
-    with padding S//2 the circular wrap-around never reaches the cropped output.
+    True convolution (not correlation), done in the Fourier domain on the reflect-padded image,
+    padded on to FFT-friendly sizes. The kernel spectrum comes straight from the small S x S kernel
+    (``rfft2`` with ``s=``), with the kernel at the origin instead of centred: that only shifts the
+    result by S//2, which the crop absorbs. The kept outputs read padded rows/columns
+    [0, H + 2p) only, so what fills the rest up to the FFT size does not matter: the reflect
+    padding simply goes on (one copy of the batch instead of a reflect pad plus a zero pad).
+    Returns a view (not contiguous).
     """
     n, c, h, w = x.shape
     s = kernels.shape[-1]
     p = s // 2
     if p >= h or p >= w:
         raise ValueError(f"blur: image {h}x{w} too small for reflect padding of a {s}x{s} kernel")
-    xp = F.pad(x, (p, p, p, p), mode="reflect")
-    # Zero-pad further to FFT-friendly sizes (e.g. 202 = 2 * 101 is slow); the extra zeros lie
-    # outside the cropped output's reach, so the result is unchanged.
     hp, wp = _fft_size(h + 2 * p), _fft_size(w + 2 * p)
-    xp = F.pad(xp, (0, wp - xp.shape[-1], 0, hp - xp.shape[-2]))
-    k = torch.zeros(n, hp, wp, device=x.device, dtype=x.dtype)
-    k[:, :s, :s] = kernels.to(x.device, x.dtype)
-    k = torch.roll(k, shifts=(-p, -p), dims=(1, 2))  # kernel centre to the origin
-    y = torch.fft.irfft2(torch.fft.rfft2(xp) * torch.fft.rfft2(k)[:, None], s=(hp, wp))
-    return y[..., p:p + h, p:p + w]
+    if hp - h - p < h and wp - w - p < w:
+        spec = torch.fft.rfft2(F.pad(x, (p, wp - w - p, p, hp - h - p), mode="reflect"))
+    else:  # tiny images: reflect cannot reach that far, zero-pad the rest (inside rfft2)
+        spec = torch.fft.rfft2(F.pad(x, (p, p, p, p), mode="reflect"), s=(hp, wp))
+    spec.mul_(torch.fft.rfft2(kernels.to(x.device, x.dtype), s=(hp, wp)).unsqueeze(1))
+    y = torch.fft.irfft2(spec, s=(hp, wp))
+    return y[..., 2 * p:2 * p + h, 2 * p:2 * p + w]
 
 
 def camera(x: torch.Tensor, r: torch.Tensor, sigma_s: torch.Tensor, sigma_c: torch.Tensor,
@@ -178,16 +182,27 @@ def camera(x: torch.Tensor, r: torch.Tensor, sigma_s: torch.Tensor, sigma_c: tor
     """The camera stage: f^-1, mosaic, low light r, Poisson-Gaussian noise, clip, demosaic, f.
 
     ``r``, ``sigma_s``, ``sigma_c``, ``crf_ids`` are (N,); ``eps`` is a standard normal field (N, 1, H, W).
+    Everything up to the demosaic runs on the one-channel mosaic; ``x`` may be any view.
     """
     dev, dt = x.device, x.dtype
+    n, _, h, w = x.shape
     shape = (-1, 1, 1, 1)
+    k = curves.forward.shape[1]
     # The curve acts per pixel and the mosaic keeps one value per pixel, so f^-1 is applied after
-    # the mosaic (one channel instead of three); M(f^-1(x)) = f^-1(M(x)).
-    raw = curves.to_irradiance(mosaic(x), crf_ids)
-    raw = raw * r.to(dev, dt).view(shape)
-    var = raw * sigma_s.to(dev, dt).view(shape) ** 2 + sigma_c.to(dev, dt).view(shape) ** 2
-    raw = (raw + var.sqrt() * eps.to(dev, dt)).clamp(0.0, 1.0)
-    return curves.to_brightness(demosaic(raw), crf_ids).clamp(0.0, 1.0)
+    # the mosaic (one channel instead of three): M(f^-1(x)) = f^-1(M(x)). r is folded into the
+    # f^-1 tables (r f^-1(v) is again a table lookup), so L = r M(f^-1(x)) costs one lookup.
+    inv, inv_slope = curves.lookup_tables(crf_ids, inverse=True, scale=r, device=dev)
+    raw = interp_tables(mosaic(x).clamp_(0.0, 1.0).mul_(k - 1), inv, inv_slope)
+    # Noise: L + sqrt(L sigma_s^2 + sigma_c^2) eps, in place on the mosaic.
+    std = raw * sigma_s.to(dev, dt).view(shape).square()
+    std.add_(sigma_c.to(dev, dt).view(shape).square()).sqrt_().mul_(eps.to(dev, dt))
+    raw.add_(std).clamp_(0.0, 1.0)
+    # Demosaic straight into table units of f (the factor K-1 rides in the conv weights), clip (the
+    # demosaic's negative lobes can leave [0, 1]), then f on the 12 half-resolution sub-images and
+    # one pixel_shuffle back to RGB: no separate pass for scaling or clamping the RGB image.
+    fwd, fwd_slope = curves.lookup_tables(crf_ids, device=dev)
+    t = demosaic_subgrids(raw, scale=k - 1).clamp_(0.0, k - 1)
+    return F.pixel_shuffle(interp_tables(t, fwd, fwd_slope), 2)[..., :h, :w]
 
 
 def degrade(x: torch.Tensor, params: DegradeParams, bank: Optional[KernelBank], curves: ResponseCurves,
@@ -195,8 +210,8 @@ def degrade(x: torch.Tensor, params: DegradeParams, bank: Optional[KernelBank], 
     """Degrade a batch ``x`` (N, 3, H, W) in [0, 1] with per-sample ``params``; returns y, same shape, in [0, 1].
 
     ``noise``: the standard normal field eps (N, 1, H, W) of the Bayer sensor; when None it is
-    drawn from ``generator`` (a CPU generator; required then if any sample is noisy) and moved
-    to x's device. Passing it explicitly makes a degradation reproducible per image.
+    drawn from ``generator`` (a CPU generator, float32; required then if any sample is noisy) and
+    moved to x's device. Passing it explicitly makes a degradation reproducible per image.
     """
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"degrade: expected x of shape (N, 3, H, W), got {tuple(x.shape)}")
@@ -204,35 +219,41 @@ def degrade(x: torch.Tensor, params: DegradeParams, bank: Optional[KernelBank], 
     if len(params) != n:
         raise ValueError(f"degrade: {len(params)} parameter rows for a batch of {n}")
     params.validate(bank, curves)
-    y = x
-    blurred = params.has_blur()
-    if blurred.any():
-        if bank is None:
-            raise ValueError("degrade: samples ask for blur but no kernel bank was given")
-        idx = blurred.nonzero().squeeze(1)
-        yb = blur(x[idx.to(x.device)], bank.kernels[params.kernel_ids[idx]]).clamp(0.0, 1.0)
-        y = x.clone()
-        y[idx.to(x.device)] = yb
-    cam = params.uses_camera()
-    if noise is None and cam.any():
-        if params.has_noise().any():
-            if generator is None:
-                raise ValueError("degrade: a generator (or an explicit noise field) is needed for noisy samples")
-            noise = torch.randn(n, 1, h, w, generator=generator)
-        else:
-            noise = torch.zeros(n, 1, h, w)  # low light only: the noise field is multiplied by 0
-    if cam.any():
+    blurred, cam = params.has_blur(), params.uses_camera()
+    n_blur, n_cam = int(blurred.sum()), int(cam.sum())
+    if n_cam:
+        if torch.any(params.crf_ids[cam] < 0):
+            raise ValueError("degrade: samples with noise or low light need a response curve (crf_id >= 0)")
+        if noise is None:
+            if params.has_noise().any():
+                if generator is None:
+                    raise ValueError("degrade: a generator (or an explicit noise field) is needed for noisy samples")
+                noise = torch.randn(n, 1, h, w, generator=generator, dtype=torch.float32)
+            else:
+                noise = torch.zeros(n, 1, h, w)  # low light only: the noise field is multiplied by 0
         if noise.shape != (n, 1, h, w):
             raise ValueError(f"degrade: noise must have shape {(n, 1, h, w)}, got {tuple(noise.shape)}")
+    # Whole-batch fast paths (every sample blurred / every sample through the camera, as in the
+    # benchmark and in most training batches) avoid index copies; mixed batches use index_put.
+    y = x
+    if n_blur:
+        if bank is None:
+            raise ValueError("degrade: samples ask for blur but no kernel bank was given")
+        if n_blur == n:
+            y = blur(x, bank.kernels[params.kernel_ids])
+        else:
+            idx = blurred.nonzero().squeeze(1)
+            y = x.clone()
+            y[idx.to(x.device)] = blur(x[idx.to(x.device)], bank.kernels[params.kernel_ids[idx]])
+    if n_cam == n:
+        return camera(y, params.r, params.sigma_s, params.sigma_c, params.crf_ids, curves, noise)
+    out = y.clamp(0.0, 1.0)  # blur output may leave [0, 1] by float rounding; also makes it contiguous
+    if n_cam:
         idx = cam.nonzero().squeeze(1)
-        if torch.any(params.crf_ids[idx] < 0):
-            raise ValueError("degrade: samples with noise or low light need a response curve (crf_id >= 0)")
         di = idx.to(x.device)
-        yc = camera(y[di], params.r[idx], params.sigma_s[idx], params.sigma_c[idx], params.crf_ids[idx], curves,
-                    noise[idx.to(noise.device)])
-        y = y.clone() if y is x else y
-        y[di] = yc
-    return y
+        out[di] = camera(y[di], params.r[idx], params.sigma_s[idx], params.sigma_c[idx], params.crf_ids[idx], curves,
+                         noise[idx.to(noise.device)])
+    return out
 
 
 class Degrader:

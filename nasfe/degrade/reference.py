@@ -2,7 +2,8 @@
 
 Straightforward code, one HxWx3 float image at a time: ``cv2.filter2D`` for the blur (reflect-101
 border, the same as torch's 'reflect'), ``np.interp`` for the response curves, NumPy for the
-Bayer mosaic and the noise, ``cv2.filter2D`` with the bilinear kernels for the demosaic. Given the
+Bayer mosaic and the noise, ``cv2.filter2D`` with the four Malvar-He-Cutler kernels for the
+demosaic. Given the
 same parameters and the same noise field it matches :func:`nasfe.degrade.pipeline.degrade` up to
 float rounding; the cross-check test holds them together.
 """
@@ -13,7 +14,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from nasfe.degrade.camera import DEMOSAIC_KERNELS, ResponseCurves
+from nasfe.degrade.camera import DEMOSAIC_PLAN, MALVAR_KERNELS, ResponseCurves
 
 
 def _bayer_masks(h: int, w: int) -> np.ndarray:
@@ -44,11 +45,14 @@ def degrade_image(x: np.ndarray, kernel: Optional[np.ndarray], r: float, sigma_s
     h, w = y.shape[:2]
     masks = _bayer_masks(h, w)
     irr = np.interp(y, grid, inv).astype(np.float32)
-    raw = (irr * masks).sum(-1) * r
+    raw = ((irr * masks).sum(-1) * r).astype(np.float32)
     if eps is None:
         eps = (rng or np.random.default_rng()).standard_normal((h, w)).astype(np.float32)
-    raw = np.clip(raw + np.sqrt(raw * sigma_s ** 2 + sigma_c ** 2) * eps, 0.0, 1.0)
-    planes = raw[..., None] * masks
-    rgb = np.stack([cv2.filter2D(np.ascontiguousarray(planes[..., c]), -1, DEMOSAIC_KERNELS[c].numpy(),
-                                 borderType=cv2.BORDER_REFLECT_101) for c in range(3)], axis=-1)
+    raw = np.clip(raw + np.sqrt(raw * sigma_s ** 2 + sigma_c ** 2) * eps, 0.0, 1.0).astype(np.float32)
+    # Malvar demosaic: filter the raw with each kernel, then pick per Bayer site and channel.
+    filtered = [cv2.filter2D(raw, -1, k.numpy(), borderType=cv2.BORDER_REFLECT_101) for k in MALVAR_KERNELS]
+    rgb = np.empty((h, w, 3), np.float32)
+    for (py, px), plan in DEMOSAIC_PLAN.items():
+        for c, k in enumerate(plan):
+            rgb[py::2, px::2, c] = (raw if k < 0 else filtered[k])[py::2, px::2]
     return np.clip(np.interp(np.clip(rgb, 0, 1), grid, fwd), 0.0, 1.0).astype(np.float32)

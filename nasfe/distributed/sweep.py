@@ -98,6 +98,93 @@ def _tune_report_callback(metric: str):
     return EpochTuneReport()
 
 
+class PlacementGroupRecorder:
+    """Engine callback (rank 0): note the worker group's placement group in the trial's run folder.
+
+    When ASHA stops a trial, Tune kills the trial's driver and with it the Train controller, so
+    the controller never removes its workers' placement group. Ray Train's own cleaner actor does,
+    but it needs the state API, which fails on a node running several Ray instances. The sweep
+    removes the recorded groups of finished trials itself (:func:`reap_placement_groups`).
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __getattr__(self, name):  # every other engine hook is a no-op
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def on_start(self, state, config):
+        if not state.is_main:
+            return
+        import ray.util
+
+        pg = ray.util.get_current_placement_group()
+        if pg is None:
+            return
+        path = Path(self.path)
+        ids = json.loads(path.read_text()) if path.is_file() else []
+        ids.append(pg.id.hex())
+        from nasfe.imageio import atomic_write_json
+
+        atomic_write_json(path, ids)
+
+
+PG_FILE = "placement_groups.json"
+
+
+def reap_placement_groups(run_dir: Path) -> int:
+    """Remove the placement groups a finished trial left behind; returns how many."""
+    import ray.util
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup
+
+    path = Path(run_dir) / PG_FILE
+    if not path.is_file():
+        return 0
+    removed = 0
+    for hex_id in json.loads(path.read_text()):
+        try:
+            pg = PlacementGroup(PlacementGroupID.from_hex(hex_id))
+            if ray.util.placement_group_table(pg).get("state") in ("CREATED", "PENDING", "RESCHEDULING"):
+                ray.util.remove_placement_group(pg)
+                removed += 1
+        except Exception as exc:  # already gone, or another cluster's id
+            log.debug("placement group %s: %s", hex_id, exc)
+    if removed:
+        log.info("%s: removed %d placement group(s) of its stopped Train run", run_dir.name, removed)
+    return removed
+
+
+def _reaper_callback(trials_dir: Path, delay_s: float = 2.0):
+    """A Tune callback that reaps a trial's placement groups shortly after the trial ends."""
+    from ray import tune
+
+    class PlacementGroupReaper(tune.Callback):
+        def __init__(self):
+            self.pending: list[tuple[float, str]] = []
+
+        def _ended(self, trial):
+            self.pending.append((time.time() + delay_s, trial_run_name(trial.trial_id)))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._ended(trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._ended(trial)
+
+        def on_step_begin(self, iteration, trials, **info):
+            # after a delay: the killed driver's controller must be gone before its group goes
+            now = time.time()
+            due = [name for t, name in self.pending if t <= now]
+            self.pending = [(t, name) for t, name in self.pending if t > now]
+            for name in due:
+                reap_placement_groups(trials_dir / name)
+
+    return PlacementGroupReaper()
+
+
 def trial_run_name(trial_id: str) -> str:
     """The nasfe run name of a trial (also its W&B run name)."""
     return f"trial_{trial_id}"
@@ -151,7 +238,9 @@ def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     trainer = build_trainer(space, name, storage, num_workers=ctx["workers"], use_gpu=ctx["use_gpu"],
                             phase=ctx["phase"], genotype=genotype, wandb=wandb,
                             max_failures=ctx["max_failures"], threads_per_worker=ctx["threads"],
-                            progress=ctx["progress"], cpus_per_worker=ctx["cpus_per_worker"])
+                            progress=ctx["progress"], cpus_per_worker=ctx["cpus_per_worker"],
+                            extra_callbacks=[PlacementGroupRecorder(str(Path(storage.root) / PG_FILE))]
+                            if storage.is_local else [])
     # build_trainer has no parameter for Ray Train UserCallbacks; RunConfig is read at fit() time
     trainer.run_config.callbacks = [*(trainer.run_config.callbacks or []), _tune_report_callback(ctx["metric"])]
     result = trainer.fit()
@@ -180,14 +269,15 @@ def _trial_context(sweep: SweepSpace, trials_storage: str, use_gpu: bool, wandb,
 
 
 # ----- the tuner ------------------------------------------------------------------------------
-def _trainable(ctx: dict[str, Any], use_gpu: bool, sweep: SweepSpace):
+def _trainable(ctx: dict[str, Any]):
+    """The Tune trainable: :func:`trial_driver` with the sweep context, reserving a sliver of CPU."""
     from ray import tune
 
-    resources = {"CPU": DRIVER_CPUS}
-    return tune.with_resources(tune.with_parameters(trial_driver, ctx=ctx), resources)
+    return tune.with_resources(tune.with_parameters(trial_driver, ctx=ctx), {"CPU": DRIVER_CPUS})
 
 
 def _new_tuner(sweep: SweepSpace, trainable, storage: str, name: str, max_concurrent: int, callbacks):
+    """A fresh Tuner: Optuna TPE (seeded, optional RDB storage), ASHA on ``epoch``, bounded concurrency."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -202,8 +292,11 @@ def _new_tuner(sweep: SweepSpace, trainable, storage: str, name: str, max_concur
     searcher = OptunaSearch(space=optuna_distributions(sweep), metric=sweep.metric, mode=sweep.mode,
                             sampler=optuna.samplers.TPESampler(seed=sweep.seed),
                             study_name=sweep.study_name or name, storage=study_storage)
+    # a trial that reaches its last epoch finishes on its own (summary, final checkpoint); ASHA
+    # only stops the last trials itself when asha.max_t is shorter than the phase
     scheduler = ASHAScheduler(time_attr="epoch", max_t=sweep.max_t(), grace_period=sweep.asha.grace_period,
-                              reduction_factor=sweep.asha.reduction_factor)
+                              reduction_factor=sweep.asha.reduction_factor,
+                              stop_last_trials=sweep.max_t() < sweep.phase_epochs())
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, search_alg=searcher,
@@ -373,7 +466,8 @@ def save_best(best: TrialRow, sweep: SweepSpace, out: Path) -> list[Path]:
     return files
 
 
-def log_sweep_summary(rows, sweep: SweepSpace, best: Optional[TrialRow], settings, sweep_dir: Path) -> Optional[str]:
+def log_sweep_summary(rows, sweep: SweepSpace, best: Optional[TrialRow], settings, sweep_dir: Path,
+                      group: Optional[str] = None) -> Optional[str]:
     """A ``sweep-summary`` W&B run in the sweep's group holding the sweep table; returns where it is.
 
     Never raises: W&B trouble is a warning.
@@ -388,8 +482,9 @@ def log_sweep_summary(rows, sweep: SweepSpace, best: Optional[TrialRow], setting
         mode = resolve_mode(settings.mode)
         if mode == "disabled":
             return None
-        run = wandb.init(project=settings.project, mode=mode, dir=str(sweep_dir), group=sweep.name,
-                         job_type="sweep-summary", name=f"{sweep.name}-summary", reinit="create_new",
+        group = group or sweep.name
+        run = wandb.init(project=settings.project, mode=mode, dir=str(sweep_dir), group=group,
+                         job_type="sweep-summary", name=f"{group}-summary", reinit="create_new",
                          config={"sweep": sweep.to_dict()}, settings=wandb.Settings(silent=True, console="off"))
         table = wandb.Table(columns=table_columns(sweep), data=table_data(rows, sweep))
         run.log({"sweep_table": table})
@@ -444,7 +539,8 @@ def run_sweep(sweep: SweepSpace, storage: Optional[str] = None, name: Optional[s
         use_gpu = resources.get("GPU", 0) >= 1 and sweep.gpus_per_worker != 0
     max_concurrent = default_max_concurrent(sweep, resources, use_gpu)
     ctx = _trial_context(sweep, str(sweep_dir / "trials"), use_gpu, wandb, progress, max_failures)
-    trainable = _trainable(ctx, use_gpu, sweep)
+    ctx["sweep_name"] = run.name  # the W&B group: unique per sweep run, not per sweep space
+    trainable = _trainable(ctx)
     saved = sweep_dir / "sweep.yaml"
     if not resume and sweep_dir.exists():
         log.info("--no-resume: deleting the earlier sweep in %s", sweep_dir)
@@ -456,17 +552,25 @@ def run_sweep(sweep: SweepSpace, storage: Optional[str] = None, name: Optional[s
         log.info("resuming the sweep in %s (finished trials are kept)", sweep_dir)
         tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
+        # the saved state pickles the old run's callbacks; this run's replace them (private
+        # attribute: Tuner.restore takes no callbacks)
+        internal = getattr(tuner, "_local_tuner", None)
+        if internal is not None:
+            internal._run_config.callbacks = [*callbacks, _reaper_callback(sweep_dir / "trials")]
     else:
         if sweep_dir.exists() and any(sweep_dir.iterdir()):
             raise ConfigError(f"{sweep_dir}: exists but holds no resumable sweep; pick another --name "
                               f"or delete the folder")
         sweep_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(saved, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
-        tuner = _new_tuner(sweep, trainable, run.storage, run.name, max_concurrent, callbacks)
+        tuner = _new_tuner(sweep, trainable, run.storage, run.name, max_concurrent,
+                           [*callbacks, _reaper_callback(sweep_dir / "trials")])
     log.info("sweep %r: %d trials, %d at a time, %d worker(s) each on %s", sweep.name, sweep.num_samples,
              max_concurrent, sweep.workers_per_trial, "GPU" if use_gpu else "CPU")
     t0 = time.time()
     grid = tuner.fit()
+    for run_dir in sorted((sweep_dir / "trials").glob("trial_*")):  # nothing runs now
+        reap_placement_groups(run_dir)
     finished = grid.num_terminated + grid.num_errors
     interrupted = finished < sweep.num_samples or len(grid) < sweep.num_samples
     rows = collect_rows(grid, sweep, sweep_dir / "trials")
@@ -477,7 +581,7 @@ def run_sweep(sweep: SweepSpace, storage: Optional[str] = None, name: Optional[s
     files = [sweep_dir / "sweep_table.csv", sweep_dir / "sweep_table.md"]
     if best is not None:
         files += save_best(best, sweep, sweep_dir / "best")
-    where = None if interrupted else log_sweep_summary(rows, sweep, best, wandb, sweep_dir)
+    where = None if interrupted else log_sweep_summary(rows, sweep, best, wandb, sweep_dir, group=run.name)
     log.info("sweep %r: %d trials in %.0fs%s", sweep.name, len(rows), time.time() - t0,
              " (interrupted)" if interrupted else "")
     return SweepResult(run.name, str(sweep_dir), rows, best, interrupted, resumed, files, where)

@@ -67,7 +67,11 @@ def main(args) -> int:
     wandb = None if args.wandb_mode == "disabled" else WandbSettings(project=args.wandb_project, mode=args.wandb_mode)
     result = run_sweep(sweep, storage=args.storage, name=args.name, resume=args.resume, use_gpu=use_gpu,
                        wandb=wandb, progress=not args.quiet, max_failures=args.max_failures)
-    print((result.files[1].read_text() if len(result.files) > 1 else ""), flush=True)
+    from pathlib import Path
+
+    table = Path(result.sweep_dir) / "sweep_table.md"
+    if table.is_file():
+        print(table.read_text(), flush=True)
     if result.best is not None:
         b = result.best
         print(f"[nasfe] best trial {b.trial}: {sweep.metric} = {b.metrics.get(sweep.metric)} "

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import yaml
 
 from nasfe.config import ConfigError, SpaceConfig, load_space, space_from_dict
 from nasfe.genotype import Genotype, GenotypeError, diff_genotypes
@@ -164,7 +163,8 @@ def measure_cost(space: SpaceConfig, genotype: Genotype, latency_runs: int = 5) 
             model(y)
         out = {"params": int(params), "gflops": counter.get_total_flops() / 1e9}
         if latency_runs > 0:
-            model(y)  # warm-up: first call pays allocation and kernel selection
+            for _ in range(2):  # warm-up: the first calls pay allocation and kernel selection
+                model(y)
             times = []
             for _ in range(latency_runs):
                 t0 = time.perf_counter()

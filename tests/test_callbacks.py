@@ -32,7 +32,7 @@ def test_console_progress_prints_epoch_lines_with_eta():
     cb = ConsoleProgress(stream=out, bar=False)
     st = TrainState(phase="retrain", epochs=4, steps_per_epoch=10)
     cb.on_start(st, {})
-    st.step, st.epoch = 10, 1
+    st.step, st.epoch = 10, 2  # the loop counts the finished epoch before the hook
     cb.on_epoch_end(st, {"val_psnr": 21.5, "loss": 0.01, "note": "x"})
     line = out.getvalue()
     assert "[retrain] epoch 2/4 step 10/40" in line and "val_psnr=21.5" in line and "eta" in line

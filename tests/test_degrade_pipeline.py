@@ -156,3 +156,21 @@ def test_albumentations_wrapper(bank):
     assert np.array_equal(outs[0], outs[1])
     assert not np.array_equal(outs[0], img)
     assert t.transforms[0].last_params.labels().sum() >= 1
+
+
+def test_subgrid_demosaic_matches_per_kernel_filtering_on_odd_sizes():
+    """The one-conv sub-image demosaic equals filtering with each Malvar kernel and picking per site."""
+    import cv2
+
+    from nasfe.degrade.camera import DEMOSAIC_PLAN, MALVAR_KERNELS
+
+    raw = torch.rand(2, 1, 13, 10, generator=torch.Generator().manual_seed(5))
+    out = demosaic(raw)
+    assert out.shape == (2, 3, 13, 10)
+    for n in range(2):
+        r = raw[n, 0].numpy()
+        filt = [cv2.filter2D(r, -1, k.numpy(), borderType=cv2.BORDER_REFLECT_101) for k in MALVAR_KERNELS]
+        for (py, px), plan in DEMOSAIC_PLAN.items():
+            for c, k in enumerate(plan):
+                ref = (r if k < 0 else filt[k])[py::2, px::2]
+                assert np.allclose(out[n, c, py::2, px::2].numpy(), ref, atol=1e-5), (py, px, c)

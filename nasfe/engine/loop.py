@@ -139,7 +139,7 @@ class Phase:
         if self.space.loss.lambda_cls > 0 and out.class_logits is not None:
             cls = F.binary_cross_entropy_with_logits(out.class_logits.float(), batch.c.float())
             total = total + self.space.loss.lambda_cls * cls
-            metrics["cls"] = float(cls)
+            metrics["cls"] = float(cls.detach())
         metrics["loss"] = float(total)
         return total, metrics
 

@@ -59,6 +59,9 @@ class ModelConfig:
     use_identity: bool = True  # feed I_iden (Table 6 "+ identity information")
     identity_channels: int = 16  # I_iden is projected to this many channels
     shared_cell: bool = True  # one searched cell type for every layer (Auto-DeepLab); False: one per layer
+    # recompute each cell's activations in backward; memory per image ≈ one cell instead of all
+    # (torch.utils.checkpoint, training with grad only; results unchanged; not part of space_hash)
+    checkpoint_cells: bool = False
 
 
 @dataclass
@@ -180,7 +183,9 @@ class SpaceConfig:
 
         Genotypes carry it so a genotype is never built against a different space.
         """
-        blob = json.dumps(dataclasses.asdict(self.model), sort_keys=True).encode()
+        model = dataclasses.asdict(self.model)
+        model.pop("checkpoint_cells")  # how the network is run, not what it is: same space, same genotypes
+        blob = json.dumps(model, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 

@@ -26,3 +26,30 @@ def shared_path(*parts: str) -> Path:
 def shared():
     """The ../shared folder; skips the test when it is absent."""
     return shared_path()
+
+
+TINY_RETRAIN = {"retrain.epochs": 1, "retrain.steps_per_epoch": 1, "retrain.batch_size": 4, "retrain.val_batches": 1}
+
+
+def train_tiny_model(run_dir: Path, first_op=None):
+    """A tiny derived network (genotype from the supernet's initial alphas) retrained for one step.
+
+    ``first_op`` replaces the first operator of the first block (e.g. ``"fft_op"``, so that a test
+    is sure to meet it). Returns ``(space, genotype, run_dir / "model.pt")``.
+    """
+    import torch
+
+    from nasfe.config import load_space
+    from nasfe.engine.retrain import run_retrain
+    from nasfe.genotype import derive_genotype
+    from nasfe.model.registry import create_model
+
+    space = load_space("tiny", TINY_RETRAIN)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        supernet = create_model(space)
+    genotype = derive_genotype(supernet.alphas, supernet.betas, space)
+    if first_op is not None:
+        genotype.cells[0][0].ops[0] = first_op
+    run_retrain(space, genotype, run_dir)
+    return space, genotype, Path(run_dir) / "model.pt"

@@ -9,28 +9,18 @@ import torch
 from PIL import Image
 
 from nasfe.cli import main as cli
-from nasfe.config import load_space
 from nasfe.data.faces import SyntheticFaces
 from nasfe.data.testsets import TestSet, build_testsets
-from nasfe.engine.retrain import run_retrain
 from nasfe.evaluate.evaluate_cmd import FaceIndex, build_gallery, open_face_index, pick_refs
 from nasfe.evaluate.metrics import psnr
-from nasfe.genotype import derive_genotype
-from nasfe.model.registry import create_model
-from conftest import shared_path
+from conftest import shared_path, train_tiny_model
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """(model.pt, face folder, test-set folder): 4 identities x 4 faces of 48x40, Test-BNL of 3 faces."""
-    space = load_space("tiny", {"retrain.epochs": 1, "retrain.steps_per_epoch": 1, "retrain.batch_size": 4,
-                                "retrain.val_batches": 1})
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        supernet = create_model(space)
-    genotype = derive_genotype(supernet.alphas, supernet.betas, space)
     base = tmp_path_factory.mktemp("evaluate")
-    run_retrain(space, genotype, base / "run")
+    train_tiny_model(base / "run")
     src = SyntheticFaces(identities=4, images_per_identity=4, height=48, width=40, seed=3)
     faces = base / "faces"
     for r in src.records:

@@ -8,15 +8,12 @@ import pytest
 import torch
 
 from nasfe.cli import main as cli
-from nasfe.config import load_space
-from nasfe.engine.retrain import run_retrain
 from nasfe.evaluate.export import (ExportError, MatmulFFTOp, check_deterministic, exportable_fft,
                                    matmul_wiener_deconvolve)
 from nasfe.evaluate.model_io import load_trained
-from nasfe.genotype import derive_genotype
 from nasfe.model.nasfe import NASFEOutput
 from nasfe.model.ops import FFTOp, wiener_deconvolve
-from nasfe.model.registry import create_model
+from conftest import train_tiny_model
 
 H, W = 48, 40
 
@@ -24,16 +21,7 @@ H, W = 48, 40
 @pytest.fixture(scope="module")
 def model_pt(tmp_path_factory):
     """A tiny derived network (with the FFT operator in its cell) trained for one step."""
-    space = load_space("tiny", {"retrain.epochs": 1, "retrain.steps_per_epoch": 1, "retrain.batch_size": 4,
-                                "retrain.val_batches": 1})
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        supernet = create_model(space)
-    genotype = derive_genotype(supernet.alphas, supernet.betas, space)
-    genotype.cells[0][0].ops[0] = "fft_op"  # the operator export has to rewrite must be present
-    run = tmp_path_factory.mktemp("export_run")
-    run_retrain(space, genotype, run)
-    return run / "model.pt"
+    return train_tiny_model(tmp_path_factory.mktemp("export_run"), first_op="fft_op")[2]
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 7, 10), (1, 4, 12, 9), (2, 2, 24, 20)])

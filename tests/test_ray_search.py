@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import sys
 from pathlib import Path
 
@@ -48,7 +49,10 @@ class Probe(Callback):
         if state.step == self.fail_at and self.fail_rank in (-1, state.rank) and not marker.exists():
             marker.write_text("x")
             if self.hard:
-                os._exit(1)  # a lost worker: the process dies without a word
+                # a lost worker: the process dies without a word, a moment after its last report
+                # (the controller polls reports; a death in the same instant may beat the poll)
+                time.sleep(3)
+                os._exit(1)
             raise RuntimeError("interrupted by the test")
 
 

@@ -7,29 +7,18 @@ import torch
 from PIL import Image
 
 from nasfe.cli import main as cli
-from nasfe.config import load_space
 from nasfe.engine.checkpoint import CheckpointError
-from nasfe.engine.retrain import run_retrain
 from nasfe.evaluate.model_io import load_trained
 from nasfe.evaluate.restore import output_names, restore_tiled, run_network
-from nasfe.genotype import derive_genotype
 from nasfe.imageio import read_image
 from nasfe.model.nasfe import NASFEOutput
-from nasfe.model.registry import create_model
+from conftest import train_tiny_model
 
 
 @pytest.fixture(scope="module")
 def model_pt(tmp_path_factory):
     """A tiny derived network (genotype from the supernet's initial alphas) trained for one step."""
-    space = load_space("tiny", {"retrain.epochs": 1, "retrain.steps_per_epoch": 1, "retrain.batch_size": 4,
-                                "retrain.val_batches": 1})
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        supernet = create_model(space)
-    genotype = derive_genotype(supernet.alphas, supernet.betas, space)
-    run = tmp_path_factory.mktemp("restore_run")
-    run_retrain(space, genotype, run)
-    return run / "model.pt"
+    return train_tiny_model(tmp_path_factory.mktemp("restore_run"))[2]
 
 
 def _save(path, array):

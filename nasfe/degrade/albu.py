@@ -15,7 +15,7 @@ import torch
 
 from nasfe.degrade.camera import ResponseCurves
 from nasfe.degrade.kernels import KernelBank
-from nasfe.degrade.pipeline import DegradeParams, degrade, sample_params
+from nasfe.degrade.pipeline import Degrader, DegradeParams
 
 
 class NASFEDegrade(A.ImageOnlyTransform):
@@ -24,21 +24,18 @@ class NASFEDegrade(A.ImageOnlyTransform):
     def __init__(self, cfg, bank: Optional[KernelBank] = None, curves: Optional[ResponseCurves] = None, p: float = 1.0):
         super().__init__(p=p)
         self.cfg = cfg
-        self._bank = bank
-        self._curves = curves
+        self._degrader = Degrader(cfg, bank=bank, curves=curves)  # lazy bank and curves, shared logic
         self.last_params: Optional[DegradeParams] = None
 
     @property
     def bank(self) -> KernelBank:
-        if self._bank is None:
-            self._bank = KernelBank.load_or_build(self.cfg)
-        return self._bank
+        """The kernel bank (built or loaded from the cache on first use)."""
+        return self._degrader.bank
 
     @property
     def curves(self) -> ResponseCurves:
-        if self._curves is None:
-            self._curves = ResponseCurves.from_spec(self.cfg.crf)
-        return self._curves
+        """The camera response curves."""
+        return self._degrader.curves
 
     def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
         if img.ndim != 3 or img.shape[2] != 3:
@@ -47,8 +44,8 @@ class NASFEDegrade(A.ImageOnlyTransform):
         x = torch.from_numpy(np.ascontiguousarray(img)).float()
         x = (x / 255.0 if is_uint8 else x).permute(2, 0, 1)[None]
         g = torch.Generator().manual_seed(int(self.random_generator.integers(0, 2**62)))
-        p = sample_params(1, self.cfg, self.bank, self.curves, g)
-        y = degrade(x, p, self.bank, self.curves, g)[0].permute(1, 2, 0).numpy()
+        y, p = self._degrader(x, g)
+        y = y[0].permute(1, 2, 0).numpy()
         self.last_params = p
         if is_uint8:
             return np.clip(np.round(y * 255.0), 0, 255).astype(np.uint8)

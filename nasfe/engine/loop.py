@@ -43,6 +43,11 @@ class PhaseSettings:
     seed: int
     pretrain_steps: int = 0
 
+    @classmethod
+    def from_section(cls, section) -> "PhaseSettings":
+        """The knobs of a ``SearchConfig`` or ``RetrainConfig``."""
+        return cls(**{f: getattr(section, f) for f in cls.__dataclass_fields__})
+
 
 def cycle(maker) -> Iterator[Any]:
     """Endless batches from a batch maker, moving to its next epoch when one runs out."""

@@ -19,10 +19,7 @@ class RetrainPhase(Phase):
     name = "retrain"
 
     def __init__(self, space: SpaceConfig, genotype, run_dir, **kwargs):
-        r = space.retrain
-        settings = PhaseSettings(r.epochs, r.steps_per_epoch, r.batch_size, r.lr, r.grad_clip, r.amp,
-                                 r.val_batches, r.checkpoint_every, r.seed,
-                                 r.pretrain_steps)
+        settings = PhaseSettings.from_section(space.retrain)
         super().__init__(space, settings, run_dir, **kwargs)
         self.genotype = genotype
 

@@ -41,10 +41,7 @@ class SearchPhase(Phase):
     name = "search"
 
     def __init__(self, space: SpaceConfig, run_dir, **kwargs):
-        s = space.search
-        settings = PhaseSettings(s.epochs, s.steps_per_epoch, s.batch_size, s.lr, s.grad_clip, s.amp,
-                                 s.val_batches, s.checkpoint_every, s.seed,
-                                 s.pretrain_steps)
+        settings = PhaseSettings.from_section(space.search)
         super().__init__(space, settings, run_dir, **kwargs)
         self.genotype = None
 

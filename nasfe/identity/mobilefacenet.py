@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nasfe.identity.weights import check_state_dict, read_state_dict
+
 #: (expanded channels, output channels, stride) of features.0 ... features.14.
 BOTTLENECKS = (
     [(128, 64, 2)] + [(128, 64, 1)] * 4
@@ -153,31 +155,6 @@ class MobileFaceNetNet(nn.Module):
 
 def load_mobilefacenet_state(net: MobileFaceNetNet, path) -> None:
     """Load ``mobilefacenet.pt`` strictly; a file that does not fit raises ``ValueError`` naming it and the keys."""
-    from pathlib import Path
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: MobileFaceNet weights file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, non-tensor content
-        raise ValueError(f"{path}: cannot read as a tensor state dict ({exc})") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict (mapping of names to tensors), got {type(state).__name__}")
-    own = net.state_dict()
-    missing = sorted(k for k in own if k not in state)
-    unknown = sorted(k for k in state if k not in own)
-    bad_shape = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)
-    )
-    if missing or unknown or bad_shape:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing}")
-        if unknown:
-            parts.append(f"unexpected keys {unknown}")
-        if bad_shape:
-            parts.append(f"shape mismatches {bad_shape} (width must be 1.0 with real weights)")
-        raise ValueError(f"{path}: not a MobileFaceNet state dict: " + "; ".join(parts))
+    state = read_state_dict(path, "MobileFaceNet")
+    check_state_dict(net.state_dict(), state, path, "a MobileFaceNet state dict")
     net.load_state_dict(state, strict=True)

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nasfe.identity.weights import check_state_dict, read_state_dict
+
 #: (name, output channels) of the convs up to pool3; "pool" marks a 2x2 max pool.
 VGG_POOL3_LAYOUT = (
     ("conv1_1", 64), ("conv1_2", 64), ("pool", 0),
@@ -71,31 +73,8 @@ def load_vggface_state(module: VGGFacePool3, path: str | Path) -> None:
     conv4_* ... fc8 keys are ignored; a missing conv1_1 ... conv3_3 key, an unknown key or a shape
     that does not fit raises ``ValueError`` naming the file and the keys.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: VGGFace weights file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, non-tensor content
-        raise ValueError(f"{path}: cannot read as a tensor state dict ({exc})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict (mapping of names to tensors), got {type(state).__name__}")
+    state = read_state_dict(path, "VGGFace")
     own = module.state_dict()
-    missing = sorted(k for k in own if k not in state)
-    unknown = sorted(k for k in state if k not in own and k.split(".")[0] not in VGG_IGNORED_LAYERS)
-    bad_shape = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)
-    )
-    if missing or unknown or bad_shape:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing}")
-        if unknown:
-            parts.append(f"unexpected keys {unknown}")
-        if bad_shape:
-            parts.append(f"shape mismatches {bad_shape} (width must be 1.0 with real weights)")
-        raise ValueError(f"{path}: not a vgg_face_dag state dict for pool3: " + "; ".join(parts))
+    check_state_dict(own, state, path, "a vgg_face_dag state dict for pool3",
+                     ignored=lambda k: k.split(".")[0] in VGG_IGNORED_LAYERS)
     module.load_state_dict({k: state[k] for k in own}, strict=True)

@@ -12,12 +12,18 @@ softmax over the valid transitions only, and runs ONE cell on that sum (Auto-Dee
 cell per transition; mixing first costs a third of the memory). Its "previous-previous cell" is
 the layer l-2 node at the nearest level, resampled (the encoder features before layer 1).
 ``betas`` has shape (cells, levels, 3); entries of non-existent transitions are unused.
+
+``model.checkpoint_cells``: in training with grad enabled, each cell runs under
+``torch.utils.checkpoint`` (non-reentrant): only its inputs are kept and its activations are
+recomputed in backward, so the supernet's activation memory is the cell boundaries plus one cell
+(docs/MODEL.md, "Memory"). Results are the same (no randomness in any operator).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from nasfe.config import ModelConfig
 from nasfe.genotype import Genotype, node_levels, source_level
@@ -44,6 +50,14 @@ class Resample(nn.Module):
         if self.steps < 0:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         return self.op(x)
+
+
+def run_cell(module: nn.Module, use_checkpoint: bool, *args):
+    """``module(*args)``, under activation checkpointing when asked and when it would matter
+    (training with grad enabled); otherwise a plain call."""
+    if use_checkpoint and module.training and torch.is_grad_enabled():
+        return checkpoint(module, *args, use_reentrant=False)
+    return module(*args)
 
 
 def _level_sizes(x: torch.Tensor, levels: int) -> list[tuple[int, int]]:
@@ -104,7 +118,8 @@ class SearchFusion(nn.Module):
                 s1 = sum(bw[k] * self.trans[f"{key}_{t}"](prev[source_level(s, t)], sizes[s])
                          for k, t in enumerate(valid))
                 s0 = self.prev_prev[key](prev2[self._pp_source[key]], sizes[s])
-                here[s] = self.cells[key](s0, s1, op_w[kind], None if edge_w is None else edge_w[kind])
+                here[s] = run_cell(self.cells[key], cfg.checkpoint_cells, s0, s1, op_w[kind],
+                                   None if edge_w is None else edge_w[kind])
             prev2, prev = prev, here
         return prev[0]
 
@@ -131,7 +146,7 @@ class DerivedFusion(nn.Module):
         sizes = _level_sizes(x, self.cfg.levels)
         h2 = h1 = x
         for cell, trans, pp, s in zip(self.cells, self.trans, self.prev_prev, self.path):
-            h = cell(pp(h2, sizes[s]), trans(h1, sizes[s]))
+            h = run_cell(cell, self.cfg.checkpoint_cells, pp(h2, sizes[s]), trans(h1, sizes[s]))
             h2, h1 = h1, h
         return h1
 

@@ -46,3 +46,13 @@ def test_console_progress_is_silent_off_rank_zero():
     cb.on_start(st, {})
     cb.on_epoch_end(st, {"loss": 1.0})
     assert out.getvalue() == ""
+
+
+def test_console_progress_can_write_through_a_logger():
+    lines = []
+    cb = ConsoleProgress(bar=False, write=lines.append)
+    st = TrainState(phase="search", epochs=1, steps_per_epoch=2)
+    cb.on_start(st, {})
+    st.step, st.epoch = 2, 1
+    cb.on_epoch_end(st, {"loss": 0.5})
+    assert len(lines) == 1 and lines[0].startswith("[search] epoch 1/1 step 2/2")

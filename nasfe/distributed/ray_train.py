@@ -155,7 +155,10 @@ def train_worker(config: dict[str, Any]) -> None:
         resume_from = _restore_from_ray(phase, work_dir, rank == 0, scratch)
         callbacks: list[Callback] = [RayReportCallback(phase, work_dir)]
         if config.get("progress", True):
-            callbacks.append(ConsoleProgress(bar=False))
+            import logging
+
+            logging.basicConfig(level=logging.INFO, format="%(message)s")
+            callbacks.append(ConsoleProgress(bar=False, write=logging.getLogger("nasfe.progress").info))
         if config.get("wandb") is not None and rank == 0:
             from nasfe.tracking.wandb_logger import WandbLogger, WandbSettings
 

@@ -80,9 +80,12 @@ def _fmt_eta(seconds: float) -> str:
 class ConsoleProgress(Callback):
     """A tqdm bar over the phase's steps (rank 0) and one line per epoch with ETA."""
 
-    def __init__(self, stream=None, bar: bool = True):
+    def __init__(self, stream=None, bar: bool = True, write=None):
         self.stream = stream or sys.stderr
         self.bar_enabled = bar
+        # where epoch lines go when there is no bar; Ray Train workers pass a logger's method,
+        # because Ray echoes a worker's raw stdout/stderr twice but its log records once
+        self.write = write
         self.bar = None
         self.t0 = None
         self.step0 = 0
@@ -112,6 +115,8 @@ class ConsoleProgress(Callback):
         line = f"[{state.phase}] epoch {state.epoch}/{state.epochs} step {state.step}/{state.total_steps} {shown} eta {_fmt_eta(eta)}"
         if self.bar is not None:
             self.bar.write(line, file=self.stream)
+        elif self.write is not None:
+            self.write(line)
         else:
             print(line, file=self.stream, flush=True)
 

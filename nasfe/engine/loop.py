@@ -145,7 +145,7 @@ class Phase:
             cls = F.binary_cross_entropy_with_logits(out.class_logits.float(), batch.c.float())
             total = total + self.space.loss.lambda_cls * cls
             metrics["cls"] = float(cls.detach())
-        metrics["loss"] = float(total)
+        metrics["loss"] = float(total.detach())
         return total, metrics
 
     def clip(self, params) -> None:

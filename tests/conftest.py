@@ -53,3 +53,27 @@ def train_tiny_model(run_dir: Path, first_op=None):
         genotype.cells[0][0].ops[0] = first_op
     run_retrain(space, genotype, run_dir)
     return space, genotype, Path(run_dir) / "model.pt"
+
+
+def tiny_identity():
+    """A frozen stand-in for ``nasfe.identity.IdentityInfo``: (y, refs[, mask]) -> (N, 5, H/4, W/4)."""
+    import torch
+    from torch import nn
+
+    class TinyIdentity(nn.Module):
+        out_channels = 5
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(6, 5, 3, stride=4, padding=1)
+            for p in self.parameters():
+                p.requires_grad_(False)
+
+        def forward(self, y, refs, mask=None):
+            if mask is not None:
+                w = mask.float()[:, :, None, None, None]
+                refs = refs * w / w.sum(1, keepdim=True).clamp_min(1)
+                return self.conv(torch.cat([y, refs.sum(1)], 1))
+            return self.conv(torch.cat([y, refs.mean(1)], 1))
+
+    return TinyIdentity()

@@ -134,3 +134,11 @@ def test_retrain_writes_a_loadable_model(searched, tmp_path):
     assert summary["steps"] == 2 and summary["parameters"] > 0
     payload = load_checkpoint(tmp_path / "model.pt", required=("model", "space", "genotype"))
     assert payload["genotype"]["cells"] == g.to_dict()["cells"]
+
+
+def test_bf16_autocast_search_step_is_finite(tmp_path):
+    space = tiny(**{"search.amp": True, "search.epochs": 1, "search.warmup_epochs": 0, "search.steps_per_epoch": 1})
+    rec = Recorder()
+    run_search(space, tmp_path, callbacks=[rec])
+    (_, metrics), = rec.steps
+    assert torch.isfinite(torch.tensor([metrics["loss"], metrics["arch_loss"]])).all()

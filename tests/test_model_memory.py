@@ -8,21 +8,12 @@ from torch import nn
 from nasfe.config import load_space
 from nasfe.genotype import derive_genotype
 from nasfe.model import create_model
+from conftest import tiny_identity
 
 
-class TinyIdentity(nn.Module):
-    """Frozen stand-in for the identity module: (y, refs) -> (N, 5, H/4, W/4)."""
-
-    out_channels = 5
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(6, 5, 3, stride=4, padding=1)
-        for p in self.parameters():
-            p.requires_grad_(False)
-
-    def forward(self, y, refs):
-        return self.conv(torch.cat([y, refs.mean(1)], 1))
+def TinyIdentity():
+    """The shared frozen identity stand-in (tests/conftest.py)."""
+    return tiny_identity()
 
 
 def _saved_bytes(fn) -> int:

@@ -13,25 +13,12 @@ from nasfe.model import NASFE, create_model, encoder_task_loss, list_models
 from nasfe.model.cell import num_edges
 from nasfe.model.ops import op_param_count
 from nasfe.model.registry import build_model, default_identity
+from conftest import tiny_identity
 
 
-class TinyIdentity(nn.Module):
-    """Stand-in for nasfe.identity.IdentityInfo: frozen, (y, refs) -> (N, 5, H/4, W/4)."""
-
-    out_channels = 5
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(6, 5, 3, stride=4, padding=1)
-        for p in self.parameters():
-            p.requires_grad_(False)
-
-    def forward(self, y, refs, mask=None):
-        if mask is not None:
-            w = mask.float()[:, :, None, None, None]
-            refs = refs * w / w.sum(1, keepdim=True).clamp_min(1)
-            return self.conv(torch.cat([y, refs.sum(1)], 1))
-        return self.conv(torch.cat([y, refs.mean(1)], 1))
+def TinyIdentity():
+    """The shared frozen identity stand-in (tests/conftest.py)."""
+    return tiny_identity()
 
 
 @pytest.fixture(scope="module")
@@ -150,13 +137,13 @@ def test_derived_network_has_no_zero_and_formula_param_count(tiny):
 def test_paper_space_derived_size_is_near_table6():
     paper = load_space("paper")
 
-    class VGGShape(TinyIdentity):
-        out_channels = 256  # VGGFace pool3
+    vgg_shape = TinyIdentity()
+    vgg_shape.out_channels = 256  # VGGFace pool3: only the projection's size depends on it
 
     torch.manual_seed(0)
     alphas = torch.randn(1, num_edges(paper.model.blocks), len(paper.model.operators))
     g = derive_genotype(alphas, torch.randn(paper.model.cells, paper.model.levels, 3), paper)
-    m = create_model(paper, g, identity=VGGShape())
+    m = create_model(paper, g, identity=vgg_shape)
     counts = m.parameter_counts()
     assert counts["fusion"] == _fusion_params_from_formula(paper, g)
     assert 5.9e6 < counts["restoration"] < 6.9e6  # Table 6: 6.40 M

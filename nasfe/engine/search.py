@@ -112,7 +112,7 @@ class SearchPhase(Phase):
         self.opt_a.step()
         for p in self.weights:  # the arch step must not leak gradients into the weight step
             p.grad = None
-        return {"arch_loss": float(loss)}
+        return {"arch_loss": float(loss.detach())}
 
     def _arch_step_second_order(self, train_batch, val_batch, drop: bool) -> dict[str, float]:
         """DARTS' unrolled step: grad_alpha L_val(w - xi grad_w L_train) by finite differences."""
@@ -145,7 +145,7 @@ class SearchPhase(Phase):
             p.grad = da - xi * hess
         self.dist.all_reduce_grads(self.arch_params)
         self.opt_a.step()
-        return {"arch_loss": float(loss_v)}
+        return {"arch_loss": float(loss_v.detach())}
 
     def on_epoch_end_extra(self, metrics: dict[str, Any]):
         from nasfe.genotype import derive_genotype

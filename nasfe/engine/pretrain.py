@@ -56,7 +56,7 @@ def pretrain_parts(model, space: SpaceConfig, make_batches: Callable[[SpaceConfi
             dist.all_reduce_grads(params)
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
             opt.step()
-        losses[f"pretrain_{task}"] = float(loss)
+        losses[f"pretrain_{task}"] = float(loss.detach())
     cls_params = list(model.classifier.parameters())
     opt = torch.optim.Adam(cls_params, lr=lr)
     batches = cycle(make_batches(space))
@@ -67,6 +67,6 @@ def pretrain_parts(model, space: SpaceConfig, make_batches: Callable[[SpaceConfi
         loss.backward()
         dist.all_reduce_grads(cls_params)
         opt.step()
-    losses["pretrain_cls"] = float(loss)
+    losses["pretrain_cls"] = float(loss.detach())
     log.info("pre-training done: %s", ", ".join(f"{k}={v:.4g}" for k, v in losses.items()))
     return losses

@@ -12,10 +12,7 @@ try:
 except ImportError:  # run from a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nasfe.cli import main
+from nasfe.cli import run_job
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
-    if argv[:1] == ["--"]:  # `ray submit cluster.yaml jobs/retrain.py -- --genotype ...`
-        argv = argv[1:]
-    sys.exit(main(["retrain", *argv]))
+    run_job("retrain")

@@ -93,5 +93,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
+def run_job(command: str) -> None:
+    """Entry point of ``jobs/<command>.py``: ``ray submit cluster.yaml jobs/X.py -- ARGS`` passes
+    a leading ``--`` that the command must not see."""
+    argv = sys.argv[1:]
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    sys.exit(main([command, *argv]))
+
+
 if __name__ == "__main__":
     sys.exit(main())

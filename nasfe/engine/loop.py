@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from nasfe.config import SpaceConfig
 from nasfe.engine.callbacks import Callback, CallbackList, TrainState
 from nasfe.engine.checkpoint import (
-    checkpoint_name, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint,
+    CheckpointError, checkpoint_name, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint,
 )
 from nasfe.engine.dist import DistContext
 
@@ -219,14 +219,10 @@ class Phase:
             return None
         payload = load_checkpoint(path, required=("step", "epoch", "model", "optimizers"))
         if payload.get("phase") != self.name:
-            from nasfe.engine.checkpoint import CheckpointError
-
             raise CheckpointError(f"{path}: a {payload.get('phase')!r} checkpoint, not {self.name!r}")
         try:
             self.model.load_state_dict(payload["model"])
         except RuntimeError as exc:
-            from nasfe.engine.checkpoint import CheckpointError
-
             raise CheckpointError(f"{path}: weights do not fit this model ({exc})") from None
         for name, opt in self.optimizers().items():
             if name in payload["optimizers"]:

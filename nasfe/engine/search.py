@@ -152,7 +152,6 @@ class SearchPhase(Phase):
 
         genotype = derive_genotype(self.model.alphas.detach().cpu(), self.model.betas.detach().cpu(), self.space)
         genotype.meta.update({"epoch": self.state.epoch + 1, "step": self.state.step})
-        text = genotype.to_json_text() if hasattr(genotype, "to_json_text") else str(genotype.to_dict())
         metrics["alpha_rank_diff"] = self.dist.max_abs_diff(self.model.alphas)
         metrics["beta_rank_diff"] = self.dist.max_abs_diff(self.model.betas)
         if not self.dist.same_everywhere(str(genotype.to_dict()["cells"]) + str(genotype.path)):

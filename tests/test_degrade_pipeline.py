@@ -122,17 +122,44 @@ def test_degrader_is_reproducible_and_device_independent(x, bank):
         assert torch.allclose(yg.cpu(), y1, atol=2e-4)
 
 
-def test_reference_matches_batched(x, bank):
+@pytest.mark.parametrize("size", [(40, 32), (39, 31)], ids=["even", "odd"])
+def test_reference_matches_batched(x, bank, size):
+    x = x[..., :size[0], :size[1]].contiguous()
     curves = ResponseCurves.parametric()
     p = DegradeParams.explicit([2, -1, 17, 9], [0.3, 1.0, 1.0, 0.1], [0.1, 0.05, 0.0, 0.16], [0.05, 0.1, 0.0, 0.06],
                                [3, 0, -1, 20])
-    eps = torch.randn(4, 1, 40, 32, generator=torch.Generator().manual_seed(0))
+    eps = torch.randn(4, 1, *size, generator=torch.Generator().manual_seed(0))
     y = degrade(x, p, bank, curves, noise=eps)
     for i, rec in enumerate(p.records()):
         k = bank.kernels[rec["kernel_id"]].numpy() if rec["kernel_id"] >= 0 else None
         ref = degrade_image(x[i].permute(1, 2, 0).numpy(), k, rec["r"], rec["sigma_s"], rec["sigma_c"], curves,
                             rec["crf_id"], eps=eps[i, 0].numpy())
         assert np.abs(ref - y[i].permute(1, 2, 0).numpy()).max() < 2e-3, f"sample {i}"
+
+
+@pytest.mark.parametrize("size", [(40, 32), (39, 31)], ids=["even", "odd"])
+def test_result_does_not_depend_on_chunking(x, bank, size):
+    """CPU batches run a few images at a time; any chunk size gives the whole-batch result."""
+    x = torch.cat([x, x.flip(-1)])[..., :size[0], :size[1]].contiguous()  # 8 samples
+    curves = ResponseCurves.parametric()
+    everything = DegradeParams.explicit([3] * 8, [0.2] * 8, [0.1] * 8, [0.05] * 8, [4] * 8)
+    mixed = DegradeParams.explicit([2, -1, 17, 9, -1, 0, 5, -1], [0.3, 1.0, 1.0, 0.1, 0.5, 1.0, 0.05, 1.0],
+                                   [0.1, 0.05, 0.0, 0.16, 0.0, 0.0, 0.02, 0.0], [0.05, 0.1, 0.0, 0.06, 0.0, 0.0, 0.01, 0.0],
+                                   [3, 0, -1, 20, 1, -1, 7, -1])
+    eps = torch.randn(8, 1, *size, generator=torch.Generator().manual_seed(3))
+    for p in (everything, mixed):
+        whole = degrade(x, p, bank, curves, noise=eps, chunk=8)
+        assert whole.is_contiguous() and whole.min() >= 0 and whole.max() <= 1
+        for chunk in (1, 3, None):
+            assert torch.allclose(degrade(x, p, bank, curves, noise=eps, chunk=chunk), whole, atol=1e-6, rtol=0), chunk
+    assert torch.equal(whole[7], x[7])  # no degradation at all: the image passes through
+
+
+def test_params_subset_keeps_rows(bank):
+    p = sample_params(6, DegradeConfig(motion_kernels=16, gaussian_kernels=4), bank, ResponseCurves.parametric(),
+                      torch.Generator().manual_seed(0))
+    assert p.subset(slice(2, 5)).records() == p.records()[2:5]
+    assert p.subset([5, 0]).records() == [p.records()[5], p.records()[0]]
 
 
 def test_degrade_rejects_bad_input(x, bank):

@@ -128,8 +128,7 @@ def degrade_face(x: torch.Tensor, name: str, face: int, seed: int, bank: KernelB
     """
     params, seeds, grid = face_params(name, face, seed, bank, curves)
     idx = list(range(len(grid))) if only is None else list(only)
-    p = DegradeParams(params.kernel_ids[idx], params.r[idx], params.sigma_s[idx], params.sigma_c[idx],
-                      params.crf_ids[idx], [params.kernel_kinds[i] for i in idx])
+    p = params.subset(idx)
     h, w = x.shape[-2:]
     noise = torch.cat([torch.randn(1, 1, h, w, generator=torch.Generator().manual_seed(seeds[i])) for i in idx])
     y = degrade(x[None].expand(len(idx), -1, -1, -1).contiguous(), p, bank, curves, noise=noise)

@@ -153,19 +153,21 @@ def bayer_masks(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tenso
     return torch.stack([r, g, b]).to(dtype)
 
 
-def interp_tables(t: torch.Tensor, values: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
+def interp_tables(t: torch.Tensor, values: torch.Tensor, slopes: torch.Tensor,
+                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Piecewise-linear table lookup, per sample: ``values[i]`` interpolated at ``t[i]`` (table units).
 
     ``t`` (N, ...) must lie in [0, K - 1] (it is consumed: used as scratch space); ``values`` and
-    ``slopes`` (N, K) come from :meth:`ResponseCurves.lookup_tables`. Five passes over ``t``: the
-    index, the fraction, two gathers, one fused multiply-add.
+    ``slopes`` (N, K) come from :meth:`ResponseCurves.lookup_tables`. ``out`` (contiguous, t's
+    shape) receives the result when given. Five passes over ``t``: the index, the fraction (in
+    place), two gathers, one fused multiply-add.
     """
     n = t.shape[0]
     flat = t.reshape(n, -1)
     i = flat.long()  # truncation is floor for t >= 0
-    frac = flat.sub_(i)
-    out = torch.gather(values, 1, i)
-    return out.addcmul_(frac, torch.gather(slopes, 1, i)).reshape(t.shape)
+    frac = flat.frac_()  # t - floor(t) for t >= 0, without converting the index back to float
+    res = torch.gather(values, 1, i, out=None if out is None else out.view(n, -1))
+    return res.addcmul_(frac, torch.gather(slopes, 1, i)).view(t.shape)
 
 
 def mosaic(rgb: torch.Tensor) -> torch.Tensor:

@@ -119,3 +119,23 @@ def test_a_lost_worker_is_replaced_and_the_run_continues(tmp_path):
     assert res.summary["steps"] == 4
     assert _starts(out, 0) == [0, 2]  # the new worker group started from the step-2 checkpoint
     assert (tmp_path / "runs" / "spot" / "genotype.json").is_file()
+
+
+def test_ray_train_report_chatter_is_quieted_but_warnings_stay():
+    import logging
+
+    from ray.train.v2._internal.execution import context, storage
+
+    from nasfe.distributed.ray_train import _quiet_ray_train_reports
+
+    chatty = [logging.getLogger(context.__file__), logging.getLogger(storage.__name__)]
+    before = [lg.level for lg in chatty]
+    try:
+        for lg in chatty:
+            lg.setLevel(logging.NOTSET)
+        _quiet_ray_train_reports()
+        assert [lg.level for lg in chatty] == [logging.WARNING, logging.WARNING]
+        assert logging.getLogger("ray.train").level != logging.WARNING  # only the per-report modules
+    finally:
+        for lg, level in zip(chatty, before):
+            lg.setLevel(level)

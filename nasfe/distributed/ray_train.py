@@ -100,6 +100,19 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def _quiet_ray_train_reports() -> None:
+    """Raise Ray Train's per-report INFO lines ("Reporting training result ...", "Checkpoint
+    successfully created ...", each printed for every report of every rank) to WARNING in this
+    worker: nasfe's own progress lines say the same once. Warnings and errors still show."""
+    import logging
+
+    for name in list(logging.root.manager.loggerDict):
+        flat = name.replace("/", ".").replace("\\", ".")
+        if "ray.train" in flat and (".execution.context" in flat or flat.endswith("storage")
+                                    or ".storage." in flat):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _restore_from_ray(phase: str, work_dir: Path, is_main: bool, scratch: Path) -> Optional[Path]:
     """The engine checkpoint of Ray's latest checkpoint, copied to ``scratch`` (None: fresh start).
 
@@ -158,6 +171,7 @@ def train_worker(config: dict[str, Any]) -> None:
             import logging
 
             logging.basicConfig(level=logging.INFO, format="%(message)s")
+            _quiet_ray_train_reports()
             callbacks.append(ConsoleProgress(bar=False, write=logging.getLogger("nasfe.progress").info))
         if config.get("wandb") is not None and rank == 0:
             from nasfe.tracking.wandb_logger import WandbLogger, WandbSettings

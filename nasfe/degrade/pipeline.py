@@ -163,7 +163,7 @@ def blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
 
     True convolution (not correlation), done in the Fourier domain on the reflect-padded image,
     padded on to FFT-friendly sizes. The kernel spectrum comes straight from the small S x S kernel
-    (``rfft2`` with ``s=``), with the kernel at the origin instead of centred: that only shifts the
+    (no full-size zero kernel), with the kernel at the origin instead of centred: that only shifts the
     result by S//2, which the crop absorbs. The kept outputs read padded rows/columns
     [0, H + 2p) only, so what fills the rest up to the FFT size does not matter: the reflect
     padding simply goes on (one copy of the batch instead of a reflect pad plus a zero pad).

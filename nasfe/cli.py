@@ -13,6 +13,8 @@ import logging
 import sys
 from typing import Optional, Sequence
 
+from nasfe.errors import CommandError, NasfeError  # noqa: F401  (CommandError re-exported)
+
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "testsets": ("nasfe.data.testsets", "build Test-B/N/L/BN/BNL (Table 4) from a face folder"),
@@ -25,10 +27,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("nasfe.evaluate.export", "export a derived network to ONNX and TorchScript"),
     "ablation": ("nasfe.evaluate.ablation", "train and evaluate Table 6's ablation rows"),
 }
-
-
-class CommandError(Exception):
-    """A user-facing error: printed as one line, exit status 2, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +46,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that are the user's input, not a bug: one clear line, no traceback."""
     from nasfe.config import ConfigError
 
-    errors: list[type[BaseException]] = [CommandError, ConfigError, FileNotFoundError]
+    errors: list[type[BaseException]] = [NasfeError, ConfigError, FileNotFoundError]
     for mod, name in (("nasfe.engine.checkpoint", "CheckpointError"), ("nasfe.genotype", "GenotypeError"),
                       ("nasfe.imageio", "ImageReadError"), ("nasfe.data.testsets", "TestSetError"),
                       ("nasfe.data.faces", "FaceSourceError")):

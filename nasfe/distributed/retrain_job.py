@@ -65,7 +65,7 @@ def evaluate_and_report(space, genotype, model_path, max_images: int, use_gpu: b
 
 
 def _find_genotype(args, storage, space):
-    from nasfe.cli import CommandError
+    from nasfe.errors import CommandError
     from nasfe.genotype import Genotype
 
     if args.genotype:
@@ -79,7 +79,7 @@ def _find_genotype(args, storage, space):
 
 def main(args) -> int:
     """Run ``nasfe retrain``: retrain on Ray Train, evaluate on the test split, print the numbers."""
-    from nasfe.cli import CommandError
+    from nasfe.errors import CommandError
     from nasfe.distributed.ray_train import fit_retrain
     from nasfe.distributed.search_job import (
         check_workers, format_genotype, job_storage, load_job_space, open_cluster, preflight, wandb_pointer,

@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_job_space(args, extra: Optional[dict[str, Any]] = None):
     """The space of the job: file or name, ``--data``/``--data-source``, ``--set`` and ``extra``."""
-    from nasfe.cli import CommandError
+    from nasfe.errors import CommandError
     from nasfe.config import load_space
 
     overrides = dict(args.overrides or [])
@@ -88,7 +88,7 @@ def load_job_space(args, extra: Optional[dict[str, Any]] = None):
 
 def check_workers(space, workers: int, phases: tuple[str, ...]) -> None:
     """Batch sizes must split evenly over the workers."""
-    from nasfe.cli import CommandError
+    from nasfe.errors import CommandError
 
     if workers < 1:
         raise CommandError(f"--workers {workers}: need at least 1")
@@ -110,7 +110,7 @@ def preflight(storage, phases: tuple[str, ...], resume: bool) -> None:
 
 def open_cluster(args, workers: int) -> bool:
     """Connect to Ray; returns whether the workers use GPUs."""
-    from nasfe.cli import CommandError
+    from nasfe.errors import CommandError
     from nasfe.distributed.cluster import StorageError, cluster_gpus, connect
 
     try:
@@ -131,7 +131,7 @@ def open_cluster(args, workers: int) -> bool:
 
 def job_storage(args, space):
     """The run's :class:`RunStorage` (name defaults to ``<space>-<date>-<time>``)."""
-    from nasfe.cli import CommandError
+    from nasfe.errors import CommandError
     from nasfe.distributed.cluster import RunStorage, StorageError
 
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _apply_cli(sweep, args):
     """Command-line overrides of the sweep space, validated like the YAML."""
-    from nasfe.cli import CommandError
+    from nasfe.errors import CommandError
 
     changes = {}
     if args.num_samples is not None:

@@ -266,7 +266,7 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     """``nasfe ablation``."""
-    from nasfe.cli import CommandError
+    from nasfe.errors import CommandError
     from nasfe.config import resolve_space_path
     from nasfe.evaluate.model_io import resolve_device
 

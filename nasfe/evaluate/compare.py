@@ -406,7 +406,7 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     """Run ``nasfe compare`` and print the Markdown report."""
     if args.latency_runs < 0:
-        from nasfe.cli import CommandError
+        from nasfe.errors import CommandError
 
         raise CommandError("--latency-runs must be >= 0")
     report = compare(args.paths, space=args.space, out_dir=args.out, latency_runs=args.latency_runs,

@@ -337,7 +337,7 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path, settings: dict[st
 # ---- command ----------------------------------------------------------------------------------------------
 def make_recognizer(spec: Optional[str]):
     """``onnx:PATH``, ``torch:PATH``, a plain path, ``none``, or None (the shared ONNX model when present)."""
-    from nasfe.cli import CommandError
+    from nasfe.errors import CommandError
     from nasfe.evaluate.recognition import OnnxRecognizer, TorchMobileFaceNetRecognizer, load_recognizer
 
     if spec is None:
@@ -388,7 +388,7 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     """``nasfe evaluate``."""
-    from nasfe.cli import CommandError
+    from nasfe.errors import CommandError
     from nasfe.evaluate.baselines import BASELINES
     from nasfe.evaluate.model_io import load_from_args, load_trained, resolve_device
 

@@ -260,7 +260,7 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     """``nasfe export``: returns 0 when every exported file matches PyTorch within --atol."""
-    from nasfe.cli import CommandError
+    from nasfe.errors import CommandError
     from nasfe.evaluate.model_io import load_from_args
 
     model, space, _ = load_from_args(args, "cpu")

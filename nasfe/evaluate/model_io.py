@@ -29,7 +29,7 @@ log = logging.getLogger("nasfe.evaluate")
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
-    from nasfe.cli import CommandError
+    from nasfe.errors import CommandError
 
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -151,7 +151,7 @@ def add_model_arguments(parser) -> None:
 
 def load_from_args(args, device: str | torch.device = "cpu"):
     """``load_trained`` from the arguments of :func:`add_model_arguments`."""
-    from nasfe.cli import CommandError
+    from nasfe.errors import CommandError
 
     if args.model is None and args.weights is None:
         raise CommandError("no model given: pass MODEL (a model.pt) or --weights FILE --space SPACE [--genotype G]")

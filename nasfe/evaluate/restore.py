@@ -259,7 +259,7 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     """``nasfe restore``: 0 when every image was restored, 1 when some could not be read."""
-    from nasfe.cli import CommandError
+    from nasfe.errors import CommandError
     from nasfe.evaluate.model_io import load_from_args, resolve_device
 
     if args.batch_size < 1:

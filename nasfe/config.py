@@ -101,6 +101,8 @@ class DegradeConfig:
     sigma_s_range: list[float] = field(default_factory=lambda: [0.01, 0.16])
     sigma_c_range: list[float] = field(default_factory=lambda: [0.01, 0.06])
     crf: str = "parametric"  # "parametric" or a path to the DoRF folder (201_CRF_data.mat ...)
+    noise_model: str = "after-r"  # low-light reading: after-r | scene-variance | before-r | display-r (docs/DEGRADATION.md)
+    kernel_mode: str = "centred"  # centred | paper-compatible (DeblurGAN's off-centre motion PSFs)
     bank_seed: int = 0
     cache_dir: Optional[str] = None  # where kernel banks are cached; None: ~/.cache/nasfe
 
@@ -290,6 +292,13 @@ def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
             raise ConfigError(f"{where}: degrade.{name} must be [low, high] with 0 <= low <= high, got {lo_hi}")
     if any(k % 2 == 0 or k < 3 for k in d.kernel_sizes):
         raise ConfigError(f"{where}: degrade.kernel_sizes must be odd and >= 3, got {d.kernel_sizes}")
+    from nasfe.degrade.kernels import KERNEL_MODES
+    from nasfe.degrade.pipeline import NOISE_MODELS
+
+    if d.noise_model not in NOISE_MODELS:
+        raise ConfigError(f"{where}: degrade.noise_model must be one of {list(NOISE_MODELS)}, got {d.noise_model!r}")
+    if d.kernel_mode not in KERNEL_MODES:
+        raise ConfigError(f"{where}: degrade.kernel_mode must be one of {list(KERNEL_MODES)}, got {d.kernel_mode!r}")
     if not 0 <= cfg.data.val_fraction < 1 or not 0 <= cfg.data.test_fraction < 1:
         raise ConfigError(f"{where}: data.val_fraction and data.test_fraction must lie in [0, 1)")
     if cfg.search.warmup_epochs > cfg.search.epochs:

@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 from nasfe.degrade.camera import ResponseCurves
-from nasfe.degrade.kernels import KernelBank
-from nasfe.degrade.pipeline import DegradeParams, degrade
+from nasfe.degrade.kernels import KERNEL_MODES, KernelBank
+from nasfe.degrade.pipeline import NOISE_MODELS, DegradeParams, degrade
 
 TEST_SETS = ("Test-B", "Test-N", "Test-L", "Test-BN", "Test-BNL")
 MANIFEST_VERSION = 1
@@ -91,9 +91,13 @@ def variants(name: str) -> list[Variant]:
     raise ValueError(f"unknown test set {name!r}; known: {list(TEST_SETS)}")
 
 
-def test_bank(seed: int) -> KernelBank:
-    """The 52 test kernels (40 motion, 5 of each size 13..27, then 12 Gaussians with sigmas in [1, 3])."""
-    return KernelBank.build(MOTION_KERNELS, GAUSSIAN_KERNELS, KERNEL_SIZES, seed + TEST_BANK_SEED_OFFSET)
+def test_bank(seed: int, kernel_mode: str = "centred") -> KernelBank:
+    """The 52 test kernels (40 motion, 5 of each size 13..27, then 12 Gaussians with sigmas in [1, 3]).
+
+    ``kernel_mode`` 'paper-compatible' places the same motion paths off-centre as the generator the
+    paper cites does (docs/DEGRADATION.md); the default keeps them centred.
+    """
+    return KernelBank.build(MOTION_KERNELS, GAUSSIAN_KERNELS, KERNEL_SIZES, seed + TEST_BANK_SEED_OFFSET, mode=kernel_mode)
 
 
 def _item_seed(seed: int, set_index: int, item: int) -> int:
@@ -121,17 +125,19 @@ def face_params(name: str, face: int, seed: int, bank: KernelBank, curves: Respo
 
 
 def degrade_face(x: torch.Tensor, name: str, face: int, seed: int, bank: KernelBank, curves: ResponseCurves,
-                 only: Optional[Sequence[int]] = None) -> tuple[torch.Tensor, DegradeParams, list[Variant]]:
+                 only: Optional[Sequence[int]] = None,
+                 noise_model: str = "after-r") -> tuple[torch.Tensor, DegradeParams, list[Variant]]:
     """Degraded images (n, 3, H, W) float of one clean face ``x`` (3, H, W) for set ``name``.
 
     ``only``: variant indices to compute (default all); the result is identical per item either way.
+    ``noise_model``: see :data:`nasfe.degrade.pipeline.NOISE_MODELS`.
     """
     params, seeds, grid = face_params(name, face, seed, bank, curves)
     idx = list(range(len(grid))) if only is None else list(only)
     p = params.subset(idx)
     h, w = x.shape[-2:]
     noise = torch.cat([torch.randn(1, 1, h, w, generator=torch.Generator().manual_seed(seeds[i])) for i in idx])
-    y = degrade(x[None].expand(len(idx), -1, -1, -1).contiguous(), p, bank, curves, noise=noise)
+    y = degrade(x[None].expand(len(idx), -1, -1, -1).contiguous(), p, bank, curves, noise=noise, noise_model=noise_model)
     return y, p, [grid[i] for i in idx]
 
 
@@ -157,19 +163,25 @@ def _choose(n_records: int, images: Optional[int], seed: int) -> list[int]:
     return sorted(np.random.default_rng([seed, 99]).choice(n_records, images, replace=False).tolist())
 
 
-def _settings(faces, images, seed, crf, sets) -> dict:
+#: Protocol options recorded in build.json / the manifest; builds from before they existed used these.
+PROTOCOL_DEFAULTS = {"noise_model": "after-r", "kernel_mode": "centred"}
+
+
+def _settings(faces, images, seed, crf, sets, noise_model="after-r", kernel_mode="centred") -> dict:
     return {"version": MANIFEST_VERSION, "faces": str(faces) if faces else "synthetic", "images": images,
-            "seed": int(seed), "crf": str(crf), "sets": list(sets)}
+            "seed": int(seed), "crf": str(crf), "sets": list(sets), "noise_model": noise_model,
+            "kernel_mode": kernel_mode}
 
 
 # Worker state: one per process (or the main process when workers <= 1).
 _STATE: dict = {}
 
 
-def _init_worker(out: str, faces: Optional[str], images: int, seed: int, crf: str) -> None:
+def _init_worker(out: str, faces: Optional[str], images: int, seed: int, crf: str, noise_model: str = "after-r") -> None:
     torch.set_num_threads(1)
     _STATE.update(out=Path(out), source=_faces_source(faces, images, seed), seed=seed,
-                  bank=KernelBank.load(Path(out) / "kernels.pt"), curves=ResponseCurves.from_spec(crf))
+                  bank=KernelBank.load(Path(out) / "kernels.pt"), curves=ResponseCurves.from_spec(crf),
+                  noise_model=noise_model)
 
 
 def _set_file(name: str, item: int) -> str:
@@ -187,7 +199,8 @@ def _build_face(job: tuple[str, int, int]) -> list[tuple[str, str]]:
     missing = [i for i, f in enumerate(files) if not (out / f).is_file()]
     if missing:
         x = to_tensor(read_image(out / "clean" / f"{face:04d}.png"))
-        y, _, _ = degrade_face(x, name, face, _STATE["seed"], _STATE["bank"], _STATE["curves"], only=missing)
+        y, _, _ = degrade_face(x, name, face, _STATE["seed"], _STATE["bank"], _STATE["curves"], only=missing,
+                               noise_model=_STATE["noise_model"])
         for j, i in enumerate(missing):
             write_png_atomic(out / files[i], to_uint8(y[j]))
     return [(f, _sha256(out / f)) for f in files]
@@ -195,12 +208,17 @@ def _build_face(job: tuple[str, int, int]) -> list[tuple[str, str]]:
 
 def build_testsets(out: str | os.PathLike, faces: Optional[str] = None, sets: Sequence[str] = TEST_SETS,
                    seed: int = 0, images: Optional[int] = 100, crf: str = "parametric", workers: int = 0,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, noise_model: str = "after-r", kernel_mode: str = "centred") -> dict:
     """Build (or resume) the test sets under ``out``; returns the manifest (also written to manifest.json).
 
     ``faces``: a face folder (``<identity>/<image>``), or None for synthetic faces. ``images``:
     clean faces used (a seeded subsample; None = all). ``crf``: 'parametric' or the DoRF folder.
+    ``noise_model`` / ``kernel_mode``: protocol readings (docs/DEGRADATION.md), defaults unchanged.
     """
+    if noise_model not in NOISE_MODELS:
+        raise ValueError(f"--noise-model must be one of {list(NOISE_MODELS)}, got {noise_model!r}")
+    if kernel_mode not in KERNEL_MODES:
+        raise ValueError(f"--kernel-mode must be one of {list(KERNEL_MODES)}, got {kernel_mode!r}")
     from tqdm import tqdm
 
     from nasfe.imageio import atomic_write_json, write_png_atomic
@@ -210,13 +228,14 @@ def build_testsets(out: str | os.PathLike, faces: Optional[str] = None, sets: Se
             raise ValueError(f"unknown test set {s!r}; known: {list(TEST_SETS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = _settings(faces, images, seed, crf, sets)
+    settings = _settings(faces, images, seed, crf, sets, noise_model, kernel_mode)
     build_json = out / "build.json"
     if build_json.is_file():
         try:
             old = json.loads(build_json.read_text())
         except json.JSONDecodeError as exc:
             raise TestSetError(f"{build_json}: not valid JSON ({exc})") from None
+        old = {**PROTOCOL_DEFAULTS, **old}
         if {k: v for k, v in old.items() if k != "sets"} != {k: v for k, v in settings.items() if k != "sets"}:
             raise TestSetError(f"{build_json}: {out} holds a build with other settings {old}; "
                                f"use another --out or delete it (asked for {settings})")
@@ -226,7 +245,7 @@ def build_testsets(out: str | os.PathLike, faces: Optional[str] = None, sets: Se
     curves = ResponseCurves.from_spec(crf)
     bank_path = out / "kernels.pt"
     if not bank_path.is_file():
-        test_bank(seed).save(bank_path)
+        test_bank(seed, kernel_mode).save(bank_path)
     bank = KernelBank.load(bank_path)
 
     source = _faces_source(faces, images or 100, seed)
@@ -245,7 +264,7 @@ def build_testsets(out: str | os.PathLike, faces: Optional[str] = None, sets: Se
     if old_manifest:
         manifest["sets"].update({k: v for k, v in old_manifest.get("sets", {}).items() if k not in sets})
     jobs = [(name, face, ri) for name in sets for face, ri in enumerate(chosen)]
-    init = (str(out), faces, images or 100, seed, crf)
+    init = (str(out), faces, images or 100, seed, crf, noise_model)
     results: dict[tuple[str, int], list] = {}
     bar = tqdm(total=len(jobs), desc="test sets", unit="face", disable=not progress)
     if workers and workers > 1:
@@ -356,6 +375,11 @@ def add_testsets_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--images", type=int, default=100, help="clean faces to use (seeded subsample; default 100)")
     parser.add_argument("--crf", default="parametric", help="'parametric' (built in) or the DoRF folder")
     parser.add_argument("--workers", type=int, default=0, help="worker processes (0: in this process)")
+    parser.add_argument("--noise-model", default="after-r",
+                        choices=list(NOISE_MODELS),
+                        help="where r and the noise act under low light (default after-r; docs/DEGRADATION.md)")
+    parser.add_argument("--kernel-mode", default="centred", choices=list(KERNEL_MODES),
+                        help="motion kernels centred (default) or off-centre like the generator the paper cites")
     parser.add_argument("--verify", action="store_true", help="only verify an existing build against its manifest")
     return parser
 
@@ -366,7 +390,9 @@ def testsets_main(args: argparse.Namespace) -> int:
         if getattr(args, "verify", False):
             counts = verify_testsets(args.out, None)
         else:
-            m = build_testsets(args.out, args.faces, args.sets, args.seed, args.images, args.crf, args.workers)
+            m = build_testsets(args.out, args.faces, args.sets, args.seed, args.images, args.crf, args.workers,
+                               noise_model=getattr(args, "noise_model", "after-r"),
+                               kernel_mode=getattr(args, "kernel_mode", "centred"))
             counts = {k: len(v) for k, v in m["sets"].items()}
     except (TestSetError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
         print(f"nasfe testsets: error: {exc}", file=sys.stderr)

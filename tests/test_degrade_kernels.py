@@ -129,4 +129,7 @@ def test_paper_compatible_bank_stays_in_support_and_is_cached_apart(tmp_path):
     assert default_key != KernelBank.cache_key(16, 4, [13, 27], 5, "paper-compatible")
     cfg = DegradeConfig(motion_kernels=16, gaussian_kernels=4, kernel_mode="paper-compatible", bank_seed=5,
                         cache_dir=str(tmp_path))
-    assert torch.equal(KernelBank.load_or_build(cfg).kernels, bank.kernels)
+    again = KernelBank.load_or_build(cfg)
+    assert torch.equal(again.kernels, bank.kernels) and again.mode == "paper-compatible"
+    bank.save(tmp_path / "b.pt")
+    assert KernelBank.load(tmp_path / "b.pt").mode == "paper-compatible"

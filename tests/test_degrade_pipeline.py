@@ -270,3 +270,32 @@ def test_config_names_a_bad_noise_model_or_kernel_mode():
         load_space("tiny", {"degrade.noise_model": "later"})
     with pytest.raises(ConfigError, match="degrade.kernel_mode"):
         load_space("tiny", {"degrade.kernel_mode": "shifted"})
+
+
+def test_paper_compatible_blur_is_zero_padded_and_min_max_rescaled(x):
+    """A paper-compatible bank blurs as DeblurGAN's blur_image: 'same' convolution with zeros
+    outside the image, then the image rescaled to [0, 1] over all channels (so the kernel's scale
+    does not matter); the per-image reference agrees."""
+    from scipy.signal import convolve2d
+
+    bank = KernelBank.build(8, 2, seed=1, mode="paper-compatible")
+    k = bank.kernels[[0, 3, 9, 5]]
+    y = blur(x, k, "paper-compatible")
+    for i in range(4):
+        z = np.stack([convolve2d(x[i, c].double().numpy(), k[i].double().numpy(), mode="same") for c in range(3)])
+        z = (z - z.min()) / (z.max() - z.min())
+        assert np.abs(y[i].double().numpy() - z).max() < 1e-5
+        assert y[i].min().item() == pytest.approx(0, abs=1e-6) and y[i].max().item() == pytest.approx(1, abs=1e-6)
+    assert torch.allclose(blur(x, 3 * k, "paper-compatible"), y, atol=1e-5)
+    assert not torch.allclose(blur(x, k), y, atol=1e-2)  # the default stays reflect-padded, not rescaled
+    p = DegradeParams.explicit([0, 3, 9, 5], [1.0, 0.3, 1.0, 0.5], [0.0, 0.1, 0.05, 0.0], [0.0, 0.05, 0.1, 0.0],
+                               [-1, 2, 7, 4], bank=bank)
+    eps = torch.randn(4, 1, 40, 32, generator=torch.Generator().manual_seed(5))
+    curves = ResponseCurves.parametric()
+    yd = degrade(x, p, bank, curves, noise=eps)
+    assert torch.allclose(yd[0], y[0].clamp(0, 1), atol=1e-6)
+    for i, rec in enumerate(p.records()):
+        ref = degrade_image(x[i].permute(1, 2, 0).numpy(), bank.kernels[rec["kernel_id"]].numpy(), rec["r"],
+                            rec["sigma_s"], rec["sigma_c"], curves, rec["crf_id"], eps=eps[i, 0].numpy(),
+                            kernel_mode="paper-compatible")
+        assert np.abs(ref - yd[i].permute(1, 2, 0).numpy()).max() < 2e-3, f"sample {i}"

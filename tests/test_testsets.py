@@ -130,6 +130,7 @@ def test_protocol_options_are_applied_and_recorded(tmp_path, faces):
     assert [r["sha256"] for r in m["sets"]["Test-L"]] != [r["sha256"] for r in base["sets"]["Test-L"]]
     off = kernel_centroid(KernelBank.load(tmp_path / "b" / "kernels.pt").kernels[:40].double().numpy()) - 13
     assert np.hypot(*off.T).max() > 1.0
+    assert KernelBank.load(tmp_path / "b" / "kernels.pt").mode == "paper-compatible"
     with pytest.raises(ts.TestSetError, match="other settings"):
         _build(tmp_path / "b", faces, sets=["Test-L"])  # the default noise model on a before-r build
     # an older build.json without the protocol keys is the default protocol

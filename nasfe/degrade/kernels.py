@@ -236,6 +236,10 @@ class KernelBank:
     sizes: torch.Tensor
     kinds: list[str]
     seed: int = 0
+    #: 'centred' or 'paper-compatible': how the motion kernels were placed, and how the pipeline
+    #: applies the bank (paper-compatible: zero padding and min-max rescaling, as DeblurGAN's
+    #: ``blur_image``; see :func:`nasfe.degrade.pipeline.blur`).
+    mode: str = "centred"
 
     def __len__(self) -> int:
         return int(self.kernels.shape[0])
@@ -273,7 +277,7 @@ class KernelBank:
         gk, gs, _ = gaussian_kernels(gaussian, sizes, _rng(seed, 1), canvas=canvas)
         kernels = torch.from_numpy(np.concatenate([mk, gk]).astype(np.float32))
         return cls(kernels=kernels, sizes=torch.from_numpy(np.concatenate([motion_sizes, gs])),
-                   kinds=["motion"] * motion + ["gaussian"] * gaussian, seed=seed)
+                   kinds=["motion"] * motion + ["gaussian"] * gaussian, seed=seed, mode=mode)
 
     @staticmethod
     def cache_key(motion: int, gaussian: int, sizes: Sequence[int], seed: int, mode: str = "centred") -> str:
@@ -299,7 +303,7 @@ class KernelBank:
         if path.is_file():
             try:
                 bank = cls.load(path)
-                if len(bank) == cfg.motion_kernels + cfg.gaussian_kernels:
+                if len(bank) == cfg.motion_kernels + cfg.gaussian_kernels and bank.mode == mode:
                     return bank
             except (ValueError, RuntimeError, KeyError, EOFError, OSError):
                 pass  # corrupt cache: rebuild below
@@ -319,7 +323,8 @@ class KernelBank:
         buf = io.BytesIO()
         torch.save({"kernels": self.kernels.contiguous(), "sizes": self.sizes,
                     "kinds": torch.tensor([KINDS.index(k) for k in self.kinds], dtype=torch.int64),
-                    "seed": torch.tensor(self.seed), "version": torch.tensor(BANK_VERSION)}, buf)
+                    "seed": torch.tensor(self.seed), "version": torch.tensor(BANK_VERSION),
+                    "mode": torch.tensor(KERNEL_MODES.index(self.mode))}, buf)
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
@@ -332,10 +337,14 @@ class KernelBank:
             raise ValueError(f"{path}: not a kernel bank file ({exc})") from None
         if kernels.ndim != 3 or len(sizes) != len(kernels) or len(kinds) != len(kernels):
             raise ValueError(f"{path}: kernel bank arrays have inconsistent shapes")
+        mode = int(d.get("mode", torch.tensor(0)))  # files from before modes existed: centred
+        if not 0 <= mode < len(KERNEL_MODES):
+            raise ValueError(f"{path}: unknown kernel mode {mode}")
         return cls(kernels=kernels.float(), sizes=sizes.long(), kinds=[KINDS[int(k)] for k in kinds],
-                   seed=int(d.get("seed", torch.tensor(0))))
+                   seed=int(d.get("seed", torch.tensor(0))), mode=KERNEL_MODES[mode])
 
     def subset(self, ids: Sequence[int]) -> "KernelBank":
         """A new bank holding the kernels ``ids`` (in that order)."""
         idx = torch.as_tensor(list(ids), dtype=torch.long)
-        return KernelBank(self.kernels[idx].clone(), self.sizes[idx].clone(), [self.kinds[i] for i in idx.tolist()], self.seed)
+        return KernelBank(self.kernels[idx].clone(), self.sizes[idx].clone(), [self.kinds[i] for i in idx.tolist()],
+                          self.seed, self.mode)

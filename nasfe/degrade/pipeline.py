@@ -170,8 +170,12 @@ def _fft_size(n: int) -> int:
         m += 1
 
 
-def blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+def blur(x: torch.Tensor, kernels: torch.Tensor, mode: str = "centred") -> torch.Tensor:
     """Convolve sample i of ``x`` (N, C, H, W) with ``kernels[i]`` (N, S, S), S odd; reflect padding.
+
+    ``mode`` 'paper-compatible' (a bank built in that mode) blurs as DeblurGAN's ``blur_image``,
+    the generator the paper cites: zero padding ('same' convolution) and the blurred image
+    min-max rescaled to [0, 1] (over all its channels), which makes the kernel's scale irrelevant.
 
     True convolution (not correlation), done in the Fourier domain on the reflect-padded image,
     padded on to FFT-friendly sizes. The kernel spectrum comes straight from the small S x S kernel
@@ -187,7 +191,9 @@ def blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     if p >= h or p >= w:
         raise ValueError(f"blur: image {h}x{w} too small for reflect padding of a {s}x{s} kernel")
     hp, wp = _fft_size(h + 2 * p), _fft_size(w + 2 * p)
-    if hp - h - p < h and wp - w - p < w:
+    if mode == "paper-compatible":
+        spec = torch.fft.rfft2(F.pad(x, (p, wp - w - p, p, hp - h - p)))  # zeros around the image
+    elif hp - h - p < h and wp - w - p < w:
         spec = torch.fft.rfft2(F.pad(x, (p, wp - w - p, p, hp - h - p), mode="reflect"))
     else:  # tiny images: reflect cannot reach that far, zero-pad the rest (inside rfft2)
         spec = torch.fft.rfft2(F.pad(x, (p, p, p, p), mode="reflect"), s=(hp, wp))
@@ -197,7 +203,12 @@ def blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     spec.mul_(torch.fft.fft(k, n=hp, dim=-2).unsqueeze(1))
     # Inverse: columns first, then the row transforms only on the h rows that are kept.
     z = torch.fft.ifft(spec, dim=-2)[..., 2 * p:2 * p + h, :]
-    return torch.fft.irfft(z, n=wp, dim=-1)[..., 2 * p:2 * p + w]
+    y = torch.fft.irfft(z, n=wp, dim=-1)[..., 2 * p:2 * p + w]
+    if mode == "paper-compatible":
+        flat = y.reshape(n, -1)
+        lo, hi = flat.min(1)[0].view(-1, 1, 1, 1), flat.max(1)[0].view(-1, 1, 1, 1)
+        y = (y - lo) / (hi - lo).clamp_min(1e-12)
+    return y
 
 
 def noise_terms(noise_model: str, r: torch.Tensor, sigma_s: torch.Tensor,
@@ -321,11 +332,11 @@ def _degrade_rows(x: torch.Tensor, params: DegradeParams, bank: Optional[KernelB
     # benchmark and in most training batches) avoid index copies; mixed batches use index_put.
     y = x
     if n_blur == n:
-        y = blur(x, bank.kernels[params.kernel_ids])
+        y = blur(x, bank.kernels[params.kernel_ids], bank.mode)
     elif n_blur:
         idx = blurred.nonzero().squeeze(1)
         y = x.clone()
-        y[idx.to(x.device)] = blur(x[idx.to(x.device)], bank.kernels[params.kernel_ids[idx]])
+        y[idx.to(x.device)] = blur(x[idx.to(x.device)], bank.kernels[params.kernel_ids[idx]], bank.mode)
     if n_cam == n:
         return camera(y, params.r, params.sigma_s, params.sigma_c, params.crf_ids, curves, noise, out=out,
                       noise_model=noise_model)

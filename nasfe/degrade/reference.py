@@ -27,18 +27,24 @@ def _bayer_masks(h: int, w: int) -> np.ndarray:
 
 def degrade_image(x: np.ndarray, kernel: Optional[np.ndarray], r: float, sigma_s: float, sigma_c: float,
                   curves: Optional[ResponseCurves], crf_id: int, eps: Optional[np.ndarray] = None,
-                  rng: Optional[np.random.Generator] = None, noise_model: str = "after-r") -> np.ndarray:
+                  rng: Optional[np.random.Generator] = None, noise_model: str = "after-r",
+                  kernel_mode: str = "centred") -> np.ndarray:
     """Degrade one image ``x`` (H, W, 3) float32 in [0, 1]; returns the same shape in [0, 1].
 
     ``kernel``: a 2-D PSF (odd size) or None for no blur. ``eps``: the (H, W) standard normal
     sensor field (drawn from ``rng`` when None). ``noise_model``: see
     :data:`nasfe.degrade.pipeline.NOISE_MODELS`, written out here from its definition.
+    ``kernel_mode`` 'paper-compatible': zero border and min-max rescaling of the blurred image.
     """
     y = x.astype(np.float32)
     if kernel is not None:
         # filter2D correlates; flipping the kernel makes it a convolution.
-        y = np.clip(cv2.filter2D(y, -1, np.ascontiguousarray(kernel[::-1, ::-1]).astype(np.float32),
-                                 borderType=cv2.BORDER_REFLECT_101), 0.0, 1.0)
+        paper = kernel_mode == "paper-compatible"
+        y = cv2.filter2D(y, -1, np.ascontiguousarray(kernel[::-1, ::-1]).astype(np.float32),
+                         borderType=cv2.BORDER_CONSTANT if paper else cv2.BORDER_REFLECT_101)
+        if paper:
+            y = (y - y.min()) / max(float(y.max() - y.min()), 1e-12)
+        y = np.clip(y, 0.0, 1.0)
     if r >= 1.0 and sigma_s == 0 and sigma_c == 0:
         return y
     grid, inv = curves.numpy_curve(crf_id, inverse=True)

@@ -88,7 +88,7 @@ def scores():
     for face, x in enumerate(faces):
         y, _, _ = ts.degrade_face(x, "Test-B", face, 0, paper_bank, curves, only=list(range(face % 26, 52, 26)))
         p_all.append(psnr((y * 255).round() / 255, x[None].expand_as(y)))
-    out["Test-B paper-compatible"] = (torch.cat(p_all).mean().item(), None)
+    out["Test-B paper-compatible"] = (torch.cat(p_all).mean().item(), float("nan"))
     print({k: (round(v[0], 2), round(v[1], 3)) for k, v in out.items()})
     return out
 

@@ -18,14 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from nasfe.errors import StorageError
+
 log = logging.getLogger("nasfe.distributed")
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-
-
-class StorageError(ValueError):
-    """Bad run name or storage location (a user error)."""
 
 
 def is_uri(path: str) -> bool:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nasfe.errors import ExportError
 from nasfe.model.ops import FFTOp
 
 log = logging.getLogger("nasfe.evaluate")
@@ -35,10 +36,6 @@ log = logging.getLogger("nasfe.evaluate")
 #: outputs of the exported graph must match PyTorch's within this (the issue's requirement)
 EXPORT_ATOL = 1e-4
 DEFAULT_OPSET = 17
-
-
-class ExportError(RuntimeError):
-    """The export failed or its outputs differ from PyTorch's; the message says which file and by how much."""
 
 
 def _dft_mats(n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -165,7 +165,7 @@ def train_worker(config: dict[str, Any]) -> None:
         work_dir = scratch / "run"  # other ranks write nothing, but keep them away from rank 0's files
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
-        resume_from = _restore_from_ray(phase, work_dir, rank == 0, scratch)
+        resume_from = _restore_from_ray(phase, work_dir, rank == 0, scratch) or config.get("resume_from")
         callbacks: list[Callback] = [RayReportCallback(phase, work_dir)]
         if config.get("progress", True):
             import logging
@@ -214,12 +214,15 @@ def build_trainer(space, run_name: str, storage: Optional[str] = None, num_worke
                   use_gpu: bool = False, phase: str = "search", genotype=None,
                   extra_callbacks: Sequence[Callback] = (), wandb=None, wandb_group: Optional[str] = None,
                   max_failures: int = 2, keep_checkpoints: int = 3, threads_per_worker: Optional[int] = None,
-                  progress: bool = True, cpus_per_worker: Optional[float] = None):
+                  progress: bool = True, cpus_per_worker: Optional[float] = None,
+                  resume_from: Optional[str] = None):
     """A ``TorchTrainer`` for one phase of run ``run_name`` (usable as is inside a Tune trial).
 
     ``space`` is a SpaceConfig; ``genotype`` a Genotype (retrain); ``wandb`` a
     :class:`~nasfe.tracking.wandb_logger.WandbSettings` or None (no W&B); ``extra_callbacks`` engine
     callbacks run on every worker (picklable). Re-using ``run_name`` and ``storage`` resumes.
+    ``resume_from``: the engine checkpoint to start from when Ray's record gives none
+    (:func:`nasfe.distributed.resume.prepare_phase`).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -238,7 +241,8 @@ def build_trainer(space, run_name: str, storage: Optional[str] = None, num_worke
         wb["run_id"] = wb.get("run_id") or _wandb_id(f"{st.root}-{phase}")
     config = {"phase": phase, "space": space.to_dict(), "name": st.name, "storage": st.storage,
               "genotype": genotype.to_dict() if genotype is not None else None, "wandb": wb,
-              "extra_callbacks": list(extra_callbacks), "threads": threads_per_worker, "progress": progress}
+              "extra_callbacks": list(extra_callbacks), "threads": threads_per_worker, "progress": progress,
+              "resume_from": resume_from}
     resources = {"CPU": cpus_per_worker} if cpus_per_worker else None
     return TorchTrainer(
         train_worker,
@@ -262,12 +266,11 @@ def fit_phase(space, run_name: str, storage: Optional[str] = None, phase: str = 
     """Build the trainer, ``fit()`` it, publish the artifacts into the run root, return the summary."""
     import json
 
+    from nasfe.distributed.resume import prepare_phase
+
     st = storage if isinstance(storage, RunStorage) else RunStorage.create(storage, run_name)
-    if not resume:
-        st.clear_phase(phase)
-    elif st.is_local:
-        check_resumable(st, phase)
-    trainer = build_trainer(space, run_name, st, phase=phase, **trainer_kwargs)
+    resume_from = prepare_phase(st, phase, resume, space, trainer_kwargs.get("genotype"))
+    trainer = build_trainer(space, run_name, st, phase=phase, resume_from=resume_from, **trainer_kwargs)
     try:
         result = trainer.fit()
     except Exception as exc:
@@ -288,43 +291,29 @@ def fit_phase(space, run_name: str, storage: Optional[str] = None, phase: str = 
     return PhaseResult(phase, summary, st.root, local_dir, result.checkpoint.path, dict(result.metrics or {}))
 
 
-def check_resumable(storage: RunStorage, phase: str) -> None:
-    """Read the checkpoint a resume would start from (local storage) so a broken one is named now.
+def check_resumable(storage: RunStorage, phase: str, space=None, genotype=None) -> None:
+    """Check, reading only, that ``phase`` of a local run can resume (before Ray starts).
 
-    Raises :class:`~nasfe.engine.checkpoint.CheckpointError` naming the file.
+    Raises :class:`~nasfe.engine.checkpoint.CheckpointError` naming the file when no checkpoint
+    loads or the checkpoint belongs to another model space; see :mod:`nasfe.distributed.resume`.
     """
-    from nasfe.engine.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+    from nasfe.distributed.resume import plan_resume
 
-    ray_dir = Path(storage.ray_run_path(phase))
-    dirs = sorted(d for d in ray_dir.glob("checkpoint_*") if d.is_dir()) if ray_dir.is_dir() else []
-    if not dirs:
-        return
-    found = list_checkpoints(dirs[-1], phase)
-    if not found:
-        raise CheckpointError(f"{dirs[-1]}: the run's last Ray checkpoint holds no {phase} checkpoint "
-                              f"(use --no-resume to start over)")
-    load_checkpoint(found[-1], required=("step", "epoch", "model", "optimizers"))
+    plan_resume(storage, phase, space, genotype)
 
 
 def _user_error(exc: BaseException) -> Optional[BaseException]:
-    """The user-input error (bad checkpoint, genotype, config, data) behind a Ray worker failure."""
-    from nasfe.config import ConfigError
-    from nasfe.engine.checkpoint import CheckpointError
+    """The user-input error (bad checkpoint, genotype, config, data, a full disk) behind a Ray worker failure."""
+    from nasfe.errors import NasfeError
 
-    kinds: list[type] = [ConfigError, CheckpointError, FileNotFoundError]
-    for mod, name in (("nasfe.genotype", "GenotypeError"), ("nasfe.imageio", "ImageReadError"),
-                      ("nasfe.data.faces", "FaceSourceError")):
-        try:
-            kinds.append(getattr(__import__(mod, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
+    kinds = (NasfeError, FileNotFoundError)
     todo, seen = [exc], set()
     while todo:
         e = todo.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, tuple(kinds)):
+        if isinstance(e, kinds):
             return e
         todo.extend(getattr(e, "worker_failures", {}).values() if isinstance(getattr(e, "worker_failures", None), dict) else [])
         todo.extend([getattr(e, "cause", None), getattr(e, "controller_failure", None), e.__cause__, e.__context__])

@@ -79,22 +79,27 @@ def _find_genotype(args, storage, space):
 
 def main(args) -> int:
     """Run ``nasfe retrain``: retrain on Ray Train, evaluate on the test split, print the numbers."""
+    from nasfe.distributed.resume import run_lock
+    from nasfe.distributed.search_job import check_workers, job_storage, load_job_space
     from nasfe.errors import CommandError
-    from nasfe.distributed.ray_train import fit_retrain
-    from nasfe.distributed.search_job import (
-        check_workers, format_genotype, job_storage, load_job_space, open_cluster, preflight, wandb_pointer,
-        wandb_settings,
-    )
 
     space = load_job_space(args, {"retrain.epochs": args.epochs})
     check_workers(space, args.workers, ("retrain",))
     if args.name is None and not args.genotype and space.model.fusion == "nas":
         raise CommandError("give --genotype <genotype.json> or --name of a searched run")
     storage = job_storage(args, space)
+    with run_lock(storage):  # a second job with this --name refuses in one line instead of mixing checkpoints
+        return _retrain(args, space, storage)
+
+
+def _retrain(args, space, storage) -> int:
+    from nasfe.distributed.ray_train import fit_retrain
+    from nasfe.distributed.search_job import format_genotype, open_cluster, preflight, wandb_pointer, wandb_settings
+
     genotype = _find_genotype(args, storage, space)
     if genotype is not None:
         print(format_genotype(genotype), flush=True)
-    preflight(storage, ("retrain",), args.resume)
+    preflight(storage, ("retrain",), args.resume, space, genotype)
     use_gpu = open_cluster(args, args.workers)
     t0 = time.time()
     res = fit_retrain(space, genotype, storage.name, storage, num_workers=args.workers, use_gpu=use_gpu,

@@ -40,7 +40,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", dest="resume", action="store_true", default=True,
                         help="continue the run's last checkpoint (default)")
     parser.add_argument("--no-resume", dest="resume", action="store_false",
-                        help="start over: the run's earlier checkpoints are deleted")
+                        help="start over: the run's earlier checkpoints are moved to <run>/previous/ (not deleted)")
     parser.add_argument("--set", dest="overrides", action="append", type=_override, default=[],
                         metavar="KEY=VALUE", help="override a space field, e.g. --set search.lr=1e-3 (repeatable)")
     parser.add_argument("--wandb-project", default="nasfe", help="W&B project (default nasfe)")
@@ -99,13 +99,13 @@ def check_workers(space, workers: int, phases: tuple[str, ...]) -> None:
                                f"(use --set {phase}.batch_size=...)")
 
 
-def preflight(storage, phases: tuple[str, ...], resume: bool) -> None:
-    """Before starting Ray: a checkpoint the run would resume from must be readable (local storage)."""
+def preflight(storage, phases: tuple[str, ...], resume: bool, space=None, genotype=None) -> None:
+    """Before starting Ray: a checkpoint the run would resume from must load and fit ``space`` (local storage)."""
     from nasfe.distributed.ray_train import check_resumable
 
     if resume and storage.is_local:
         for phase in phases:
-            check_resumable(storage, phase)
+            check_resumable(storage, phase, space, genotype if phase == "retrain" else None)
 
 
 def open_cluster(args, workers: int) -> bool:
@@ -179,15 +179,22 @@ def wandb_pointer(local_dir: Path) -> list[str]:
 
 def main(args) -> int:
     """Run ``nasfe search``: search -> derive -> retrain -> evaluate, printing the results."""
-    from nasfe.distributed.ray_train import fit_retrain, fit_search
-    from nasfe.distributed.retrain_job import evaluate_and_report
-    from nasfe.genotype import Genotype
+    from nasfe.distributed.resume import run_lock
 
     space = load_job_space(args, {"search.epochs": args.epochs, "retrain.epochs": args.retrain_epochs})
     phases = ("search",) if args.no_retrain else ("search", "retrain")
     check_workers(space, args.workers, phases)
     storage = job_storage(args, space)
-    preflight(storage, phases, args.resume)
+    with run_lock(storage):  # a second job with this --name refuses in one line instead of mixing checkpoints
+        return _search(args, space, phases, storage)
+
+
+def _search(args, space, phases: tuple[str, ...], storage) -> int:
+    from nasfe.distributed.ray_train import fit_retrain, fit_search
+    from nasfe.distributed.retrain_job import evaluate_and_report
+    from nasfe.genotype import Genotype
+
+    preflight(storage, phases, args.resume, space)
     use_gpu = open_cluster(args, args.workers)
     wb = wandb_settings(args, storage.name)
     print(f"[nasfe] run {storage.name!r} in {storage.root} (space {space.name}, {args.workers} workers, "

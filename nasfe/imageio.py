@@ -143,10 +143,12 @@ def atomic_output(path: PathLike) -> Iterator[BinaryIO]:
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     except OSError as exc:
         raise _write_error(p, exc) from None
+    sink = None
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), _file_mode())
-            yield f
+            sink = _Sink(f)
+            yield sink
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
@@ -155,9 +157,29 @@ def atomic_output(path: PathLike) -> Iterator[BinaryIO]:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
-            raise _write_error(p, exc) from None
+        # torch.save reports a full disk as RuntimeError("enforce fail ..."): the sink saw the OSError
+        cause = exc if isinstance(exc, OSError) else (sink.error if sink is not None else None)
+        if cause is not None and not isinstance(exc, WriteError):
+            raise _write_error(p, cause) from None
         raise
+
+
+class _Sink:
+    """A file object that remembers the OSError of a failed write (writers may hide it)."""
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

@@ -268,13 +268,14 @@ def test_case07_written_files_get_the_usual_mode(tmp_path, model_pt):
 
 
 # ---- 9. an output folder that cannot be written: one line, before the work ---------------------------
-def test_case09_evaluate_checks_its_output_folder_first(model_pt, tmp_path, capsys, monkeypatch):
+def test_case09_evaluate_checks_its_output_folder_first(model_pt, tmp_path, faces, capsys, monkeypatch):
     import nasfe.evaluate.evaluate_cmd as ev
 
+    _build(tmp_path / "ts", faces, images=1)
     monkeypatch.setattr(ev, "evaluate_sets", lambda *a, **k: pytest.fail("computed before checking --out"))
     blocker = tmp_path / "file"
     blocker.write_text("a file where the folder should go")
-    rc = cli(["evaluate", str(model_pt), "--testsets", str(tmp_path), "--out", str(blocker / "out"), "--quiet"])
+    rc = cli(["evaluate", str(model_pt), "--testsets", str(tmp_path / "ts"), "--out", str(blocker / "out"), "--quiet"])
     assert rc == 2
     _one_line(capsys.readouterr().err, "cannot write there")
 

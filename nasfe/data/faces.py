@@ -213,13 +213,16 @@ class FolderFaces(FaceSource):
         return found
 
     def _from_manifest(self, manifest: Path, on_disk: list[str]) -> list[FaceRecord]:
-        with open(manifest, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            cols = reader.fieldnames or []
-            missing_cols = [c for c in ("file", "identity") if c not in cols]
-            if missing_cols:
-                raise FaceSourceError(f"{manifest}: missing column(s) {missing_cols}; found {cols}")
-            rows = list(reader)
+        try:
+            with open(manifest, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                cols = reader.fieldnames or []
+                missing_cols = [c for c in ("file", "identity") if c not in cols]
+                if missing_cols:
+                    raise FaceSourceError(f"{manifest}: missing column(s) {missing_cols}; found {cols}")
+                rows = list(reader)
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise FaceSourceError(f"{manifest}: not a readable UTF-8 CSV file ({exc})") from None
         disk = set(on_disk)
         seen: set[str] = set()
         records = []
@@ -328,14 +331,17 @@ class CelebAFaces(FaceSource):
     def _read_pairs(path: Path) -> dict[str, str]:
         """``<file> <value>`` lines -> {file: value}; a malformed line is an error naming it."""
         out: dict[str, str] = {}
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) != 2:
-                    raise FaceSourceError(f"{path}:{n}: expected '<file> <value>', got {line.strip()!r}")
-                out[parts[0]] = parts[1]
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise FaceSourceError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        for n, line in enumerate(text.splitlines(), start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2:
+                raise FaceSourceError(f"{path}:{n}: expected '<file> <value>', got {line.strip()!r}")
+            out[parts[0]] = parts[1]
         return out
 
     def describe(self, rec: FaceRecord) -> str:

@@ -73,9 +73,26 @@ def _snapshot_latest(ray_dir: Path) -> tuple[Optional[str], list[str], Optional[
         data = json.loads(path.read_text(encoding="utf-8"))
         listed = [r["checkpoint_dir_name"] for r in data.get("checkpoint_results", [])]
         latest = data.get("latest_checkpoint_result")
-        return (latest["checkpoint_dir_name"] if latest else None), listed, None
+        latest = latest["checkpoint_dir_name"] if latest else None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         return None, [], f"{path}: Ray's record of the run is unreadable ({type(exc).__name__}: {exc})"
+    # what else makes Ray refuse its record (CheckpointManagerInitializationError) inside the workers
+    gone = [name for name in listed if not (ray_dir / name).is_dir()]
+    if gone:
+        return None, listed, f"{path}: Ray's record lists checkpoint folders that are gone ({gone[0]})"
+    made_by, running = data.get("ray_version"), _ray_version()
+    if made_by and running and made_by != running:
+        return None, listed, f"{path}: Ray's record was written by Ray {made_by}, this is Ray {running}"
+    return latest, listed, None
+
+
+def _ray_version() -> Optional[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ray")
+    except PackageNotFoundError:
+        return None
 
 
 def _loads(path: Path, phase: str) -> dict[str, Any]:
@@ -159,7 +176,13 @@ def plan_resume(storage: RunStorage, phase: str, space=None, genotype=None) -> R
 
 
 def _previous_dir(storage: RunStorage, phase: str) -> str:
-    return f"{storage.root}/previous/{phase}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """A new folder name under ``<run>/previous/`` for ``phase``'s files set aside now."""
+    base = f"{storage.root}/previous/{phase}-{time.strftime('%Y%m%d-%H%M%S')}"
+    n, name = 1, base
+    while storage.is_local and Path(name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
 
 
 def _move_aside_local(src: Path, dest: Path) -> None:

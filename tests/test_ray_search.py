@@ -154,7 +154,7 @@ def test_a_truncated_ray_record_resumes_from_the_newest_checkpoint_that_loads(tm
     ray_dir = tmp_path / "runs" / "cut" / "ray" / "search"
     snap = ray_dir / "checkpoint_manager_snapshot.json"
     snap.write_text(snap.read_text()[:120])
-    pt = next(sorted(ray_dir.glob("checkpoint_*"))[-1].glob("search_step_*.pt"))
+    pt = next(sorted(d for d in ray_dir.glob("checkpoint_*") if d.is_dir())[-1].glob("search_step_*.pt"))
     half = ray_dir / "checkpoint_9999-12-31_23-59-59.999999" / "search_step_00000006.pt"
     half.parent.mkdir()
     half.write_bytes(pt.read_bytes()[:1000])

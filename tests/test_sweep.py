@@ -221,7 +221,7 @@ def test_summary_is_written_after_every_trial_and_resumed_in_the_same_wandb_run(
     assert extra["table"] is not None and extra["table"].count("\n") >= 3  # header + the finished trials
     state = json.loads((Path(second.sweep_dir) / "wandb_sweep.json").read_text())
     runs = sorted((Path(second.sweep_dir) / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(r.name.endswith(state["summary_id"]) for r in runs)  # interrupted + resumed
+    assert len(runs) == 2 and all(state["summary_id"] in r.name for r in runs)  # interrupted + resumed
     tables, artifacts = 0, []
     for run_dir in runs:
         records = _records(next(run_dir.glob("*.wandb")))
@@ -239,7 +239,9 @@ def test_summary_is_written_after_every_trial_and_resumed_in_the_same_wandb_run(
 
 def test_trial_runs_are_grouped_offline_with_the_swept_values_as_flat_keys(sweep_runs):
     _, _, second, _, _ = sweep_runs
-    for row in second.rows:
+    # trials that ran to the end (a trial Tune stops is killed with its W&B process: offline, its
+    # .wandb file stays empty; see docs/SWEEPS.md)
+    for row in [r for r in second.rows if r.status == "COMPLETED"]:
         files = sorted(Path(row.run_dir).glob("wandb/offline-run-*/*.wandb"))
         assert files, row.trial
         run, config = _config(_records(files[0]))

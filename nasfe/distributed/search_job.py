@@ -192,8 +192,10 @@ def main(args) -> int:
 def _search(args, space, phases: tuple[str, ...], storage) -> int:
     from nasfe.distributed.ray_train import fit_retrain, fit_search
     from nasfe.distributed.retrain_job import evaluate_and_report
+    from nasfe.distributed.run_identity import check_job_run
     from nasfe.genotype import Genotype
 
+    check_job_run(storage, space, args.resume)  # a reused name with other settings: refused
     preflight(storage, phases, args.resume, space)
     use_gpu = open_cluster(args, args.workers)
     wb = wandb_settings(args, storage.name)

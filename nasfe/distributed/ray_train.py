@@ -181,7 +181,7 @@ def train_worker(config: dict[str, Any]) -> None:
             callbacks.append(WandbLogger(settings))
         callbacks.extend(config.get("extra_callbacks") or [])
         device = ray.train.torch.get_device()
-        dist = DistContext.detect()
+        dist = DistContext.detect(device=device)
         if phase == "search":
             from nasfe.engine.search import run_search
 

@@ -82,8 +82,8 @@ def main(args) -> int:
     from nasfe.errors import CommandError
     from nasfe.distributed.ray_train import fit_retrain
     from nasfe.distributed.search_job import (
-        check_workers, format_genotype, job_storage, load_job_space, open_cluster, preflight, wandb_pointer,
-        wandb_settings,
+        check_workers, declared_gpus, describe_devices, format_genotype, job_storage, load_job_space, open_cluster,
+        preflight, wandb_pointer, wandb_settings,
     )
 
     space = load_job_space(args, {"retrain.epochs": args.epochs})
@@ -96,8 +96,12 @@ def main(args) -> int:
         print(format_genotype(genotype), flush=True)
     preflight(storage, ("retrain",), args.resume)
     use_gpu = open_cluster(args, args.workers)
+    gpus, gpus_from = declared_gpus(args)
+    print(f"[nasfe] retrain {storage.name!r} in {storage.root} ({args.workers} workers, "
+          f"{describe_devices(gpus, gpus_from)})", flush=True)
     t0 = time.time()
     res = fit_retrain(space, genotype, storage.name, storage, num_workers=args.workers, use_gpu=use_gpu,
+                      gpus_per_worker=gpus,
                       wandb=wandb_settings(args, storage.name), resume=args.resume, max_failures=args.max_failures)
     evaluate_and_report(space, genotype, res.local_dir / "model.pt", args.eval_images, use_gpu)
     for line in wandb_pointer(res.local_dir):

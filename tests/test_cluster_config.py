@@ -144,7 +144,7 @@ def _policies() -> dict[str, dict]:
     import re
 
     text = (REPO / "docs" / "CLUSTER.md").read_text()
-    found = re.findall(r"#### (\S+) policy[^\n]*\n(?:[^`]*?)```json\n(.*?)```", text, flags=re.S)
+    found = re.findall(r"#### (\S+) policy\n.*?```json\n(.*?)```", text, flags=re.S)
     return {name: json.loads(body) for name, body in found}
 
 

@@ -380,6 +380,9 @@ def fit_phase(space, run_name: str, storage: Optional[str] = None, phase: str = 
     trainer = build_trainer(space, run_name, st, phase=phase, **trainer_kwargs)
     try:
         result = trainer.fit()
+    except (KeyboardInterrupt, SystemExit):
+        # Ray Train's own Ctrl-C handler aborts the worker group, then leaves through sys.exit(0)
+        raise KeyboardInterrupt(f"the {phase} of {run_name!r} was interrupted") from None
     except Exception as exc:
         raise _user_error(exc) or exc
     if result.error is not None:
@@ -391,6 +394,9 @@ def fit_phase(space, run_name: str, storage: Optional[str] = None, phase: str = 
         result.checkpoint.to_directory(str(local_dir))
         st.upload(local_dir, [a for a in ARTIFACTS if (local_dir / a).exists()])
     summary = _read_summary(local_dir, phase)
+    if not summary or int((result.metrics or {}).get("step", -1)) != int(summary.get("steps", -2)):
+        # no error, yet the phase did not reach its end: an abort (Ctrl-C before the workers ran)
+        raise KeyboardInterrupt(f"the {phase} of {run_name!r} stopped before its end")
     st.write_json(f"{phase}_done.json", {"config_hash": _config_hash(space), "space_name": space.name,
                                          "checkpoint": result.checkpoint.path, "finished": time.time(),
                                          "metrics": _numbers(dict(result.metrics or {}))})

@@ -56,8 +56,10 @@ def evaluate_and_report(space, genotype, model_path, max_images: int, use_gpu: b
     """Evaluate (on this machine) and print one line per measure."""
     import torch
 
+    from nasfe.data.remote import localize_space
+
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-    res = evaluate_restoration(space, genotype, model_path, max_images, device)
+    res = evaluate_restoration(localize_space(space), genotype, model_path, max_images, device)
     print(f"[nasfe] test split ({res['images']} images, held-out identities):\n"
           f"          PSNR  degraded {res['input_psnr']:.2f} dB -> restored {res['psnr']:.2f} dB\n"
           f"          SSIM  degraded {res['input_ssim']:.4f}    -> restored {res['ssim']:.4f}", flush=True)
@@ -104,7 +106,7 @@ def main(args) -> int:
                       gpus_per_worker=gpus,
                       wandb=wandb_settings(args, storage.name), resume=args.resume, max_failures=args.max_failures)
     evaluate_and_report(space, genotype, res.local_dir / "model.pt", args.eval_images, use_gpu)
-    for line in wandb_pointer(res.local_dir):
+    for line in wandb_pointer(res.local_dir, storage):
         print(f"[nasfe] {line}", flush=True)
     print(f"[nasfe] results in {storage.root} ({time.time() - t0:.0f}s)", flush=True)
     return 0

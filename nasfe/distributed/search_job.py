@@ -200,7 +200,7 @@ def format_genotype(genotype) -> str:
     return "\n".join(lines)
 
 
-def wandb_pointer(local_dir: Path) -> list[str]:
+def wandb_pointer(local_dir: Path, storage=None) -> list[str]:
     """Lines saying where the W&B runs of this run are (from the pointer files)."""
     out = []
     for phase in ("search", "retrain"):
@@ -208,14 +208,17 @@ def wandb_pointer(local_dir: Path) -> list[str]:
         if f.is_file():
             info = json.loads(f.read_text())
             where = info.get("url") or info.get("dir")
-            extra = f" (upload later: {info['sync']})" if info.get("sync") else ""
-            out.append(f"W&B {phase} run ({info.get('mode')}): {where}{extra}")
+            sync = info.get("sync")
+            if sync and storage is not None:  # every segment of every phase, from the run's storage
+                sync = f"nasfe wandb-sync --name {storage.name} --storage {storage.storage}"
+            extra = f" (upload later: {sync})" if sync else ""
+            out.append(f"W&B {phase} run ({info.get('mode')}, id {info.get('id')}): {where}{extra}")
     return out
 
 
 def main(args) -> int:
     """Run ``nasfe search``: search -> derive -> retrain -> evaluate, printing the results."""
-    from nasfe.distributed.ray_train import fit_retrain, fit_search
+    from nasfe.distributed.ray_train import finished_phase, fit_retrain, fit_search
     from nasfe.distributed.retrain_job import evaluate_and_report
     from nasfe.genotype import Genotype
 
@@ -224,15 +227,17 @@ def main(args) -> int:
     check_workers(space, args.workers, phases)
     storage = job_storage(args, space)
     preflight(storage, phases, args.resume)
-    use_gpu = open_cluster(args, args.workers)
     gpus, gpus_from = declared_gpus(args)
+    # phases that finished earlier return their results at once; Ray only starts when work is left
+    done = {p: finished_phase(storage, p, space) if args.resume else None for p in phases}
+    use_gpu = open_cluster(args, args.workers) if not all(done.values()) else False
     wb = wandb_settings(args, storage.name)
     print(f"[nasfe] run {storage.name!r} in {storage.root} (space {space.name}, {args.workers} workers, "
           f"{describe_devices(gpus, gpus_from)})", flush=True)
     t0 = time.time()
     common = dict(num_workers=args.workers, use_gpu=use_gpu, gpus_per_worker=gpus, wandb=wb,
                   resume=args.resume, max_failures=args.max_failures)
-    search = fit_search(space, storage.name, storage, **common)
+    search = done["search"] or fit_search(space, storage.name, storage, **common)
     if "genotype" not in search.summary:
         raise RuntimeError(f"the search of {storage.root} left no genotype in search_summary.json")
     genotype = Genotype.from_dict(search.summary["genotype"], space=space)
@@ -241,12 +246,12 @@ def main(args) -> int:
                               "genotype_id": genotype.genotype_id(), "search": search.summary}
     local_dir = search.local_dir
     if not args.no_retrain:
-        retrain = fit_retrain(space, genotype, storage.name, storage, **common)
+        retrain = done["retrain"] or fit_retrain(space, genotype, storage.name, storage, **common)
         local_dir = retrain.local_dir
         report["retrain"] = retrain.summary
         report["test"] = evaluate_and_report(space, genotype, local_dir / "model.pt", args.eval_images, use_gpu)
     report["seconds"] = round(time.time() - t0, 1)
-    report["wandb"] = wandb_pointer(local_dir)
+    report["wandb"] = wandb_pointer(local_dir, storage)
     from nasfe.imageio import atomic_write_json
 
     atomic_write_json(local_dir / "job_summary.json", report)

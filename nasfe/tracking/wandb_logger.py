@@ -37,6 +37,7 @@ class WandbSettings:
     tags: list[str] = field(default_factory=list)
     log_every: int = 1  # steps between loss logs
     extra_config: dict[str, Any] = field(default_factory=dict)
+    flush_every: float = 2.0  # seconds between writes of the run's .wandb file (W&B's default: 15)
 
 
 def _has_api_key() -> bool:
@@ -155,10 +156,27 @@ class WandbLogger(Callback):
         self.run = wandb.init(project=s.project, mode=self.mode, dir=str(root), group=s.group,
                               job_type=state.phase, name=s.name, id=s.run_id,
                               resume="allow" if s.run_id else None, tags=list(s.tags) or None,
-                              config=run_config, settings=wandb.Settings(silent=True, console="off"))
+                              config=run_config, settings=self._wandb_settings())
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
         self.write_pointer(root, state.phase)
+
+    def _wandb_settings(self):
+        """Quiet, and the .wandb file written every ``flush_every`` s: a killed node leaves its
+        history up to then in the folder that is copied to storage."""
+        import wandb
+
+        try:
+            return wandb.Settings(silent=True, console="off",
+                                  x_transaction_log_flush_interval=float(self.settings.flush_every))
+        except Exception:  # noqa: BLE001  (an older wandb without that setting)
+            return wandb.Settings(silent=True, console="off")
+
+    def close(self, exit_code: int = 1) -> None:
+        """Finish the run after a failure (flushes its file; the resumed segment continues the id)."""
+        if self.run is not None and not self.disabled:
+            self._guard("finish", self.run.finish, exit_code=exit_code)
+            self.disabled = True
 
     def write_pointer(self, folder: Path, phase: str) -> None:
         """``wandb_<phase>.json`` in ``folder``: mode, id, local run dir, url (how to find the run)."""

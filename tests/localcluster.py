@@ -152,3 +152,6 @@ class RayCluster:
             deadline = time.time() + wait
             while self.pids() and time.time() < deadline:
                 time.sleep(0.3)
+        import shutil
+
+        shutil.rmtree(self.temp_dir, ignore_errors=True)

@@ -217,8 +217,8 @@ def ray_address(address: Optional[str]) -> Optional[str]:
 #: Settings (never secrets) the job's workers inherit from the driver through Ray's runtime_env.
 #: Ray writes a runtime_env in clear text into its logs (runtime_env_agent.log), so W&B's key is
 #: not among them: each node uses its own W&B login (~/.netrc, see scripts/node_env.sh).
-WORKER_ENV_KEYS = ("OMP_NUM_THREADS", "WANDB_MODE", "WANDB_SILENT", "WANDB_BASE_URL", "NASFE_WORK_DIR",
-                   "NASFE_DATA_CACHE")
+#: (``NASFE_DATA_CACHE`` is left to each node: where a node keeps its data is the node's business.)
+WORKER_ENV_KEYS = ("OMP_NUM_THREADS", "WANDB_MODE", "WANDB_SILENT", "WANDB_BASE_URL", "NASFE_WORK_DIR")
 
 
 def worker_env() -> dict[str, str]:

@@ -76,6 +76,12 @@ def _find_genotype(args, storage, space):
         return None  # a fixed network (res2 baseline) needs no genotype
     if storage.is_local and (Path(storage.root) / "genotype.json").is_file():
         return Genotype.from_json(Path(storage.root) / "genotype.json", space=space)
+    if not storage.is_local:  # the searched run's genotype on S3
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="nasfe-genotype-") as tmp:
+            if storage.download("genotype.json", tmp):
+                return Genotype.from_json(Path(tmp) / "genotype.json", space=space)
     raise CommandError(f"no genotype: give --genotype <genotype.json> (none found in {storage.root})")
 
 

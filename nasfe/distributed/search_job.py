@@ -226,6 +226,9 @@ def main(args) -> int:
     phases = ("search",) if args.no_retrain else ("search", "retrain")
     check_workers(space, args.workers, phases)
     storage = job_storage(args, space)
+    from nasfe.distributed.run_identity import check_job_run
+
+    check_job_run(storage, space, args.resume)  # a reused name with other settings: refused
     preflight(storage, phases, args.resume)
     gpus, gpus_from = declared_gpus(args)
     # phases that finished earlier return their results at once; Ray only starts when work is left

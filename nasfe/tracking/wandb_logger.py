@@ -38,6 +38,7 @@ class WandbSettings:
     log_every: int = 1  # steps between loss logs
     extra_config: dict[str, Any] = field(default_factory=dict)
     flush_every: float = 2.0  # seconds between writes of the run's .wandb file (W&B's default: 15)
+    sweep_id: Optional[str] = None  # a W&B sweep this run belongs to (nasfe.tracking.wandb_sweep)
 
 
 def _has_api_key() -> bool:
@@ -166,11 +167,12 @@ class WandbLogger(Callback):
         history up to then in the folder that is copied to storage."""
         import wandb
 
+        base = {"silent": True, "console": "off",
+                **({"sweep_id": self.settings.sweep_id} if self.settings.sweep_id else {})}
         try:
-            return wandb.Settings(silent=True, console="off",
-                                  x_transaction_log_flush_interval=float(self.settings.flush_every))
+            return wandb.Settings(**base, x_transaction_log_flush_interval=float(self.settings.flush_every))
         except Exception:  # noqa: BLE001  (an older wandb without that setting)
-            return wandb.Settings(silent=True, console="off")
+            return wandb.Settings(**base)
 
     def close(self, exit_code: int = 1) -> None:
         """Finish the run after a failure (flushes its file; the resumed segment continues the id)."""

@@ -285,7 +285,8 @@ def read_offline_records(path: str | Path) -> list[Any]:
 
     The file is W&B's transaction log: a 7-byte header (``:W&B``, magic, version), then 32 KiB
     blocks of LevelDB-log chunks (crc32 u32, length u16, type u8: 1 full, 2 first, 3 middle,
-    4 last). Used to inspect offline runs (and by the tests) without a W&B server.
+    4 last). Used to inspect offline runs (and by the tests) without a W&B server. A file read
+    while W&B still writes it (or copied then) yields the records before its torn tail.
     """
     import struct
 
@@ -304,6 +305,8 @@ def read_offline_records(path: str | Path) -> list[Any]:
         _crc, length, kind = struct.unpack("<IHB", data[pos:pos + head])
         pos += head
         chunk = data[pos:pos + length]
+        if len(chunk) < length:  # a file copied or read while W&B writes it: drop the torn tail
+            break
         pos += length
         if kind == 1:
             out.append(chunk)
@@ -316,4 +319,10 @@ def read_offline_records(path: str | Path) -> list[Any]:
             pending = b""
         elif kind == 0 and length == 0:  # padding to the end of the block
             pos += block - pos % block if pos % block else 0
-    return [wandb_internal_pb2.Record.FromString(r) for r in out]
+    records = []
+    for r in out:
+        try:
+            records.append(wandb_internal_pb2.Record.FromString(r))
+        except Exception:  # noqa: BLE001  (a record torn by a concurrent write: only ever the last)
+            break
+    return records

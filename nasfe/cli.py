@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "restore": ("nasfe.evaluate.restore", "restore your own photos with a trained model"),
     "export": ("nasfe.evaluate.export", "export a derived network to ONNX and TorchScript"),
     "ablation": ("nasfe.evaluate.ablation", "train and evaluate Table 6's ablation rows"),
+    "wandb-sync": ("nasfe.distributed.wandb_sync_job", "upload a run's offline W&B folders from its storage"),
 }
 
 

@@ -326,17 +326,38 @@ def space_from_dict(data: Any, where: str = "config") -> SpaceConfig:
     return validate(cfg, where)
 
 
+def _spaces_dir() -> Path:
+    """The built-in spaces: ``nasfe/search_spaces`` in an installed package (setup.py maps the
+    checkout's top-level ``search_spaces/`` there), else that top-level folder of the checkout."""
+    here = Path(__file__).resolve().parent
+    installed = here / "search_spaces"
+    return installed if installed.is_dir() else here.parent / "search_spaces"
+
+
 #: Folder holding the built-in search spaces (``paper``, ``tiny``, ``bn`` ...).
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = _spaces_dir()
+
+
+def builtin_spaces_path(p: Path) -> Optional[Path]:
+    """``search_spaces/<file>`` written relative to a checkout, from a directory without one (where
+    ``ray submit`` runs a job): the packaged copy of that built-in file, else None."""
+    if not p.is_absolute() and len(p.parts) == 2 and p.parts[0] == "search_spaces":
+        candidate = SPACES_DIR / p.name
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def resolve_space_path(name_or_path: str | Path) -> Path:
     """A path to a YAML file, or the name of a built-in space (``tiny`` -> search_spaces/tiny.yaml)."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
-        if not p.is_file():
-            raise ConfigError(f"{p}: search space file not found")
-        return p
+        if p.is_file():
+            return p
+        builtin = builtin_spaces_path(p)
+        if builtin is not None:
+            return builtin
+        raise ConfigError(f"{p}: search space file not found (in {Path.cwd()})")
     candidate = SPACES_DIR / f"{name_or_path}.yaml"
     if candidate.is_file():
         return candidate

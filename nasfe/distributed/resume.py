@@ -218,8 +218,10 @@ def set_aside_phase(storage: RunStorage, phase: str) -> Optional[str]:
     """``--no-resume``: move ``phase``'s checkpoints (Ray's and the engine's) under ``<run>/previous/``.
 
     Nothing is deleted; returns where they went (None when there was nothing). Remote storage:
-    the Ray folder is copied there, then removed from its place.
+    the Ray folder is copied there, then removed from its place. The phase's ``<phase>_done.json``
+    goes too: the old result no longer stands for this run.
     """
+    storage.delete(f"{phase}_done.json")
     dest = _previous_dir(storage, phase)
     if storage.is_local:
         ray_dir = Path(storage.ray_run_path(phase))

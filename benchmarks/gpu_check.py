@@ -54,7 +54,7 @@ import gpu_parts as parts  # noqa: E402
 from gpu_parts import Row, log  # noqa: E402
 
 #: Share of the time box each part may use (e takes what is left); compile runs in a child process.
-SHARES = {"a": 0.21, "b": 0.08, "c": 0.06, "d": 0.06, "compile": 0.11}
+SHARES = {"a": 0.19, "b": 0.07, "c": 0.05, "d": 0.05, "compile": 0.08}
 PARTS = ("a", "b", "c", "d", "compile", "e")
 SEARCH_EPOCHS, SEARCH_FACES = 40, 30_000  # the projection of the target
 
@@ -76,12 +76,12 @@ class Context:
         self.batch = 2 if args.smoke else 40
         self.dist_batch = 2 if args.smoke else 8
         self.max_batch = 4 if args.smoke else 1024
-        self.warmup = 0 if args.smoke else 2
-        self.repeats = 1 if args.smoke else 5
+        self.warmup = 0 if args.smoke else 1
+        self.repeats = 1 if args.smoke else 3
         self.test_faces = args.test_faces
         self.variants = list(range(0, 104, 52)) if args.smoke else None  # None: the whole grid
-        self.classical_seconds = 3.0 if args.smoke else 15.0
-        self.eval_reserve = 8.0 if args.smoke else 45.0
+        self.classical_seconds = 3.0 if args.smoke else 12.0  # per test set
+        self.eval_reserve = 8.0 if args.smoke else 60.0
         self.log_every = 2 if args.smoke else 25
         self.compile_backend = args.compile_backend or ("eager" if args.smoke else None)
         self.faces_root: Optional[Path] = Path(args.faces) if args.faces else None

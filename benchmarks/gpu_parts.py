@@ -6,13 +6,14 @@ gets a deadline and stops measuring when it passes (at least one timed step is a
 """
 from __future__ import annotations
 
+import copy
 import gc
 import os
 import socket
 import statistics
 import time
 import traceback
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -192,23 +193,28 @@ def part_search(ctx, deadline: float) -> list[Row]:
     B = ctx.batch
     phase = build_search(space, ctx.tmp / "a", ctx.device)
     t_part = time.perf_counter()
-    for amp in (False, True):
+    span = deadline - t_part
+    for i, amp in enumerate((False, True)):
         name = "bf16" if amp else "fp32"
         phase.cfg.amp = amp
-        sub_deadline = t_part + (deadline - t_part) * (0.45 if not amp else 0.85)
+        start = t_part + 0.45 * i * span  # fp32 and bf16 get 45% each, channels_last the rest
+
+        def until(frac: float) -> float:
+            return start + frac * 0.45 * span
+
         batch = random_batch(B, space, ctx.device)
         phase.fixed_arch_batch = batch
         row = Row("a", f"search step {name}, batch {B} (arch + weight step)")
         reset_peak(ctx.device)
         times = attempt(row, lambda: time_steps(lambda: search_step(phase, batch), ctx.device, ctx.warmup,
-                                                ctx.repeats, sub_deadline))
+                                                ctx.repeats, until(0.35)))
         rows.append(fill(row, times, B, ctx.device) if times else row)
         if times:
             ctx.results[f"search_s_{name}"] = row.step_s
             ctx.results[f"search_reserved_{name}"] = row.reserved_gb
         warm = Row("a", f"warm-up step {name}, batch {B} (weights only)")
-        times = attempt(warm, lambda: time_steps(lambda: search_step(phase, batch, bilevel=False), ctx.device, 1,
-                                                 ctx.repeats, sub_deadline))
+        times = attempt(warm, lambda: time_steps(lambda: search_step(phase, batch, bilevel=False), ctx.device, 0,
+                                                 ctx.repeats, until(0.45)))
         rows.append(fill(warm, times, B, ctx.device) if times else warm)
         if times:
             ctx.results[f"warmup_s_{name}"] = warm.step_s
@@ -220,15 +226,14 @@ def part_search(ctx, deadline: float) -> list[Row]:
         def step_at(b: int) -> list[float]:
             big = random_batch(b, space, ctx.device)
             phase.fixed_arch_batch = big
-            try:
-                return time_steps(lambda: search_step(phase, big), ctx.device, 1, 1, 0)
+            try:  # one step: its peak is what the size needs; its time includes the allocator growing
+                return time_steps(lambda: search_step(phase, big), ctx.device, 0, 1, 0)
             finally:
                 phase.fixed_arch_batch = None
                 phase.opt_w.zero_grad(set_to_none=True)
                 phase.opt_a.zero_grad(set_to_none=True)
 
-        lim = t_part + (deadline - t_part) * (0.5 if not amp else 0.95)
-        best, times, pk, oom = largest_batch(step_at, B, ctx.max_batch, lim, ctx.device)
+        best, times, pk, oom = largest_batch(step_at, B, ctx.max_batch, until(1.0), ctx.device)
         big = Row("a", f"search step {name}, largest batch that fits: {best}")
         if times:
             fill(big, times, best, ctx.device)
@@ -437,6 +442,7 @@ def part_data(ctx, deadline: float) -> list[Row]:
 
     def degrade_only():
         deg = Degrader(space.degrade)
+        deg.bank, deg.curves  # build (or load) the 25,000-kernel bank outside the timing
         x = torch.stack([_face(faces, i, space) for i in range(B)]).to(ctx.device)
         g = torch.Generator().manual_seed(0)
         reset_peak(ctx.device)
@@ -568,11 +574,11 @@ def part_dist(ctx, deadline: float) -> list[Row]:
     def run():
         kwargs: dict[str, Any] = {"backend": backend, "rank": 0, "world_size": 1}
         if ctx.device.type == "cuda":
-            kwargs["device_id"] = ctx.device
+            kwargs["device_id"] = torch.device("cuda", torch.cuda.current_device())
         dist.init_process_group(**kwargs)
         try:
-            detected = DistContext.detect()
-            forced = always_collective(type(detected))(**{f.name: getattr(detected, f.name) for f in fields(detected)})
+            forced = copy.copy(DistContext.detect())  # whatever the context holds (rank, size, device ...)
+            forced.__class__ = always_collective(type(forced))
             space = ctx.space({"search.epochs": 1, "search.warmup_epochs": 0, "search.steps_per_epoch": 2,
                                "search.batch_size": bd, "search.val_batches": 1, "search.checkpoint_every": 0})
             t = time.perf_counter()

@@ -97,7 +97,9 @@ class Context:
         over: dict[str, Any] = dict(SMOKE_MODEL) if self.smoke else {}
         over.update({"degrade.cache_dir": str(self.tmp / "kernels"), "data.workers": self.workers,
                      "search.warmup_epochs": 10, "search.checkpoint_every": 0, "retrain.checkpoint_every": 0,
-                     "search.batch_size": self.batch, "retrain.batch_size": self.batch})
+                     "search.batch_size": self.batch, "retrain.batch_size": self.batch,
+                     # no encoder pre-training before d's run_search and e's retraining: not what is timed
+                     "search.pretrain_steps": 0, "retrain.pretrain_steps": 0})
         over.update(extra or {})
         return load_space("paper", over)
 

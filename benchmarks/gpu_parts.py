@@ -402,7 +402,7 @@ def part_compile(ctx, deadline: float) -> list[Row]:
     import nasfe.model.nasfe as nasfe_model
 
     if ctx.compile_backend:
-        nasfe_model.COMPILE_KWARGS = {"backend": ctx.compile_backend}
+        nasfe_model.COMPILE_KWARGS = {**nasfe_model.COMPILE_KWARGS, "backend": ctx.compile_backend}
     B = ctx.batch
     row = Row("b", f"retrain step fp32, batch {B}, model.compile ({ctx.compile_backend or 'inductor'})")
 
@@ -634,7 +634,7 @@ def part_train(ctx, deadline: float) -> list[Row]:
             batch = next(batches)
             t1 = time.perf_counter()
             metrics = phase.train_step(batch)
-            if len(totals) % ctx.log_every == 0:
+            if len(totals) % ctx.log_every == 0 and isinstance(metrics, dict) and "loss" in metrics:
                 losses.append(float(metrics["loss"]))  # one host read per logging interval
             sync(ctx.device)
             waits.append(t1 - t)
@@ -649,8 +649,8 @@ def part_train(ctx, deadline: float) -> list[Row]:
     fill(row, totals[1:] or totals, B, ctx.device)
     share = sum(waits[1:]) / max(sum(totals[1:]), 1e-9)
     ctx.results["wait_share_retrain"] = share
-    row.note = (f"{len(totals)} steps in {seconds:.0f} s; loss {losses[0]:.4f} -> {losses[-1]:.4f}; "
-                f"waiting for data {100 * share:.1f}% of each step")
+    trend = f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; " if losses else ""
+    row.note = (f"{len(totals)} steps in {seconds:.0f} s; {trend}waiting for data {100 * share:.1f}% of each step")
     rows += evaluate_testsets(ctx, phase.model.eval(), space, deadline)
     return rows
 

@@ -198,7 +198,9 @@ def compile_targets(model: NASFE) -> list[nn.Module]:
 
 
 #: Keyword arguments of ``nn.Module.compile`` for ``model.compile`` (tests use the eager backend).
-COMPILE_KWARGS: dict = {}
+#: Static shapes: the cells of the three levels would otherwise turn dynamic on the second size,
+#: and inductor (torch 2.13, CPU) fails on the symbolic strides of the derived fusion.
+COMPILE_KWARGS: dict = {"dynamic": False}
 
 
 def apply_execution_options(model: NASFE) -> NASFE:

@@ -187,6 +187,9 @@ def main(args) -> int:
     phases = ("search",) if args.no_retrain else ("search", "retrain")
     check_workers(space, args.workers, phases)
     storage = job_storage(args, space)
+    from nasfe.distributed.run_identity import check_job_run
+
+    check_job_run(storage, space, args.resume)  # a reused name with other settings: refused
     preflight(storage, phases, args.resume)
     use_gpu = open_cluster(args, args.workers)
     wb = wandb_settings(args, storage.name)

@@ -37,6 +37,7 @@ class WandbSettings:
     tags: list[str] = field(default_factory=list)
     log_every: int = 1  # steps between loss logs
     extra_config: dict[str, Any] = field(default_factory=dict)
+    sweep_id: Optional[str] = None  # a W&B sweep this run belongs to (nasfe.tracking.wandb_sweep)
 
 
 def _has_api_key() -> bool:
@@ -155,7 +156,8 @@ class WandbLogger(Callback):
         self.run = wandb.init(project=s.project, mode=self.mode, dir=str(root), group=s.group,
                               job_type=state.phase, name=s.name, id=s.run_id,
                               resume="allow" if s.run_id else None, tags=list(s.tags) or None,
-                              config=run_config, settings=wandb.Settings(silent=True, console="off"))
+                              config=run_config, settings=wandb.Settings(
+                                  silent=True, console="off", **({"sweep_id": s.sweep_id} if s.sweep_id else {})))
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
         self.write_pointer(root, state.phase)

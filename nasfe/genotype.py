@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from nasfe.errors import GenotypeError
+
 SCHEMA_VERSION = 1
-
-
-class GenotypeError(ValueError):
-    """A genotype (file or data) is invalid; the message names the file and the field."""
 
 
 @dataclass

@@ -26,6 +26,7 @@ from typing import Any, Optional, Sequence
 
 from nasfe.config import ConfigError, SpaceConfig, load_space, space_from_dict
 from nasfe.genotype import Genotype, GenotypeError, diff_genotypes
+from nasfe.imageio import atomic_output
 
 log = logging.getLogger("nasfe.compare")
 
@@ -357,8 +358,8 @@ def draw_histogram(hist: dict[str, list[int]], labels: Sequence[str], path: str 
     if len(labels) <= 12:
         ax.legend(fontsize=7)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic_output(path) as fh:  # a full disk never leaves a half-written PNG
+        fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -390,7 +390,9 @@ def main(args) -> int:
     """``nasfe evaluate``."""
     from nasfe.errors import CommandError
     from nasfe.evaluate.baselines import BASELINES
+    from nasfe.data.testsets import load_manifest
     from nasfe.evaluate.model_io import load_from_args, load_trained, resolve_device
+    from nasfe.imageio import ensure_writable_dir
 
     if args.batch_size < 1 or (args.max_images is not None and args.max_images < 1):
         raise CommandError("--batch-size and --max-images must be >= 1")
@@ -401,6 +403,8 @@ def main(args) -> int:
         raise CommandError(f"--testsets {args.testsets}: no such folder")
     if args.faces and not Path(args.faces).is_dir():
         raise CommandError(f"--faces {args.faces}: no such folder")
+    load_manifest(args.testsets)  # a broken test-set folder is one line now, not after loading the models
+    ensure_writable_dir(args.out)  # now, not after all the computing
     device = resolve_device(args.device)
     model, space, genotype = load_from_args(args, device)
     k = space.identity.refs if args.refs is None else args.refs

@@ -40,6 +40,10 @@ PAPER_OPERATORS = [
 # eleven are here. Identity is "skip_connect", "no connection" is "zero".
 
 
+#: ModelConfig fields that say how the network runs, not what it is (left out of ``space_hash``).
+EXECUTION_FIELDS = ("checkpoint_cells", "channels_last", "compile")
+
+
 @dataclass
 class ModelConfig:
     """Widths and topology of the NASFE network (section 3, Figure 2)."""
@@ -62,6 +66,12 @@ class ModelConfig:
     # recompute each cell's activations in backward; memory per image ≈ one cell instead of all
     # (torch.utils.checkpoint, training with grad only; results unchanged; not part of space_hash)
     checkpoint_cells: bool = False
+    # channels_last memory format for weights and inputs (NHWC convolutions; execution setting,
+    # not part of space_hash); default off until measured faster on the GPU (docs/BENCHMARKS.md)
+    channels_last: bool = False
+    # torch.compile each encoder, CN, the decoder and each fusion cell in place (nn.Module.compile:
+    # state dicts and parameter groups unchanged; execution setting); default off, as channels_last
+    compile: bool = False
 
 
 @dataclass
@@ -186,7 +196,8 @@ class SpaceConfig:
         Genotypes carry it so a genotype is never built against a different space.
         """
         model = dataclasses.asdict(self.model)
-        model.pop("checkpoint_cells")  # how the network is run, not what it is: same space, same genotypes
+        for how in EXECUTION_FIELDS:  # how the network is run, not what it is: same space, same genotypes
+            model.pop(how)
         blob = json.dumps(model, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 

@@ -139,3 +139,20 @@ def test_mode_resolution(monkeypatch, tmp_path):
     assert resolve_mode("auto") == "offline"
     with pytest.raises(ValueError):
         resolve_mode("sometimes")
+
+
+def test_a_second_phase_gets_its_own_run_while_another_is_still_open(tmp_path, tiny, monkeypatch):
+    """W&B's default hands back a run still open in the process; each phase must log into its own."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    first = WandbLogger(WandbSettings(mode="offline", run_id="first0123456789a"))
+    first.on_start(TrainState(phase="search", run_dir=tmp_path / "a", epochs=1, steps_per_epoch=1),
+                   {"space": tiny[0].to_dict()})  # left open, as after a crash in the same process
+    second = WandbLogger(WandbSettings(mode="offline", run_id="second012345678b"))
+    st = TrainState(phase="retrain", run_dir=tmp_path / "b", epochs=1, steps_per_epoch=1)
+    second.on_start(st, {"space": tiny[0].to_dict()})
+    second.on_end(st, {"steps": 1})
+    assert second.run.id == "second012345678b"
+    files = list((tmp_path / "b" / "wandb").glob("offline-run-*/*.wandb"))
+    assert len(files) == 1
+    run = next(r.run for r in _complete_records(files[0]) if r.WhichOneof("record_type") == "run")
+    assert run.run_id == "second012345678b"

@@ -167,7 +167,9 @@ class WandbLogger(Callback):
         history up to then in the folder that is copied to storage."""
         import wandb
 
-        base = {"silent": True, "console": "off",
+        # a new phase's run replaces any run still open in this process (W&B's default would hand
+        # back the old run, and this phase would log into it)
+        base = {"silent": True, "console": "off", "reinit": "finish_previous",
                 **({"sweep_id": self.settings.sweep_id} if self.settings.sweep_id else {})}
         try:
             return wandb.Settings(**base, x_transaction_log_flush_interval=float(self.settings.flush_every))

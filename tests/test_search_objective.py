@@ -22,6 +22,7 @@ import torch
 from nasfe.config import IdentityConfig, LossConfig, load_space
 from nasfe.engine.search import SearchPhase, run_search
 from tests.conftest import shared_path
+from tests.test_identity import load_celeba_id
 
 
 def tiny(**overrides):
@@ -31,24 +32,6 @@ def tiny(**overrides):
             "search.pretrain_steps": 0}
     base.update(overrides)
     return load_space("tiny", base)
-
-
-def celeba_faces(n_ids: int, per_id: int):
-    """(N,3,176,144) real faces, ``per_id`` of each of the first ``n_ids`` identities, and labels."""
-    import numpy as np
-    from PIL import Image
-
-    root = shared_path("data", "celeba-id")
-    imgs, labels = [], []
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = sorted(d.glob("*.jpg"))
-        if len(files) < per_id:
-            continue
-        imgs += [np.asarray(Image.open(f).convert("RGB")) for f in files[:per_id]]
-        labels += [d.name] * per_id
-        if len(labels) == n_ids * per_id:
-            break
-    return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0, labels
 
 
 MFN = ("models", "mobilefacenet", "mobilefacenet.pt")
@@ -63,7 +46,7 @@ def test_weighted_l2_dominates_at_the_papers_lambdas_with_real_face_features():
     from nasfe.identity.losses import NASFELoss, identity_loss, l2_loss, perceptual_loss
 
     bb = MobileFaceNet(str(shared_path(*MFN)))
-    x, _ = celeba_faces(n_ids=3, per_id=3)
+    x, _ = load_celeba_id(n_ids=3, per_id=3)
     x, refs = x[0::3], torch.stack([x[1::3], x[2::3]], dim=1)  # each face's refs: two other photos
     loss = NASFELoss(bb, LossConfig(lambda_per=0.04, lambda_iden=0.003))
     for sigma in (0.02, 0.1):  # near the solution and far from it
@@ -143,7 +126,7 @@ def test_pc_search_derives_with_the_learned_edge_weights(pc_search):
     assert summary["genotype"]["cells"] == g.to_dict()["cells"]
 
 
-def test_search_health_in_epoch_metrics_with_collapse_warning(pc_search, caplog):
+def test_search_health_in_epoch_metrics(pc_search):
     """Deliver 5: entropies and the parameter-free share per epoch; a warning above one half."""
     _, _, _, rec = pc_search
     (_, (state, metrics, genotype)), = [r for r in rec if r[0] == "on_epoch_end"]
@@ -151,7 +134,6 @@ def test_search_health_in_epoch_metrics_with_collapse_warning(pc_search, caplog)
         assert isinstance(metrics[key], float) and 0.0 <= metrics[key] <= 1.0
     assert metrics["param_free_share"] == 1.0  # skip connections everywhere
     assert metrics["alpha_entropy"] < 0.9  # decided alphas
-    from nasfe.engine.search import COLLAPSE_SHARE  # noqa: F401  (the threshold the warning uses)
 
 
 def test_collapse_warning_is_logged(tmp_path, caplog):
@@ -324,7 +306,7 @@ def test_identity_loss_with_real_weights_separates_people():
     from nasfe.identity.losses import identity_loss
 
     bb = MobileFaceNet(str(shared_path(*MFN)))
-    x, _ = celeba_faces(n_ids=4, per_id=3)
+    x, _ = load_celeba_id(n_ids=4, per_id=3)
     probe, refs = x[0::3], torch.stack([x[1::3], x[2::3]], dim=1)
     same = identity_loss(bb, probe, refs).item()
     other = identity_loss(bb, probe, refs.roll(1, dims=0)).item()

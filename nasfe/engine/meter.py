@@ -89,8 +89,3 @@ class StepMeter:
         """Means over the epoch so far, from the last :meth:`read` (host only)."""
         return {k: v / self.counts[k] for k, v in self.cum.items() if self.counts.get(k)}
 
-
-def all_finite_sum(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
-    """A device scalar that is finite exactly when every tensor is (sums overflow only for values
-    far beyond any trained weight)."""
-    return torch.stack([t.detach().float().sum() for t in tensors]).sum()

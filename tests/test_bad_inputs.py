@@ -347,9 +347,7 @@ def _model_args(command: str, world, model: Path, tmp_path: Path) -> list:
 
 @pytest.mark.parametrize("command", ["restore", "export", "evaluate"])
 @pytest.mark.parametrize("case", ["random", "empty", "truncated", "json", "evil_pickle", "version", "search_phase",
-                                  "no_weights", "wrong_shapes",
-                                  pytest.param("non_finite", marks=pytest.mark.xfail(
-                                      strict=True, reason="refusal lands with issue 10"))])
+                                  "no_weights", "wrong_shapes", "non_finite"])
 def test_broken_model_file(world, tmp_path, capsys, command, case):
     model, needle = checkpoint_cases(tmp_path / "models", world["model"])[case]
     rc, _, err = run(capsys, *_model_args(command, world, model, tmp_path))

@@ -142,7 +142,8 @@ def load_trained(path: Optional[str | Path] = None, device: str | torch.device =
 def add_model_arguments(parser) -> None:
     """The shared way commands name a trained model: ``MODEL`` or ``--weights/--space/--genotype``."""
     parser.add_argument("model", nargs="?", default=None,
-                        help="model.pt written by retrain (or its run folder)")
+                        help="model.pt written by retrain (or its run folder); default: the packaged CPU-trained "
+                             "model (nasfe/pretrained/cpu_default.pt, CelebA: non-commercial research only)")
     parser.add_argument("--weights", default=None, help="weights file (instead of MODEL); needs --space")
     parser.add_argument("--space", dest="model_space", default=None,
                         help="search space YAML or built-in name for --weights (overrides the checkpoint's)")
@@ -150,9 +151,19 @@ def add_model_arguments(parser) -> None:
 
 
 def load_from_args(args, device: str | torch.device = "cpu"):
-    """``load_trained`` from the arguments of :func:`add_model_arguments`."""
+    """``load_trained`` from the arguments of :func:`add_model_arguments`; with neither MODEL nor
+    ``--weights``, the packaged default model (:mod:`nasfe.pretrained`)."""
+    import sys
+
     from nasfe.errors import CommandError
 
-    if args.model is None and args.weights is None:
-        raise CommandError("no model given: pass MODEL (a model.pt) or --weights FILE --space SPACE [--genotype G]")
-    return load_trained(args.model, device, genotype=args.genotype, weights=args.weights, space=args.model_space)
+    model = args.model
+    if model is None and args.weights is None:
+        if args.genotype is not None or args.model_space is not None:
+            raise CommandError("--genotype/--space go with MODEL or --weights, not with the packaged default model")
+        from nasfe.pretrained import default_model_path
+
+        model = default_model_path()
+        print(f"using the packaged model {model} (trained on CelebA: non-commercial research use only)",
+              file=sys.stderr)
+    return load_trained(model, device, genotype=args.genotype, weights=args.weights, space=args.model_space)

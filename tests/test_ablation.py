@@ -73,6 +73,8 @@ def test_a_budget_is_required(tmp_path, capsys):
     assert cli(["ablation", "--out", str(tmp_path)]) == 2
     assert "budget" in capsys.readouterr().err
     assert cli(["ablation", "--out", str(tmp_path), "--budget-minutes", "1", "--retrain-epochs", "1"]) == 2
+    assert cli(["ablation", "--out", str(tmp_path), "--budget-minutes", "1", "--space-budget"]) == 2
+    assert cli(["ablation", "--out", str(tmp_path), "--space-budget", "--lambda-scale", "0"]) == 2
     assert cli(["ablation", "--out", str(tmp_path), "--space", "nope", "--budget-minutes", "1"]) == 2
     assert "nope" in capsys.readouterr().err
 
@@ -110,3 +112,13 @@ def test_aggregate_seeds():
 def test_data_folder_must_exist(tmp_path, capsys):
     assert cli(["ablation", "--out", str(tmp_path), "--budget-minutes", "1", "--data", str(tmp_path / "none")]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_lambda_scale_keeps_l2_only_rows_at_zero():
+    from nasfe.evaluate.ablation import scale_lambdas
+
+    rows = {r.slug: r for r in scale_lambdas(ROWS, 1e-3)}
+    assert rows["final"].overrides["loss.lambda_per"] == pytest.approx(4e-5)
+    assert rows["final"].overrides["loss.lambda_iden"] == pytest.approx(3e-6)
+    assert rows["bn"].overrides["loss.lambda_per"] == 0 and rows["bn_nas"].overrides["loss.lambda_iden"] == 0
+    assert ROWS[-1].overrides["loss.lambda_per"] == 0.04  # the table itself is untouched

@@ -28,11 +28,13 @@ Baselines (``--baselines``, default input, histeq, classical) are measured on th
 listed first. ``--seeds S1 S2 ...`` trains every row once per seed (search and retrain seeds; the
 identity split and the test sets stay fixed) in ``OUT/seed<s>/`` and writes the mean and sample
 std over seeds to ``OUT/ablation_seeds.md/.csv/.json`` (updated after every seed). ``--data ROOT``
-sets the base space's ``data.root``.
+sets the base space's ``data.root``; ``--lambda-scale F`` multiplies every row's lambda_per and
+lambda_iden (e.g. by 1/(3HW) to keep the paper's loss balance with a per-pixel mean L2).
 
 Budget: ``--budget-minutes M`` times one training step of the largest row first and sizes every
 phase so the whole ablation takes about M minutes (a search step counts as two training steps);
-``--search-epochs/--retrain-epochs/--steps-per-epoch`` set it explicitly instead.
+``--search-epochs/--retrain-epochs/--steps-per-epoch`` set it explicitly instead, and
+``--space-budget`` keeps the space's own search/retrain epochs and steps (search_spaces/cpu.yaml).
 """
 from __future__ import annotations
 
@@ -81,6 +83,18 @@ ROWS: tuple[AblationRow, ...] = (
 )
 ROW_SLUGS = [r.slug for r in ROWS]
 EVAL_SETS = ("Test-BN", "Test-BNL")
+
+
+def scale_lambdas(rows: Sequence[AblationRow], factor: float) -> list[AblationRow]:
+    """``rows`` with their perceptual and identity loss weights multiplied by ``factor`` (rows with
+    zero weights stay zero, so L2-only rows never run the loss backbone)."""
+    import dataclasses
+
+    if factor == 1.0:
+        return list(rows)
+    keys = ("loss.lambda_per", "loss.lambda_iden")
+    return [dataclasses.replace(r, overrides={**r.overrides, **{k: r.overrides[k] * factor for k in keys
+                                                                 if k in r.overrides}}) for r in rows]
 
 
 def row_space(base: str, row: AblationRow, schedule: dict[str, Any]):
@@ -217,10 +231,32 @@ def evaluate_baselines(names: Sequence[str], testsets: str | Path, max_images: O
 
     table = []
     for name in names:
-        res = evaluate_sets([baseline_method(name)], testsets, EVAL_SETS, faces=None, k_refs=0, recognizer=None,
-                            max_images=max_images, progress=progress)
-        table.append({"row": f"{name} (baseline)", **_scores(res)})
+        key = {"method": name, "max_images": max_images}
+        cached = _cached_scores(Path(testsets) / "ablation_scores" / f"{name}.json", key)
+        if cached is None:
+            res = evaluate_sets([baseline_method(name)], testsets, EVAL_SETS, faces=None, k_refs=0, recognizer=None,
+                                max_images=max_images, progress=progress)
+            cached = _store_scores(Path(testsets) / "ablation_scores" / f"{name}.json", key, _scores(res))
+        table.append({"row": f"{name} (baseline)", **cached})
     return table
+
+
+def _cached_scores(path: Path, key: dict) -> Optional[dict]:
+    """Scores stored by :func:`_store_scores` for the same ``key`` (and the same model file), or None."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("scores") if data.get("key") == key else None
+
+
+def _store_scores(path: Path, key: dict, scores: dict) -> dict:
+    from nasfe.imageio import atomic_write_json
+
+    atomic_write_json(path, {"key": key, "scores": scores})
+    return scores
 
 
 TABLE_COLUMNS = ["row", "bn_psnr", "bn_ssim", "bnl_psnr", "bnl_ssim", "paper_bn_psnr", "paper_bn_ssim",
@@ -261,12 +297,18 @@ def run_ablation(base: str, out: str | Path, rows: Sequence[AblationRow] = ROWS,
         print(f"== {row.name}", file=sys.stderr)
         trained = train_row(base, row, schedule, out, device, callbacks)
         model, space, _ = load_trained(trained["model_pt"], device)
-        method = network_method(row.name, model, torch.device(device), with_refs=bool(faces))
-        res = evaluate_sets([method], testsets, EVAL_SETS, faces=faces, k_refs=space.identity.refs,
-                            recognizer=None, max_images=max_images, progress=progress)
+        # a finished row measured on the same test images is not measured again (reruns aggregate seeds)
+        key = {"testsets": str(Path(testsets).resolve()), "faces": str(faces), "max_images": max_images,
+               "model_mtime_ns": Path(trained["model_pt"]).stat().st_mtime_ns}
+        scores = _cached_scores(Path(trained["model_pt"]).with_name("ablation_scores.json"), key)
+        if scores is None:
+            method = network_method(row.name, model, torch.device(device), with_refs=bool(faces))
+            res = evaluate_sets([method], testsets, EVAL_SETS, faces=faces, k_refs=space.identity.refs,
+                                recognizer=None, max_images=max_images, progress=progress)
+            scores = _store_scores(Path(trained["model_pt"]).with_name("ablation_scores.json"), key, _scores(res))
         params = model.parameter_counts()["restoration"] / 1e6
         table.append({
-            "row": row.name, **_scores(res),
+            "row": row.name, **scores,
             "paper_bn_psnr": row.paper_bn[0], "paper_bn_ssim": row.paper_bn[1],
             "paper_bnl_psnr": row.paper_bnl[0], "paper_bnl_ssim": row.paper_bnl[1],
             "params_M": params, "paper_params_M": row.paper_params_m,
@@ -366,10 +408,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--search-epochs", type=int, default=None)
     parser.add_argument("--retrain-epochs", type=int, default=None)
     parser.add_argument("--steps-per-epoch", type=int, default=None)
+    parser.add_argument("--space-budget", action="store_true",
+                        help="train every phase as the space's own search/retrain sections say (epochs, steps)")
     parser.add_argument("--testsets", default=None, help="built test sets with Test-BN and Test-BNL (default: build small ones)")
     parser.add_argument("--faces", default=None, help="face folder of --testsets (identity references)")
     parser.add_argument("--test-images", type=int, default=8, help="clean faces of the built test sets")
     parser.add_argument("--max-images", type=int, default=None, help="seeded subsample of each test set")
+    parser.add_argument("--lambda-scale", type=float, default=1.0,
+                        help="multiply every row's lambda_per and lambda_iden (Table 6's 0.04 / 0.003) by this "
+                             "factor, e.g. 1/(3*H*W) to keep the paper's balance with a per-pixel mean L2")
     parser.add_argument("--data", default=None, help="face folder: sets data.root of the base space (rows and test sets)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="train every row once per seed (OUT/seed<s>/) and report mean and spread "
@@ -389,17 +436,18 @@ def main(args) -> int:
 
     resolve_space_path(args.space)
     explicit = args.search_epochs is not None or args.retrain_epochs is not None
-    if explicit and args.budget_minutes is not None:
-        raise CommandError("give either --budget-minutes or --search-epochs/--retrain-epochs, not both")
-    if not explicit and args.budget_minutes is None:
-        raise CommandError("give a budget: --budget-minutes M, or --search-epochs N --retrain-epochs N")
-    schedule = None
+    if sum([explicit, args.budget_minutes is not None, args.space_budget]) > 1:
+        raise CommandError("give one budget: --budget-minutes, --search-epochs/--retrain-epochs or --space-budget")
+    if not explicit and args.budget_minutes is None and not args.space_budget:
+        raise CommandError("give a budget: --budget-minutes M, --search-epochs N --retrain-epochs N, "
+                           "or --space-budget (the space's own epochs)")
+    schedule = {} if args.space_budget else None
     if explicit:
         se, re_ = args.search_epochs or 1, args.retrain_epochs or 1
         if se < 1 or re_ < 1 or (args.steps_per_epoch is not None and args.steps_per_epoch < 1):
             raise CommandError("--search-epochs, --retrain-epochs and --steps-per-epoch must be >= 1")
         schedule = schedule_from_args(se, re_, args.steps_per_epoch)
-    elif args.budget_minutes <= 0:
+    elif args.budget_minutes is not None and args.budget_minutes <= 0:
         raise CommandError(f"--budget-minutes must be > 0, got {args.budget_minutes}")
     if args.faces and not args.testsets:
         raise CommandError("--faces goes with --testsets (the built test sets come with their own faces)")
@@ -410,13 +458,15 @@ def main(args) -> int:
         raise CommandError(f"--baselines: unknown {bad}; known: {sorted(BASELINES)}")
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
         raise CommandError(f"--seeds: repeated seed in {args.seeds}")
-    base_overrides = {}
+    if not args.lambda_scale > 0:
+        raise CommandError(f"--lambda-scale must be > 0, got {args.lambda_scale}")
+    base_overrides: dict[str, Any] = {}
     if args.data is not None:
         if not Path(args.data).expanduser().is_dir():
             raise CommandError(f"--data {args.data}: no such folder")
         base_overrides["data.root"] = str(Path(args.data).expanduser())
     device = str(resolve_device(args.device))
-    rows = [r for r in ROWS if r.slug in args.rows]
+    rows = scale_lambdas([r for r in ROWS if r.slug in args.rows], args.lambda_scale)
     common = dict(schedule=schedule, budget_minutes=args.budget_minutes, testsets=args.testsets, faces=args.faces,
                   test_images=args.test_images, max_images=args.max_images, device=device, progress=not args.quiet,
                   baselines=args.baselines, base_overrides=base_overrides)

@@ -105,17 +105,38 @@ def _tiny_run(run_dir, **overrides):
     return run_dir / "model.pt"
 
 
+def _same_output(a_pt, b_pt):
+    full, _, _ = load_trained(a_pt)
+    half, _, _ = load_trained(b_pt)
+    y = torch.rand(1, 3, 48, 40, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return torch.allclose(full(y).restored, half(y).restored, atol=2e-2)
+
+
 def test_pack_model_round_trip_and_limits(tmp_path):
-    with pytest.raises(ValueError, match="identity"):  # its frozen face backbone would not fit
-        pack_model(_tiny_run(tmp_path / "iden"), tmp_path / "packed.pt")
     model_pt = _tiny_run(tmp_path / "plain", **{"model.use_identity": False})
     info = pack_model(model_pt, tmp_path / "packed.pt", note="test")
     assert info["bytes"] == (tmp_path / "packed.pt").stat().st_size <= MAX_BYTES
-    full, _, _ = load_trained(model_pt)
-    half, _, _ = load_trained(tmp_path / "packed.pt")
-    y = torch.rand(1, 3, 48, 40, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        assert torch.allclose(full(y).restored, half(y).restored, atol=2e-2)
+    assert _same_output(model_pt, tmp_path / "packed.pt")
     with pytest.raises(ValueError, match="limit"):
         pack_model(model_pt, tmp_path / "big.pt", note="x" * (MAX_BYTES + 1))
     assert not (tmp_path / "big.pt").exists()
+
+
+def test_pack_leaves_the_face_backbone_out(tmp_path, capsys):
+    from nasfe.pretrained import BACKBONE_PREFIX
+
+    model_pt = _tiny_run(tmp_path / "iden")
+    pack_model(model_pt, tmp_path / "packed.pt")
+    state = torch.load(tmp_path / "packed.pt", weights_only=True)["model"]
+    full = torch.load(model_pt, weights_only=True)["model"]
+    assert any(k.startswith(BACKBONE_PREFIX) for k in full)
+    assert not any(k.startswith(BACKBONE_PREFIX) for k in state) and len(state) < len(full)
+    assert _same_output(model_pt, tmp_path / "packed.pt")  # without references the backbone is unused
+    model, _, _ = load_trained(tmp_path / "packed.pt")
+    assert model.refs_usable is False  # tiny has no identity.weights: the rebuilt backbone is not the real one
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.zeros((48, 40, 3), np.uint8)).save(photo)
+    assert cli(["restore", str(tmp_path / "packed.pt"), "-i", str(photo), "-o", str(tmp_path / "o"),
+                "--refs", str(photo), "--device", "cpu", "--quiet"]) == 2
+    assert "backbone" in capsys.readouterr().err

@@ -69,8 +69,12 @@ def _space_without_missing_weights(space: SpaceConfig, where: str) -> SpaceConfi
 
 
 def build_and_load(space: SpaceConfig, genotype: Optional[Genotype], state_dict: dict[str, torch.Tensor],
-                   where: str, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Build the network of ``space``/``genotype``, load ``state_dict`` strictly, eval mode, frozen."""
+                   where: str, device: str | torch.device = "cpu", fill: tuple[str, ...] = ()) -> torch.nn.Module:
+    """Build the network of ``space``/``genotype``, load ``state_dict`` strictly, eval mode, frozen.
+
+    ``fill``: key prefixes the file leaves out on purpose (the frozen face backbone of a packaged
+    model): those weights come from the backbone as built here (``identity.weights`` when that file
+    is on this machine, else seeded random init, and then ``model.refs_usable`` is False)."""
     from nasfe.engine.search import build_network
 
     if space.model.fusion == "nas" and genotype is None:
@@ -79,7 +83,16 @@ def build_and_load(space: SpaceConfig, genotype: Optional[Genotype], state_dict:
     if space.model.fusion == "res2" and genotype is not None:
         log.info("%s: model.fusion is res2 (BN baseline); the genotype is ignored", where)
         genotype = None
-    model, _ = build_network(_space_without_missing_weights(space, where), genotype)
+    built = _space_without_missing_weights(space, where)
+    model, _ = build_network(built, genotype)
+    model.refs_usable = True
+    if fill:
+        own = {k: v for k, v in model.state_dict().items() if k.startswith(tuple(fill))}
+        state_dict = {**own, **state_dict}
+        model.refs_usable = built.identity.weights is not None
+        if not model.refs_usable:
+            log.info("%s: the face backbone is not in the file and identity.weights %s is not here: "
+                     "the network restores without reference photos only", where, space.identity.weights)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
@@ -135,7 +148,7 @@ def load_trained(path: Optional[str | Path] = None, device: str | torch.device =
         geno = Genotype.from_json(genotype, space=cfg)
     elif isinstance(payload.get("genotype"), dict):
         geno = Genotype.from_dict(payload["genotype"], space=cfg, where=f"{src} (genotype)")
-    model = build_and_load(cfg, geno, state, str(src), device)
+    model = build_and_load(cfg, geno, state, str(src), device, fill=tuple(payload.get("stripped") or ()))
     return model, cfg, (geno if cfg.model.fusion == "nas" else None)
 
 

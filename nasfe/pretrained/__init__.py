@@ -20,6 +20,8 @@ DEFAULT_MODEL = Path(__file__).resolve().with_name("cpu_default.pt")
 NOTICE = Path(__file__).resolve().with_name("NOTICE")
 #: the packaged file must stay this small (it ships in every wheel)
 MAX_BYTES = 1 << 20
+#: state-dict prefix of the frozen identity backbone, left out of a packaged file
+BACKBONE_PREFIX = "identity.backbone."
 
 
 def default_model_path() -> Path:
@@ -39,19 +41,23 @@ def _half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def pack_model(src: str | Path, dest: str | Path = DEFAULT_MODEL, note: str = "") -> dict[str, Any]:
     """Write the model of ``src`` (a ``model.pt`` written by retrain) to ``dest`` with float16 weights,
-    its space and genotype; refuse (ValueError) when the result exceeds ``MAX_BYTES``, or when the
-    network carries a frozen identity backbone (its weights would not fit: pack a row without
-    identity information). Returns ``{'path', 'bytes', 'parameters'}``."""
+    its space and genotype, without the frozen identity backbone (a pretrained face network that the
+    loader rebuilds from ``identity.weights``); refuse (ValueError) when the result exceeds
+    ``MAX_BYTES``. Returns ``{'path', 'bytes', 'parameters'}``."""
     from nasfe.engine.checkpoint import load_checkpoint, save_checkpoint
 
     payload = load_checkpoint(src, required=("model", "space"))
     space = payload["space"]
+    stripped: list[str] = []
+    state = payload["model"]
     if space.get("model", {}).get("use_identity"):
-        raise ValueError(f"{src}: uses identity information; its frozen face backbone does not fit in "
-                         f"{MAX_BYTES} bytes (pack a network with model.use_identity: false)")
-    state = _half(payload["model"])
+        # the frozen, pretrained face backbone is not trained here and would not fit: leave it out;
+        # the loader takes it from identity.weights when that file is there (needed for --refs only)
+        stripped = [BACKBONE_PREFIX]
+        state = {k: v for k, v in state.items() if not k.startswith(BACKBONE_PREFIX)}
+    state = _half(state)
     packed = {"phase": "packaged", "model": state, "space": space, "genotype": payload.get("genotype"),
-              "note": note}
+              "stripped": stripped, "note": note}
     dest = Path(dest)
     save_checkpoint(dest, packed)
     dest.chmod(0o644)  # a temp file's 0600 would make an installed copy unreadable to other users

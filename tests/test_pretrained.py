@@ -15,6 +15,7 @@ from nasfe.evaluate.metrics import psnr
 from nasfe.evaluate.model_io import load_trained
 from nasfe.imageio import read_image, to_tensor
 from nasfe.pretrained import DEFAULT_MODEL, MAX_BYTES, NOTICE, pack_model
+from conftest import write_synthetic_faces
 
 
 def test_packaged_file_is_small_and_loads_weights_only():
@@ -70,12 +71,7 @@ def test_restore_without_a_model_argument_restores_a_photo(tmp_path, capsys):
 def test_evaluate_defaults_to_the_packaged_model(tmp_path, capsys):
     from nasfe.data.testsets import build_testsets
 
-    src = SyntheticFaces(identities=2, images_per_identity=2, height=48, width=40, seed=3)
-    faces = tmp_path / "faces"
-    for r in src.records:
-        p = faces / r.identity / f"{r.key.replace('/', '_')}.png"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(src.load(r)).save(p)
+    faces = write_synthetic_faces(tmp_path / "faces", identities=2, images_per_identity=2)
     build_testsets(tmp_path / "ts", faces=str(faces), sets=["Test-BNL"], images=2, progress=False)
     out = tmp_path / "ev"
     assert cli(["evaluate", "--testsets", str(tmp_path / "ts"), "--out", str(out), "--max-images", "4",

@@ -85,6 +85,9 @@ class LossConfig:
     # Weight of CN's multi-label BCE when CN trains jointly with the network (the paper trains CN
     # on (y, c) and gives no weight; joint training keeps one loop; 0 freezes CN's objective).
     lambda_cls: float = 0.1
+    # "sum": the paper's ||x_hat - x||^2 per image (sum over C, H, W; mean over the batch), which
+    # the paper's lambdas were set against; "mean": per-pixel MSE (scale the lambdas by 1/(3HW)).
+    l2: str = "sum"
 
 
 @dataclass
@@ -140,6 +143,10 @@ class SearchConfig:
     checkpoint_every: int = 100  # steps
     pretrain_steps: int = 0  # steps pre-training each task encoder and CN alone first
     seed: int = 0
+    # share of the training identities held out for the architecture steps (DARTS: half); the
+    # weights train on the rest, and the validation split is only used for validation metrics
+    arch_fraction: float = 0.5
+    log_every: int = 10  # steps between host reads of the loss terms (and the divergence check)
 
 
 @dataclass
@@ -156,6 +163,7 @@ class RetrainConfig:
     checkpoint_every: int = 100
     pretrain_steps: int = 0  # steps pre-training each task encoder and CN alone first
     seed: int = 0
+    log_every: int = 10  # steps between host reads of the loss terms (and the divergence check)
 
 
 @dataclass
@@ -192,6 +200,7 @@ class SpaceConfig:
 _VALID_CHOICES = {
     ("model", "fusion"): {"nas", "res2"},
     ("identity", "backbone"): {"vggface", "mobilefacenet"},
+    ("loss", "l2"): {"sum", "mean"},
     ("data", "source"): {"synthetic", "folder", "celeba", "vggface2"},
 }
 
@@ -294,6 +303,10 @@ def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
         raise ConfigError(f"{where}: data.val_fraction and data.test_fraction must lie in [0, 1)")
     if cfg.search.warmup_epochs > cfg.search.epochs:
         raise ConfigError(f"{where}: search.warmup_epochs ({cfg.search.warmup_epochs}) exceeds search.epochs ({cfg.search.epochs})")
+    if not 0.0 < cfg.search.arch_fraction < 1.0:
+        raise ConfigError(f"{where}: search.arch_fraction must lie in (0, 1), got {cfg.search.arch_fraction}")
+    if cfg.search.log_every < 1 or cfg.retrain.log_every < 1:
+        raise ConfigError(f"{where}: search.log_every and retrain.log_every must be >= 1")
     if not 0.0 <= cfg.identity.drop_refs <= 1.0:
         raise ConfigError(f"{where}: identity.drop_refs must lie in [0, 1]")
     return cfg

@@ -23,6 +23,10 @@ from typing import Any, Optional
 
 SCHEMA_VERSION = 1
 
+#: Operators without learnable parameters that a derived cell may hold (``zero`` is never derived).
+#: A search that picks these for most edges has collapsed (DARTS' skip-connection failure).
+PARAM_FREE_OPS = ("skip_connect", "zero")
+
 
 class GenotypeError(ValueError):
     """A genotype (file or data) is invalid; the message names the file and the field."""
@@ -37,6 +41,17 @@ class BlockGene:
 
     def to_dict(self) -> dict[str, Any]:
         return {"inputs": list(self.inputs), "ops": list(self.ops)}
+
+
+def edge_offset(block: int) -> int:
+    """Index of the first incoming edge of ``block``: edges are numbered block by block and block
+    i owns i + 2 of them (inputs 0 = previous-previous cell, 1 = previous cell, 2 + j = block j)."""
+    return 2 * block + block * (block - 1) // 2
+
+
+def num_edges(blocks: int) -> int:
+    """Edges of a cell with ``blocks`` blocks: sum over i of (i + 2)."""
+    return edge_offset(blocks)
 
 
 def node_levels(layer: int, cells: int, levels: int) -> list[int]:
@@ -216,13 +231,12 @@ def derive_genotype(alphas, betas, space, edge_weights=None) -> Genotype:
     Cell level (DARTS rule): for each block keep the two incoming edges with the largest weight
     of their best non-zero operator (softmax over all operators, ``zero`` included, then ``zero``
     is excluded from the max: it never wins), and that operator. With PC-DARTS edge
-    normalisation, ``edge_weights`` (cell types, edges) raw logits scale each edge's strength.
+    normalisation, ``edge_weights`` (cell types, edges) raw logits scale each edge's strength
+    (softmax over each block's incoming edges, as in the forward pass).
     Network level: Viterbi over softmax(beta) restricted to the valid transitions of each node,
     from level 0 before the first cell to level 0 after the last.
     """
     import torch
-
-    from nasfe.model.cell import edge_offset, edge_softmax, num_edges
 
     m = space.model
     alphas = torch.as_tensor(alphas).detach().float().cpu()
@@ -237,7 +251,10 @@ def derive_genotype(alphas, betas, space, edge_weights=None) -> Genotype:
     live = [i for i, o in enumerate(m.operators) if o != "zero"]
     best_w, best_i = weights[..., live].max(dim=-1)  # (types, edges)
     if edge_weights is not None:
-        best_w = best_w * edge_softmax(torch.as_tensor(edge_weights).detach().float().cpu(), m.blocks)
+        gammas = torch.as_tensor(edge_weights).detach().float().cpu()
+        if tuple(gammas.shape) != expect_a[:2]:
+            raise GenotypeError(f"edge_weights: shape {tuple(gammas.shape)}, expected {expect_a[:2]}")
+        best_w = best_w * block_softmax(gammas, m.blocks)
     cells = []
     for t in range(n_types):
         genes = []
@@ -250,6 +267,64 @@ def derive_genotype(alphas, betas, space, edge_weights=None) -> Genotype:
     path = viterbi_path(betas, m.cells, m.levels)
     return Genotype(cells=cells, path=path, operators=list(m.operators), blocks=m.blocks,
                     space_hash=space.space_hash(), meta={"space": space.name})
+
+
+def derive_from_arch(arch_params, space) -> Genotype:
+    """The genotype of a supernet's ``arch_parameters()``: ``[alphas, betas]``, plus the PC-DARTS
+    edge weights as a third entry in partial-channel mode, all of which the derivation uses."""
+    arch = list(arch_params)
+    if len(arch) not in (2, 3):
+        raise GenotypeError(f"arch_parameters: expected [alphas, betas] or [alphas, betas, edge weights], "
+                            f"got {len(arch)} tensors")
+    return derive_genotype(arch[0], arch[1], space, edge_weights=arch[2] if len(arch) == 3 else None)
+
+
+def block_softmax(gammas, blocks: int):
+    """Softmax of edge logits ``(..., edges)`` over the incoming edges of each block separately."""
+    import torch
+
+    parts = [torch.softmax(gammas[..., edge_offset(i):edge_offset(i + 1)], dim=-1) for i in range(blocks)]
+    return torch.cat(parts, dim=-1)
+
+
+def param_free_share(genotype: Genotype) -> float:
+    """Share of the derived edges whose operator has no parameters (skip connections)."""
+    ops = [o for cell in genotype.cells for gene in cell for o in gene.ops]
+    return sum(o in PARAM_FREE_OPS for o in ops) / max(1, len(ops))
+
+
+def _mean_norm_entropy(probs_rows) -> float:
+    """Mean over rows of the entropy divided by log(row length): 1 = uniform, 0 = one-hot."""
+    import math as _m
+
+    vals = [-sum(p * _m.log(p) for p in row if p > 0) / _m.log(len(row)) for row in probs_rows if len(row) > 1]
+    return sum(vals) / len(vals) if vals else 0.0
+
+
+def arch_entropies(arch_params, space) -> dict[str, float]:
+    """Normalised entropies (1 = undecided, 0 = decided) of softmax(alpha) per edge, of softmax(beta)
+    over each trellis node's valid transitions, and (PC mode) of each block's edge weights."""
+    import torch
+
+    m = space.model
+    arch = list(arch_params)
+    alphas = torch.as_tensor(arch[0]).detach().float().cpu()
+    betas = torch.as_tensor(arch[1]).detach().float().cpu()
+    out = {"alpha_entropy": _mean_norm_entropy(torch.softmax(alphas, -1).reshape(-1, alphas.shape[-1]).tolist())}
+    rows, prev = [], [0]
+    for layer in range(m.cells):
+        here = node_levels(layer, m.cells, m.levels)
+        for s in here:
+            valid = [t for t in range(3) if source_level(s, t) in prev]
+            rows.append(torch.softmax(betas[layer, s, valid], 0).tolist())
+        prev = here
+    out["beta_entropy"] = _mean_norm_entropy(rows)
+    if len(arch) == 3:
+        g = torch.as_tensor(arch[2]).detach().float().cpu()
+        rows = [torch.softmax(g[t, edge_offset(i):edge_offset(i + 1)], -1).tolist()
+                for t in range(g.shape[0]) for i in range(m.blocks)]
+        out["edge_entropy"] = _mean_norm_entropy(rows)
+    return out
 
 
 def viterbi_path(betas, cells: int, levels: int) -> list[int]:

@@ -15,7 +15,7 @@ from nasfe.engine.search import run_search
 
 def tiny(**overrides):
     base = {"search.epochs": 2, "search.warmup_epochs": 1, "search.steps_per_epoch": 2,
-            "search.val_batches": 1, "search.checkpoint_every": 1,
+            "search.val_batches": 1, "search.checkpoint_every": 1, "search.log_every": 1,
             "retrain.epochs": 1, "retrain.steps_per_epoch": 2, "retrain.val_batches": 1}
     base.update(overrides)
     return load_space("tiny", base)

@@ -40,7 +40,9 @@ class Callback:
         """Before the first step (after a resume, at the resumed step)."""
 
     def on_step(self, state: TrainState, metrics: dict[str, float]) -> None:
-        """After each optimisation step."""
+        """After each optimisation step. ``metrics`` holds the means since the previous logging
+        step (host floats) every ``log_every`` steps and at the end of an epoch, else it is empty:
+        the loss terms stay on the device in between."""
 
     def on_epoch_end(self, state: TrainState, metrics: dict[str, Any], genotype: Any = None) -> None:
         """After each epoch with validation metrics; ``genotype`` during search, else None."""
@@ -103,7 +105,8 @@ class ConsoleProgress(Callback):
     def on_step(self, state, metrics):
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k in ("loss", "arch_loss")})
+            if metrics:
+                self.bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k in ("loss", "arch_loss")})
 
     def on_epoch_end(self, state, metrics, genotype=None):
         if not state.is_main:

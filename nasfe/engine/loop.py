@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from nasfe.engine.checkpoint import (
     CheckpointError, checkpoint_name, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint,
 )
 from nasfe.engine.dist import DistContext
+from nasfe.engine.meter import StepMeter
+from nasfe.errors import DivergenceError
 
 log = logging.getLogger("nasfe.engine")
 
@@ -42,6 +45,7 @@ class PhaseSettings:
     checkpoint_every: int
     seed: int
     pretrain_steps: int = 0
+    log_every: int = 10
 
     @classmethod
     def from_section(cls, section) -> "PhaseSettings":
@@ -91,14 +95,24 @@ class Phase:
                                 run_dir=self.run_dir, epochs=settings.epochs)
         self.last_metrics: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
+        self.meter = StepMeter(self.device)
+        self.last_good: Optional[str] = None  # the newest checkpoint written (or resumed from)
+        self._checked_step = -1  # step at which the guard last read the device
+        # whole steps without reference photos, drawn on the host (no device read)
+        self._drop_rng = random.Random(settings.seed + 17)
 
     # ----- to be provided by phases -------------------------------------------------------
     def build(self) -> None:
         """Create ``self.model``, ``self.loss_fn`` and optimisers."""
         raise NotImplementedError
 
-    def train_step(self, batch) -> dict[str, float]:
-        """One optimisation step on ``batch``; returns scalar metrics."""
+    def train_step(self, batch) -> dict[str, torch.Tensor]:
+        """One optimisation step on ``batch``; returns its scalar metrics as (device) tensors.
+
+        Nothing in a step may read a device value on the host: the loop sums the metrics on the
+        device and reads them once per ``log_every`` steps (:class:`~nasfe.engine.meter.StepMeter`).
+        Non-finite losses and gradients are recorded with :meth:`watch`.
+        """
         raise NotImplementedError
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -117,12 +131,41 @@ class Phase:
         return None
 
     # ----- shared machinery ---------------------------------------------------------------
-    def make_batches(self, split: str, seed_offset: int = 0, space: Optional[SpaceConfig] = None):
+    def make_batches(self, split: str, seed_offset: int = 0, space: Optional[SpaceConfig] = None, faces=None):
         """A batch maker for ``split`` on this rank (its shard, its share of the global batch)."""
         from nasfe.data.batches import BatchMaker
 
         return BatchMaker(space or self.space, split, self.local_batch, device=self.device, rank=self.dist.rank,
-                          world_size=self.dist.world_size, seed=self.cfg.seed + seed_offset, faces=self.faces)
+                          world_size=self.dist.world_size, seed=self.cfg.seed + seed_offset,
+                          faces=faces if faces is not None else self.faces)
+
+    def weight_batches(self, seed_offset: int = 0, space: Optional[SpaceConfig] = None):
+        """Batches the weights (and pre-training) train on: the training split here; the search
+        keeps part of it for the architecture."""
+        return self.make_batches("train", seed_offset, space=space)
+
+    def drop_refs(self) -> bool:
+        """Whether this step trains without reference photos (one host draw, the same on every rank)."""
+        return self._drop_rng.random() < self.space.identity.drop_refs
+
+    def watch(self, what: str, value: torch.Tensor) -> None:
+        """Record the step being run as diverged if ``value`` is not finite (checked at the next read)."""
+        self.meter.watch(self.state.step + 1, what, value)
+
+    def guarded_parameters(self) -> list[torch.Tensor]:
+        """Every trained tensor: weights, architecture parameters, pre-training heads."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def check_finite(self) -> None:
+        """Read the device once: raise :class:`DivergenceError` if a watched value or a weight was
+        not finite (every rank raises together); afterwards the meter's sums are on the host."""
+        problem = self.meter.read(self.guarded_parameters())
+        self._checked_step = self.state.step
+        if self.dist.active and self.dist.mean(1.0 if problem else 0.0) > 0 and problem is None:
+            problem = ("value on another worker", self.state.step)
+        if problem is not None:
+            what, step = problem
+            raise DivergenceError(what, step if step >= 0 else self.state.step, self.name, self.last_good)
 
     def autocast(self):
         """bf16 autocast when enabled in the config (CPU and CUDA)."""
@@ -130,8 +173,8 @@ class Phase:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
-    def network_loss(self, batch, drop_refs: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
-        """L_final (Eq. 9) plus CN's BCE.
+    def network_loss(self, batch, drop_refs: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L_final (Eq. 9) plus CN's BCE, and its detached parts (device tensors, no host read).
 
         With ``drop_refs`` the network restores without reference photos (so it learns to work
         without them at test time); the identity loss still uses them, as targets only.
@@ -140,18 +183,23 @@ class Phase:
             out = self.model(batch.y, refs=None if drop_refs else batch.refs)
         restored = out.restored.float()
         total, parts = self.loss_fn(restored, batch.x, batch.refs)
-        metrics = {k: float(v) for k, v in parts.items()}
+        metrics = dict(parts)
         if self.space.loss.lambda_cls > 0 and out.class_logits is not None:
             cls = F.binary_cross_entropy_with_logits(out.class_logits.float(), batch.c.float())
             total = total + self.space.loss.lambda_cls * cls
-            metrics["cls"] = float(cls.detach())
-        metrics["loss"] = float(total.detach())
+            metrics["cls"] = cls.detach()
+        metrics["loss"] = total.detach()
         return total, metrics
 
-    def clip(self, params) -> None:
-        """Clip the gradient norm when configured."""
-        if self.cfg.grad_clip and self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+    def clip(self, params, what: str = "gradient") -> torch.Tensor:
+        """Clip the gradient norm when configured; the norm (a device scalar) is watched for divergence."""
+        params = [p for p in params if p.grad is not None]
+        if not params:
+            return torch.zeros((), device=self.device)
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip and self.cfg.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        self.watch(what, norm)
+        return norm
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -159,7 +207,8 @@ class Phase:
         from nasfe.evaluate.metrics import psnr, ssim
 
         self.model.eval()
-        sums = {"val_psnr": 0.0, "val_ssim": 0.0, "input_psnr": 0.0, "input_ssim": 0.0, "val_cls_acc": 0.0}
+        keys = ("val_psnr", "val_ssim", "input_psnr", "input_ssim", "val_cls_acc")
+        sums = {k: torch.zeros((), device=self.device) for k in keys}  # summed on the device, read once
         n = 0
         first = None
         self.val_maker.set_epoch(0)  # the same validation images every epoch
@@ -169,19 +218,20 @@ class Phase:
             with self.autocast():
                 out = self.model(batch.y, refs=None)
             restored = out.restored.float().clamp(0, 1)
-            sums["val_psnr"] += float(psnr(restored, batch.x).clamp(max=100).sum())
-            sums["val_ssim"] += float(ssim(restored, batch.x).sum())
-            sums["input_psnr"] += float(psnr(batch.y, batch.x).clamp(max=100).sum())
-            sums["input_ssim"] += float(ssim(batch.y, batch.x).sum())
+            sums["val_psnr"] += psnr(restored, batch.x).clamp(max=100).sum().float()
+            sums["val_ssim"] += ssim(restored, batch.x).sum().float()
+            sums["input_psnr"] += psnr(batch.y, batch.x).clamp(max=100).sum().float()
+            sums["input_ssim"] += ssim(batch.y, batch.x).sum().float()
             if out.class_logits is not None:
                 pred = (out.class_logits.float() > 0).float()
-                sums["val_cls_acc"] += float((pred == batch.c).float().mean(dim=1).sum())
+                sums["val_cls_acc"] += (pred == batch.c).float().mean(dim=1).sum()
             n += len(batch.x)
             if first is None:
                 first = {"degraded": batch.y[:4].cpu(), "restored": restored[:4].cpu(), "clean": batch.x[:4].cpu()}
         self.model.train()
+        host = dict(zip(keys, torch.stack([sums[k] for k in keys]).tolist()))
         total_n = self.dist.mean(n) * self.dist.world_size
-        metrics = {k: self.dist.mean(v) * self.dist.world_size / max(total_n, 1) for k, v in sums.items()}
+        metrics = {k: self.dist.mean(v) * self.dist.world_size / max(total_n, 1) for k, v in host.items()}
         if first is not None and self.state.is_main:
             self.callbacks.on_images(self.state, first)
         return metrics
@@ -196,17 +246,27 @@ class Phase:
             "model": self.model.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
             "torch_rng": torch.get_rng_state(),
+            "drop_rng": list(self._drop_rng.getstate()[1]),
             "space": self.space.to_dict(),
             "history": json.loads(json.dumps(self.history)),
             **self.extra_state(),
         }
 
+    def ensure_finite(self) -> None:
+        """The divergence guard before anything is written: nothing non-finite reaches a file."""
+        if self._checked_step != self.state.step:
+            self.check_finite()
+
     def save(self) -> Optional[Path]:
-        """Rank 0 writes a checkpoint; every rank then calls ``on_checkpoint`` together."""
+        """Rank 0 writes a checkpoint (after the divergence guard); every rank then calls
+        ``on_checkpoint`` together."""
+        self.ensure_finite()
         path = None
+        target = self.ckpt_dir / checkpoint_name(self.name, self.state.step)
         if self.dist.is_main:
-            path = save_checkpoint(self.ckpt_dir / checkpoint_name(self.name, self.state.step), self.checkpoint_payload())
+            path = save_checkpoint(target, self.checkpoint_payload())
             prune_checkpoints(self.ckpt_dir, self.name, self.keep_checkpoints)
+        self.last_good = str(target)
         self.callbacks.on_checkpoint(self.state, path, dict(self.last_metrics))
         return path
 
@@ -228,6 +288,10 @@ class Phase:
             if name in payload["optimizers"]:
                 opt.load_state_dict(payload["optimizers"][name])
         torch.set_rng_state(payload["torch_rng"])
+        drop = payload.get("drop_rng")
+        if isinstance(drop, (list, tuple)) and len(drop) == 625:  # older checkpoints hold a torch state: start anew
+            self._drop_rng.setstate((3, tuple(int(v) for v in drop), None))
+        self.last_good = str(path)
         self.state.step = int(payload["step"])
         self.state.epoch = int(payload["epoch"])
         self.history = list(payload.get("history", []))
@@ -239,7 +303,7 @@ class Phase:
         """Train for the configured epochs (continuing a checkpoint), then return a summary."""
         torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
         self.build()
-        self.train_maker = self.make_batches("train")
+        self.train_maker = self.weight_batches()
         self.val_maker = self.make_batches("val", seed_offset=1000)
         spe = self.cfg.steps_per_epoch or len(self.train_maker)
         if spe < 1:
@@ -249,38 +313,46 @@ class Phase:
         if resumed is None and self.cfg.pretrain_steps > 0:
             from nasfe.engine.pretrain import pretrain_parts
 
-            pretrain_parts(self.model, self.space, lambda sp: self.make_batches("train", 3000, space=sp),
+            pretrain_parts(self.model, self.space, lambda sp: self.weight_batches(3000, space=sp),
                            self.cfg.pretrain_steps, self.cfg.lr, self.dist, self.cfg.grad_clip or 5.0)
         self.callbacks.on_start(self.state, {"phase": self.name, "space": self.space.to_dict(),
                                              "resumed_from": str(resumed) if resumed else None})
         t_start = time.time()
         self.model.train()
+        log_every = max(1, self.cfg.log_every)
         while self.state.epoch < self.cfg.epochs:
             epoch = self.state.epoch
             first_step = self.state.step - epoch * spe  # > 0 after a mid-epoch resume
+            self.meter.start_epoch()
             self.train_maker.set_epoch(epoch)
             batches = iter(self.train_maker)
             for _ in range(first_step):
                 # an epoch shorter than the loader cycles; skipping keeps the data order of a run
                 # that never stopped
                 next(batches, None)
-            for _ in range(first_step, spe):
+            for i in range(first_step, spe):
                 batch = next(batches, None)
                 if batch is None:
                     self.train_maker.set_epoch(epoch + 10_000 * (self.state.step + 1))
                     batches = iter(self.train_maker)
                     batch = next(batches)
-                metrics = self.train_step(batch)
+                self.meter.add(self.train_step(batch))
                 self.state.step += 1
-                self.last_metrics = metrics
-                self.callbacks.on_step(self.state, metrics)
+                step_metrics: dict[str, float] = {}
+                if self.state.step % log_every == 0 or i == spe - 1:
+                    self.check_finite()  # the one host read of this interval
+                    step_metrics = self.meter.interval_means()
+                    self.last_metrics = step_metrics
+                self.callbacks.on_step(self.state, step_metrics)
                 if self.cfg.checkpoint_every and self.state.step % self.cfg.checkpoint_every == 0 \
                         and self.state.step % spe:
                     self.save()
+            self.ensure_finite()
             val = self.validate()
-            metrics = {"epoch": epoch + 1, **{k: v for k, v in self.last_metrics.items()}, **val}
+            metrics = {"epoch": epoch + 1, **self.meter.epoch_means(), **val}
             genotype = self.on_epoch_end_extra(metrics)
-            self.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            self.history.append({k: v for k, v in metrics.items()
+                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
             self.state.epoch = epoch + 1
             self.callbacks.on_epoch_end(self.state, metrics, genotype)
             self.last_metrics = metrics

@@ -16,6 +16,7 @@ import torch
 
 from nasfe.config import SpaceConfig
 from nasfe.engine.dist import DistContext
+from nasfe.errors import DivergenceError
 
 log = logging.getLogger("nasfe.engine")
 
@@ -30,6 +31,36 @@ def single_task_space(space: SpaceConfig, task: str) -> SpaceConfig:
     return dataclasses.replace(space, degrade=degrade)
 
 
+def _train_part(part: str, params, loss_of, batches, steps: int, lr: float, dist: DistContext,
+                grad_clip: float) -> torch.Tensor:
+    """``steps`` Adam steps of ``params`` on ``loss_of(batch)``; returns the last loss (device).
+
+    No host read inside the loop; at the end one read checks that every loss and gradient norm
+    was finite and raises :class:`DivergenceError` (phase ``pretrain``) otherwise.
+    """
+    from nasfe.engine.meter import StepMeter
+
+    meter = StepMeter(params[0].device)
+    opt = torch.optim.Adam(params, lr=lr)
+    loss = None
+    for step in range(1, steps + 1):
+        batch = next(batches)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_of(batch)
+        loss.backward()
+        dist.all_reduce_grads(params)
+        meter.watch(step, "loss", loss)
+        meter.watch(step, "gradient", torch.nn.utils.clip_grad_norm_(params, grad_clip))
+        opt.step()
+    problem = meter.read(params)
+    if dist.active and dist.mean(1.0 if problem else 0.0) > 0 and problem is None:
+        problem = ("value on another worker", steps)
+    if problem is not None:
+        what, at = problem
+        raise DivergenceError(f"{what} ({part})", at if at >= 0 else steps, "pretrain", None)
+    return loss.detach()
+
+
 def pretrain_parts(model, space: SpaceConfig, make_batches: Callable[[SpaceConfig], object], steps: int,
                    lr: float, dist: DistContext, grad_clip: float = 5.0) -> dict[str, float]:
     """Pre-train each encoder for ``steps`` steps on its single task, then CN; returns final losses.
@@ -40,33 +71,20 @@ def pretrain_parts(model, space: SpaceConfig, make_batches: Callable[[SpaceConfi
     from nasfe.model.classifier import classification_loss
     from nasfe.model.nasfe import encoder_task_loss
 
-    losses: dict[str, float] = {}
     if steps <= 0:
-        return losses
+        return {}
     model.train()
+    last: dict[str, torch.Tensor] = {}
     for task in SINGLE_TASK:
-        params = model.pretrain_parameters(task)
-        opt = torch.optim.Adam(params, lr=lr)
-        batches = cycle(make_batches(single_task_space(space, task)))
-        for _ in range(steps):
-            batch = next(batches)
-            opt.zero_grad(set_to_none=True)
-            loss = encoder_task_loss(model, task, batch.y, batch.x)
-            loss.backward()
-            dist.all_reduce_grads(params)
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            opt.step()
-        losses[f"pretrain_{task}"] = float(loss.detach())
-    cls_params = list(model.classifier.parameters())
-    opt = torch.optim.Adam(cls_params, lr=lr)
-    batches = cycle(make_batches(space))
-    for _ in range(steps):
-        batch = next(batches)
-        opt.zero_grad(set_to_none=True)
-        loss = classification_loss(model.classify(batch.y), batch.c)
-        loss.backward()
-        dist.all_reduce_grads(cls_params)
-        opt.step()
-    losses["pretrain_cls"] = float(loss.detach())
+        last[f"pretrain_{task}"] = _train_part(
+            f"encoder {task}", model.pretrain_parameters(task),
+            lambda b, t=task: encoder_task_loss(model, t, b.y, b.x),
+            cycle(make_batches(single_task_space(space, task))), steps, lr, dist, grad_clip)
+    last["pretrain_cls"] = _train_part(
+        "classifier", list(model.classifier.parameters()),
+        lambda b: classification_loss(model.classify(b.y), b.c),
+        cycle(make_batches(space)), steps, lr, dist, grad_clip)
+    keys = list(last)
+    losses = dict(zip(keys, torch.stack([last[k] for k in keys]).tolist()))
     log.info("pre-training done: %s", ", ".join(f"{k}={v:.4g}" for k, v in losses.items()))
     return losses

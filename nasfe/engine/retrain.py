@@ -30,23 +30,18 @@ class RetrainPhase(Phase):
         self.weights = list(self.model.weight_parameters())
         self.dist.broadcast_parameters(self.weights)
         self.opt = torch.optim.Adam(self.weights, lr=self.cfg.lr)
-        self._drop_gen = torch.Generator().manual_seed(self.cfg.seed + 17)
 
     def optimizers(self):
         return {"weights": self.opt}
 
     def extra_state(self):
-        return {"genotype": self.genotype.to_dict() if self.genotype is not None else None,
-                "drop_rng": self._drop_gen.get_state()}
+        return {"genotype": self.genotype.to_dict() if self.genotype is not None else None}
 
-    def load_extra_state(self, payload):
-        if payload.get("drop_rng") is not None:
-            self._drop_gen.set_state(payload["drop_rng"])
-
-    def train_step(self, batch) -> dict[str, float]:
-        drop = bool(torch.rand((), generator=self._drop_gen) < self.space.identity.drop_refs)
+    def train_step(self, batch) -> dict[str, torch.Tensor]:
+        drop = self.drop_refs()
         self.opt.zero_grad(set_to_none=True)
         loss, metrics = self.network_loss(batch, drop_refs=drop)
+        self.watch("loss", loss)
         loss.backward()
         self.dist.all_reduce_grads(self.weights)
         self.clip(self.weights)
@@ -54,7 +49,7 @@ class RetrainPhase(Phase):
         return metrics
 
     def save(self):
-        path = super().save()
+        path = super().save()  # runs the divergence guard first: model.pt is never written non-finite
         if self.dist.is_main:
             # a small weights-only file for `nasfe evaluate` / `nasfe restore` / export
             from nasfe.engine.checkpoint import save_checkpoint

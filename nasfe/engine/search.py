@@ -1,9 +1,15 @@
 """DARTS bilevel search of the fusion network (first order by default, second order as an option).
 
-Weights take Adam steps on the training split; alpha and beta take Adam steps on a held-out split
-(the validation identities), after ``warmup_epochs`` of weight-only training (Auto-DeepLab's
-schedule). Gradients are averaged over ranks, so alpha and beta stay identical on every worker;
-the genotype is derived every epoch and checked equal across ranks.
+Data (``nasfe.engine.arch_data``): the training identities are split in two; weights take Adam
+steps on one part, alpha and beta (and the PC-DARTS edge weights) take Adam steps on the other,
+reshuffled with fresh degradations every batch, after ``warmup_epochs`` of weight-only training
+(Auto-DeepLab's schedule). The validation split only gives the validation metrics. With
+``search.pretrain_steps`` the task encoders and CN are first pre-trained on their own tasks
+(section 4), so the architecture is not chosen on random features.
+
+Gradients are averaged over ranks, so the architecture stays identical on every worker; the
+genotype is derived every epoch from everything the search learned (``derive_from_arch``) and
+checked equal across ranks, with the search's health (entropies, share of parameter-free edges).
 """
 from __future__ import annotations
 
@@ -16,13 +22,16 @@ import torch
 from nasfe.config import SpaceConfig
 from nasfe.engine.callbacks import Callback
 from nasfe.engine.dist import DistContext
-from nasfe.engine.loop import Phase, PhaseSettings, cycle
+from nasfe.engine.loop import Phase, PhaseSettings
 
 log = logging.getLogger("nasfe.engine")
 
+#: above this share of parameter-free derived edges the search has likely collapsed (DARTS)
+COLLAPSE_SHARE = 0.5
 
-def build_network(space: SpaceConfig, genotype=None):
-    """The model and its loss sharing one frozen face backbone."""
+
+def build_network(space: SpaceConfig, genotype=None, with_loss: bool = True):
+    """The model and its loss sharing one frozen face backbone (loss None without ``with_loss``)."""
     from nasfe.identity.adain import IdentityInfo
     from nasfe.identity.backbones import build_backbone
     from nasfe.identity.losses import NASFELoss
@@ -31,8 +40,13 @@ def build_network(space: SpaceConfig, genotype=None):
     backbone = build_backbone(space.identity)
     identity = IdentityInfo(backbone) if space.model.use_identity else None
     model = create_model(space, genotype=genotype, identity=identity)
-    loss = NASFELoss(backbone, space.loss)
+    loss = NASFELoss(backbone, space.loss) if with_loss else None
     return model, loss
+
+
+def _grad_norm(params) -> torch.Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
 
 
 class SearchPhase(Phase):
@@ -44,6 +58,9 @@ class SearchPhase(Phase):
         settings = PhaseSettings.from_section(space.search)
         super().__init__(space, settings, run_dir, **kwargs)
         self.genotype = None
+        self._parts = None
+        self._arch_batches = None
+        self._arch_state: Optional[list[int]] = None  # where a resumed search's arch batches continue
 
     def build(self) -> None:
         model, self.loss_fn = build_network(self.space)
@@ -59,36 +76,58 @@ class SearchPhase(Phase):
         self.opt_w = torch.optim.Adam(self.weights, lr=s.lr)
         self.opt_a = torch.optim.Adam(self.arch_params, lr=s.arch_lr, betas=(0.5, 0.999),
                                       weight_decay=s.arch_weight_decay)
-        self._arch_batches = None
-        self._drop_gen = torch.Generator().manual_seed(s.seed + 17)
+
+    # ---- data: weights and architecture on disjoint parts of the training identities ----------
+    def _split(self):
+        if self._parts is None:
+            from nasfe.data.faces import open_faces
+            from nasfe.engine.arch_data import split_for_architecture, whole_split_space
+
+            faces = self.faces if self.faces is not None else open_faces(self.space.data)
+            w_faces, a_faces, counts = split_for_architecture(faces, self.space)
+            self._parts = (w_faces, a_faces, whole_split_space(self.space))
+            if self.dist.is_main:
+                log.info("search data: weights on %(weight_identities)d identities (%(weight_images)d images), "
+                         "architecture on %(arch_identities)d (%(arch_images)d images)", counts)
+        return self._parts
+
+    def weight_batches(self, seed_offset: int = 0, space: Optional[SpaceConfig] = None):
+        from nasfe.engine.arch_data import whole_split_space
+
+        w_faces, _, whole = self._split()
+        return self.make_batches("train", seed_offset, space=whole_split_space(space) if space else whole,
+                                 faces=w_faces)
+
+    def _arch_batch(self):
+        if self._arch_batches is None:
+            from nasfe.engine.arch_data import ArchBatches
+
+            _, a_faces, whole = self._split()
+            self._arch_batches = ArchBatches(self.make_batches("train", 2000, space=whole, faces=a_faces))
+            if self._arch_state is not None:
+                self._arch_batches.load_state(self._arch_state)
+        return next(self._arch_batches)
 
     def optimizers(self):
         return {"weights": self.opt_w, "arch": self.opt_a}
 
     def extra_state(self):
+        pos = self._arch_batches.state() if self._arch_batches is not None else self._arch_state
         return {"genotype": self.genotype.to_dict() if self.genotype is not None else None,
-                "drop_rng": self._drop_gen.get_state()}
+                "arch_batches": pos}
 
     def load_extra_state(self, payload):
         from nasfe.genotype import Genotype
 
         if payload.get("genotype"):
             self.genotype = Genotype.from_dict(payload["genotype"])
-        if payload.get("drop_rng") is not None:
-            self._drop_gen.set_state(payload["drop_rng"])
+        if payload.get("arch_batches") is not None:
+            self._arch_state = list(payload["arch_batches"])
 
-    def _drop_refs(self) -> bool:
-        # one draw per step, the same on every rank (same seed): whole batches train without refs
-        return bool(torch.rand((), generator=self._drop_gen) < self.space.identity.drop_refs)
-
-    def _arch_batch(self):
-        if self._arch_batches is None:
-            self._arch_batches = cycle(self.make_batches("val", seed_offset=2000))
-        return next(self._arch_batches)
-
-    def train_step(self, batch) -> dict[str, float]:
-        drop = self._drop_refs()
-        metrics: dict[str, float] = {}
+    # ---- steps --------------------------------------------------------------------------------
+    def train_step(self, batch) -> dict[str, torch.Tensor]:
+        drop = self.drop_refs()
+        metrics: dict[str, torch.Tensor] = {}
         if self.state.epoch >= self.space.search.warmup_epochs:
             arch_batch = self._arch_batch()
             if self.space.search.second_order:
@@ -97,6 +136,7 @@ class SearchPhase(Phase):
                 metrics.update(self._arch_step_first_order(arch_batch, drop))
         self.opt_w.zero_grad(set_to_none=True)
         loss, parts = self.network_loss(batch, drop_refs=drop)
+        self.watch("loss", loss)
         loss.backward()
         self.dist.all_reduce_grads(self.weights)
         self.clip(self.weights)
@@ -104,36 +144,68 @@ class SearchPhase(Phase):
         metrics.update(parts)
         return metrics
 
-    def _arch_step_first_order(self, batch, drop: bool) -> dict[str, float]:
+    def _arch_update(self, loss: torch.Tensor) -> None:
+        self.watch("architecture loss", loss)
+        self.dist.all_reduce_grads(self.arch_params)
+        self.watch("architecture gradient", _grad_norm(self.arch_params))
+        self.opt_a.step()
+
+    def _arch_step_first_order(self, batch, drop: bool) -> dict[str, torch.Tensor]:
         self.opt_a.zero_grad(set_to_none=True)
         loss, _ = self.network_loss(batch, drop_refs=drop)
         loss.backward()
-        self.dist.all_reduce_grads(self.arch_params)
-        self.opt_a.step()
+        self._arch_update(loss)
         for p in self.weights:  # the arch step must not leak gradients into the weight step
             p.grad = None
-        return {"arch_loss": float(loss.detach())}
+        return {"arch_loss": loss.detach()}
 
-    def _arch_step_second_order(self, train_batch, val_batch, drop: bool) -> dict[str, float]:
-        """DARTS' unrolled step: grad_alpha L_val(w - xi grad_w L_train) by finite differences."""
-        xi = self.opt_w.param_groups[0]["lr"]
+    def _adam_lookahead(self, grads: list[Optional[torch.Tensor]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The step the weight optimiser (Adam) would take for ``grads`` (clipped as the weight
+        step clips them), and its diagonal preconditioner (d step / d gradient, second moment held
+        fixed). DARTS' look-ahead w - xi * grad assumes SGD; with Adam that step is unbounded in
+        the gradient's scale, while Adam's own moves at most about lr per weight."""
+        group = self.opt_w.param_groups[0]
+        lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+        t = self.state.step + 1  # Adam steps taken so far by opt_w, plus this one
+        g = [gi if gi is not None else torch.zeros_like(w) for gi, w in zip(grads, self.weights)]
+        if self.cfg.grad_clip and self.cfg.grad_clip > 0:
+            norm = torch.nn.utils.get_total_norm(g)
+            coef = (self.cfg.grad_clip / (norm + 1e-6)).clamp(max=1.0)
+            g = [gi * coef for gi in g]
+        bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+        steps, precond = [], []
+        for w, gi in zip(self.weights, g):
+            st = self.opt_w.state.get(w, {})
+            m = b1 * st["exp_avg"] + (1 - b1) * gi if "exp_avg" in st else (1 - b1) * gi
+            v = b2 * st["exp_avg_sq"] + (1 - b2) * gi * gi if "exp_avg_sq" in st else (1 - b2) * gi * gi
+            denom = (v / bc2).sqrt() + eps
+            steps.append(lr * (m / bc1) / denom)
+            precond.append(lr * (1 - b1) / bc1 / denom)
+        return steps, precond
+
+    def _arch_step_second_order(self, train_batch, arch_batch, drop: bool) -> dict[str, torch.Tensor]:
+        """DARTS' unrolled step with the weight optimiser's own look-ahead:
+        grad_alpha L_arch(w') with w' = w - AdamStep(grad_w L_train(w)), the implicit term by
+        finite differences along the preconditioned direction P * grad_w' L_arch(w')."""
         backup = [w.detach().clone() for w in self.weights]
         loss_t, _ = self.network_loss(train_batch, drop_refs=drop)
         g_train = torch.autograd.grad(loss_t, self.weights, allow_unused=True)
+        step, precond = self._adam_lookahead(list(g_train))
         with torch.no_grad():
-            for w, g in zip(self.weights, g_train):
-                if g is not None:
-                    w.sub_(xi * g)
-        loss_v, _ = self.network_loss(val_batch, drop_refs=drop)
+            for w, d in zip(self.weights, step):
+                w.sub_(d)
+        loss_v, _ = self.network_loss(arch_batch, drop_refs=drop)
         grads = torch.autograd.grad(loss_v, self.arch_params + self.weights, allow_unused=True)
-        d_alpha = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads[:len(self.arch_params)], self.arch_params)]
-        d_w = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads[len(self.arch_params):], self.weights)]
-        eps = 0.01 / (torch.sqrt(sum((g * g).sum() for g in d_w)) + 1e-12)
+        n_a = len(self.arch_params)
+        d_alpha = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads[:n_a], self.arch_params)]
+        u = [(g if g is not None else torch.zeros_like(p)) * pc
+             for g, p, pc in zip(grads[n_a:], self.weights, precond)]
+        eps = 0.01 / (torch.nn.utils.get_total_norm(u) + 1e-12)
         implicit = []
         for sign in (1.0, -1.0):
             with torch.no_grad():
-                for w, b, g in zip(self.weights, backup, d_w):
-                    w.copy_(b + sign * eps * g)
+                for w, b, ui in zip(self.weights, backup, u):
+                    w.copy_(b + sign * eps * ui)
             loss_s, _ = self.network_loss(train_batch, drop_refs=drop)
             implicit.append(torch.autograd.grad(loss_s, self.arch_params, allow_unused=True))
         with torch.no_grad():
@@ -142,20 +214,28 @@ class SearchPhase(Phase):
         self.opt_a.zero_grad(set_to_none=True)
         for p, da, gp, gm in zip(self.arch_params, d_alpha, *implicit):
             hess = ((gp if gp is not None else 0) - (gm if gm is not None else 0)) / (2 * eps)
-            p.grad = da - xi * hess
-        self.dist.all_reduce_grads(self.arch_params)
-        self.opt_a.step()
-        return {"arch_loss": float(loss_v.detach())}
+            p.grad = da - hess
+        self._arch_update(loss_v)
+        return {"arch_loss": loss_v.detach()}
 
+    # ---- every epoch: derive, check, report ------------------------------------------------------
     def on_epoch_end_extra(self, metrics: dict[str, Any]):
-        from nasfe.genotype import derive_genotype
+        from nasfe.genotype import arch_entropies, derive_from_arch, param_free_share
 
-        genotype = derive_genotype(self.model.alphas.detach().cpu(), self.model.betas.detach().cpu(), self.space)
+        arch = [p.detach().cpu() for p in self.arch_params]
+        genotype = derive_from_arch(arch, self.space)
         genotype.meta.update({"epoch": self.state.epoch + 1, "step": self.state.step})
         metrics["alpha_rank_diff"] = self.dist.max_abs_diff(self.model.alphas)
         metrics["beta_rank_diff"] = self.dist.max_abs_diff(self.model.betas)
         if not self.dist.same_everywhere(str(genotype.to_dict()["cells"]) + str(genotype.path)):
             raise RuntimeError("ranks derived different genotypes: alpha/beta diverged across workers")
+        metrics.update(arch_entropies(arch, self.space))
+        share = param_free_share(genotype)
+        metrics["param_free_share"] = share
+        if share > COLLAPSE_SHARE and self.dist.is_main:
+            log.warning("search epoch %d: %.0f%% of the derived edges are parameter-free (skip connections), "
+                        "more than half: the DARTS skip-connection collapse; consider fewer epochs, more "
+                        "warm-up or a lower search.arch_lr", self.state.epoch + 1, 100 * share)
         self.genotype = genotype
         if self.dist.is_main:
             genotype.to_json(self.run_dir / "genotype.json")

@@ -149,13 +149,13 @@ def schedule_for_budget(base: str, rows: Sequence[AblationRow], minutes: float, 
 
 def _initial_genotype(space):
     """The genotype of a fresh supernet's (seeded) architecture weights: used only to time a step."""
-    from nasfe.genotype import derive_genotype
+    from nasfe.genotype import derive_from_arch
     from nasfe.model.registry import create_model
 
     with torch.random.fork_rng():
         torch.manual_seed(space.search.seed)
         net = create_model(space)
-    return derive_genotype(net.alphas, net.betas, space)
+    return derive_from_arch(net.arch_parameters(), space)  # edge weights too, in partial-channel mode
 
 
 # ---- test data ---------------------------------------------------------------------------------------

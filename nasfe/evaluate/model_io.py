@@ -68,6 +68,19 @@ def _space_without_missing_weights(space: SpaceConfig, where: str) -> SpaceConfi
     return space
 
 
+def refuse_non_finite(state_dict: dict[str, torch.Tensor], where: str) -> None:
+    """Raise ``CommandError`` when a floating tensor of ``state_dict`` holds NaN or infinity (a
+    diverged run): restoring with it would only write black or garbage images."""
+    from nasfe.errors import CommandError
+
+    bad = [(k, int((~torch.isfinite(v)).sum())) for k, v in state_dict.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        total = sum(n for _, n in bad)
+        raise CommandError(f"{where}: {total} non-finite weight value(s) in {len(bad)} tensor(s), first {bad[0][0]}; "
+                           "the training run diverged: retrain from its last good checkpoint")
+
+
 def build_and_load(space: SpaceConfig, genotype: Optional[Genotype], state_dict: dict[str, torch.Tensor],
                    where: str, device: str | torch.device = "cpu", fill: tuple[str, ...] = ()) -> torch.nn.Module:
     """Build the network of ``space``/``genotype``, load ``state_dict`` strictly, eval mode, frozen.
@@ -83,8 +96,9 @@ def build_and_load(space: SpaceConfig, genotype: Optional[Genotype], state_dict:
     if space.model.fusion == "res2" and genotype is not None:
         log.info("%s: model.fusion is res2 (BN baseline); the genotype is ignored", where)
         genotype = None
+    refuse_non_finite(state_dict, where)
     built = _space_without_missing_weights(space, where)
-    model, _ = build_network(built, genotype)
+    model, _ = build_network(built, genotype, with_loss=False)
     model.refs_usable = True
     if fill:
         own = {k: v for k, v in model.state_dict().items() if k.startswith(tuple(fill))}

@@ -71,7 +71,7 @@ class IdentityInfo(nn.Module):
             raise ValueError(f"IdentityInfo: refs must be (N,k,3,H,W) with N = {y.shape[0]}, got {tuple(refs.shape)}")
         n, k = refs.shape[:2]
         f_y = self.backbone.features(y)
-        f_c = self.backbone.features(refs.flatten(0, 1))
+        f_c = self.backbone.reference_features(refs)  # shared with the loss's L_iden (one pass per batch)
         if f_c.shape[-2:] != f_y.shape[-2:]:
             f_c = F.interpolate(f_c, size=f_y.shape[-2:], mode="bilinear", align_corners=False)
         styled = adain(f_c.view(n, k, *f_c.shape[1:]), f_y)

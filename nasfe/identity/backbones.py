@@ -38,6 +38,11 @@ class FaceBackbone(nn.Module):
     """
 
     feature_channels: int
+    #: False when the weights are a seeded random init: then the loss switches L_per and L_iden off
+    #: (``NASFELoss``) instead of training towards random features.
+    pretrained: bool = True
+    #: True when ``embedding(x)`` is ``embedding_from_features(features(x))`` (one pass serves both).
+    embedding_uses_features: bool = False
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Spatial feature map of images x (N,3,H,W) in [0, 1]."""
@@ -53,6 +58,49 @@ class FaceBackbone(nn.Module):
         Lets the loss reuse one backbone pass for both L_per and L_iden (VGGFace).
         """
         return None
+
+    # ---- the reference photos' outputs, once per batch ---------------------------------------------
+    # The model (I_iden) and the loss (L_iden) both need the references' backbone outputs. They are
+    # memoised for the last ``refs`` tensor seen (the same object, unchanged since), so one training
+    # forward + loss runs the backbone over the references once, not once per user; a new batch
+    # replaces the memo. References are clean targets: no graph is ever kept for them.
+    def _ref_memo(self, refs: torch.Tensor) -> dict:
+        memo = self.__dict__.get("_refs_memo")
+        if memo is None or memo["refs"] is not refs or memo["version"] != refs._version:
+            memo = {"refs": refs, "version": refs._version}
+            self.__dict__["_refs_memo"] = memo
+        return memo
+
+    def reference_features(self, refs: torch.Tensor) -> torch.Tensor:
+        """``features`` of references (N,k,3,H,W) as (N*k, C, h, w), without a graph (memoised per batch)."""
+        memo = self._ref_memo(refs)
+        if "features" not in memo:
+            with torch.no_grad():
+                memo["features"] = self.features(refs.flatten(0, 1))
+        return memo["features"]
+
+    def reference_embeddings(self, refs: torch.Tensor, size: Optional[tuple[int, int]] = None) -> torch.Tensor:
+        """``embedding`` of references (N,k,3,H,W) as (N,k,D) float32, without a graph (memoised per batch).
+
+        ``size``: resize the references to (H, W) first (the restored image's size) when they differ.
+        Reuses the memoised feature maps when the embedding is a function of them (VGGFace).
+        """
+        n, k = refs.shape[:2]
+        same_size = size is None or tuple(refs.shape[-2:]) == tuple(size)
+        memo = self._ref_memo(refs)
+        key = ("embedding", None if same_size else tuple(size))
+        if key not in memo:
+            with torch.no_grad():
+                e = None
+                if same_size and self.embedding_uses_features:
+                    e = self.embedding_from_features(self.reference_features(refs))
+                if e is None:
+                    flat = refs.flatten(0, 1)
+                    if not same_size:
+                        flat = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
+                    e = self.embedding(flat)
+            memo[key] = e.float().view(n, k, -1)
+        return memo[key]
 
     def freeze(self) -> "FaceBackbone":
         """No gradients for the weights; eval mode (BN statistics fixed)."""
@@ -72,9 +120,10 @@ class FaceBackbone(nn.Module):
 class VGGFace(FaceBackbone):
     """VGGFace truncated at pool3 (256*width channels at H/8).
 
-    ``embedding`` is the flattened pool3 map: the paper's Eq. 8 compares "VGGFace features" of the
-    same pool3 layer used for I_iden and L_per; flattening keeps the spatial layout, which is
-    meaningful because all faces are aligned the same way.
+    ``embedding`` is the spatial mean of the pool3 map (N, C). pool3 is a mid-level layer, not
+    VGGFace's identity descriptor (fc7, never built here); flattening it, as before, made L_iden
+    compare the layout of two different photos rather than who is in them. The mean over
+    positions is layout-free; it is a weak identity cue, so prefer ``mobilefacenet`` for L_iden.
     """
 
     def __init__(self, weights: Optional[str] = None, width: float = 1.0, seed: int = 0):
@@ -86,6 +135,7 @@ class VGGFace(FaceBackbone):
             load_vggface_state(self.net, weights)
         else:
             self.net.seeded_init(seed)
+            self.pretrained = False
             log.warning(
                 "VGGFace has no weights (identity.weights is empty): seeded random init; "
                 "I_iden, the perceptual and the identity losses are not meaningful for faces"
@@ -99,12 +149,14 @@ class VGGFace(FaceBackbone):
         _check_images(x, "VGGFace.features")
         return self.net(x * 255.0 - self.mean255.to(x.dtype))
 
+    embedding_uses_features = True
+
     def embedding(self, x: torch.Tensor) -> torch.Tensor:
-        """Flattened pool3 map (N, C*h*w)."""
-        return self.features(x).flatten(1)
+        """Spatial mean of the pool3 map (N, C): what is there, not where (see the class doc)."""
+        return self.embedding_from_features(self.features(x))
 
     def embedding_from_features(self, feats: torch.Tensor) -> Optional[torch.Tensor]:
-        return feats.flatten(1)
+        return feats.mean(dim=(-2, -1))
 
 
 class MobileFaceNet(FaceBackbone):
@@ -129,6 +181,7 @@ class MobileFaceNet(FaceBackbone):
             load_mobilefacenet_state(self.net, weights)
         else:
             self.net.seeded_init(seed)
+            self.pretrained = False
             log.warning(
                 "MobileFaceNet has no weights (identity.weights is empty): seeded random init; "
                 "identity features and losses are not meaningful for faces"

@@ -1,10 +1,12 @@
 """The training losses of section 3.3: L2, perceptual (Eq. 10), identity (Eq. 8), L_final (Eq. 9).
 
-Normalisations (the paper writes sums; we use means so the loss does not scale with image size):
+Normalisations:
 
-* ``l2_loss`` = mean over N, C, H, W of (x_hat - x)^2. The paper's ||x_hat - x||_2^2 is the
-  per-image sum, i.e. 3*H*W times larger; the lambdas 0.04 / 0.003 are kept as printed, so the
-  relative weight of L2 here is smaller than a per-image sum would give (see docs/IDENTITY.md).
+* ``l2_loss`` = the paper's ||x_hat - x||_2^2: the sum over C, H, W of one image, averaged over
+  the batch (``loss.l2: sum``, the default). With the paper's lambdas (0.04, 0.003) this makes
+  fidelity the dominant term, as Table 6 implies (docs/MODEL.md, "Loss balance", has the
+  measured ratios). ``loss.l2: mean`` divides it by 3*H*W (the per-pixel mean squared error);
+  the lambdas must then be scaled down by the same factor to keep the paper's balance.
 * ``perceptual_loss`` (Eq. 10) = 1/(C h w) sum over channels and positions of |F^x_hat - F^x|
   on the backbone's feature map (pool3 for VGGFace), averaged over the batch. The paper's N, H, W
   in Eq. 10 are the channels, height and width of F, and ||.|| of a scalar difference is its
@@ -16,6 +18,7 @@ Normalisations (the paper writes sums; we use means so the loss does not scale w
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import torch
@@ -25,15 +28,25 @@ from torch import nn
 from nasfe.config import ConfigError, LossConfig
 from nasfe.identity.backbones import FaceBackbone
 
+log = logging.getLogger(__name__)
+
 COS_CLAMP = 1.0 - 1e-6
 PERCEPTUAL_MODES = ("l1", "l2sq")
 
 
-def l2_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over every element (the paper's ||a - b||^2 divided by its element count)."""
+L2_MODES = ("sum", "mean")
+
+
+def l2_loss(a: torch.Tensor, b: torch.Tensor, mode: str = "sum") -> torch.Tensor:
+    """``sum``: the paper's ||a - b||^2 per image (sum over C, H, W), averaged over the batch;
+    ``mean``: the mean squared error over every element (``sum`` / (C*H*W))."""
     if a.shape != b.shape:
         raise ValueError(f"l2_loss: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
-    return F.mse_loss(a, b)
+    if mode == "mean":
+        return F.mse_loss(a, b)
+    if mode == "sum":
+        return (a - b).pow(2).flatten(1).sum(dim=1).mean()
+    raise ValueError(f"l2_loss: mode must be one of {L2_MODES}, got {mode!r}")
 
 
 def _feature_distance(f_hat: torch.Tensor, f_x: torch.Tensor, mode: str) -> torch.Tensor:
@@ -57,17 +70,6 @@ def perceptual_loss(backbone: FaceBackbone, restored: torch.Tensor, x: torch.Ten
     return _feature_distance(f_hat, f_x, mode)
 
 
-def _ref_embeddings(backbone: FaceBackbone, refs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(N,k,D) embeddings of the references (no graph), resized to ``size`` first when needed."""
-    n, k = refs.shape[:2]
-    flat = refs.flatten(0, 1)
-    if flat.shape[-2:] != tuple(size):
-        flat = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
-    with torch.no_grad():
-        e = backbone.embedding(flat)
-    return e.view(n, k, -1)
-
-
 def _arccos_mean(e_hat: torch.Tensor, e_ref: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
     cos = F.cosine_similarity(e_hat.unsqueeze(1), e_ref, dim=-1, eps=1e-8)  # (N,k)
     ang = torch.arccos(cos.clamp(-COS_CLAMP, COS_CLAMP))
@@ -86,7 +88,7 @@ def identity_loss(
     """
     _check_refs(refs, restored, mask)
     e_hat = backbone.embedding(restored)
-    e_ref = _ref_embeddings(backbone, refs, restored.shape[-2:])
+    e_ref = backbone.reference_embeddings(refs, restored.shape[-2:])
     return _arccos_mean(e_hat, e_ref, mask)
 
 
@@ -105,19 +107,35 @@ class NASFELoss(nn.Module):
     L_iden is 0 without references. The references used here are the clean photos of the
     sample's identity whether or not the network was shown them (``drop_refs`` only hides them
     from the network's input).
+
+    A backbone without pretrained weights (``backbone.pretrained`` False: the seeded random init)
+    never drives a loss: L_per and L_iden are switched off (their lambdas set to 0) with a
+    warning, since their gradients would only train towards random features. Pass
+    ``allow_random_backbone=True`` to keep them (tests, measurements).
     """
 
-    def __init__(self, backbone: FaceBackbone, cfg: LossConfig):
+    def __init__(self, backbone: FaceBackbone, cfg: LossConfig, allow_random_backbone: bool = False):
         super().__init__()
         mode = getattr(cfg, "perceptual", "l1")
         if mode not in PERCEPTUAL_MODES:
             raise ConfigError(f"loss.perceptual = {mode!r}; expected one of {list(PERCEPTUAL_MODES)}")
+        l2_mode = getattr(cfg, "l2", "sum")
+        if l2_mode not in L2_MODES:
+            raise ConfigError(f"loss.l2 = {l2_mode!r}; expected one of {list(L2_MODES)}")
         if cfg.lambda_per < 0 or cfg.lambda_iden < 0:
             raise ConfigError(f"loss.lambda_per and loss.lambda_iden must be >= 0, got {cfg.lambda_per}, {cfg.lambda_iden}")
         self.backbone = backbone
         self.lambda_per = float(cfg.lambda_per)
         self.lambda_iden = float(cfg.lambda_iden)
         self.mode = mode
+        self.l2_mode = l2_mode
+        if not getattr(backbone, "pretrained", True) and not allow_random_backbone \
+                and (self.lambda_per > 0 or self.lambda_iden > 0):
+            log.warning("the identity backbone (%s) has no pretrained weights (identity.weights is empty): "
+                        "lambda_per %g and lambda_iden %g set to 0, the loss is L2 only; set identity.weights "
+                        "(e.g. identity.backbone: mobilefacenet with ../shared/models/mobilefacenet/mobilefacenet.pt)",
+                        type(backbone).__name__, self.lambda_per, self.lambda_iden)
+            self.lambda_per = self.lambda_iden = 0.0
 
     def forward(
         self,
@@ -127,7 +145,7 @@ class NASFELoss(nn.Module):
         ref_mask: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss (with graph) and its detached parts."""
-        l2 = l2_loss(restored, x)
+        l2 = l2_loss(restored, x, self.l2_mode)
         zero = restored.new_zeros(())
         per, iden = zero, zero
         use_iden = self.lambda_iden > 0 and refs is not None
@@ -145,7 +163,7 @@ class NASFELoss(nn.Module):
             e_hat = self.backbone.embedding_from_features(f_hat) if f_hat is not None else None
             if e_hat is None:
                 e_hat = self.backbone.embedding(restored)
-            e_ref = _ref_embeddings(self.backbone, refs, restored.shape[-2:])
+            e_ref = self.backbone.reference_embeddings(refs, restored.shape[-2:])
             iden = _arccos_mean(e_hat, e_ref, ref_mask)
         total = l2 + self.lambda_per * per + self.lambda_iden * iden
         return total, {"l2": l2.detach(), "per": per.detach(), "iden": iden.detach()}

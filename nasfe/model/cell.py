@@ -15,17 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# the edge numbering is part of the genotype's plain data; the model reads it from there
+from nasfe.genotype import block_softmax as edge_softmax
+from nasfe.genotype import edge_offset, num_edges
 from nasfe.model.ops import OPS
 
-
-def edge_offset(block: int) -> int:
-    """Index of the first edge of ``block`` (block i has i + 2 incoming edges)."""
-    return 2 * block + block * (block - 1) // 2
-
-
-def num_edges(blocks: int) -> int:
-    """Edges of a cell with ``blocks`` blocks: sum over i of (i + 2)."""
-    return edge_offset(blocks)
+__all__ = ["MixedOp", "SearchCell", "DerivedCell", "channel_shuffle", "softmax_ops", "edge_softmax",
+           "edge_offset", "num_edges"]
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -110,8 +106,3 @@ def softmax_ops(alphas: torch.Tensor) -> torch.Tensor:
     """Operator weights of every edge: softmax over the last axis."""
     return F.softmax(alphas, dim=-1)
 
-
-def edge_softmax(gammas: torch.Tensor, blocks: int) -> torch.Tensor:
-    """PC-DARTS edge normalisation: softmax over the incoming edges of each block separately."""
-    parts = [F.softmax(gammas[..., edge_offset(i):edge_offset(i + 1)], dim=-1) for i in range(blocks)]
-    return torch.cat(parts, dim=-1)

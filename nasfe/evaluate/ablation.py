@@ -267,8 +267,10 @@ def run_ablation(base: str, out: str | Path, rows: Sequence[AblationRow] = ROWS,
                  budget_minutes: Optional[float] = None, testsets: Optional[str | Path] = None,
                  faces: Optional[str | Path] = None, test_images: int = 8, max_images: Optional[int] = None,
                  device: str = "cpu", progress: bool = True, baselines: Sequence[str] = (),
-                 base_overrides: Optional[dict] = None) -> dict[str, Any]:
+                 base_overrides: Optional[dict] = None, only_finished: bool = False) -> dict[str, Any]:
     """Train and evaluate ``rows``; writes ablation.md/.csv/.json in ``out``; returns the table rows.
+    ``only_finished``: rows not trained yet are left out instead of trained (to tabulate what a
+    run has so far).
 
     ``baselines``: classical methods measured on the same images, listed first. ``base_overrides``
     (e.g. ``{"data.root": ...}``) apply to the base space everywhere, test sets included.
@@ -294,6 +296,9 @@ def run_ablation(base: str, out: str | Path, rows: Sequence[AblationRow] = ROWS,
     callbacks = [ConsoleProgress(bar=progress)]
     table = evaluate_baselines(baselines, testsets, max_images, progress)
     for row in rows:
+        if only_finished and not (out / "rows" / row.slug / "retrain_summary.json").is_file():
+            print(f"== {row.name}: not finished in {out}, left out (--only-finished)", file=sys.stderr)
+            continue
         print(f"== {row.name}", file=sys.stderr)
         trained = train_row(base, row, schedule, out, device, callbacks)
         model, space, _ = load_trained(trained["model_pt"], device)
@@ -363,7 +368,8 @@ def run_seeds(base: str, out: str | Path, seeds: Sequence[int], rows: Sequence[A
               schedule: Optional[dict] = None, budget_minutes: Optional[float] = None,
               testsets: Optional[str | Path] = None, faces: Optional[str | Path] = None, test_images: int = 8,
               max_images: Optional[int] = None, device: str = "cpu", progress: bool = True,
-              baselines: Sequence[str] = (), base_overrides: Optional[dict] = None) -> dict[str, Any]:
+              baselines: Sequence[str] = (), base_overrides: Optional[dict] = None,
+              only_finished: bool = False) -> dict[str, Any]:
     """:func:`run_ablation` once per seed (``search.seed`` and ``retrain.seed``; the data split and
     the test sets stay fixed) in ``out/seed<s>/``, then mean and spread over seeds in
     ``out/ablation_seeds.md/.csv/.json``. Baselines are deterministic: measured once."""
@@ -385,7 +391,7 @@ def run_seeds(base: str, out: str | Path, seeds: Sequence[int], rows: Sequence[A
         print(f"=== seed {seed}", file=sys.stderr)
         sched = {**schedule, "search.seed": seed, "retrain.seed": seed}
         res = run_ablation(base, out / f"seed{seed}", rows, sched, None, testsets, faces, test_images, max_images,
-                           device, progress, (), base_overrides)
+                           device, progress, (), base_overrides, only_finished)
         per_seed[seed] = base_rows + res["rows"]
         table = aggregate_seeds(per_seed)
         cols = ["row", "seeds"] + [c for k in SCORE_KEYS for c in (k, f"{k}_std")] + ["params_M", "train_seconds"]
@@ -417,6 +423,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lambda-scale", type=float, default=1.0,
                         help="multiply every row's lambda_per and lambda_iden (Table 6's 0.04 / 0.003) by this "
                              "factor, e.g. 1/(3*H*W) to keep the paper's balance with a per-pixel mean L2")
+    parser.add_argument("--only-finished", action="store_true",
+                        help="tabulate the rows (and seeds) already trained in OUT; train nothing")
     parser.add_argument("--data", default=None, help="face folder: sets data.root of the base space (rows and test sets)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="train every row once per seed (OUT/seed<s>/) and report mean and spread "
@@ -469,7 +477,7 @@ def main(args) -> int:
     rows = scale_lambdas([r for r in ROWS if r.slug in args.rows], args.lambda_scale)
     common = dict(schedule=schedule, budget_minutes=args.budget_minutes, testsets=args.testsets, faces=args.faces,
                   test_images=args.test_images, max_images=args.max_images, device=device, progress=not args.quiet,
-                  baselines=args.baselines, base_overrides=base_overrides)
+                  baselines=args.baselines, base_overrides=base_overrides, only_finished=args.only_finished)
     if args.seeds:
         result = run_seeds(args.space, args.out, args.seeds, rows, **common)
         table = Path(args.out) / "ablation_seeds.md"

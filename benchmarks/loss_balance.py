@@ -35,18 +35,20 @@ def _space(faces: str, weights: str, l2: str, batch: int):
         "identity.drop_refs": 0.0, "loss.l2": l2, "retrain.batch_size": batch, "retrain.pretrain_steps": 0})
 
 
-def _terms(loss, restored, x, refs):
+def _term(name, loss, restored, x, refs):
     from nasfe.identity.losses import identity_loss, l2_loss, perceptual_loss
 
-    return {"l2": l2_loss(restored, x, loss.l2_mode),
-            "per": loss.lambda_per * perceptual_loss(loss.backbone, restored, x),
-            "iden": loss.lambda_iden * identity_loss(loss.backbone, restored, refs)}
+    if name == "l2":
+        return l2_loss(restored, x, loss.l2_mode)
+    if name == "per":
+        return loss.lambda_per * perceptual_loss(loss.backbone, restored, x)
+    return loss.lambda_iden * identity_loss(loss.backbone, restored, refs)
 
 
-def _grad_norms(make_terms, wrt) -> tuple[dict[str, float], dict[str, float]]:
+def _grad_norms(make_term, wrt) -> tuple[dict[str, float], dict[str, float]]:
     values, norms = {}, {}
     for name in ("l2", "per", "iden"):
-        term = make_terms()[name]
+        term = make_term(name)
         grads = torch.autograd.grad(term, wrt, allow_unused=True)
         norms[name] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
         values[name] = float(term.detach())
@@ -80,11 +82,11 @@ def measure(faces: str, weights: str, mode: str, steps: int, batch: int) -> list
     noise = 0.02 * torch.randn(probe.x.shape, generator=torch.Generator().manual_seed(1))
     for where, start in (("degraded input (x_hat = y)", probe.y), ("near the solution (x + 0.02 noise)", probe.x + noise)):
         img = start.clone().requires_grad_()
-        rows.append(_row(where, mode, *_grad_norms(lambda: _terms(loss, img, probe.x, probe.refs), [img])))
+        rows.append(_row(where, mode, *_grad_norms(lambda n: _term(n, loss, img, probe.x, probe.refs), [img])))
     weights_ = list(model.weight_parameters())
 
-    def net_terms():
-        return _terms(loss, model(probe.y, refs=probe.refs).restored, probe.x, probe.refs)
+    def net_terms(name):
+        return _term(name, loss, model(probe.y, refs=probe.refs).restored, probe.x, probe.refs)
 
     rows.append(_row("network at initialisation (grad wrt weights)", mode, *_grad_norms(net_terms, weights_)))
     opt = torch.optim.Adam(weights_, lr=5e-4)

@@ -8,6 +8,7 @@ for another's imports (Ray, W&B, onnxruntime).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -26,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "restore": ("nasfe.evaluate.restore", "restore your own photos with a trained model"),
     "export": ("nasfe.evaluate.export", "export a derived network to ONNX and TorchScript"),
     "ablation": ("nasfe.evaluate.ablation", "train and evaluate Table 6's ablation rows"),
+    "wandb-sync": ("nasfe.distributed.wandb_sync_job", "upload a run's offline W&B folders from its storage"),
 }
 
 
@@ -42,19 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that are the user's input, not a bug: one clear line, no traceback."""
-    from nasfe.config import ConfigError
+#: errno values that are the machine's state, not a bug: a full disk, a read-only or forbidden folder
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
-    errors: list[type[BaseException]] = [NasfeError, ConfigError, FileNotFoundError]
-    for mod, name in (("nasfe.engine.checkpoint", "CheckpointError"), ("nasfe.genotype", "GenotypeError"),
-                      ("nasfe.imageio", "ImageReadError"), ("nasfe.data.testsets", "TestSetError"),
-                      ("nasfe.data.faces", "FaceSourceError")):
-        try:
-            errors.append(getattr(importlib.import_module(mod), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
+
+def _user_error(exc: BaseException) -> bool:
+    """True for errors that are the user's input or machine, not a bug: one clear line, no traceback."""
+    if isinstance(exc, (NasfeError, FileNotFoundError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS
+
+
+def one_line(exc: BaseException) -> str:
+    """The error's message on one line (YAML and torch messages run over several)."""
+    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -83,8 +86,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return int(run(args) or 0)
-    except _user_errors() as exc:
-        print(f"nasfe {known.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        if not _user_error(exc):
+            raise
+        print(f"nasfe {known.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"nasfe {known.command}: interrupted; run the same command again to resume", file=sys.stderr)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+from nasfe.errors import ConfigError
 
 #: The ten operators of the paper (section 3.1), in the order of the OPS table.
 PAPER_OPERATORS = [
@@ -36,8 +40,8 @@ PAPER_OPERATORS = [
 # eleven are here. Identity is "skip_connect", "no connection" is "zero".
 
 
-class ConfigError(ValueError):
-    """A configuration file or field is invalid; the message names the file and the field."""
+#: ModelConfig fields that say how the network runs, not what it is (left out of ``space_hash``).
+EXECUTION_FIELDS = ("checkpoint_cells", "channels_last", "compile")
 
 
 @dataclass
@@ -62,6 +66,12 @@ class ModelConfig:
     # recompute each cell's activations in backward; memory per image ≈ one cell instead of all
     # (torch.utils.checkpoint, training with grad only; results unchanged; not part of space_hash)
     checkpoint_cells: bool = False
+    # channels_last memory format for weights and inputs (NHWC convolutions; execution setting,
+    # not part of space_hash); default off until measured faster on the GPU (docs/BENCHMARKS.md)
+    channels_last: bool = False
+    # torch.compile each encoder, CN, the decoder and each fusion cell in place (nn.Module.compile:
+    # state dicts and parameter groups unchanged; execution setting); default off, as channels_last
+    compile: bool = False
 
 
 @dataclass
@@ -104,6 +114,8 @@ class DegradeConfig:
     sigma_s_range: list[float] = field(default_factory=lambda: [0.01, 0.16])
     sigma_c_range: list[float] = field(default_factory=lambda: [0.01, 0.06])
     crf: str = "parametric"  # "parametric" or a path to the DoRF folder (201_CRF_data.mat ...)
+    noise_model: str = "after-r"  # low-light reading: after-r | scene-variance | before-r | display-r (docs/DEGRADATION.md)
+    kernel_mode: str = "centred"  # centred | paper-compatible (DeblurGAN's off-centre motion PSFs)
     bank_seed: int = 0
     cache_dir: Optional[str] = None  # where kernel banks are cached; None: ~/.cache/nasfe
 
@@ -192,7 +204,8 @@ class SpaceConfig:
         Genotypes carry it so a genotype is never built against a different space.
         """
         model = dataclasses.asdict(self.model)
-        model.pop("checkpoint_cells")  # how the network is run, not what it is: same space, same genotypes
+        for how in EXECUTION_FIELDS:  # how the network is run, not what it is: same space, same genotypes
+            model.pop(how)
         blob = json.dumps(model, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -203,6 +216,10 @@ _VALID_CHOICES = {
     ("loss", "l2"): {"sum", "mean"},
     ("data", "source"): {"synthetic", "folder", "celeba", "vggface2"},
 }
+
+
+#: a decimal number as people write it: 5e-4, 1E3, -.5, +2.0e-3 (not inf/nan, not 0x10)
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -219,8 +236,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
         return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is float:
+        if isinstance(value, str) and _NUMBER.match(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string: take what the user wrote
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -257,6 +278,12 @@ def _build(cls: type, data: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+def min_image_side(kernel_sizes: list[int]) -> int:
+    """Smallest face height/width a space can train on: 16 px (SSIM's window, the backbone's
+    pooling), and more than half the largest blur kernel (reflect padding needs it)."""
+    return max(16, max(kernel_sizes, default=0) // 2 + 1)
+
+
 def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
     """Check ranges and choices; raise :class:`ConfigError` naming the field."""
     from nasfe.model.ops import OPS  # local: config must not import torch at module load
@@ -284,6 +311,13 @@ def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"{where}: {name} must be >= 1, got {value}")
+    min_side = min_image_side(cfg.degrade.kernel_sizes)
+    for name in ("height", "width"):
+        value = getattr(cfg.data, name)
+        if value < min_side:
+            raise ConfigError(f"{where}: data.{name} = {value} is too small: faces need at least {min_side} px a side "
+                              f"(SSIM's 11-px window, the face backbone's pooling, blur kernels up to "
+                              f"{max(cfg.degrade.kernel_sizes, default=0)} px)")
     if m.channels % m.partial_channels:
         raise ConfigError(f"{where}: model.channels ({m.channels}) must be divisible by model.partial_channels ({m.partial_channels})")
     if m.channels % 2:
@@ -299,6 +333,13 @@ def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
             raise ConfigError(f"{where}: degrade.{name} must be [low, high] with 0 <= low <= high, got {lo_hi}")
     if any(k % 2 == 0 or k < 3 for k in d.kernel_sizes):
         raise ConfigError(f"{where}: degrade.kernel_sizes must be odd and >= 3, got {d.kernel_sizes}")
+    from nasfe.degrade.kernels import KERNEL_MODES
+    from nasfe.degrade.pipeline import NOISE_MODELS
+
+    if d.noise_model not in NOISE_MODELS:
+        raise ConfigError(f"{where}: degrade.noise_model must be one of {list(NOISE_MODELS)}, got {d.noise_model!r}")
+    if d.kernel_mode not in KERNEL_MODES:
+        raise ConfigError(f"{where}: degrade.kernel_mode must be one of {list(KERNEL_MODES)}, got {d.kernel_mode!r}")
     if not 0 <= cfg.data.val_fraction < 1 or not 0 <= cfg.data.test_fraction < 1:
         raise ConfigError(f"{where}: data.val_fraction and data.test_fraction must lie in [0, 1)")
     if cfg.search.warmup_epochs > cfg.search.epochs:
@@ -318,22 +359,65 @@ def space_from_dict(data: Any, where: str = "config") -> SpaceConfig:
     return validate(cfg, where)
 
 
+def _spaces_dir() -> Path:
+    """The built-in spaces: ``nasfe/search_spaces`` in an installed package (setup.py maps the
+    checkout's top-level ``search_spaces/`` there), else that top-level folder of the checkout."""
+    here = Path(__file__).resolve().parent
+    installed = here / "search_spaces"
+    return installed if installed.is_dir() else here.parent / "search_spaces"
+
+
 #: Folder holding the built-in search spaces (``paper``, ``tiny``, ``bn`` ...).
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = _spaces_dir()
+
+
+def builtin_spaces_path(p: Path) -> Optional[Path]:
+    """``search_spaces/<file>`` written relative to a checkout, from a directory without one (where
+    ``ray submit`` runs a job): the packaged copy of that built-in file, else None."""
+    if not p.is_absolute() and len(p.parts) == 2 and p.parts[0] == "search_spaces":
+        candidate = SPACES_DIR / p.name
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def resolve_space_path(name_or_path: str | Path) -> Path:
     """A path to a YAML file, or the name of a built-in space (``tiny`` -> search_spaces/tiny.yaml)."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
-        if not p.is_file():
-            raise ConfigError(f"{p}: search space file not found")
-        return p
+        if p.is_file():
+            return p
+        builtin = builtin_spaces_path(p)
+        if builtin is not None:
+            return builtin
+        raise ConfigError(f"{p}: search space file not found (in {Path.cwd()})")
     candidate = SPACES_DIR / f"{name_or_path}.yaml"
     if candidate.is_file():
         return candidate
     known = sorted(q.stem for q in SPACES_DIR.glob("*.yaml")) if SPACES_DIR.is_dir() else []
     raise ConfigError(f"unknown search space {str(name_or_path)!r}: not a .yaml file and not one of {known}")
+
+
+def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
+    """Parse a YAML file with ``yaml.safe_load``; :class:`ConfigError` naming the file when it is not
+    UTF-8 text, not valid YAML, or empty (nothing but blanks and comments)."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          f"save the {what} as UTF-8") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a {what}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the {what} is empty")
+    return data
 
 
 def load_space(name_or_path: str | Path, overrides: Optional[dict[str, Any]] = None) -> SpaceConfig:
@@ -342,12 +426,10 @@ def load_space(name_or_path: str | Path, overrides: Optional[dict[str, Any]] = N
     ``overrides`` maps dotted keys to values, e.g. ``{"loss.lambda_per": 0.1, "model.blocks": 4}``.
     """
     path = resolve_space_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path, "search space file")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    data.setdefault("name", path.stem)  # a space without a name is named after its file, never "unnamed"
     data.pop("sweep", None)  # sweep spaces may share a file; they are read by nasfe.distributed
     for dotted, value in (overrides or {}).items():
         node = data

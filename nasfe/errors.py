@@ -1,10 +1,13 @@
 """User-facing errors, on the ground floor so every room can raise them without importing the CLI.
 
 The command line prints any :class:`NasfeError` as one line and exits with status 2 (no traceback).
+Each error also keeps the built-in base it had before it moved here (``ValueError``,
+``RuntimeError``, ``OSError``), so ``except ValueError`` around a library call still catches it.
 """
 from __future__ import annotations
 
-from typing import Optional
+import os
+from typing import Optional, Union
 
 
 class NasfeError(Exception):
@@ -13,6 +16,59 @@ class NasfeError(Exception):
 
 class CommandError(NasfeError):
     """A bad argument, file or setting: printed as one line, exit status 2."""
+
+
+class ConfigError(NasfeError, ValueError):
+    """A configuration file or field is invalid; the message names the file and the field."""
+
+
+class CheckpointError(NasfeError, RuntimeError):
+    """A checkpoint cannot be used; the message names the file and why."""
+
+
+class GenotypeError(NasfeError, ValueError):
+    """A genotype (file or data) is invalid; the message names the file and the field."""
+
+
+class ImageReadError(NasfeError, ValueError):
+    """An image file could not be read; the message names the file and the reason."""
+
+    def __init__(self, path: Union[str, os.PathLike], reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: cannot read image: {reason}")
+
+    def __reduce__(self):  # picklable with its two fields (DataLoader and Ray workers)
+        return (type(self), (self.path, self.reason))
+
+
+class TestSetError(NasfeError, ValueError):
+    """A test-set folder is inconsistent; the message names the file."""
+
+    __test__ = False  # not a pytest class
+
+
+class FaceSourceError(NasfeError, ValueError):
+    """A face folder or dataset layout is unusable; the message names the file."""
+
+
+class StorageError(NasfeError, ValueError):
+    """Bad run name or storage location."""
+
+
+class ExportError(NasfeError, RuntimeError):
+    """The export failed or its outputs differ from PyTorch's; the message says which file and by how much."""
+
+
+class WriteError(NasfeError, OSError):
+    """A file could not be written (full disk, read-only or forbidden folder); names the file.
+
+    Nothing is left half written under the final name (writes go through a temporary file).
+    """
+
+
+class LockedError(NasfeError):
+    """Another process holds the lock of a run or output folder; names the lock and its holder."""
 
 
 class DivergenceError(NasfeError):

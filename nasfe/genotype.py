@@ -21,15 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from nasfe.errors import GenotypeError
+
 SCHEMA_VERSION = 1
 
 #: Operators without learnable parameters that a derived cell may hold (``zero`` is never derived).
 #: A search that picks these for most edges has collapsed (DARTS' skip-connection failure).
 PARAM_FREE_OPS = ("skip_connect", "zero")
-
-
-class GenotypeError(ValueError):
-    """A genotype (file or data) is invalid; the message names the file and the field."""
 
 
 @dataclass

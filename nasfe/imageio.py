@@ -13,31 +13,27 @@ inside nasfe. Conversions done by :func:`read_image`:
 
 Truncated, corrupt, empty or missing files raise :class:`ImageReadError` naming the file and why.
 Writes go to a temporary file in the same folder, then ``os.replace``: an interrupted write never
-leaves a half-written file under the final name.
+leaves a half-written file under the final name, and the file gets the usual mode (0644 under the
+usual umask). A full disk or an unwritable folder is a :class:`~nasfe.errors.WriteError` naming the file.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, BinaryIO, Iterator, Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from nasfe.errors import ImageReadError, WriteError
+
 PathLike = Union[str, os.PathLike]
-
-
-class ImageReadError(ValueError):
-    """An image file could not be read; the message names the file and the reason."""
-
-    def __init__(self, path: PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: cannot read image: {reason}")
 
 
 def _composite_on_black(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -116,27 +112,96 @@ def read_image(path: PathLike) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
+_UMASK_LOCK = threading.Lock()
 
-    Parent folders are created. If anything fails, the temporary file is removed and ``path``
-    keeps its previous content (or stays absent).
+
+def _file_mode() -> int:
+    """0666 less the process umask: the mode ``open()`` would give a new file (mkstemp gives 0600)."""
+    with _UMASK_LOCK:  # os.umask can only be read by setting it
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _write_error(path: Path, exc: OSError) -> WriteError:
+    reason = exc.strerror or str(exc)
+    return WriteError(f"{path}: cannot write ({reason}); nothing was left half written")
+
+
+@contextlib.contextmanager
+def atomic_output(path: PathLike) -> Iterator[BinaryIO]:
+    """A binary file object whose content lands at ``path`` only when the block ends without error.
+
+    It writes a temporary file in the same folder (created with the mode a plain ``open()`` would
+    give, not mkstemp's 0600), fsyncs it and renames it over ``path``. If anything fails, the
+    temporary file is removed and ``path`` keeps its previous content (or stays absent); a full
+    disk or a folder that cannot be written raises :class:`~nasfe.errors.WriteError` naming ``path``.
     """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _write_error(p, exc) from None
+    sink = None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            os.fchmod(f.fileno(), _file_mode())
+            sink = _Sink(f)
+            yield sink
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        # torch.save reports a full disk as RuntimeError("enforce fail ..."): the sink saw the OSError
+        cause = exc if isinstance(exc, OSError) else (sink.error if sink is not None else None)
+        if cause is not None and not isinstance(exc, WriteError):
+            raise _write_error(p, cause) from None
         raise
+
+
+class _Sink:
+    """A file object that remembers the OSError of a failed write (writers may hide it)."""
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_output`); parent folders are created."""
+    with atomic_output(path) as f:
+        f.write(data)
+
+
+def ensure_writable_dir(path: PathLike, what: str = "--out") -> Path:
+    """Create folder ``path`` if needed and check a file can be written in it, before any work.
+
+    Raises :class:`~nasfe.errors.WriteError` naming the folder (read-only, forbidden, full disk).
+    """
+    p = Path(path).expanduser()
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".nasfe-write-check.", delete=True) as f:
+            f.write(b"x")
+            f.flush()
+    except OSError as exc:
+        raise WriteError(f"{what} {p}: cannot write there ({exc.strerror or exc})") from None
+    return p
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:

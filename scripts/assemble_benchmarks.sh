@@ -16,7 +16,7 @@ To refresh a section, run its command and paste the output into `docs/bench_part
 then `bash scripts/assemble_benchmarks.sh`.
 
 HEAD
-  for part in degrade model ray; do
+  for part in gpu degrade model ray; do
     [ -f "docs/bench_parts/$part.md" ] && { cat "docs/bench_parts/$part.md"; echo; }
   done
 } > docs/BENCHMARKS.md

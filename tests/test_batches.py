@@ -203,3 +203,47 @@ def test_batch_maker_with_real_degrader(faces, tmp_path):
     assert b.y.shape == b.x.shape and b.c.shape == (4, 3)
     assert set(b.c.unique().tolist()) <= {0.0, 1.0}
     assert float(b.y.min()) >= 0.0 and float(b.y.max()) <= 1.0
+
+
+class _PidFaces(SyntheticFaces):
+    """Synthetic faces that note which process loaded each image."""
+
+    def __init__(self, log_path, *args):
+        super().__init__(*args)
+        self.log_path = str(log_path)
+
+    def load(self, rec):
+        import os
+
+        with open(self.log_path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return super().load(rec)
+
+
+def test_workers_persist_across_passes_and_see_each_epoch(tmp_path):
+    """DataLoader workers are started once per maker, not once per pass, and still draw each
+    epoch's references (they hold their own copy of the dataset, so the epoch must reach them)."""
+    import os
+
+    log = tmp_path / "pids.txt"
+    faces = _PidFaces(log, 10, 3, 16, 12, 0)
+    sp = _space()
+    sp.data.workers = 1
+    maker = BatchMaker(sp, "train", batch_size=4, faces=faces, degrader=fake_degrader)
+    assert maker.loader.persistent_workers and not maker.loader.pin_memory  # CPU: nothing to pin
+    sp0 = _space()
+    plain = BatchMaker(sp0, "train", batch_size=4, faces=SyntheticFaces(10, 3, 16, 12, seed=0), degrader=fake_degrader)
+    for epoch in (0, 1, 2):
+        maker.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        for a, b in zip(maker, plain):
+            assert torch.equal(a.x, b.x) and torch.equal(a.refs, b.refs), f"epoch {epoch}"
+    pids = set(log.read_text().split())
+    assert len(pids) == 1 and str(os.getpid()) not in pids, pids
+
+
+def test_loader_pins_memory_for_cuda(faces):
+    sp = _space()
+    sp.data.workers = 2
+    m = BatchMaker(sp, "train", batch_size=4, device="cuda", faces=faces, degrader=fake_degrader)
+    assert m.loader.pin_memory and m.loader.persistent_workers

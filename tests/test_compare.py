@@ -47,13 +47,13 @@ def test_diff_reports_exactly_the_differences(two, tmp_path):
     assert report.diffs == [("alpha", "run_b", ["cell 0 block 1 input 2: deveil_op -> skip_connect",
                                                  "path: [0, 0] -> [1, 0]"])]
     rows = dict(report.rows)
-    metric_rows = {"val PSNR (dB)", "val SSIM", "best val PSNR (dB)"}
+    metric_rows = {"search val PSNR (dB)", "search val SSIM", "search best val PSNR (dB)"}
     differing = sorted(k for k, (va, vb) in rows.items() if va != vb and k not in metric_rows)
     assert differing == ["cell 0 block 1 edge 1", "genotype id", "network path"]
     assert rows["cell 0 block 1 edge 1"] == ["deveil_op <- block 0", "skip_connect <- block 0"]
     assert rows["cell 0 block 0 edge 0"] == ["sep_conv_3x3 <- c_{k-2}"] * 2
     # metrics come from the run directory's summary; the bare file has none
-    assert rows["val PSNR (dB)"] == ["-", "21.500"] and rows["best val PSNR (dB)"] == ["-", "21.750"]
+    assert rows["search val PSNR (dB)"] == ["-", "21.500"] and rows["search best val PSNR (dB)"] == ["-", "21.750"]
     md = report.markdown
     assert "## Diff: alpha -> run_b" in md and "- path: [0, 0] -> [1, 0]" in md
     assert "| cell 0 block 1 edge 1 | deveil_op <- block 0 | skip_connect <- block 0 |" in md
@@ -117,3 +117,55 @@ def test_cli_prints_markdown_and_rejects_bad_input(two, tmp_path, capsys):
     broken.write_text("{not json")
     assert cli_main(["compare", str(broken), "--no-measure"]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_metrics_are_labelled_with_their_phase(two, tmp_path):
+    # run_b has both summaries; a third run only a retrain summary: no row mixes the phases
+    pa, run_b = two
+    (run_b / "retrain_summary.json").write_text(json.dumps({"final": {"val_psnr": 25.25, "val_ssim": 0.7}}))
+    run_c = tmp_path / "run_c"
+    Genotype.from_json(run_b / "genotype.json").to_json(run_c / "genotype.json")
+    (run_c / "retrain_summary.json").write_text(json.dumps({"final": {"val_psnr": 24.0}}))
+    rows = dict(compare([pa, run_b, run_c], measure=False).rows)
+    assert "val PSNR (dB)" not in rows
+    assert rows["search val PSNR (dB)"] == ["-", "21.500", "-"]
+    assert rows["retrain val PSNR (dB)"] == ["-", "25.250", "24.000"]
+    assert rows["retrain val SSIM"] == ["-", "0.7000", "-"]
+
+
+def test_latency_median_and_spread_over_repeats_or_left_out(two, capsys, monkeypatch):
+    from nasfe.evaluate import compare as cmp
+
+    calls = []
+    real = cmp.measure_latency
+
+    def spy(models, runs, warmup=3):
+        calls.append((len(models), runs, warmup))
+        return real(models, runs, warmup)
+
+    monkeypatch.setattr(cmp, "measure_latency", spy)
+    report = compare([two[0], two[0]], space="tiny", latency_runs=4, warmup=2)
+    assert calls == [(2, 4, 2)]  # both networks timed together, in turns, after their warm-up
+    for e in report.entries:
+        c = e.cost
+        assert c["latency_runs"] == 4 and c["latency_warmup"] == 2
+        assert 0 < c["latency_q1_ms"] <= c["latency_ms"] <= c["latency_q3_ms"]
+    label = next(k for k in dict(report.rows) if k.startswith("latency"))
+    assert label == "latency (ms, CPU, median [q1-q3] of 4)"
+    assert all("[" in v for v in dict(report.rows)[label])
+    # left out when asked: no latency row at all, and nothing timed
+    calls.clear()
+    assert cli_main(["compare", str(two[0]), "--space", "tiny", "--no-latency"]) == 0
+    assert cli_main(["compare", str(two[0]), "--space", "tiny", "--latency-runs", "0"]) == 0
+    out = capsys.readouterr().out
+    assert calls == [] and "latency (ms" not in out and "GFLOPs" in out
+
+
+def test_unsteady_latency_is_flagged(two, monkeypatch):
+    from nasfe.evaluate import compare as cmp
+
+    monkeypatch.setattr(cmp, "measure_latency", lambda models, runs, warmup=3: [
+        {"latency_ms": 20.0, "latency_q1_ms": 19.0, "latency_q3_ms": 21.0, "latency_runs": runs, "latency_warmup": 3},
+        {"latency_ms": 40.0, "latency_q1_ms": 20.0, "latency_q3_ms": 380.0, "latency_runs": runs, "latency_warmup": 3}])
+    report = compare([two[0], two[0]], space="tiny", latency_runs=5)
+    assert "**Warning**: latency unsteady for alpha-2" in report.markdown

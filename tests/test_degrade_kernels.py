@@ -24,7 +24,7 @@ def test_kernels_sum_to_one_and_are_centred(bank):
     assert k.max((1, 2)).min() < 0.5
 
 
-def test_kernels_stay_in_their_support(bank):
+def _assert_inside_supports(bank):
     k = bank.kernels.numpy()
     c = bank.canvas // 2
     for i, s in enumerate(bank.sizes.tolist()):
@@ -32,6 +32,10 @@ def test_kernels_stay_in_their_support(bank):
         inside = np.zeros_like(k[i], dtype=bool)
         inside[c - h:c + h + 1, c - h:c + h + 1] = True
         assert k[i][~inside].sum() == 0, f"kernel {i} of size {s} leaks outside its support"
+
+
+def test_kernels_stay_in_their_support(bank):
+    _assert_inside_supports(bank)
     assert set(bank.sizes[:64].tolist()) == {13, 15, 17, 19, 21, 23, 25, 27}
     assert bank.kinds[:64] == ["motion"] * 64 and bank.kinds[64:] == ["gaussian"] * 8
 
@@ -91,3 +95,40 @@ def test_load_names_the_file(tmp_path):
     torch.save({"x": torch.zeros(1)}, p)
     with pytest.raises(ValueError, match="bad.pt"):
         KernelBank.load(p)
+
+
+def test_paper_compatible_mode_leaves_motion_kernels_off_centre():
+    """'paper-compatible' places the whole path by its bounding box (DeblurGAN): with the whole path
+    exposed the box is centred up to that code's rounding (ceil and +1: 0.5 to 2 px towards higher
+    indices), the mass is not; the default centres the mass."""
+    sizes = [27, 21, 15] * 8
+    kw = dict(exposure_range=(1.0, 1.0))
+    paper = motion_kernels(sizes, np.random.default_rng(3), mode="paper-compatible", **kw)
+    centred = motion_kernels(sizes, np.random.default_rng(3), **kw)
+    c = (27 - 1) / 2
+    off = np.hypot(*(kernel_centroid(paper) - c).T)
+    assert np.abs(kernel_centroid(centred) - c).max() < 1e-6
+    assert off.max() > 2.0 and (off > 1.0).sum() >= 6
+    for k in paper:
+        ys, xs = np.nonzero(k > 0)
+        assert -0.5 <= (ys.min() + ys.max()) / 2 - c <= 2.5 and -0.5 <= (xs.min() + xs.max()) / 2 - c <= 2.5
+    assert np.allclose(paper.sum((1, 2)), 1.0)
+    with pytest.raises(ValueError, match="kernel mode"):
+        motion_kernels([13], np.random.default_rng(0), mode="shifted")
+
+
+def test_paper_compatible_bank_stays_in_support_and_is_cached_apart(tmp_path):
+    bank = KernelBank.build(16, 4, seed=5, mode="paper-compatible")
+    _assert_inside_supports(bank)
+    k = bank.kernels.numpy()
+    # Gaussians stay centred in both modes (SRMD's kernels are)
+    assert np.abs(kernel_centroid(k[16:].astype(np.float64)) - (bank.canvas - 1) / 2).max() < 1e-3
+    default_key = KernelBank.cache_key(16, 4, [13, 27], 5)
+    assert default_key == KernelBank.cache_key(16, 4, [13, 27], 5, "centred")
+    assert default_key != KernelBank.cache_key(16, 4, [13, 27], 5, "paper-compatible")
+    cfg = DegradeConfig(motion_kernels=16, gaussian_kernels=4, kernel_mode="paper-compatible", bank_seed=5,
+                        cache_dir=str(tmp_path))
+    again = KernelBank.load_or_build(cfg)
+    assert torch.equal(again.kernels, bank.kernels) and again.mode == "paper-compatible"
+    bank.save(tmp_path / "b.pt")
+    assert KernelBank.load(tmp_path / "b.pt").mode == "paper-compatible"

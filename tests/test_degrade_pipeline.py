@@ -9,7 +9,7 @@ from nasfe.config import DegradeConfig
 from nasfe.degrade.albu import NASFEDegrade
 from nasfe.degrade.camera import ResponseCurves, demosaic, mosaic
 from nasfe.degrade.kernels import KernelBank
-from nasfe.degrade.pipeline import DegradeParams, Degrader, blur, degrade, sample_params
+from nasfe.degrade.pipeline import NOISE_MODELS, DegradeParams, Degrader, blur, degrade, sample_params
 from nasfe.degrade.reference import degrade_image
 
 
@@ -201,3 +201,101 @@ def test_subgrid_demosaic_matches_per_kernel_filtering_on_odd_sizes():
             for c, k in enumerate(plan):
                 ref = (r if k < 0 else filt[k])[py::2, px::2]
                 assert np.allclose(out[n, c, py::2, px::2].numpy(), ref, atol=1e-5), (py, px, c)
+
+
+def _closed_form(model: str, c: float, r: float, ss: float, sc: float, curves: ResponseCurves, crf: int) -> float:
+    """The defining formula of each noise model for a flat grey ``c`` and eps = 1 everywhere (a flat
+    raw mosaic demosaics to itself, so the result is the formula pushed through the curve)."""
+    grid, inv = curves.numpy_curve(crf, inverse=True)
+    _, fwd = curves.numpy_curve(crf)
+    L0 = float(np.interp(c, grid, inv))  # the irradiance before r
+    raw = {"after-r": r * L0 + np.sqrt(r * L0 * ss ** 2 + sc ** 2),
+           "scene-variance": r * L0 + np.sqrt(L0 * ss ** 2 + sc ** 2),
+           "before-r": r * min(1.0, L0 + np.sqrt(L0 * ss ** 2 + sc ** 2)),
+           "display-r": (lambda L: L + np.sqrt(L * ss ** 2 + sc ** 2))(float(np.interp(r * c, grid, inv)))}[model]
+    return float(np.interp(min(raw, 1.0), grid, fwd))
+
+
+@pytest.mark.parametrize("model", NOISE_MODELS)
+def test_noise_models_follow_their_definition(model):
+    """Each reading on a flat grey image with a unit noise field: the batched pipeline, the
+    per-image reference and the closed form agree; at r = 1 every reading is the default."""
+    curves = ResponseCurves.parametric()
+    cases = [(0.6, 0.2, 0.10, 0.05, 3), (0.4, 0.5, 0.15, 0.02, 17), (0.5, 1.0, 0.10, 0.05, 8)]
+    x = torch.cat([torch.full((1, 3, 12, 10), c) for c, *_ in cases])
+    p = DegradeParams.explicit([-1] * 3, [r for _, r, *_ in cases], [s for *_, s, _, _ in cases],
+                               [c for *_, c, _ in cases], [f for *_, f in cases])
+    eps = torch.ones(3, 1, 12, 10)
+    y = degrade(x, p, None, curves, noise=eps, noise_model=model)
+    y_default = degrade(x, p, None, curves, noise=eps)
+    for i, (c, r, ss, sc, crf) in enumerate(cases):
+        want = _closed_form(model, c, r, ss, sc, curves, crf)
+        assert y[i].min().item() == pytest.approx(want, abs=2e-3) and y[i].max().item() == pytest.approx(want, abs=2e-3)
+        ref = degrade_image(x[i].permute(1, 2, 0).numpy(), None, r, ss, sc, curves, crf, eps=eps[i, 0].numpy(),
+                            noise_model=model)
+        assert np.abs(ref - y[i].permute(1, 2, 0).numpy()).max() < 2e-3
+    assert torch.equal(y[2], y_default[2])  # r = 1
+    if model != "after-r":
+        assert (y[:2] - y_default[:2]).abs().max() > 0.01
+
+
+def test_before_r_noise_scales_with_r():
+    """'before-r' is noise on the undarkened irradiance, scaled by r: on the raw samples (linear
+    curve, red sites) its std is r times the r = 1 std; 'after-r' keeps sigma_c whole."""
+    x = torch.full((2, 3, 64, 64), 0.5)
+    p = DegradeParams.explicit([-1, -1], [1.0, 0.25], [0.1, 0.1], [0.05, 0.05], [0, 0])
+    eps = torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(2)).expand(2, -1, -1, -1).contiguous()
+    red = {m: degrade(x, p, None, ResponseCurves.linear(), noise=eps, noise_model=m)[:, 0, 0::2, 0::2]
+           for m in ("before-r", "after-r")}
+    assert red["before-r"][1].std().item() == pytest.approx(0.25 * red["before-r"][0].std().item(), rel=0.02)
+    assert red["after-r"][1].std().item() > 1.5 * red["before-r"][1].std().item()
+
+
+def test_degrader_uses_the_configured_noise_model(x):
+    cfg = DegradeConfig(motion_kernels=16, gaussian_kernels=4, p_lowlight=1.0, p_noise=1.0, noise_model="before-r")
+    d = Degrader(cfg, bank=KernelBank.build(16, 4, seed=0), curves=ResponseCurves.parametric())
+    y, params = d(x, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    d.sample(4, g)
+    assert torch.equal(y, degrade(x, params, d.bank, d.curves, g, noise_model="before-r"))
+    with pytest.raises(ValueError, match="noise_model"):
+        degrade(x, params, d.bank, d.curves, g, noise_model="later")
+
+
+def test_config_names_a_bad_noise_model_or_kernel_mode():
+    from nasfe.config import ConfigError, load_space
+
+    assert load_space("tiny", {"degrade.noise_model": "before-r"}).degrade.noise_model == "before-r"
+    with pytest.raises(ConfigError, match="degrade.noise_model"):
+        load_space("tiny", {"degrade.noise_model": "later"})
+    with pytest.raises(ConfigError, match="degrade.kernel_mode"):
+        load_space("tiny", {"degrade.kernel_mode": "shifted"})
+
+
+def test_paper_compatible_blur_is_zero_padded_and_min_max_rescaled(x):
+    """A paper-compatible bank blurs as DeblurGAN's blur_image: 'same' convolution with zeros
+    outside the image, then the image rescaled to [0, 1] over all channels (so the kernel's scale
+    does not matter); the per-image reference agrees."""
+    from scipy.signal import convolve2d
+
+    bank = KernelBank.build(8, 2, seed=1, mode="paper-compatible")
+    k = bank.kernels[[0, 3, 9, 5]]
+    y = blur(x, k, "paper-compatible")
+    for i in range(4):
+        z = np.stack([convolve2d(x[i, c].double().numpy(), k[i].double().numpy(), mode="same") for c in range(3)])
+        z = (z - z.min()) / (z.max() - z.min())
+        assert np.abs(y[i].double().numpy() - z).max() < 1e-5
+        assert y[i].min().item() == pytest.approx(0, abs=1e-6) and y[i].max().item() == pytest.approx(1, abs=1e-6)
+    assert torch.allclose(blur(x, 3 * k, "paper-compatible"), y, atol=1e-5)
+    assert not torch.allclose(blur(x, k), y, atol=1e-2)  # the default stays reflect-padded, not rescaled
+    p = DegradeParams.explicit([0, 3, 9, 5], [1.0, 0.3, 1.0, 0.5], [0.0, 0.1, 0.05, 0.0], [0.0, 0.05, 0.1, 0.0],
+                               [-1, 2, 7, 4], bank=bank)
+    eps = torch.randn(4, 1, 40, 32, generator=torch.Generator().manual_seed(5))
+    curves = ResponseCurves.parametric()
+    yd = degrade(x, p, bank, curves, noise=eps)
+    assert torch.allclose(yd[0], y[0].clamp(0, 1), atol=1e-6)
+    for i, rec in enumerate(p.records()):
+        ref = degrade_image(x[i].permute(1, 2, 0).numpy(), bank.kernels[rec["kernel_id"]].numpy(), rec["r"],
+                            rec["sigma_s"], rec["sigma_c"], curves, rec["crf_id"], eps=eps[i, 0].numpy(),
+                            kernel_mode="paper-compatible")
+        assert np.abs(ref - yd[i].permute(1, 2, 0).numpy()).max() < 2e-3, f"sample {i}"

@@ -11,7 +11,7 @@ from PIL import Image
 from nasfe.cli import main as cli
 from nasfe.data.testsets import TestSet, build_testsets
 from nasfe.evaluate.evaluate_cmd import FaceIndex, build_gallery, open_face_index, pick_refs
-from nasfe.evaluate.metrics import psnr
+from nasfe.evaluate.metrics import psnr, ssim
 from conftest import shared_path, train_tiny_model, write_synthetic_faces
 
 
@@ -126,3 +126,21 @@ def test_bad_arguments_are_one_line_errors(setup, tmp_path, capsys):
                 "--recognizer", "none", "--sets", "Test-X"]) == 2
     err = capsys.readouterr().err
     assert "Test-X" in err and "Traceback" not in err
+
+
+def test_ssim_convention_adds_its_column(setup, tmp_path):
+    """--ssim-convention grey adds ssim_grey (MATLAB rgb2gray SSIM of the same images) beside the
+    unchanged RGB ssim column, and records the choice in the settings."""
+    out = tmp_path / "grey"
+    assert _evaluate(setup, out, "--recognizer", "none", "--baselines", "input", "--ssim-convention", "grey") == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["settings"]["ssim_convention"] == "grey"
+    test = TestSet(setup[2], "Test-BNL")
+    files = {r["image"] for r in data["per_image"] if r["method"] == "input"}
+    idx = [i for i, rec in enumerate(test.records) if rec["file"] in files]
+    y = torch.stack([test[i]["y"] for i in idx])
+    x = torch.stack([test[i]["x"] for i in idx])
+    row = data["summary"][0]
+    assert row["ssim_grey"] == pytest.approx(float(ssim(y, x, convention="grey").mean()), abs=1e-9)
+    assert row["ssim"] == pytest.approx(float(ssim(y, x).mean()), abs=1e-9)
+    assert "ssim_grey" in (out / "results.md").read_text()

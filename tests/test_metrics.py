@@ -149,3 +149,28 @@ def test_accumulator_update_and_inf_reporting():
     other.update("diff", a * 0.8, a)
     acc.merge(other)
     assert acc.count("diff") == 4
+
+
+def test_ssim_conventions_measure_what_they_say():
+    """convention='y' is SSIM of hand-made BT.601 luma, 'grey' of MATLAB rgb2gray (0.2989, 0.5870,
+    0.1140, no offset), 'rgb' the default; float32 stays within 1e-6 of float64."""
+    a = _images(n=2, h=26, w=24, seed=7)
+    b = (0.7 * a + 0.3 * _images(n=2, h=26, w=24, seed=8)).clamp(0, 1)
+    ad, bd = a.double().numpy(), b.double().numpy()
+    luma = lambda t: 16 / 255 + (65.481 * t[:, 0] + 128.553 * t[:, 1] + 24.966 * t[:, 2]) / 255
+    grey = lambda t: 0.2989 * t[:, 0] + 0.5870 * t[:, 1] + 0.1140 * t[:, 2]
+    for conv, fn in (("y", luma), ("grey", grey)):
+        ta, tb = fn(ad), fn(bd)
+        got = ssim(a, b, convention=conv)
+        for i in range(2):
+            assert got[i].item() == pytest.approx(_ssim_reference(ta[i], tb[i]), abs=1e-10)
+        mse = ((ta - tb) ** 2).reshape(2, -1).mean(1)
+        assert psnr(a, b, convention=conv).numpy() == pytest.approx(10 * np.log10(1 / mse), abs=1e-9)
+    assert torch.equal(ssim(a, b, convention="rgb"), ssim(a, b))
+    assert torch.equal(ssim(a, b, convention="y"), ssim(a, b, y_channel=True))
+    assert ssim(a, b, convention="grey").numpy() != pytest.approx(ssim(a, b, convention="y").numpy(), abs=1e-4)
+    assert ssim(a, b, dtype=torch.float32).double().numpy() == pytest.approx(ssim(a, b).numpy(), abs=1e-6)
+    with pytest.raises(ValueError, match="convention"):
+        ssim(a, b, convention="lab")
+    with pytest.raises(ValueError, match="contradicts"):
+        ssim(a, b, y_channel=True, convention="grey")

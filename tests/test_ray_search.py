@@ -139,3 +139,28 @@ def test_ray_train_report_chatter_is_quieted_but_warnings_stay():
     finally:
         for lg, level in zip(chatty, before):
             lg.setLevel(level)
+
+
+def test_a_truncated_ray_record_resumes_from_the_newest_checkpoint_that_loads(tmp_path):
+    """A full disk cut Ray's record of the run short and half wrote a newer checkpoint folder: the
+    run continues from the newest checkpoint that loads and keeps every earlier file (issue 13)."""
+    from nasfe.distributed.ray_train import fit_search
+
+    out = tmp_path / "probe"
+    out.mkdir()
+    kwargs = dict(num_workers=1, threads_per_worker=1, progress=False, max_failures=0,
+                  extra_callbacks=[Probe(str(out))])
+    fit_search(load_space("tiny", {"search.epochs": 2}), "cut", tmp_path / "runs", **kwargs)
+    ray_dir = tmp_path / "runs" / "cut" / "ray" / "search"
+    snap = ray_dir / "checkpoint_manager_snapshot.json"
+    snap.write_text(snap.read_text()[:120])
+    pt = next(sorted(d for d in ray_dir.glob("checkpoint_*") if d.is_dir())[-1].glob("search_step_*.pt"))
+    half = ray_dir / "checkpoint_9999-12-31_23-59-59.999999" / "search_step_00000006.pt"
+    half.parent.mkdir()
+    half.write_bytes(pt.read_bytes()[:1000])
+
+    res = fit_search(load_space("tiny", {"search.epochs": 3}), "cut", tmp_path / "runs", **kwargs)
+    assert _starts(out, 0) == [0, 4]  # continued at step 4, not from scratch
+    assert res.summary["steps"] == 6
+    kept = {p.name for p in (tmp_path / "runs" / "cut" / "previous").rglob("search_step_*.pt")}
+    assert {"search_step_00000004.pt", "search_step_00000006.pt"} <= kept  # set aside, not deleted

@@ -113,3 +113,38 @@ def test_cli_entry_points(tmp_path, faces, capsys):
     bad = parser.parse_args(["--faces", str(tmp_path / "nope"), "--out", str(tmp_path / "p")])
     assert ts.testsets_main(bad) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_protocol_options_are_applied_and_recorded(tmp_path, faces):
+    """--noise-model and --kernel-mode reach the images and the kernels, and are recorded in
+    build.json and the manifest; a build from before the options existed resumes as the defaults."""
+    from nasfe.degrade.kernels import KernelBank, kernel_centroid
+
+    base = _build(tmp_path / "a", faces, sets=["Test-L"])
+    assert base["settings"]["noise_model"] == "after-r" and base["settings"]["kernel_mode"] == "centred"
+    m = _build(tmp_path / "b", faces, sets=["Test-L", "Test-B"], noise_model="before-r", kernel_mode="paper-compatible")
+    assert m["settings"]["noise_model"] == "before-r" and m["settings"]["kernel_mode"] == "paper-compatible"
+    assert json.loads((tmp_path / "b" / "build.json").read_text())["noise_model"] == "before-r"
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["settings"]["kernel_mode"] == "paper-compatible"
+    # milder noise under low light: Test-L differs from the default build (same seeds and curves)
+    assert [r["sha256"] for r in m["sets"]["Test-L"]] != [r["sha256"] for r in base["sets"]["Test-L"]]
+    off = kernel_centroid(KernelBank.load(tmp_path / "b" / "kernels.pt").kernels[:40].double().numpy()) - 13
+    assert np.hypot(*off.T).max() > 1.0
+    assert KernelBank.load(tmp_path / "b" / "kernels.pt").mode == "paper-compatible"
+    with pytest.raises(ts.TestSetError, match="other settings"):
+        _build(tmp_path / "b", faces, sets=["Test-L"])  # the default noise model on a before-r build
+    # an older build.json without the protocol keys is the default protocol
+    old = json.loads((tmp_path / "a" / "build.json").read_text())
+    del old["noise_model"], old["kernel_mode"]
+    (tmp_path / "a" / "build.json").write_text(json.dumps(old))
+    again = _build(tmp_path / "a", faces, sets=["Test-L"])
+    assert [r["sha256"] for r in again["sets"]["Test-L"]] == [r["sha256"] for r in base["sets"]["Test-L"]]
+    with pytest.raises(ValueError, match="noise-model"):
+        _build(tmp_path / "c", faces, noise_model="later")
+    parser = ts.add_testsets_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["--out", "o", "--noise-model", "before-r", "--kernel-mode", "paper-compatible"])
+    assert (args.noise_model, args.kernel_mode) == ("before-r", "paper-compatible")
+    cli = parser.parse_args(["--faces", str(faces), "--out", str(tmp_path / "d"), "--sets", "Test-N", "--images", "1",
+                             "--noise-model", "scene-variance", "--kernel-mode", "paper-compatible"])
+    assert ts.testsets_main(cli) == 0
+    assert ts.load_manifest(tmp_path / "d")["settings"]["noise_model"] == "scene-variance"

@@ -112,10 +112,13 @@ class FaceRefDataset(Dataset):
             return torch.zeros(0, 3, self.height, self.width), used
         return torch.stack(out), used
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int | tuple[int, int]) -> dict[str, Any]:
+        # (epoch, i) overrides ``self.epoch``: persistent DataLoader workers hold their own copy of
+        # the dataset, so the epoch travels with the index (see ``_EpochIndices``)
+        epoch, i = (int(i[0]), int(i[1])) if isinstance(i, tuple) else (self.epoch, i)
         if not 0 <= i < len(self.items):
             raise IndexError(f"FaceRefDataset index {i} out of range ({len(self.items)})")
-        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        rng = np.random.default_rng([self.seed, epoch, int(i)])
         candidate = i
         for _ in range(_MAX_SUBSTITUTIONS):
             rec_index = self.items[candidate]
@@ -167,6 +170,24 @@ class ShardSampler(Sampler[int]):
         if self.drop_last:
             return self.n // self.world_size
         return len(range(self.rank, self.n, self.world_size))
+
+
+class _EpochIndices(Sampler[tuple[int, int]]):
+    """``(epoch, index)`` pairs from a :class:`ShardSampler` and the dataset's current epoch.
+
+    Persistent workers keep the dataset object they were started with; the sampler runs in the
+    main process, so the pair carries each epoch's reference draw to them.
+    """
+
+    def __init__(self, sampler: ShardSampler, dataset: FaceRefDataset):
+        self.sampler, self.dataset = sampler, dataset
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.dataset.epoch
+        return ((epoch, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 @dataclass
@@ -238,9 +259,12 @@ class BatchMaker:
         self.sampler = ShardSampler(len(self.dataset), rank, world_size, shuffle=self.train, seed=seed,
                                     drop_last=self.train)
         workers = space.data.workers
-        self.loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
+        # workers live as long as the maker (not re-spawned every pass; a search makes hundreds of
+        # validation passes); pinned host memory makes the copies to the GPU asynchronous
+        self.loader = DataLoader(self.dataset, batch_size=self.batch_size,
+                                 sampler=_EpochIndices(self.sampler, self.dataset),
                                  drop_last=self.train, num_workers=workers,
-                                 pin_memory=self.device.type == "cuda", persistent_workers=False)
+                                 pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
         if len(self.loader) == 0:
             raise ValueError(f"BatchMaker: split {split!r} gives rank {rank} of {world_size} only "
                              f"{len(self.sampler)} samples, fewer than batch_size={batch_size}")

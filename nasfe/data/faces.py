@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from nasfe.config import DataConfig
+from nasfe.errors import FaceSourceError
 from nasfe.imageio import ImageReadError, read_image
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class FolderFaces(FaceSource):
             records = [FaceRecord(identity=rel.split("/", 1)[0], key=rel) for rel in on_disk]
         if not records:
             what = f"{manifest} lists no existing image" if manifest.is_file() else "no <identity>/<image> files"
-            raise ValueError(f"{self.root}: empty face folder ({what})")
+            raise FaceSourceError(f"{self.root}: empty face folder ({what})")
         records.sort(key=lambda r: (r.identity, r.key))
         if height is None or width is None:
             h0, w0 = self._header_size(records)
@@ -212,13 +213,16 @@ class FolderFaces(FaceSource):
         return found
 
     def _from_manifest(self, manifest: Path, on_disk: list[str]) -> list[FaceRecord]:
-        with open(manifest, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            cols = reader.fieldnames or []
-            missing_cols = [c for c in ("file", "identity") if c not in cols]
-            if missing_cols:
-                raise ValueError(f"{manifest}: missing column(s) {missing_cols}; found {cols}")
-            rows = list(reader)
+        try:
+            with open(manifest, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                cols = reader.fieldnames or []
+                missing_cols = [c for c in ("file", "identity") if c not in cols]
+                if missing_cols:
+                    raise FaceSourceError(f"{manifest}: missing column(s) {missing_cols}; found {cols}")
+                rows = list(reader)
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise FaceSourceError(f"{manifest}: not a readable UTF-8 CSV file ({exc})") from None
         disk = set(on_disk)
         seen: set[str] = set()
         records = []
@@ -318,7 +322,7 @@ class CelebAFaces(FaceSource):
         self._count("not_in_identity_file", len({n for n in on_disk if _is_image_name(n)} - set(ids)))
         self.records.sort(key=lambda r: (r.identity, r.key))
         if not self.records:
-            raise ValueError(f"{self.root}: no CelebA image found for partition {partition!r} "
+            raise FaceSourceError(f"{self.root}: no CelebA image found for partition {partition!r} "
                              f"(skipped: {self.skipped})")
         if self.skipped:
             log.warning("%s: skipped while scanning: %s", self.root, self.skipped)
@@ -327,14 +331,17 @@ class CelebAFaces(FaceSource):
     def _read_pairs(path: Path) -> dict[str, str]:
         """``<file> <value>`` lines -> {file: value}; a malformed line is an error naming it."""
         out: dict[str, str] = {}
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) != 2:
-                    raise ValueError(f"{path}:{n}: expected '<file> <value>', got {line.strip()!r}")
-                out[parts[0]] = parts[1]
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise FaceSourceError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        for n, line in enumerate(text.splitlines(), start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2:
+                raise FaceSourceError(f"{path}:{n}: expected '<file> <value>', got {line.strip()!r}")
+            out[parts[0]] = parts[1]
         return out
 
     def describe(self, rec: FaceRecord) -> str:
@@ -448,9 +455,9 @@ def open_faces(cfg: DataConfig) -> FaceSource:
         return SyntheticFaces(cfg.synthetic_identities, cfg.synthetic_images_per_identity,
                               cfg.height, cfg.width, cfg.seed)
     if src not in ("folder", "celeba", "vggface2"):
-        raise ValueError(f"data.source = {src!r}; expected one of 'synthetic', 'folder', 'celeba', 'vggface2'")
+        raise FaceSourceError(f"data.source = {src!r}; expected one of 'synthetic', 'folder', 'celeba', 'vggface2'")
     if not cfg.root:
-        raise ValueError(f"data.source = {src!r} needs data.root (the folder of the faces)")
+        raise FaceSourceError(f"data.source = {src!r} needs data.root (the folder of the faces)")
     root = Path(cfg.root).expanduser()
     if not root.exists():
         raise FileNotFoundError(f"data.root {root}: does not exist (data.source = {src!r})")

@@ -15,14 +15,20 @@ Test-BNL     52 kernels x r in {0.15, 0.30} x (sigma_s 0.1, sigma_c 0.05)       
 which gives 5200, 600, 2400, 10400 and 10400 images for 100 faces. Readings of Table 4 are in
 docs/DEGRADATION.md. Every noisy/low-light image uses a response curve drawn per image and its own
 noise field, seeded from (seed, set, image index): any image can be rebuilt alone, so a build
-interrupted at any point resumes where it stopped (images are written atomically, finished ones
-are kept). Layout of ``--out``::
+interrupted at any point resumes where it stopped (images are written atomically; a finished one
+is kept only when its sha256 is still the one recorded when it was written). Layout of ``--out``::
 
-    build.json            settings of the build (a resume with other settings is refused)
+    build.json            settings of the build and the fingerprint of its input faces (a resume
+                          with other settings or other faces is refused)
     kernels.pt            the 52 test kernels (weights-only loadable KernelBank)
     clean/0000.png ...    the clean faces
     Test-B/000000.png ... the degraded images
+    .build/               per-job records of the files written and their sha256 (what a resume reuses)
+    .nasfe.lock           while a build runs: a second build into the folder is refused
     manifest.json         every parameter and a sha256 per file; written last
+
+``--verify`` recomputes every field of the manifest from the deterministic build and checks every
+file's sha256. Unreadable face files are skipped and counted (``skipped_faces`` in the manifest).
 """
 from __future__ import annotations
 
@@ -41,8 +47,9 @@ import numpy as np
 import torch
 
 from nasfe.degrade.camera import ResponseCurves
-from nasfe.degrade.kernels import KernelBank
-from nasfe.degrade.pipeline import DegradeParams, degrade
+from nasfe.degrade.kernels import KERNEL_MODES, KernelBank
+from nasfe.degrade.pipeline import NOISE_MODELS, DegradeParams, degrade
+from nasfe.errors import NasfeError, TestSetError
 
 TEST_SETS = ("Test-B", "Test-N", "Test-L", "Test-BN", "Test-BNL")
 MANIFEST_VERSION = 1
@@ -58,10 +65,6 @@ BN_SIGMA_S, BN_SIGMA_C = 0.10, 0.05
 BN_DRAWS = 2  # Test-BN: 52 kernels x 100 faces = 5200; two noise draws per pair give 10400
 BNL_R = (0.15, 0.30)
 TEST_BANK_SEED_OFFSET = 7919  # test kernels never coincide with a training bank of the same seed
-
-
-class TestSetError(ValueError):
-    """A test-set folder is inconsistent; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -91,9 +94,13 @@ def variants(name: str) -> list[Variant]:
     raise ValueError(f"unknown test set {name!r}; known: {list(TEST_SETS)}")
 
 
-def test_bank(seed: int) -> KernelBank:
-    """The 52 test kernels (40 motion, 5 of each size 13..27, then 12 Gaussians with sigmas in [1, 3])."""
-    return KernelBank.build(MOTION_KERNELS, GAUSSIAN_KERNELS, KERNEL_SIZES, seed + TEST_BANK_SEED_OFFSET)
+def test_bank(seed: int, kernel_mode: str = "centred") -> KernelBank:
+    """The 52 test kernels (40 motion, 5 of each size 13..27, then 12 Gaussians with sigmas in [1, 3]).
+
+    ``kernel_mode`` 'paper-compatible' places the same motion paths off-centre as the generator the
+    paper cites does (docs/DEGRADATION.md); the default keeps them centred.
+    """
+    return KernelBank.build(MOTION_KERNELS, GAUSSIAN_KERNELS, KERNEL_SIZES, seed + TEST_BANK_SEED_OFFSET, mode=kernel_mode)
 
 
 def _item_seed(seed: int, set_index: int, item: int) -> int:
@@ -121,22 +128,28 @@ def face_params(name: str, face: int, seed: int, bank: KernelBank, curves: Respo
 
 
 def degrade_face(x: torch.Tensor, name: str, face: int, seed: int, bank: KernelBank, curves: ResponseCurves,
-                 only: Optional[Sequence[int]] = None) -> tuple[torch.Tensor, DegradeParams, list[Variant]]:
+                 only: Optional[Sequence[int]] = None,
+                 noise_model: str = "after-r") -> tuple[torch.Tensor, DegradeParams, list[Variant]]:
     """Degraded images (n, 3, H, W) float of one clean face ``x`` (3, H, W) for set ``name``.
 
     ``only``: variant indices to compute (default all); the result is identical per item either way.
+    ``noise_model``: see :data:`nasfe.degrade.pipeline.NOISE_MODELS`.
     """
     params, seeds, grid = face_params(name, face, seed, bank, curves)
     idx = list(range(len(grid))) if only is None else list(only)
     p = params.subset(idx)
     h, w = x.shape[-2:]
     noise = torch.cat([torch.randn(1, 1, h, w, generator=torch.Generator().manual_seed(seeds[i])) for i in idx])
-    y = degrade(x[None].expand(len(idx), -1, -1, -1).contiguous(), p, bank, curves, noise=noise)
+    y = degrade(x[None].expand(len(idx), -1, -1, -1).contiguous(), p, bank, curves, noise=noise, noise_model=noise_model)
     return y, p, [grid[i] for i in idx]
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 def _faces_source(faces: Optional[str], images: int, seed: int):
@@ -157,118 +170,223 @@ def _choose(n_records: int, images: Optional[int], seed: int) -> list[int]:
     return sorted(np.random.default_rng([seed, 99]).choice(n_records, images, replace=False).tolist())
 
 
-def _settings(faces, images, seed, crf, sets) -> dict:
+def select_faces(source, images: Optional[int], seed: int) -> tuple[list[dict], list[str]]:
+    """The clean faces of a build and the unreadable files passed over.
+
+    Each face is ``{'index', 'identity', 'key', 'source_sha256'}`` (the sha256 of its decoded
+    pixels: the build's fingerprint of its input). An unreadable face is skipped and counted, and
+    a seeded draw from the rest of the folder takes its place, so one bad file neither stops a
+    scan of thousands nor shrinks the set.
+    """
+    from nasfe.imageio import ImageReadError
+
+    n = len(source.records)
+    chosen = _choose(n, images, seed)
+    taken = set(chosen)
+    spares = (i for i in np.random.default_rng([seed, 98]).permutation(n).tolist() if i not in taken)
+    queue, faces, bad = list(chosen), [], []
+    while queue:
+        ri = queue.pop(0)
+        rec = source.records[ri]
+        try:
+            arr = np.ascontiguousarray(source.load(rec))
+        except ImageReadError as exc:
+            bad.append(str(exc))
+            spare = next(spares, None)  # a seeded stand-in keeps the set at its size
+            if spare is not None:
+                queue.append(spare)
+            continue
+        faces.append({"index": ri, "identity": rec.identity, "key": rec.key,
+                      "source_sha256": hashlib.sha256(arr.tobytes() + str(arr.shape).encode()).hexdigest()})
+    if not faces:
+        raise TestSetError(f"{getattr(source, 'root', source)}: none of {len(bad)} face file(s) could be read "
+                           f"(first: {bad[0] if bad else 'none found'})")
+    return sorted(faces, key=lambda f: f["index"]), bad
+
+
+#: Protocol options recorded in build.json / the manifest; builds from before they existed used these.
+PROTOCOL_DEFAULTS = {"noise_model": "after-r", "kernel_mode": "centred"}
+
+
+def _settings(faces, images, seed, crf, sets, noise_model="after-r", kernel_mode="centred") -> dict:
     return {"version": MANIFEST_VERSION, "faces": str(faces) if faces else "synthetic", "images": images,
-            "seed": int(seed), "crf": str(crf), "sets": list(sets)}
+            "seed": int(seed), "crf": str(crf), "sets": list(sets), "noise_model": noise_model,
+            "kernel_mode": kernel_mode}
 
 
 # Worker state: one per process (or the main process when workers <= 1).
 _STATE: dict = {}
+JOURNAL = ".build"  # per-job records of the files written and their sha256 (what a resume may reuse)
 
 
-def _init_worker(out: str, faces: Optional[str], images: int, seed: int, crf: str) -> None:
+def _init_worker(out: str, seed: int, crf: str, noise_model: str = "after-r") -> None:
     torch.set_num_threads(1)
-    _STATE.update(out=Path(out), source=_faces_source(faces, images, seed), seed=seed,
-                  bank=KernelBank.load(Path(out) / "kernels.pt"), curves=ResponseCurves.from_spec(crf))
+    _STATE.update(out=Path(out), seed=seed, bank=KernelBank.load(Path(out) / "kernels.pt"),
+                  curves=ResponseCurves.from_spec(crf), noise_model=noise_model)
 
 
 def _set_file(name: str, item: int) -> str:
     return f"{name}/{item:06d}.png"
 
 
-def _build_face(job: tuple[str, int, int]) -> list[tuple[str, str]]:
-    """Write the missing images of one (set, clean face) job; returns [(relative file, sha256)]."""
-    from nasfe.imageio import read_image, to_tensor, to_uint8, write_png_atomic
+def _reusable(out: Path, journal: Path) -> dict[str, str]:
+    """Files a journal records whose content on disk still has the recorded sha256: {file: sha256}."""
+    try:
+        recorded = json.loads(journal.read_text())
+    except (OSError, ValueError):
+        return {}
+    ok = {}
+    for f, sha in recorded if isinstance(recorded, list) else []:
+        if (out / f).is_file() and _sha256(out / f) == sha:
+            ok[f] = sha
+    return ok
 
-    name, face, rec_index = job
+
+def _build_face(job: tuple[str, int]) -> list[tuple[str, str]]:
+    """Write the images of one (set, clean face) job that are missing or not as recorded; [(file, sha256)].
+
+    A file is reused only when the job's journal records it with the sha256 it has on disk: a file
+    half written by a crash, or changed since, is rebuilt, never re-hashed into the manifest.
+    """
+    from nasfe.imageio import atomic_write_json, read_image, to_tensor, to_uint8, write_png_atomic
+
+    name, face = job
     out: Path = _STATE["out"]
     grid_len = len(variants(name))
     files = [_set_file(name, face * grid_len + i) for i in range(grid_len)]
-    missing = [i for i, f in enumerate(files) if not (out / f).is_file()]
+    journal = out / JOURNAL / name / f"{face:04d}.json"
+    have = _reusable(out, journal)
+    missing = [i for i, f in enumerate(files) if f not in have]
     if missing:
         x = to_tensor(read_image(out / "clean" / f"{face:04d}.png"))
-        y, _, _ = degrade_face(x, name, face, _STATE["seed"], _STATE["bank"], _STATE["curves"], only=missing)
+        y, _, _ = degrade_face(x, name, face, _STATE["seed"], _STATE["bank"], _STATE["curves"], only=missing,
+                               noise_model=_STATE["noise_model"])
         for j, i in enumerate(missing):
             write_png_atomic(out / files[i], to_uint8(y[j]))
-    return [(f, _sha256(out / f)) for f in files]
+            have[files[i]] = _sha256(out / files[i])
+        atomic_write_json(journal, [[f, have[f]] for f in files])
+    return [(f, have[f]) for f in files]
+
+
+def _set_rows(name: str, clean: list[dict], seed: int, bank: KernelBank, curves: ResponseCurves,
+              shas: Optional[dict[int, list[tuple[str, str]]]] = None) -> list[dict]:
+    """The manifest rows of set ``name``: every field follows from the build's settings (the same
+    function writes them and ``--verify`` recomputes them); ``shas[face]``: [(file, sha256)]."""
+    rows = []
+    for face in range(len(clean)):
+        params, _, grid = face_params(name, face, seed, bank, curves)
+        for i, (rec, v) in enumerate(zip(params.records(), grid)):
+            kid = rec["kernel_id"]
+            row = {"file": _set_file(name, face * len(grid) + i), "clean": face, "identity": clean[face]["identity"],
+                   **rec, "kernel_size": int(bank.sizes[kid]) if kid >= 0 else 0, "draw": v.draw}
+            if shas is not None:
+                row["sha256"] = shas[face][i][1]
+            rows.append(row)
+    return json.loads(json.dumps(rows))  # the form they have in manifest.json (lists, plain floats)
 
 
 def build_testsets(out: str | os.PathLike, faces: Optional[str] = None, sets: Sequence[str] = TEST_SETS,
                    seed: int = 0, images: Optional[int] = 100, crf: str = "parametric", workers: int = 0,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, noise_model: str = "after-r", kernel_mode: str = "centred") -> dict:
     """Build (or resume) the test sets under ``out``; returns the manifest (also written to manifest.json).
 
     ``faces``: a face folder (``<identity>/<image>``), or None for synthetic faces. ``images``:
-    clean faces used (a seeded subsample; None = all). ``crf``: 'parametric' or the DoRF folder.
+    clean faces used (a seeded subsample; None = all; unreadable files are skipped and counted).
+    ``crf``: 'parametric' or the DoRF folder. A resume re-verifies everything it reuses: the face
+    folder must still hold the same faces (their fingerprint is in build.json), and every file must
+    have the sha256 recorded when it was written, else it is rebuilt. Every set the folder was
+    asked for so far is completed and listed. One build at a time per folder (a lock).
+    ``noise_model`` / ``kernel_mode``: protocol readings (docs/DEGRADATION.md), defaults unchanged;
+    recorded in build.json and the manifest's settings.
     """
-    from tqdm import tqdm
-
-    from nasfe.imageio import atomic_write_json, write_png_atomic
+    from nasfe.imageio import ensure_writable_dir
+    from nasfe.locks import FolderLock
 
     for s in sets:
         if s not in TEST_SETS:
             raise ValueError(f"unknown test set {s!r}; known: {list(TEST_SETS)}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = _settings(faces, images, seed, crf, sets)
+    if noise_model not in NOISE_MODELS:
+        raise ValueError(f"--noise-model must be one of {list(NOISE_MODELS)}, got {noise_model!r}")
+    if kernel_mode not in KERNEL_MODES:
+        raise ValueError(f"--kernel-mode must be one of {list(KERNEL_MODES)}, got {kernel_mode!r}")
+    out = ensure_writable_dir(out)
+    with FolderLock(out, f"test-set folder {out}"):
+        return _build_locked(out, faces, sets, seed, images, crf, workers, progress, noise_model, kernel_mode)
+
+
+def _build_locked(out: Path, faces, sets, seed, images, crf, workers, progress, noise_model, kernel_mode) -> dict:
+    from tqdm import tqdm
+
+    from nasfe.imageio import atomic_write_json, write_png_atomic
+
+    settings = _settings(faces, images, seed, crf, sets, noise_model, kernel_mode)
     build_json = out / "build.json"
+    old = None
     if build_json.is_file():
         try:
             old = json.loads(build_json.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise TestSetError(f"{build_json}: not valid JSON ({exc})") from None
-        if {k: v for k, v in old.items() if k != "sets"} != {k: v for k, v in settings.items() if k != "sets"}:
+        old = {**PROTOCOL_DEFAULTS, **old}
+        if {k: v for k, v in old.items() if k not in ("sets", "inputs")} != {k: v for k, v in settings.items() if k != "sets"}:
             raise TestSetError(f"{build_json}: {out} holds a build with other settings {old}; "
                                f"use another --out or delete it (asked for {settings})")
         settings["sets"] = sorted(set(old.get("sets", [])) | set(sets), key=TEST_SETS.index)
+    curves = ResponseCurves.from_spec(crf)
+    source = _faces_source(faces, images or 100, seed)
+    chosen, skipped = select_faces(source, images, seed)
+    if skipped:
+        print(f"nasfe testsets: skipped {len(skipped)} unreadable face file(s); first: {skipped[0]}", file=sys.stderr)
+    inputs = [{k: f[k] for k in ("identity", "key", "source_sha256")} for f in chosen]
+    settings["inputs"] = _digest(inputs)
+    if old is not None and old.get("inputs") != settings["inputs"]:
+        raise TestSetError(f"{build_json}: the faces differ from those {out} was built from "
+                           f"({'the face folder changed' if old.get('inputs') else 'built without a fingerprint'}); "
+                           "its clean images would get other identities: use another --out")
     atomic_write_json(build_json, settings)
 
-    curves = ResponseCurves.from_spec(crf)
+    bank = test_bank(seed, kernel_mode)
     bank_path = out / "kernels.pt"
-    if not bank_path.is_file():
-        test_bank(seed).save(bank_path)
-    bank = KernelBank.load(bank_path)
+    try:
+        same = torch.equal(KernelBank.load(bank_path).kernels, bank.kernels) if bank_path.is_file() else False
+    except ValueError:
+        same = False
+    if not same:
+        bank.save(bank_path)
 
-    source = _faces_source(faces, images or 100, seed)
-    chosen = _choose(len(source.records), images, seed)
+    clean_journal = out / JOURNAL / "clean.json"
+    have = _reusable(out, clean_journal)
     clean = []
-    for i, ri in enumerate(tqdm(chosen, desc="clean faces", disable=not progress)):
-        rec = source.records[ri]
-        path = out / "clean" / f"{i:04d}.png"
-        if not path.is_file():
-            write_png_atomic(path, np.ascontiguousarray(source.load(rec)))
-        clean.append({"file": f"clean/{i:04d}.png", "identity": rec.identity, "key": rec.key, "sha256": _sha256(path)})
+    for i, face in enumerate(tqdm(chosen, desc="clean faces", disable=not progress)):
+        rel = f"clean/{i:04d}.png"
+        if rel not in have:
+            write_png_atomic(out / rel, np.ascontiguousarray(source.load(source.records[face["index"]])))
+            have[rel] = _sha256(out / rel)
+        clean.append({"file": rel, "identity": face["identity"], "key": face["key"],
+                      "source_sha256": face["source_sha256"], "sha256": have[rel]})
+    atomic_write_json(clean_journal, [[c["file"], c["sha256"]] for c in clean])
 
     manifest = {"version": MANIFEST_VERSION, "settings": settings, "kernels": "kernels.pt",
-                "kernel_sizes": bank.sizes.tolist(), "clean": clean, "sets": {}}
-    old_manifest = _read_json(out / "manifest.json") if (out / "manifest.json").is_file() else None
-    if old_manifest:
-        manifest["sets"].update({k: v for k, v in old_manifest.get("sets", {}).items() if k not in sets})
-    jobs = [(name, face, ri) for name in sets for face, ri in enumerate(chosen)]
-    init = (str(out), faces, images or 100, seed, crf)
-    results: dict[tuple[str, int], list] = {}
+                "kernel_sizes": bank.sizes.tolist(), "clean": clean, "sets": {},
+                "skipped_faces": skipped}
+    names = settings["sets"]
+    jobs = [(name, face) for name in names for face in range(len(chosen))]
+    init = (str(out), seed, crf, noise_model)
+    results: dict[str, dict[int, list]] = {name: {} for name in names}
     bar = tqdm(total=len(jobs), desc="test sets", unit="face", disable=not progress)
     if workers and workers > 1:
         with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=init) as pool:
             for job, res in zip(jobs, pool.map(_build_face, jobs, chunksize=4)):
-                results[job[:2]] = res
+                results[job[0]][job[1]] = res
                 bar.update()
     else:
         _init_worker(*init)
         for job in jobs:
-            results[job[:2]] = _build_face(job)
+            results[job[0]][job[1]] = _build_face(job)
             bar.update()
     bar.close()
-
-    for name in sets:
-        rows = []
-        for face in range(len(chosen)):
-            params, _, grid = face_params(name, face, seed, bank, curves)
-            for (f, sha), rec, v in zip(results[(name, face)], params.records(), grid):
-                kid = rec["kernel_id"]
-                rows.append({"file": f, "clean": face, "identity": clean[face]["identity"], **rec,
-                             "kernel_size": int(bank.sizes[kid]) if kid >= 0 else 0, "draw": v.draw, "sha256": sha})
-        manifest["sets"][name] = rows
+    for name in names:
+        manifest["sets"][name] = _set_rows(name, clean, seed, bank, curves, results[name])
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
 
@@ -278,7 +396,7 @@ def _read_json(path: Path) -> dict:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise TestSetError(f"{path}: manifest not found (build the test sets first: nasfe testsets --out ...)") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TestSetError(f"{path}: manifest is not valid JSON ({exc})") from None
 
 
@@ -291,24 +409,59 @@ def load_manifest(root: str | os.PathLike) -> dict:
     return m
 
 
-def verify_testsets(root: str | os.PathLike, sets: Optional[Sequence[str]] = None) -> dict[str, int]:
-    """Check that every file the manifest lists exists and has its checksum; returns images per set.
+def _check_fields(where: Path, what: str, rows: list[dict], expected: list[dict]) -> None:
+    """Every row must hold exactly the fields the build gives it (sha256 is checked against the file)."""
+    if len(rows) != len(expected):
+        raise TestSetError(f"{where}: {what} lists {len(rows)} images, the build gives {len(expected)}")
+    for i, (row, exp) in enumerate(zip(rows, expected)):
+        got = {k: v for k, v in row.items() if k != "sha256"} if isinstance(row, dict) else {}
+        if got != exp:
+            key = next((k for k in sorted(set(got) | set(exp)) if got.get(k, "<absent>") != exp.get(k, "<absent>")), "?")
+            raise TestSetError(f"{where}: {what} entry {i} ({exp.get('file')}): {key} is {got.get(key, '<absent>')!r}, "
+                               f"the build gives {exp.get(key, '<absent>')!r} (manifest edited or corrupt)")
 
-    Raises TestSetError naming the first offending file (missing, or content not matching).
+
+def verify_testsets(root: str | os.PathLike, sets: Optional[Sequence[str]] = None) -> dict[str, int]:
+    """Check every field of the manifest and every file; returns images per set.
+
+    The degradation fields of each row (kernel, r, sigma_s, sigma_c, curve, label, identity ...)
+    are recomputed from the deterministic build and must match; the clean faces must match the
+    build's input fingerprint (build.json); every listed file must exist with its sha256.
+    Raises TestSetError naming the first offending file or field.
     """
     root = Path(root)
+    where = root / "manifest.json"
     m = load_manifest(root)
-    entries = [("clean", e) for e in m["clean"]]
+    s = m.get("settings") or {}
+    try:
+        seed, curves = int(s["seed"]), ResponseCurves.from_spec(s["crf"])
+        bank = test_bank(seed, s.get("kernel_mode", PROTOCOL_DEFAULTS["kernel_mode"]))
+    except (KeyError, TypeError, ValueError, OSError) as exc:
+        raise TestSetError(f"{where}: cannot rebuild the settings to check against ({type(exc).__name__}: {exc})") from None
+    if m.get("kernel_sizes") != bank.sizes.tolist():
+        raise TestSetError(f"{where}: kernel_sizes differ from the build's test kernels (seed {seed})")
+    clean = m["clean"]
+    expected_clean = [{"file": f"clean/{i:04d}.png", **{k: c.get(k) for k in ("identity", "key", "source_sha256")}}
+                      for i, c in enumerate(clean)]
+    _check_fields(where, "clean", clean, expected_clean)
+    if "inputs" in s:
+        inputs = [{k: c[k] for k in ("identity", "key", "source_sha256")} for c in clean]
+        build = _read_json(root / "build.json") if (root / "build.json").is_file() else s
+        if _digest(inputs) != s["inputs"] or build.get("inputs") != s["inputs"]:
+            raise TestSetError(f"{where}: the clean faces (identity, key) differ from the build's input fingerprint "
+                               "(manifest edited or corrupt)")
+    entries = [("clean", e) for e in clean]
     for name in sets or list(m["sets"]):
         if name not in m["sets"]:
-            raise TestSetError(f"{root / 'manifest.json'}: has no set {name!r} (has {sorted(m['sets'])})")
+            raise TestSetError(f"{where}: has no set {name!r} (has {sorted(m['sets'])})")
+        _check_fields(where, name, m["sets"][name], _set_rows(name, clean, seed, bank, curves))
         entries += [(name, e) for e in m["sets"][name]]
     for _, e in entries:
         path = root / e["file"]
         if not path.is_file():
-            raise TestSetError(f"{path}: listed in {root / 'manifest.json'} but missing")
-        if _sha256(path) != e["sha256"]:
-            raise TestSetError(f"{path}: checksum does not match {root / 'manifest.json'} (file changed or corrupt)")
+            raise TestSetError(f"{path}: listed in {where} but missing")
+        if _sha256(path) != e.get("sha256"):
+            raise TestSetError(f"{path}: checksum does not match {where} (file changed or corrupt)")
     return {name: len(m["sets"][name]) for name in (sets or m["sets"])}
 
 
@@ -356,7 +509,13 @@ def add_testsets_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--images", type=int, default=100, help="clean faces to use (seeded subsample; default 100)")
     parser.add_argument("--crf", default="parametric", help="'parametric' (built in) or the DoRF folder")
     parser.add_argument("--workers", type=int, default=0, help="worker processes (0: in this process)")
-    parser.add_argument("--verify", action="store_true", help="only verify an existing build against its manifest")
+    parser.add_argument("--noise-model", default="after-r", choices=list(NOISE_MODELS),
+                        help="where r and the noise act under low light (default after-r; docs/DEGRADATION.md)")
+    parser.add_argument("--kernel-mode", default="centred", choices=list(KERNEL_MODES),
+                        help="motion kernels centred (default) or as the generator the paper cites (off-centre, "
+                             "zero padding, min-max rescaling)")
+    parser.add_argument("--verify", action="store_true",
+                        help="only verify an existing build: every manifest field and every file's checksum")
     return parser
 
 
@@ -366,9 +525,11 @@ def testsets_main(args: argparse.Namespace) -> int:
         if getattr(args, "verify", False):
             counts = verify_testsets(args.out, None)
         else:
-            m = build_testsets(args.out, args.faces, args.sets, args.seed, args.images, args.crf, args.workers)
+            m = build_testsets(args.out, args.faces, args.sets, args.seed, args.images, args.crf, args.workers,
+                               noise_model=getattr(args, "noise_model", "after-r"),
+                               kernel_mode=getattr(args, "kernel_mode", "centred"))
             counts = {k: len(v) for k, v in m["sets"].items()}
-    except (TestSetError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
+    except (NasfeError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
         print(f"nasfe testsets: error: {exc}", file=sys.stderr)
         return 2
     for name, n in counts.items():

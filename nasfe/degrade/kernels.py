@@ -36,6 +36,9 @@ TRAJECTORY_STEPS = 512
 #: Kernels generated per vectorised chunk (bounds memory: chunk x steps x 4 splat weights).
 CHUNK = 1024
 KINDS = ("motion", "gaussian")
+#: How motion paths sit in their kernel: 'centred' (default: centroid on the centre) or
+#: 'paper-compatible' (DeblurGAN's bounding-box placement, off-centre PSFs; docs/DEGRADATION.md).
+KERNEL_MODES = ("centred", "paper-compatible")
 
 
 def _rng(seed: int, *stream: int) -> np.random.Generator:
@@ -77,15 +80,23 @@ def motion_trajectories(n: int, rng: np.random.Generator, steps: int = TRAJECTOR
 
 def motion_kernels(sizes: Sequence[int], rng: np.random.Generator, canvas: int = 27,
                    length_range: tuple[float, float] = (1.5, 4.0),
-                   exposure_range: tuple[float, float] = (0.5, 1.0)) -> np.ndarray:
+                   exposure_range: tuple[float, float] = (0.5, 1.0), mode: str = "centred") -> np.ndarray:
     """Motion PSFs, one per entry of ``sizes`` (odd), as (n, canvas, canvas) float64, each sum 1.
 
     Per kernel: a random trajectory; an exposure fraction in ``exposure_range`` (the part of the
     path the shutter sees); a path length of ``length_range`` times the kernel size; the path is
-    moved so its centroid sits on the canvas centre and shrunk, if needed, so that its splat stays
-    inside the kernel's own ``size x size`` support. Paths longer than the size mean most kernels
-    span their support: the paper's blur is strong (Test-B input 19.64 dB), see docs/DEGRADATION.md.
+    shrunk, if needed, so that its splat stays inside the kernel's own ``size x size`` support.
+    Paths longer than the size mean most kernels span their support: the paper's blur is strong
+    (Test-B input 19.64 dB), see docs/DEGRADATION.md.
+
+    ``mode`` (see ``KERNEL_MODES``): 'centred' moves the exposed part of the path so its centroid
+    sits on the canvas centre (blur does not shift the image). 'paper-compatible' places it as the
+    DeblurGAN generator the paper cites does: the bounding box of the *whole* path is centred on
+    the support (with that code's integer rounding) and only the exposed part is splatted, so the
+    PSF's centroid is off-centre and the blurred image is shifted.
     """
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"kernel mode must be one of {KERNEL_MODES}, got {mode!r}")
     sizes = np.asarray(sizes, dtype=np.int64)
     n = len(sizes)
     if n == 0:
@@ -101,17 +112,40 @@ def motion_kernels(sizes: Sequence[int], rng: np.random.Generator, canvas: int =
     t_idx = np.arange(steps)[None, :]
     mask = t_idx < keep[:, None]
     pts = traj * length[:, None]
-    centroid = (pts * mask).sum(1) / mask.sum(1)
-    pts = pts - centroid[:, None]
-    half = (sizes // 2).astype(np.float64) - 1e-6
-    reach = np.maximum(np.abs(np.where(mask, pts.real, 0)).max(1), np.abs(np.where(mask, pts.imag, 0)).max(1))
-    scale = np.minimum(1.0, half / np.maximum(reach, 1e-12))
     c = (canvas - 1) / 2.0
-    pts = pts * scale[:, None] + (c + 1j * c)
+    if mode == "centred":
+        centroid = (pts * mask).sum(1) / mask.sum(1)
+        pts = pts - centroid[:, None]
+        half = (sizes // 2).astype(np.float64) - 1e-6
+        reach = np.maximum(np.abs(np.where(mask, pts.real, 0)).max(1), np.abs(np.where(mask, pts.imag, 0)).max(1))
+        scale = np.minimum(1.0, half / np.maximum(reach, 1e-12))
+        pts = pts * scale[:, None] + (c + 1j * c)
+    else:
+        pts = _bbox_placement(pts, sizes, canvas)
     pts = np.where(mask, pts, c + 1j * c)  # masked points go to the centre with weight 0 below
     psf = splat_psfs(pts, mask.astype(np.float64), canvas)
     psf /= psf.sum(axis=(1, 2), keepdims=True)
     return psf
+
+
+def _bbox_placement(pts: np.ndarray, sizes: np.ndarray, canvas: int) -> np.ndarray:
+    """Place whole paths (n, T) the way DeblurGAN's ``Trajectory.fit`` does, on each kernel's support.
+
+    The path is shrunk (never grown) so its bounding box spans at most ``size - 5`` pixels, then,
+    as there: minimum moved to 0, the start point's fractional part removed, +1, and the box moved
+    by ceil((size - max) / 2). That centres the bounding box of the whole path, 0.5 to 2 px towards
+    higher indices (the rounding), not its mass; the shrink keeps the splat inside the support
+    after that rounding. The support is then put in the middle of the ``canvas``.
+    """
+    pts = pts - pts.real.min(1)[:, None] - 1j * pts.imag.min(1)[:, None]
+    extent = np.maximum(pts.real.max(1), pts.imag.max(1))
+    scale = np.minimum(1.0, (sizes - 5).astype(np.float64) / np.maximum(extent, 1e-12))
+    pts = pts * scale[:, None]
+    x0 = pts[:, :1]
+    pts = pts - (np.mod(x0.real, 1.0) + 1j * np.mod(x0.imag, 1.0)) + (1 + 1j)
+    shift = (np.ceil((sizes - pts.real.max(1)) / 2) + 1j * np.ceil((sizes - pts.imag.max(1)) / 2))
+    offset = (canvas - sizes) // 2
+    return pts + shift[:, None] + (offset + 1j * offset)[:, None]
 
 
 def splat_psfs(points: np.ndarray, weights: np.ndarray, canvas: int) -> np.ndarray:
@@ -193,7 +227,8 @@ def kernel_centroid(kernels: np.ndarray) -> np.ndarray:
 class KernelBank:
     """A seeded set of blur kernels: motion kernels first, then anisotropic Gaussians.
 
-    ``kernels`` (N, S, S) float32, each centred and summing to 1; ``sizes`` (N,) int64 support;
+    ``kernels`` (N, S, S) float32, each summing to 1 and centred (unless built in the
+    'paper-compatible' mode); ``sizes`` (N,) int64 support;
     ``kinds`` list of 'motion' | 'gaussian'. Kernel id i indexes all three.
     """
 
@@ -201,6 +236,10 @@ class KernelBank:
     sizes: torch.Tensor
     kinds: list[str]
     seed: int = 0
+    #: 'centred' or 'paper-compatible': how the motion kernels were placed, and how the pipeline
+    #: applies the bank (paper-compatible: zero padding and min-max rescaling, as DeblurGAN's
+    #: ``blur_image``; see :func:`nasfe.degrade.pipeline.blur`).
+    mode: str = "centred"
 
     def __len__(self) -> int:
         return int(self.kernels.shape[0])
@@ -211,10 +250,13 @@ class KernelBank:
 
     @classmethod
     def build(cls, motion: int, gaussian: int, sizes: Sequence[int] = (13, 15, 17, 19, 21, 23, 25, 27),
-              seed: int = 0, progress: bool = False) -> "KernelBank":
+              seed: int = 0, progress: bool = False, mode: str = "centred") -> "KernelBank":
         """Generate ``motion`` motion kernels and ``gaussian`` Gaussians, deterministically from ``seed``.
 
         Motion kernel sizes cycle through ``sizes`` (so every size is equally represented).
+        ``mode``: placement of the motion paths, 'centred' or 'paper-compatible' (see
+        :func:`motion_kernels`); the same seed draws the same paths in both modes. Gaussians are
+        centred in both (SRMD's kernels are).
         """
         sizes = [int(s) for s in sizes]
         if not sizes:
@@ -230,17 +272,20 @@ class KernelBank:
             chunks = tqdm(chunks, desc="motion kernels", unit="chunk")
         for ci, start in enumerate(chunks):
             sz = motion_sizes[start:start + CHUNK]
-            parts.append(motion_kernels(sz, _rng(seed, 0, ci), canvas=canvas))
+            parts.append(motion_kernels(sz, _rng(seed, 0, ci), canvas=canvas, mode=mode))
         mk = np.concatenate(parts) if parts else np.zeros((0, canvas, canvas))
         gk, gs, _ = gaussian_kernels(gaussian, sizes, _rng(seed, 1), canvas=canvas)
         kernels = torch.from_numpy(np.concatenate([mk, gk]).astype(np.float32))
         return cls(kernels=kernels, sizes=torch.from_numpy(np.concatenate([motion_sizes, gs])),
-                   kinds=["motion"] * motion + ["gaussian"] * gaussian, seed=seed)
+                   kinds=["motion"] * motion + ["gaussian"] * gaussian, seed=seed, mode=mode)
 
     @staticmethod
-    def cache_key(motion: int, gaussian: int, sizes: Sequence[int], seed: int) -> str:
+    def cache_key(motion: int, gaussian: int, sizes: Sequence[int], seed: int, mode: str = "centred") -> str:
         """Short hash of everything that defines a bank (generator version included)."""
-        blob = json.dumps({"v": BANK_VERSION, "m": motion, "g": gaussian, "s": list(sizes), "seed": seed})
+        d = {"v": BANK_VERSION, "m": motion, "g": gaussian, "s": list(sizes), "seed": seed}
+        if mode != "centred":  # default banks keep the keys (and caches) they had before modes existed
+            d["mode"] = mode
+        blob = json.dumps(d)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @classmethod
@@ -251,17 +296,18 @@ class KernelBank:
         atomically; an unreadable cache file is rebuilt.
         """
         sizes = [int(s) for s in cfg.kernel_sizes]
-        key = cls.cache_key(cfg.motion_kernels, cfg.gaussian_kernels, sizes, cfg.bank_seed)
+        mode = getattr(cfg, "kernel_mode", "centred")
+        key = cls.cache_key(cfg.motion_kernels, cfg.gaussian_kernels, sizes, cfg.bank_seed, mode)
         root = Path(cache_dir or cfg.cache_dir or Path.home() / ".cache" / "nasfe")
         path = root / "kernels" / f"bank-{key}.pt"
         if path.is_file():
             try:
                 bank = cls.load(path)
-                if len(bank) == cfg.motion_kernels + cfg.gaussian_kernels:
+                if len(bank) == cfg.motion_kernels + cfg.gaussian_kernels and bank.mode == mode:
                     return bank
             except (ValueError, RuntimeError, KeyError, EOFError, OSError):
                 pass  # corrupt cache: rebuild below
-        bank = cls.build(cfg.motion_kernels, cfg.gaussian_kernels, sizes, cfg.bank_seed, progress=progress)
+        bank = cls.build(cfg.motion_kernels, cfg.gaussian_kernels, sizes, cfg.bank_seed, progress=progress, mode=mode)
         try:
             bank.save(path)
         except OSError:
@@ -277,7 +323,8 @@ class KernelBank:
         buf = io.BytesIO()
         torch.save({"kernels": self.kernels.contiguous(), "sizes": self.sizes,
                     "kinds": torch.tensor([KINDS.index(k) for k in self.kinds], dtype=torch.int64),
-                    "seed": torch.tensor(self.seed), "version": torch.tensor(BANK_VERSION)}, buf)
+                    "seed": torch.tensor(self.seed), "version": torch.tensor(BANK_VERSION),
+                    "mode": torch.tensor(KERNEL_MODES.index(self.mode))}, buf)
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
@@ -290,10 +337,14 @@ class KernelBank:
             raise ValueError(f"{path}: not a kernel bank file ({exc})") from None
         if kernels.ndim != 3 or len(sizes) != len(kernels) or len(kinds) != len(kernels):
             raise ValueError(f"{path}: kernel bank arrays have inconsistent shapes")
+        mode = int(d.get("mode", torch.tensor(0)))  # files from before modes existed: centred
+        if not 0 <= mode < len(KERNEL_MODES):
+            raise ValueError(f"{path}: unknown kernel mode {mode}")
         return cls(kernels=kernels.float(), sizes=sizes.long(), kinds=[KINDS[int(k)] for k in kinds],
-                   seed=int(d.get("seed", torch.tensor(0))))
+                   seed=int(d.get("seed", torch.tensor(0))), mode=KERNEL_MODES[mode])
 
     def subset(self, ids: Sequence[int]) -> "KernelBank":
         """A new bank holding the kernels ``ids`` (in that order)."""
         idx = torch.as_tensor(list(ids), dtype=torch.long)
-        return KernelBank(self.kernels[idx].clone(), self.sizes[idx].clone(), [self.kinds[i] for i in idx.tolist()], self.seed)
+        return KernelBank(self.kernels[idx].clone(), self.sizes[idx].clone(), [self.kinds[i] for i in idx.tolist()],
+                          self.seed, self.mode)

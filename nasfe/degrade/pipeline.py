@@ -11,6 +11,9 @@ Order of operations (paper sections 3 and 4, after CBDNet and ELD), per sample:
    negative light and saturates); Malvar-He-Cutler demosaic (as CBDNet's synthesis), clip;
    y = f(.) back through the response curve.
 
+Under low light the paper's wording allows several orders of r and the noise; ``noise_model``
+(``NOISE_MODELS``) picks one, 'after-r' (the above) by default; docs/DEGRADATION.md measures them.
+
 Random numbers (parameters and the noise field) are drawn on a CPU ``torch.Generator`` and moved
 to the images' device, so CPU and GPU give the same degradation for the same seed.
 """
@@ -24,6 +27,15 @@ import torch.nn.functional as F
 
 from nasfe.degrade.camera import ResponseCurves, demosaic_subgrids, interp_tables, mosaic
 from nasfe.degrade.kernels import KernelBank
+
+#: Readings of "multiply r to L ... finally add noise of variance L sigma_s^2 + sigma_c^2" under low light:
+#: 'after-r' (default): L = r f^-1(x); noise variance r L sigma_s^2 + sigma_c^2 (noise of the light that arrives);
+#: 'scene-variance': L = r f^-1(x); variance f^-1(x) sigma_s^2 + sigma_c^2 (from the irradiance before r);
+#: 'before-r': noise added to the irradiance before r, then scaled by r (std proportional to r:
+#:   sigma relative to the darkened signal), clip to [0, r];
+#: 'display-r': Eq. 1 literally: r multiplies the sRGB image (y = r (k*x) + n), then the camera
+#:   noise stage as for r = 1.
+NOISE_MODELS = ("after-r", "scene-variance", "before-r", "display-r")
 
 
 @dataclass
@@ -158,8 +170,12 @@ def _fft_size(n: int) -> int:
         m += 1
 
 
-def blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+def blur(x: torch.Tensor, kernels: torch.Tensor, mode: str = "centred") -> torch.Tensor:
     """Convolve sample i of ``x`` (N, C, H, W) with ``kernels[i]`` (N, S, S), S odd; reflect padding.
+
+    ``mode`` 'paper-compatible' (a bank built in that mode) blurs as DeblurGAN's ``blur_image``,
+    the generator the paper cites: zero padding ('same' convolution) and the blurred image
+    min-max rescaled to [0, 1] (over all its channels), which makes the kernel's scale irrelevant.
 
     True convolution (not correlation), done in the Fourier domain on the reflect-padded image,
     padded on to FFT-friendly sizes. The kernel spectrum comes straight from the small S x S kernel
@@ -175,7 +191,9 @@ def blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     if p >= h or p >= w:
         raise ValueError(f"blur: image {h}x{w} too small for reflect padding of a {s}x{s} kernel")
     hp, wp = _fft_size(h + 2 * p), _fft_size(w + 2 * p)
-    if hp - h - p < h and wp - w - p < w:
+    if mode == "paper-compatible":
+        spec = torch.fft.rfft2(F.pad(x, (p, wp - w - p, p, hp - h - p)))  # zeros around the image
+    elif hp - h - p < h and wp - w - p < w:
         spec = torch.fft.rfft2(F.pad(x, (p, wp - w - p, p, hp - h - p), mode="reflect"))
     else:  # tiny images: reflect cannot reach that far, zero-pad the rest (inside rfft2)
         spec = torch.fft.rfft2(F.pad(x, (p, p, p, p), mode="reflect"), s=(hp, wp))
@@ -185,31 +203,60 @@ def blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     spec.mul_(torch.fft.fft(k, n=hp, dim=-2).unsqueeze(1))
     # Inverse: columns first, then the row transforms only on the h rows that are kept.
     z = torch.fft.ifft(spec, dim=-2)[..., 2 * p:2 * p + h, :]
-    return torch.fft.irfft(z, n=wp, dim=-1)[..., 2 * p:2 * p + w]
+    y = torch.fft.irfft(z, n=wp, dim=-1)[..., 2 * p:2 * p + w]
+    if mode == "paper-compatible":
+        flat = y.reshape(n, -1)
+        lo, hi = flat.min(1)[0].view(-1, 1, 1, 1), flat.max(1)[0].view(-1, 1, 1, 1)
+        y = (y - lo) / (hi - lo).clamp_min(1e-12)
+    return y
+
+
+def noise_terms(noise_model: str, r: torch.Tensor, sigma_s: torch.Tensor,
+                sigma_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Per-sample (a, b, top) such that the noisy mosaic is clip(L + sqrt(a L + b) eps, 0, top), with
+    L the darkened irradiance r f^-1(x) ('display-r': f^-1(r x)); ``top`` None means 1."""
+    if noise_model not in NOISE_MODELS:
+        raise ValueError(f"noise model must be one of {NOISE_MODELS}, got {noise_model!r}")
+    a, b = sigma_s.square(), sigma_c.square()
+    if noise_model == "scene-variance":  # (L / r) sigma_s^2: the variance of the undarkened scene
+        return a / r, b, None
+    if noise_model == "before-r":  # r (L0 + n(L0)) with L0 = L / r: variance r^2 (L0 a + b)
+        return a * r, b * r.square(), r
+    return a, b, None
 
 
 def camera(x: torch.Tensor, r: torch.Tensor, sigma_s: torch.Tensor, sigma_c: torch.Tensor,
            crf_ids: torch.Tensor, curves: ResponseCurves, eps: torch.Tensor,
-           out: Optional[torch.Tensor] = None) -> torch.Tensor:
+           out: Optional[torch.Tensor] = None, noise_model: str = "after-r") -> torch.Tensor:
     """The camera stage: f^-1, mosaic, low light r, Poisson-Gaussian noise, clip, demosaic, f.
 
     ``r``, ``sigma_s``, ``sigma_c``, ``crf_ids`` are (N,); ``eps`` is a standard normal field (N, 1, H, W).
     Everything up to the demosaic runs on the one-channel mosaic; ``x`` may be any view. ``out``
-    (N, 3, H, W), when given, receives the result (and is returned).
+    (N, 3, H, W), when given, receives the result (and is returned). ``noise_model``: one of
+    ``NOISE_MODELS`` (where r acts and which variance the noise gets under low light).
     """
     dev, dt = x.device, x.dtype
     n, _, h, w = x.shape
     shape = (-1, 1, 1, 1)
     k = curves.forward.shape[1]
+    var_s, var_c, top = noise_terms(noise_model, r.float(), sigma_s.float(), sigma_c.float())
     # The curve acts per pixel and the mosaic keeps one value per pixel, so f^-1 is applied after
     # the mosaic (one channel instead of three): M(f^-1(x)) = f^-1(M(x)). r is folded into the
     # f^-1 tables (r f^-1(v) is again a table lookup), so L = r M(f^-1(x)) costs one lookup.
-    inv, inv_slope = curves.lookup_tables(crf_ids, inverse=True, scale=r, device=dev)
-    raw = interp_tables(mosaic(x).clamp_(0.0, 1.0).mul_(k - 1), inv, inv_slope)
-    # Noise: L + sqrt(L sigma_s^2 + sigma_c^2) eps, in place on the mosaic.
-    std = raw * sigma_s.to(dev, dt).view(shape).square()
-    std.add_(sigma_c.to(dev, dt).view(shape).square()).sqrt_().mul_(eps.to(dev, dt))
+    t = mosaic(x).clamp_(0.0, 1.0)
+    if noise_model == "display-r":  # r darkens the sRGB image before the camera stage
+        inv, inv_slope = curves.lookup_tables(crf_ids, inverse=True, device=dev)
+        t.mul_(r.to(dev, dt).view(shape) * (k - 1))
+    else:
+        inv, inv_slope = curves.lookup_tables(crf_ids, inverse=True, scale=r, device=dev)
+        t.mul_(k - 1)
+    raw = interp_tables(t, inv, inv_slope)
+    # Noise: L + sqrt(a L + b) eps, in place on the mosaic.
+    std = raw * var_s.to(dev, dt).view(shape)
+    std.add_(var_c.to(dev, dt).view(shape)).sqrt_().mul_(eps.to(dev, dt))
     raw.add_(std).clamp_(0.0, 1.0)
+    if top is not None:
+        raw = torch.minimum(raw, top.to(dev, dt).view(shape))
     # Demosaic straight into table units of f (the factor K-1 rides in the conv weights), clip (the
     # demosaic's negative lobes can leave [0, 1]), then f and one pixel_shuffle back to RGB: no
     # separate pass for scaling or clamping the RGB image.
@@ -231,20 +278,23 @@ CPU_CHUNK_PIXELS = 256_000
 
 def degrade(x: torch.Tensor, params: DegradeParams, bank: Optional[KernelBank], curves: ResponseCurves,
             generator: Optional[torch.Generator] = None, noise: Optional[torch.Tensor] = None,
-            chunk: Optional[int] = None) -> torch.Tensor:
+            chunk: Optional[int] = None, noise_model: str = "after-r") -> torch.Tensor:
     """Degrade a batch ``x`` (N, 3, H, W) in [0, 1] with per-sample ``params``; returns y, same shape, in [0, 1].
 
     ``noise``: the standard normal field eps (N, 1, H, W) of the Bayer sensor; when None it is
     drawn from ``generator`` (a CPU generator, float32; required then if any sample is noisy) and
     moved to x's device. Passing it explicitly makes a degradation reproducible per image.
     ``chunk``: images per pass (default: about ``CPU_CHUNK_PIXELS`` pixels on CPU, the whole batch
-    on other devices); the result does not depend on it.
+    on other devices); the result does not depend on it. ``noise_model``: one of ``NOISE_MODELS``
+    (default 'after-r'; the others only differ where r < 1).
     """
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"degrade: expected x of shape (N, 3, H, W), got {tuple(x.shape)}")
     n, _, h, w = x.shape
     if len(params) != n:
         raise ValueError(f"degrade: {len(params)} parameter rows for a batch of {n}")
+    if noise_model not in NOISE_MODELS:
+        raise ValueError(f"degrade: noise_model must be one of {NOISE_MODELS}, got {noise_model!r}")
     params.validate(bank, curves)
     cam = params.uses_camera()
     if params.has_blur().any() and bank is None:
@@ -267,12 +317,12 @@ def degrade(x: torch.Tensor, params: DegradeParams, bank: Optional[KernelBank], 
     for i in range(0, n, chunk):
         rows = slice(i, min(i + chunk, n))
         _degrade_rows(x[rows], params.subset(rows) if chunk < n else params, bank, curves,
-                      None if noise is None else noise[rows], out[rows])
+                      None if noise is None else noise[rows], out[rows], noise_model)
     return out
 
 
 def _degrade_rows(x: torch.Tensor, params: DegradeParams, bank: Optional[KernelBank], curves: ResponseCurves,
-                  noise: Optional[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+                  noise: Optional[torch.Tensor], out: torch.Tensor, noise_model: str = "after-r") -> torch.Tensor:
     """The body of :func:`degrade` on validated inputs (``noise`` given when any sample uses the
     camera), written into ``out`` (contiguous, x's shape)."""
     n = x.shape[0]
@@ -282,19 +332,20 @@ def _degrade_rows(x: torch.Tensor, params: DegradeParams, bank: Optional[KernelB
     # benchmark and in most training batches) avoid index copies; mixed batches use index_put.
     y = x
     if n_blur == n:
-        y = blur(x, bank.kernels[params.kernel_ids])
+        y = blur(x, bank.kernels[params.kernel_ids], bank.mode)
     elif n_blur:
         idx = blurred.nonzero().squeeze(1)
         y = x.clone()
-        y[idx.to(x.device)] = blur(x[idx.to(x.device)], bank.kernels[params.kernel_ids[idx]])
+        y[idx.to(x.device)] = blur(x[idx.to(x.device)], bank.kernels[params.kernel_ids[idx]], bank.mode)
     if n_cam == n:
-        return camera(y, params.r, params.sigma_s, params.sigma_c, params.crf_ids, curves, noise, out=out)
+        return camera(y, params.r, params.sigma_s, params.sigma_c, params.crf_ids, curves, noise, out=out,
+                      noise_model=noise_model)
     torch.clamp(y, 0.0, 1.0, out=out)  # blur output may leave [0, 1] by float rounding
     if n_cam:
         idx = cam.nonzero().squeeze(1)
         di = idx.to(x.device)
         out[di] = camera(y[di], params.r[idx], params.sigma_s[idx], params.sigma_c[idx], params.crf_ids[idx], curves,
-                         noise[idx.to(noise.device)])
+                         noise[idx.to(noise.device)], noise_model=noise_model)
     return out
 
 
@@ -327,4 +378,5 @@ class Degrader:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, DegradeParams]:
         params = self.sample(x.shape[0], generator)
-        return degrade(x, params, self.bank, self.curves, generator), params
+        return degrade(x, params, self.bank, self.curves, generator,
+                       noise_model=getattr(self.cfg, "noise_model", "after-r")), params

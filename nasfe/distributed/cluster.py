@@ -18,14 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from nasfe.errors import StorageError
+
 log = logging.getLogger("nasfe.distributed")
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-
-
-class StorageError(ValueError):
-    """Bad run name or storage location (a user error)."""
 
 
 def is_uri(path: str) -> bool:
@@ -75,20 +73,44 @@ class RunStorage:
         fs, path = pyarrow.fs.FileSystem.from_uri(self.root if not self.is_local else Path(self.root).as_uri())
         return fs, path
 
-    def clear_phase(self, phase: str) -> None:
-        """Forget ``phase``'s progress (``--no-resume``): its Ray run and engine checkpoints."""
+    def read_json(self, rel: str) -> Optional[dict]:
+        """``<root>/<rel>`` parsed, or None when absent."""
+        import json
+
         if self.is_local:
-            shutil.rmtree(self.ray_run_path(phase), ignore_errors=True)
-            ckpts = Path(self.root) / "checkpoints"
-            for p in ckpts.glob(f"{phase}_step_*.pt") if ckpts.is_dir() else []:
-                p.unlink(missing_ok=True)
+            p = Path(self.root) / rel
+            return json.loads(p.read_text()) if p.is_file() else None
+        import pyarrow.fs
+
+        fs, path = self._fs()
+        if fs.get_file_info(f"{path}/{rel}").type != pyarrow.fs.FileType.File:
+            return None
+        with fs.open_input_stream(f"{path}/{rel}") as fh:
+            return json.loads(fh.read().decode())
+
+    def write_json(self, rel: str, data: dict) -> None:
+        """Write ``<root>/<rel>`` (local: temp file then rename; S3: one PUT)."""
+        import json
+
+        if self.is_local:
+            from nasfe.imageio import atomic_write_json
+
+            atomic_write_json(Path(self.root) / rel, data)
+            return
+        fs, path = self._fs()
+        with fs.open_output_stream(f"{path}/{rel}") as out:
+            out.write(json.dumps(data, indent=1).encode())
+
+    def delete(self, rel: str) -> None:
+        """Remove the file ``<root>/<rel>`` if it is there."""
+        if self.is_local:
+            (Path(self.root) / rel).unlink(missing_ok=True)
             return
         import pyarrow.fs
 
         fs, path = self._fs()
-        target = f"{path}/ray/{phase}"
-        if fs.get_file_info(target).type != pyarrow.fs.FileType.NotFound:
-            fs.delete_dir(target)
+        if fs.get_file_info(f"{path}/{rel}").type == pyarrow.fs.FileType.File:
+            fs.delete_file(f"{path}/{rel}")
 
     def upload(self, local_dir: str | Path, files: list[str]) -> None:
         """Copy ``files`` (relative to ``local_dir``; folders too) into the run root (remote storage)."""
@@ -119,6 +141,44 @@ class RunStorage:
                     shutil.copyfileobj(fh, out)
 
 
+    def download(self, rel: str, local_dir: str | Path) -> bool:
+        """Copy ``<root>/<rel>`` (a file or a folder) into ``local_dir/<rel>``; False when absent."""
+        dest = Path(local_dir) / rel
+        if self.is_local:
+            src = Path(self.root) / rel
+            if not src.exists():
+                return False
+            if src.resolve() != dest.resolve():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                (shutil.copytree(src, dest, dirs_exist_ok=True) if src.is_dir() else shutil.copy2(src, dest))
+            return True
+        import pyarrow.fs
+
+        fs, path = self._fs()
+        kind = fs.get_file_info(f"{path}/{rel}").type
+        if kind == pyarrow.fs.FileType.NotFound:
+            return False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if kind == pyarrow.fs.FileType.Directory:
+            pyarrow.fs.copy_files(f"{path}/{rel}", str(dest), source_filesystem=fs,
+                                  destination_filesystem=pyarrow.fs.LocalFileSystem())
+        else:
+            with fs.open_input_stream(f"{path}/{rel}") as fh, dest.open("wb") as out:
+                shutil.copyfileobj(fh, out)
+        return True
+
+    def listdir(self, rel: str) -> list[str]:
+        """Names directly inside the folder ``<root>/<rel>`` (empty when absent)."""
+        if self.is_local:
+            p = Path(self.root) / rel
+            return sorted(q.name for q in p.iterdir()) if p.is_dir() else []
+        import pyarrow.fs
+
+        fs, path = self._fs()
+        sel = pyarrow.fs.FileSelector(f"{path}/{rel}", allow_not_found=True)
+        return sorted(Path(i.path).name for i in fs.get_file_info(sel))
+
+
 def ray_address(address: Optional[str]) -> Optional[str]:
     """The address to join: ``--address``, else ``RAY_ADDRESS``, else a cluster started on this node."""
     if address:
@@ -136,12 +196,19 @@ def ray_address(address: Optional[str]) -> Optional[str]:
     return None
 
 
+#: Settings (never secrets) the job's workers inherit from the driver through Ray's runtime_env.
+#: Ray writes a runtime_env in clear text into its logs (runtime_env_agent.log), so W&B's key is
+#: not among them: each node uses its own W&B login (~/.netrc, see scripts/node_env.sh).
+#: (``NASFE_DATA_CACHE`` is left to each node: where a node keeps its data is the node's business.)
+WORKER_ENV_KEYS = ("OMP_NUM_THREADS", "WANDB_MODE", "WANDB_SILENT", "WANDB_BASE_URL", "NASFE_WORK_DIR")
+
+
 def worker_env() -> dict[str, str]:
     """Environment of the job's Ray workers: this nasfe importable even when not pip-installed."""
     package_parent = str(Path(__file__).resolve().parents[2])
     paths = [package_parent] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
-    for key in ("OMP_NUM_THREADS", "WANDB_MODE", "WANDB_API_KEY", "WANDB_SILENT", "NASFE_WORK_DIR"):
+    for key in WORKER_ENV_KEYS:
         if os.environ.get(key):
             env[key] = os.environ[key]
     return env
@@ -164,10 +231,50 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
             ray.init(address=target, log_to_driver=log_to_driver, runtime_env=env)
         except ConnectionError as exc:
             raise StorageError(f"cannot join the Ray cluster at {target!r}: {exc}") from None
+        if os.environ.get("WANDB_API_KEY"):
+            log.info("WANDB_API_KEY stays on this machine: the cluster's workers log in to W&B with their "
+                     "node's own login (~/.netrc from scripts/cluster_secrets.sh), else offline")
         return f"joined the Ray cluster at {target}"
     # the dashboard agent serves the state API that Ray Train's placement-group cleaner polls
     ray.init(num_cpus=num_cpus, log_to_driver=log_to_driver, runtime_env=env)
     return f"started a local Ray instance ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+
+
+#: Where ``ray up`` leaves the cluster config on the head node (its autoscaler reads it there).
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
+
+
+def cluster_config_path() -> Optional[Path]:
+    """The cluster-launcher config this node belongs to: ``NASFE_CLUSTER_CONFIG``, else the one
+    ``ray up`` wrote on the head (``~/ray_bootstrap_config.yaml``), else None (no launcher)."""
+    given = os.environ.get("NASFE_CLUSTER_CONFIG")
+    path = Path(given or BOOTSTRAP_CONFIG).expanduser()
+    return path if path.is_file() else None
+
+
+def declared_gpus_per_worker(config: Optional[Path] = None) -> tuple[float, str]:
+    """GPUs each Train worker asks for, from what the cluster *declares* (never from what is up).
+
+    ``NASFE_GPUS_PER_WORKER`` wins; else the smallest ``resources: {GPU: n}`` among the worker
+    node types of the cluster config (the autoscaler starts such nodes on demand, from zero);
+    else 0 (CPU). Returns ``(gpus, where it came from)``.
+    """
+    if os.environ.get("NASFE_GPUS_PER_WORKER"):
+        return float(os.environ["NASFE_GPUS_PER_WORKER"]), "NASFE_GPUS_PER_WORKER"
+    config = config or cluster_config_path()
+    if config is None:
+        return 0.0, "no cluster config declares GPU workers"
+    import yaml
+
+    data = yaml.safe_load(Path(config).read_text()) or {}
+    head = data.get("head_node_type")
+    declared = {name: float((t.get("resources") or {}).get("GPU", 0))
+                for name, t in (data.get("available_node_types") or {}).items() if name != head}
+    declared = {k: v for k, v in declared.items() if v > 0}
+    if not declared:
+        return 0.0, f"{config}: no worker node type declares resources: {{GPU: n}}"
+    name = min(declared, key=declared.get)
+    return declared[name], f"{config}: node type {name!r} declares GPU: {declared[name]:g}"
 
 
 def cluster_gpus() -> int:

@@ -25,12 +25,14 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from nasfe.distributed.cluster import RunStorage
 from nasfe.engine.callbacks import Callback, ConsoleProgress
+from nasfe.errors import NasfeError
 
 log = logging.getLogger("nasfe.distributed")
 
@@ -90,6 +92,40 @@ class RayReportCallback(Callback):
     def on_end(self, state, summary):
         # one more report so the last Ray checkpoint also carries the summary (and model.pt)
         self._report(state, self.last_pt if state.is_main else None, summary.get("final", {}) or {})
+
+
+class WandbMirror(Callback):
+    """Rank 0: copy this phase's W&B run folder into the run's storage (``<root>/wandb/``) at every
+    checkpoint, at the end and after a failure, so offline history survives the node (spot nodes)."""
+
+    def __init__(self, logger, storage: RunStorage, work_dir: Path):
+        self.logger, self.storage, self.work_dir = logger, storage, Path(work_dir)
+
+    def copy(self) -> None:
+        """Upload the run folder (best effort: a failed copy is logged, training goes on)."""
+        run = getattr(self.logger, "run", None)
+        if run is None or self.storage.is_local:  # local storage: the folder is in the run root already
+            return
+        try:
+            folder = Path(run.dir).parent  # <work_dir>/wandb/offline-run-<time>-<id>
+            self.storage.upload(self.work_dir, [str(folder.relative_to(self.work_dir))])
+        except Exception as exc:  # noqa: BLE001  (tracking never fails a run)
+            log.warning("copying the W&B folder to %s failed: %s", self.storage.root, exc)
+
+    def on_checkpoint(self, state, path, metrics):
+        if state.is_main:
+            self.copy()
+
+    def on_end(self, state, summary):
+        if state.is_main:
+            self.copy()
+
+    def abort(self) -> None:
+        """After a failure: close the W&B run (its file is flushed), then copy it."""
+        close = getattr(self.logger, "close", None)
+        if close is not None:
+            close(exit_code=1)
+        self.copy()
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -157,7 +193,11 @@ def train_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     phase = config["phase"]
-    space = space_from_dict(config["space"], where=f"space {config['space'].get('name')!r}")
+    if config.get("need_cuda"):
+        require_cuda()
+    from nasfe.data.remote import localize_space
+
+    space = localize_space(space_from_dict(config["space"], where=f"space {config['space'].get('name')!r}"))
     storage = RunStorage(config["storage"], config["name"])
     work_dir = Path(storage.root) if storage.is_local else local_work_dir(storage.name, phase)
     scratch = Path(tempfile.mkdtemp(prefix=f"nasfe-{phase}-r{rank}-"))
@@ -165,7 +205,7 @@ def train_worker(config: dict[str, Any]) -> None:
         work_dir = scratch / "run"  # other ranks write nothing, but keep them away from rank 0's files
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
-        resume_from = _restore_from_ray(phase, work_dir, rank == 0, scratch)
+        resume_from = _restore_from_ray(phase, work_dir, rank == 0, scratch) or config.get("resume_from")
         callbacks: list[Callback] = [RayReportCallback(phase, work_dir)]
         if config.get("progress", True):
             import logging
@@ -178,22 +218,29 @@ def train_worker(config: dict[str, Any]) -> None:
 
             settings = WandbSettings(**config["wandb"])
             settings.dir = settings.dir or str(work_dir)
-            callbacks.append(WandbLogger(settings))
+            logger = WandbLogger(settings)
+            callbacks += [logger, WandbMirror(logger, storage, work_dir)]
         callbacks.extend(config.get("extra_callbacks") or [])
         device = ray.train.torch.get_device()
-        dist = DistContext.detect()
-        if phase == "search":
-            from nasfe.engine.search import run_search
+        dist = DistContext.detect(device=device)
+        try:
+            if phase == "search":
+                from nasfe.engine.search import run_search
 
-            run_search(space, work_dir, callbacks=callbacks, device=str(device), dist=dist,
-                       resume=False, resume_from=resume_from)
-        else:
-            from nasfe.engine.retrain import run_retrain
-            from nasfe.genotype import Genotype
+                run_search(space, work_dir, callbacks=callbacks, device=str(device), dist=dist,
+                           resume=False, resume_from=resume_from)
+            else:
+                from nasfe.engine.retrain import run_retrain
+                from nasfe.genotype import Genotype
 
-            genotype = Genotype.from_dict(config["genotype"], space=space) if config.get("genotype") else None
-            run_retrain(space, genotype, work_dir, callbacks=callbacks, device=str(device), dist=dist,
-                        resume=False, resume_from=resume_from)
+                genotype = Genotype.from_dict(config["genotype"], space=space) if config.get("genotype") else None
+                run_retrain(space, genotype, work_dir, callbacks=callbacks, device=str(device), dist=dist,
+                            resume=False, resume_from=resume_from)
+        except BaseException:
+            for cb in callbacks:  # keep what W&B recorded so far: the resumed run continues it
+                if hasattr(cb, "abort"):
+                    cb.abort()
+            raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -210,19 +257,68 @@ class PhaseResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+class GpuUnavailableError(NasfeError):
+    """A worker was given a GPU by Ray but its torch cannot use CUDA."""
+
+
+def require_cuda() -> None:
+    """On a worker promised a GPU: stop with one line unless torch can use CUDA there."""
+    import socket
+
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    import ray
+
+    gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
+    why = ("a CPU-only torch build: install the CUDA build (docs/CLUSTER.md, NASFE_TORCH)"
+           if torch.version.cuda is None else
+           f"torch is built for CUDA {torch.version.cuda} but no device is usable (driver?)")
+    raise GpuUnavailableError(f"a Train worker on {socket.gethostname()} was given GPU {gpu_ids} by Ray but "
+                              f"torch {torch.__version__} cannot see CUDA ({why})")
+
+
+def _checked_torch_config(backend: str, need_cuda: bool):
+    """Ray Train's TorchConfig; with ``need_cuda`` every worker checks CUDA before NCCL starts (a
+    broken GPU node then says so in one line instead of failing inside NCCL's setup)."""
+    from ray.train.torch import TorchConfig
+    from ray.train.torch.config import _TorchBackend
+
+    if not need_cuda:
+        return TorchConfig(backend=backend)
+
+    class _CudaCheckedBackend(_TorchBackend):
+        def on_start(self, worker_group, backend_config):
+            worker_group.execute(require_cuda)
+            super().on_start(worker_group, backend_config)
+
+    class CudaCheckedTorchConfig(TorchConfig):
+        @property
+        def backend_cls(self):
+            return _CudaCheckedBackend
+
+    return CudaCheckedTorchConfig(backend=backend)
+
+
 def build_trainer(space, run_name: str, storage: Optional[str] = None, num_workers: int = 2,
                   use_gpu: bool = False, phase: str = "search", genotype=None,
                   extra_callbacks: Sequence[Callback] = (), wandb=None, wandb_group: Optional[str] = None,
                   max_failures: int = 2, keep_checkpoints: int = 3, threads_per_worker: Optional[int] = None,
-                  progress: bool = True, cpus_per_worker: Optional[float] = None):
+                  progress: bool = True, cpus_per_worker: Optional[float] = None,
+                  resume_from: Optional[str] = None, gpus_per_worker: Optional[float] = None):
     """A ``TorchTrainer`` for one phase of run ``run_name`` (usable as is inside a Tune trial).
 
     ``space`` is a SpaceConfig; ``genotype`` a Genotype (retrain); ``wandb`` a
     :class:`~nasfe.tracking.wandb_logger.WandbSettings` or None (no W&B); ``extra_callbacks`` engine
     callbacks run on every worker (picklable). Re-using ``run_name`` and ``storage`` resumes.
+    ``resume_from``: the engine checkpoint to start from when Ray's record gives none
+    (:func:`nasfe.distributed.resume.prepare_phase`).
+    ``gpus_per_worker`` (default: 1 with ``use_gpu``, else 0) is the GPU demand each worker declares:
+    Ray schedules (and the autoscaler starts) nodes for it.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     if phase not in PHASES:
         raise ValueError(f"phase {phase!r}; expected one of {PHASES}")
@@ -238,13 +334,19 @@ def build_trainer(space, run_name: str, storage: Optional[str] = None, num_worke
         wb["run_id"] = wb.get("run_id") or _wandb_id(f"{st.root}-{phase}")
     config = {"phase": phase, "space": space.to_dict(), "name": st.name, "storage": st.storage,
               "genotype": genotype.to_dict() if genotype is not None else None, "wandb": wb,
-              "extra_callbacks": list(extra_callbacks), "threads": threads_per_worker, "progress": progress}
-    resources = {"CPU": cpus_per_worker} if cpus_per_worker else None
+              "extra_callbacks": list(extra_callbacks), "threads": threads_per_worker, "progress": progress,
+              "resume_from": resume_from}
+    gpus = float(gpus_per_worker) if gpus_per_worker is not None else (1.0 if use_gpu else 0.0)
+    use_gpu = gpus > 0
+    config["need_cuda"] = use_gpu
+    resources = {"CPU": cpus_per_worker} if cpus_per_worker else {}
+    if use_gpu:
+        resources["GPU"] = gpus
     return TorchTrainer(
         train_worker,
         train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+        torch_config=_checked_torch_config("nccl" if use_gpu else "gloo", need_cuda=use_gpu),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources or None),
         run_config=RunConfig(name=phase, storage_path=st.ray_storage_path,
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints)),
@@ -259,72 +361,134 @@ def _wandb_id(key: str) -> str:
 
 def fit_phase(space, run_name: str, storage: Optional[str] = None, phase: str = "search",
               resume: bool = True, **trainer_kwargs) -> PhaseResult:
-    """Build the trainer, ``fit()`` it, publish the artifacts into the run root, return the summary."""
-    import json
+    """Build the trainer, ``fit()`` it, publish the artifacts into the run root, return the summary.
+
+    A phase that finished earlier (``<root>/<phase>_done.json``, same space) returns at once with
+    its published results instead of starting a worker group. ``--no-resume`` sets the old
+    checkpoints aside (never deletes them); a resume is planned before Ray starts
+    (:func:`nasfe.distributed.resume.prepare_phase`).
+    """
+    from nasfe.distributed.resume import prepare_phase
 
     st = storage if isinstance(storage, RunStorage) else RunStorage.create(storage, run_name)
-    if not resume:
-        st.clear_phase(phase)
-    elif st.is_local:
-        check_resumable(st, phase)
-    trainer = build_trainer(space, run_name, st, phase=phase, **trainer_kwargs)
+    if resume:
+        done = finished_phase(st, phase, space)
+        if done is not None:
+            return done
+    resume_from = prepare_phase(st, phase, resume, space, trainer_kwargs.get("genotype"))
+    wandb = trainer_kwargs.get("wandb")
+    if wandb is not None and not wandb.run_id:
+        import dataclasses
+
+        trainer_kwargs["wandb"] = dataclasses.replace(wandb, run_id=wandb_run_id(st, phase, fresh=not resume))
+    trainer = build_trainer(space, run_name, st, phase=phase, resume_from=resume_from, **trainer_kwargs)
     try:
         result = trainer.fit()
+    except (KeyboardInterrupt, SystemExit):
+        # Ray Train's own Ctrl-C handler aborts the worker group, then leaves through sys.exit(0)
+        raise KeyboardInterrupt(f"the {phase} of {run_name!r} was interrupted") from None
     except Exception as exc:
         raise _user_error(exc) or exc
     if result.error is not None:
         raise _user_error(result.error) or result.error
     if result.checkpoint is None:
         raise RuntimeError(f"{phase} of run {run_name!r} finished without a checkpoint")
-    if st.is_local:
-        local_dir = Path(st.root)
-    else:
-        local_dir = local_work_dir(st.name, phase).with_name(f"{st.name}-published")
-        local_dir.mkdir(parents=True, exist_ok=True)
+    local_dir = _published_dir(st, phase)
+    if not st.is_local:
         result.checkpoint.to_directory(str(local_dir))
         st.upload(local_dir, [a for a in ARTIFACTS if (local_dir / a).exists()])
-    summary_file = local_dir / f"{phase}_summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    summary = _read_summary(local_dir, phase)
+    if not summary or int((result.metrics or {}).get("step", -1)) != int(summary.get("steps", -2)):
+        # no error, yet the phase did not reach its end: an abort (Ctrl-C before the workers ran)
+        raise KeyboardInterrupt(f"the {phase} of {run_name!r} stopped before its end")
+    st.write_json(f"{phase}_done.json", {"config_hash": _config_hash(space), "space_name": space.name,
+                                         "checkpoint": result.checkpoint.path, "finished": time.time(),
+                                         "metrics": _numbers(dict(result.metrics or {}))})
     return PhaseResult(phase, summary, st.root, local_dir, result.checkpoint.path, dict(result.metrics or {}))
 
 
-def check_resumable(storage: RunStorage, phase: str) -> None:
-    """Read the checkpoint a resume would start from (local storage) so a broken one is named now.
+def _published_dir(st: RunStorage, phase: str) -> Path:
+    """A local folder holding the run's published artifacts: the run root itself when local."""
+    if st.is_local:
+        return Path(st.root)
+    local_dir = local_work_dir(st.name, phase).with_name(f"{st.name}-published")
+    local_dir.mkdir(parents=True, exist_ok=True)
+    return local_dir
 
-    Raises :class:`~nasfe.engine.checkpoint.CheckpointError` naming the file.
+
+def _read_summary(local_dir: Path, phase: str) -> dict[str, Any]:
+    import json
+
+    summary_file = local_dir / f"{phase}_summary.json"
+    return json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+
+
+def finished_phase(st: RunStorage, phase: str, space) -> Optional[PhaseResult]:
+    """The published result of ``phase`` when it finished earlier for this space, else None."""
+    done = st.read_json(f"{phase}_done.json")
+    if not done or done.get("config_hash") != _config_hash(space):
+        return None  # never finished, or finished with other settings: Ray Train resumes or starts
+    local_dir = _published_dir(st, phase)
+    if not st.is_local:
+        for rel in ARTIFACTS:
+            st.download(rel, local_dir)
+    summary = _read_summary(local_dir, phase)
+    if not summary:
+        return None
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(done.get("finished", 0)))
+    print(f"[nasfe] the {phase} of {st.name!r} finished on {when}: using its results "
+          f"(--no-resume starts it over)", flush=True)
+    return PhaseResult(phase, summary, st.root, local_dir, done.get("checkpoint"), done.get("metrics") or {})
+
+
+def _config_hash(space) -> str:
+    """Hash of every setting of the space (the file it came from aside)."""
+    import hashlib
+    import json
+
+    data = {k: v for k, v in space.to_dict().items() if k != "source"}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def wandb_run_id(st: RunStorage, phase: str, fresh: bool = False) -> str:
+    """The W&B run id of ``phase``, kept in ``<root>/wandb_ids.json`` so that every resumed segment
+    (same name, any node) continues the same W&B run; ``fresh`` (``--no-resume``) makes a new one."""
+    import uuid
+
+    ids = st.read_json("wandb_ids.json") or {}
+    if fresh or not ids.get(phase):
+        ids[phase] = uuid.uuid4().hex[:16]
+        st.write_json("wandb_ids.json", ids)
+    return ids[phase]
+
+
+def check_resumable(storage: RunStorage, phase: str, space=None, genotype=None) -> None:
+    """Check, reading only, that ``phase`` of a local run can resume (before Ray starts).
+
+    Raises :class:`~nasfe.engine.checkpoint.CheckpointError` naming the file when no checkpoint
+    loads or the checkpoint belongs to another model space; see :mod:`nasfe.distributed.resume`.
     """
-    from nasfe.engine.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+    from nasfe.distributed.resume import plan_resume
 
-    ray_dir = Path(storage.ray_run_path(phase))
-    dirs = sorted(d for d in ray_dir.glob("checkpoint_*") if d.is_dir()) if ray_dir.is_dir() else []
-    if not dirs:
-        return
-    found = list_checkpoints(dirs[-1], phase)
-    if not found:
-        raise CheckpointError(f"{dirs[-1]}: the run's last Ray checkpoint holds no {phase} checkpoint "
-                              f"(use --no-resume to start over)")
-    load_checkpoint(found[-1], required=("step", "epoch", "model", "optimizers"))
+    plan_resume(storage, phase, space, genotype)
 
 
 def _user_error(exc: BaseException) -> Optional[BaseException]:
-    """The user-input error (bad checkpoint, genotype, config, data) behind a Ray worker failure."""
-    from nasfe.config import ConfigError
-    from nasfe.engine.checkpoint import CheckpointError
+    """The user-input error (bad checkpoint, genotype, config, data, a full disk) behind a Ray worker failure."""
+    from nasfe.errors import NasfeError
 
-    kinds: list[type] = [ConfigError, CheckpointError, FileNotFoundError]
-    for mod, name in (("nasfe.genotype", "GenotypeError"), ("nasfe.imageio", "ImageReadError"),
-                      ("nasfe.data.faces", "FaceSourceError")):
-        try:
-            kinds.append(getattr(__import__(mod, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
+    kinds = (NasfeError, FileNotFoundError)
     todo, seen = [exc], set()
     while todo:
         e = todo.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, tuple(kinds)):
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, BaseException) and cause is not e:  # a RayTaskError posing as its cause
+            todo.append(cause)
+            continue
+        if isinstance(e, kinds):
             return e
         todo.extend(getattr(e, "worker_failures", {}).values() if isinstance(getattr(e, "worker_failures", None), dict) else [])
         todo.extend([getattr(e, "cause", None), getattr(e, "controller_failure", None), e.__cause__, e.__context__])

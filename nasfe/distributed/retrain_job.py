@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,8 +56,10 @@ def evaluate_and_report(space, genotype, model_path, max_images: int, use_gpu: b
     """Evaluate (on this machine) and print one line per measure."""
     import torch
 
+    from nasfe.data.remote import localize_space
+
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-    res = evaluate_restoration(space, genotype, model_path, max_images, device)
+    res = evaluate_restoration(localize_space(space), genotype, model_path, max_images, device)
     print(f"[nasfe] test split ({res['images']} images, held-out identities):\n"
           f"          PSNR  degraded {res['input_psnr']:.2f} dB -> restored {res['psnr']:.2f} dB\n"
           f"          SSIM  degraded {res['input_ssim']:.4f}    -> restored {res['ssim']:.4f}", flush=True)
@@ -74,33 +76,50 @@ def _find_genotype(args, storage, space):
         return None  # a fixed network (res2 baseline) needs no genotype
     if storage.is_local and (Path(storage.root) / "genotype.json").is_file():
         return Genotype.from_json(Path(storage.root) / "genotype.json", space=space)
+    if not storage.is_local:  # the searched run's genotype on S3
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="nasfe-genotype-") as tmp:
+            if storage.download("genotype.json", tmp):
+                return Genotype.from_json(Path(tmp) / "genotype.json", space=space)
     raise CommandError(f"no genotype: give --genotype <genotype.json> (none found in {storage.root})")
 
 
 def main(args) -> int:
     """Run ``nasfe retrain``: retrain on Ray Train, evaluate on the test split, print the numbers."""
+    from nasfe.distributed.resume import run_lock
+    from nasfe.distributed.search_job import check_workers, job_storage, load_job_space
     from nasfe.errors import CommandError
-    from nasfe.distributed.ray_train import fit_retrain
-    from nasfe.distributed.search_job import (
-        check_workers, format_genotype, job_storage, load_job_space, open_cluster, preflight, wandb_pointer,
-        wandb_settings,
-    )
 
     space = load_job_space(args, {"retrain.epochs": args.epochs})
     check_workers(space, args.workers, ("retrain",))
     if args.name is None and not args.genotype and space.model.fusion == "nas":
         raise CommandError("give --genotype <genotype.json> or --name of a searched run")
     storage = job_storage(args, space)
+    with run_lock(storage):  # a second job with this --name refuses in one line instead of mixing checkpoints
+        return _retrain(args, space, storage)
+
+
+def _retrain(args, space, storage) -> int:
+    from nasfe.distributed.ray_train import fit_retrain
+    from nasfe.distributed.search_job import (
+        declared_gpus, describe_devices, format_genotype, open_cluster, preflight, wandb_pointer, wandb_settings,
+    )
+
     genotype = _find_genotype(args, storage, space)
     if genotype is not None:
         print(format_genotype(genotype), flush=True)
-    preflight(storage, ("retrain",), args.resume)
+    preflight(storage, ("retrain",), args.resume, space, genotype)
     use_gpu = open_cluster(args, args.workers)
+    gpus, gpus_from = declared_gpus(args)
+    print(f"[nasfe] retrain {storage.name!r} in {storage.root} ({args.workers} workers, "
+          f"{describe_devices(gpus, gpus_from)})", flush=True)
     t0 = time.time()
     res = fit_retrain(space, genotype, storage.name, storage, num_workers=args.workers, use_gpu=use_gpu,
+                      gpus_per_worker=gpus,
                       wandb=wandb_settings(args, storage.name), resume=args.resume, max_failures=args.max_failures)
     evaluate_and_report(space, genotype, res.local_dir / "model.pt", args.eval_images, use_gpu)
-    for line in wandb_pointer(res.local_dir):
+    for line in wandb_pointer(res.local_dir, storage):
         print(f"[nasfe] {line}", flush=True)
     print(f"[nasfe] results in {storage.root} ({time.time() - t0:.0f}s)", flush=True)
     return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -29,18 +28,22 @@ def _override(text: str) -> tuple[str, Any]:
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by ``nasfe search`` and ``nasfe retrain``."""
     parser.add_argument("--space", default="tiny", help="search space: built-in name or a .yaml file (default: tiny)")
-    parser.add_argument("--data", help="a face folder (<root>/<identity>/<image>); sets data.source=folder")
+    parser.add_argument("--data", help="faces: a folder (<root>/<identity>/<image>) or a URI on shared storage "
+                                       "(s3://bucket/prefix, fetched once per node); sets data.source=folder")
     parser.add_argument("--data-source", choices=["synthetic", "folder", "celeba", "vggface2"],
                         help="data.source (with --data: the kind of folder it is)")
     parser.add_argument("--name", help="run name (default: <space>-<date>-<time>; reuse a name to resume)")
     parser.add_argument("--storage", help="where runs live: a folder (default ./runs) or s3://bucket/prefix")
     parser.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
-    parser.add_argument("--gpus", "--use-gpu", dest="gpus", nargs="?", const="auto", default="auto",
-                        help="'auto' (default: GPUs when the cluster has them), 'yes'/'no'")
+    parser.add_argument("--gpus-per-worker", type=float, metavar="G",
+                        help="GPUs each Train worker asks for; the autoscaler starts GPU nodes for them "
+                             "(default: what the cluster config's worker types declare, else 0 = CPU)")
+    parser.add_argument("--gpus", "--use-gpu", dest="gpus", nargs="?", const="yes", default="auto",
+                        help="'auto' (default: as declared, see --gpus-per-worker), 'yes' (at least 1) or 'no'")
     parser.add_argument("--resume", dest="resume", action="store_true", default=True,
                         help="continue the run's last checkpoint (default)")
     parser.add_argument("--no-resume", dest="resume", action="store_false",
-                        help="start over: the run's earlier checkpoints are deleted")
+                        help="start over: the run's earlier checkpoints are moved to <run>/previous/ (not deleted)")
     parser.add_argument("--set", dest="overrides", action="append", type=_override, default=[],
                         metavar="KEY=VALUE", help="override a space field, e.g. --set search.lr=1e-3 (repeatable)")
     parser.add_argument("--wandb-project", default="nasfe", help="W&B project (default nasfe)")
@@ -66,8 +69,17 @@ def load_job_space(args, extra: Optional[dict[str, Any]] = None):
     from nasfe.errors import CommandError
     from nasfe.config import load_space
 
+    from nasfe.data.remote import DataFetchError, check_exists, is_uri
+
     overrides = dict(args.overrides or [])
-    if args.data:
+    if args.data and is_uri(args.data):  # shared storage: each node fetches it once (nasfe.data.remote)
+        try:
+            check_exists(args.data)
+        except DataFetchError as exc:
+            raise CommandError(f"--data {exc}") from None
+        overrides["data.root"] = args.data.rstrip("/")
+        overrides["data.source"] = args.data_source or "folder"
+    elif args.data:
         root = Path(args.data).expanduser()
         if not root.is_dir():
             raise CommandError(f"--data {args.data}: no such folder")
@@ -79,7 +91,7 @@ def load_job_space(args, extra: Optional[dict[str, Any]] = None):
         overrides["data.source"] = "synthetic"
     overrides.update({k: v for k, v in (extra or {}).items() if v is not None})
     space = load_space(args.space, overrides)
-    if space.data.source != "synthetic":
+    if space.data.source != "synthetic" and not is_uri(space.data.root):
         root = Path(space.data.root or "")
         if not space.data.root or not root.exists():
             raise CommandError(f"data.root {space.data.root!r}: no such folder (data.source = {space.data.source!r})")
@@ -99,34 +111,57 @@ def check_workers(space, workers: int, phases: tuple[str, ...]) -> None:
                                f"(use --set {phase}.batch_size=...)")
 
 
-def preflight(storage, phases: tuple[str, ...], resume: bool) -> None:
-    """Before starting Ray: a checkpoint the run would resume from must be readable (local storage)."""
+def preflight(storage, phases: tuple[str, ...], resume: bool, space=None, genotype=None) -> None:
+    """Before starting Ray: a checkpoint the run would resume from must load and fit ``space`` (local storage)."""
     from nasfe.distributed.ray_train import check_resumable
 
     if resume and storage.is_local:
         for phase in phases:
-            check_resumable(storage, phase)
+            check_resumable(storage, phase, space, genotype if phase == "retrain" else None)
+
+
+def declared_gpus(args) -> tuple[float, str]:
+    """GPUs per Train worker the job asks for, and why: ``--gpus-per-worker``, ``--gpus no|yes``,
+    else what the cluster config declares. Never what is up now: with ``min_workers: 0`` no GPU
+    node exists until a job asks for one."""
+    from nasfe.errors import CommandError
+    from nasfe.distributed.cluster import declared_gpus_per_worker
+
+    explicit = getattr(args, "gpus_per_worker", None)
+    if explicit is not None:
+        if explicit < 0:
+            raise CommandError(f"--gpus-per-worker {explicit:g}: must be >= 0")
+        return float(explicit), "--gpus-per-worker"
+    want = str(getattr(args, "gpus", "auto")).lower()
+    if want in ("no", "false", "0", "off"):
+        return 0.0, "--gpus no"
+    if want not in ("auto", "yes", "true", "1", "on"):
+        raise CommandError(f"--gpus {args.gpus!r}: expected auto, yes or no")
+    try:
+        gpus, where = declared_gpus_per_worker()
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"cluster config: {exc}") from None
+    if want != "auto" and gpus <= 0:
+        return 1.0, f"--gpus {want}"
+    return gpus, where
 
 
 def open_cluster(args, workers: int) -> bool:
-    """Connect to Ray; returns whether the workers use GPUs."""
+    """Connect to Ray; returns whether the workers ask for GPUs (as declared, see :func:`declared_gpus`)."""
     from nasfe.errors import CommandError
-    from nasfe.distributed.cluster import StorageError, cluster_gpus, connect
+    from nasfe.distributed.cluster import StorageError, connect
 
+    gpus, _ = declared_gpus(args)  # a bad flag fails before Ray starts
     try:
         print(f"[nasfe] {connect(args.address, log_to_driver=True)}", flush=True)
     except StorageError as exc:
         raise CommandError(str(exc)) from None
-    want = str(args.gpus).lower()
-    if want in ("auto",):
-        return cluster_gpus() >= 1
-    if want in ("yes", "true", "1", "on"):
-        if cluster_gpus() < 1:
-            log.warning("--gpus yes but the cluster reports no GPU now (the autoscaler may add GPU nodes)")
-        return True
-    if want in ("no", "false", "0", "off"):
-        return False
-    raise CommandError(f"--gpus {args.gpus!r}: expected auto, yes or no")
+    return gpus > 0
+
+
+def describe_devices(gpus: float, where: str) -> str:
+    """``CPU`` or ``1 GPU per worker (<where from>)`` for the job's first line."""
+    return f"{gpus:g} GPU per worker ({where})" if gpus > 0 else "CPU"
 
 
 def job_storage(args, space):
@@ -164,7 +199,7 @@ def format_genotype(genotype) -> str:
     return "\n".join(lines)
 
 
-def wandb_pointer(local_dir: Path) -> list[str]:
+def wandb_pointer(local_dir: Path, storage=None) -> list[str]:
     """Lines saying where the W&B runs of this run are (from the pointer files)."""
     out = []
     for phase in ("search", "retrain"):
@@ -172,30 +207,45 @@ def wandb_pointer(local_dir: Path) -> list[str]:
         if f.is_file():
             info = json.loads(f.read_text())
             where = info.get("url") or info.get("dir")
-            extra = f" (upload later: {info['sync']})" if info.get("sync") else ""
-            out.append(f"W&B {phase} run ({info.get('mode')}): {where}{extra}")
+            sync = info.get("sync")
+            if sync and storage is not None:  # every segment of every phase, from the run's storage
+                sync = f"nasfe wandb-sync --name {storage.name} --storage {storage.storage}"
+            extra = f" (upload later: {sync})" if sync else ""
+            out.append(f"W&B {phase} run ({info.get('mode')}, id {info.get('id')}): {where}{extra}")
     return out
 
 
 def main(args) -> int:
     """Run ``nasfe search``: search -> derive -> retrain -> evaluate, printing the results."""
-    from nasfe.distributed.ray_train import fit_retrain, fit_search
-    from nasfe.distributed.retrain_job import evaluate_and_report
-    from nasfe.genotype import Genotype
+    from nasfe.distributed.resume import run_lock
 
     space = load_job_space(args, {"search.epochs": args.epochs, "retrain.epochs": args.retrain_epochs})
     phases = ("search",) if args.no_retrain else ("search", "retrain")
     check_workers(space, args.workers, phases)
     storage = job_storage(args, space)
-    preflight(storage, phases, args.resume)
-    use_gpu = open_cluster(args, args.workers)
+    with run_lock(storage):  # a second job with this --name refuses in one line instead of mixing checkpoints
+        return _search(args, space, phases, storage)
+
+
+def _search(args, space, phases: tuple[str, ...], storage) -> int:
+    from nasfe.distributed.ray_train import finished_phase, fit_retrain, fit_search
+    from nasfe.distributed.retrain_job import evaluate_and_report
+    from nasfe.distributed.run_identity import check_job_run
+    from nasfe.genotype import Genotype
+
+    check_job_run(storage, space, args.resume)  # a reused name with other settings: refused
+    preflight(storage, phases, args.resume, space)
+    gpus, gpus_from = declared_gpus(args)
+    # phases that finished earlier return their results at once; Ray only starts when work is left
+    done = {p: finished_phase(storage, p, space) if args.resume else None for p in phases}
+    use_gpu = open_cluster(args, args.workers) if not all(done.values()) else False
     wb = wandb_settings(args, storage.name)
     print(f"[nasfe] run {storage.name!r} in {storage.root} (space {space.name}, {args.workers} workers, "
-          f"{'GPU' if use_gpu else 'CPU'})", flush=True)
+          f"{describe_devices(gpus, gpus_from)})", flush=True)
     t0 = time.time()
-    common = dict(num_workers=args.workers, use_gpu=use_gpu, wandb=wb, resume=args.resume,
-                  max_failures=args.max_failures)
-    search = fit_search(space, storage.name, storage, **common)
+    common = dict(num_workers=args.workers, use_gpu=use_gpu, gpus_per_worker=gpus, wandb=wb,
+                  resume=args.resume, max_failures=args.max_failures)
+    search = done["search"] or fit_search(space, storage.name, storage, **common)
     if "genotype" not in search.summary:
         raise RuntimeError(f"the search of {storage.root} left no genotype in search_summary.json")
     genotype = Genotype.from_dict(search.summary["genotype"], space=space)
@@ -204,12 +254,12 @@ def main(args) -> int:
                               "genotype_id": genotype.genotype_id(), "search": search.summary}
     local_dir = search.local_dir
     if not args.no_retrain:
-        retrain = fit_retrain(space, genotype, storage.name, storage, **common)
+        retrain = done["retrain"] or fit_retrain(space, genotype, storage.name, storage, **common)
         local_dir = retrain.local_dir
         report["retrain"] = retrain.summary
         report["test"] = evaluate_and_report(space, genotype, local_dir / "model.pt", args.eval_images, use_gpu)
     report["seconds"] = round(time.time() - t0, 1)
-    report["wandb"] = wandb_pointer(local_dir)
+    report["wandb"] = wandb_pointer(local_dir, storage)
     from nasfe.imageio import atomic_write_json
 
     atomic_write_json(local_dir / "job_summary.json", report)

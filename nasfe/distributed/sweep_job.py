@@ -11,6 +11,12 @@ import dataclasses
 import sys
 
 
+def _override(text: str):
+    from nasfe.distributed.search_job import _override as parse
+
+    return parse(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``nasfe sweep``."""
     parser.add_argument("--sweep", default="tiny",
@@ -22,8 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="trials at a time (default: the sweep space's, else cluster GPUs or CPUs per trial)")
     parser.add_argument("--optuna-storage", help="Optuna storage URL, e.g. sqlite:///runs/study.db "
                                                  "(overrides storage of the sweep space; optuna-dashboard reads it)")
+    parser.add_argument("--set", dest="overrides", action="append", type=_override, default=[],
+                        metavar="KEY=VALUE", help="fix a space field for every trial, e.g. --set loss.lambda_per=0.5 "
+                                                  "(repeatable; joins the overrides, and a swept field stops being swept)")
     parser.add_argument("--no-resume", dest="resume", action="store_false", default=True,
-                        help="start over: the earlier sweep of this name is deleted")
+                        help="start over: the earlier sweep of this name is deleted (also the way to re-run a "
+                             "name with other settings)")
     parser.add_argument("--gpus", default="auto", help="'auto' (default: GPUs when the cluster has them), 'yes'/'no'")
     parser.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS or a cluster on this node, "
                                           "else start a local one)")
@@ -48,11 +58,35 @@ def _apply_cli(sweep, args):
         if args.max_concurrent < 1:
             raise CommandError(f"--max-concurrent {args.max_concurrent}: need at least 1")
         changes["max_concurrent"] = args.max_concurrent
+    if getattr(args, "overrides", None):
+        from nasfe.distributed.sweep_space import sweep_from_dict
+
+        data = {k: v for k, v in sweep.to_dict().items() if k != "source"}
+        data["overrides"] = {**data["overrides"], **dict(args.overrides)}
+        # a value fixed on the command line is no longer swept
+        data["params"] = {k: v for k, v in data["params"].items() if k not in data["overrides"]}
+        sweep = sweep_from_dict(data, f"{sweep.source} with --set", default_name=sweep.name)
     if args.optuna_storage is not None:
         if "://" not in args.optuna_storage:
             raise CommandError(f"--optuna-storage {args.optuna_storage!r}: expected a URL like sqlite:///study.db")
         changes["storage"] = args.optuna_storage
     return dataclasses.replace(sweep, **changes) if changes else sweep
+
+
+def preflight(sweep, args) -> None:
+    """Before Ray starts: a re-run of a sweep name with other settings is refused (one line)."""
+    from pathlib import Path
+
+    from nasfe.distributed.cluster import RunStorage, StorageError
+    from nasfe.distributed.sweep import check_same_sweep
+    from nasfe.errors import CommandError
+
+    try:
+        run = RunStorage.create(args.storage, args.name or f"sweep-{sweep.name}")
+    except StorageError as exc:
+        raise CommandError(str(exc)) from None
+    if args.resume and run.is_local:
+        check_same_sweep(sweep, Path(run.root))
 
 
 def main(args) -> int:
@@ -63,6 +97,7 @@ def main(args) -> int:
     from nasfe.tracking.wandb_logger import WandbSettings
 
     sweep = _apply_cli(load_sweep(args.sweep), args)
+    preflight(sweep, args)
     use_gpu = open_cluster(args, sweep.workers_per_trial)
     wandb = None if args.wandb_mode == "disabled" else WandbSettings(project=args.wandb_project, mode=args.wandb_mode)
     result = run_sweep(sweep, storage=args.storage, name=args.name, resume=args.resume, use_gpu=use_gpu,

@@ -34,9 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
-from nasfe.config import SPACES_DIR, ConfigError, SpaceConfig, load_space, resolve_space_path
+from nasfe.config import SPACES_DIR, ConfigError, SpaceConfig, builtin_spaces_path, load_space, read_yaml, resolve_space_path
 
 PARAM_TYPES = ("float", "int", "choice")
 PHASES = ("search", "retrain")
@@ -323,9 +321,11 @@ def resolve_sweep_path(name_or_path: str | Path) -> Path:
     """A sweep YAML path, or a built-in name (``tiny`` -> search_spaces/sweep_tiny.yaml)."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
-        if not p.is_file():
-            raise ConfigError(f"{p}: sweep space file not found")
-        return p
+        if p.is_file():
+            return p
+        if builtin_spaces_path(p) is not None:
+            return builtin_spaces_path(p)
+        raise ConfigError(f"{p}: sweep space file not found (in {Path.cwd()})")
     for candidate in (SPACES_DIR / f"sweep_{name_or_path}.yaml", SPACES_DIR / f"{name_or_path}.yaml"):
         if candidate.is_file():
             return candidate
@@ -336,10 +336,7 @@ def resolve_sweep_path(name_or_path: str | Path) -> Path:
 def load_sweep(name_or_path: str | Path) -> SweepSpace:
     """Load and validate a sweep space YAML (``yaml.safe_load``)."""
     path = resolve_sweep_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path, "sweep space file")  # UTF-8, valid, not empty: else one line naming the file
     default_name = path.stem[len("sweep_"):] if path.stem.startswith("sweep_") else path.stem
     if isinstance(data, dict) and "sweep" in data:  # a search space carrying its own sweep section
         return sweep_from_dict(data["sweep"], str(path), default_name=default_name, default_base=str(path))

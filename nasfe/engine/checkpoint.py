@@ -1,20 +1,19 @@
 """Checkpoints: atomic writes, ``weights_only`` loads, and clear errors for broken files."""
 from __future__ import annotations
 
-import os
+import logging
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from nasfe.errors import CheckpointError
+
+log = logging.getLogger("nasfe.engine")
+
 CHECKPOINT_VERSION = 1
 _NAME = re.compile(r"^(?P<phase>[a-z]+)_step_(?P<step>\d{8})\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used; the message names the file and why."""
 
 
 def checkpoint_name(phase: str, step: int) -> str:
@@ -25,22 +24,15 @@ def checkpoint_name(phase: str, step: int) -> str:
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` with ``torch.save`` to a temp file in the same folder, then rename.
 
-    An interrupted save never leaves a truncated file under the final name.
+    An interrupted save (or a full disk: :class:`~nasfe.errors.WriteError`) never leaves a
+    truncated file under the final name; the file gets the usual mode (0644 under the usual umask).
     """
+    from nasfe.imageio import atomic_output
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"checkpoint_version": CHECKPOINT_VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as fh:
+        torch.save(payload, fh)
     return path
 
 
@@ -74,10 +66,26 @@ def list_checkpoints(folder: str | Path, phase: str) -> list[Path]:
     return sorted(found)
 
 
-def latest_checkpoint(folder: str | Path, phase: str) -> Optional[Path]:
-    """The newest checkpoint of ``phase`` in ``folder``, or None."""
+def latest_checkpoint(folder: str | Path, phase: str, required: tuple[str, ...] = ("step",)) -> Optional[Path]:
+    """The newest checkpoint of ``phase`` in ``folder`` that loads, or None when none is there.
+
+    A newer file that does not load (half written by a full disk, corrupted) is passed over with a
+    warning and left in place, never deleted. When files exist but none loads, the newest one's
+    :class:`CheckpointError` is raised (a resume must not silently start over).
+    """
     found = list_checkpoints(folder, phase)
-    return found[-1] if found else None
+    first_error: Optional[CheckpointError] = None
+    for path in reversed(found):
+        try:
+            load_checkpoint(path, required=required)
+        except CheckpointError as exc:
+            first_error = first_error or exc
+            log.warning("passing over %s: %s", path, exc)
+            continue
+        return path
+    if first_error is not None:
+        raise CheckpointError(f"no checkpoint of {phase!r} in {folder} loads; newest: {first_error}")
+    return None
 
 
 def prune_checkpoints(folder: str | Path, phase: str, keep: int) -> None:

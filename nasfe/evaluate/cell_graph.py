@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from nasfe.genotype import BlockGene, Genotype
+from nasfe.imageio import atomic_output
 
 
 def input_name(index: int) -> str:
@@ -76,8 +77,8 @@ def draw_cell(cell: Sequence[BlockGene], path: str | Path, title: Optional[str] 
     if title:
         ax.set_title(title, fontsize=10)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    with atomic_output(path) as fh:  # a full disk never leaves a half-written PNG
+        fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path
 

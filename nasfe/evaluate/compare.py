@@ -26,6 +26,7 @@ from typing import Any, Optional, Sequence
 
 from nasfe.config import ConfigError, SpaceConfig, load_space, space_from_dict
 from nasfe.genotype import Genotype, GenotypeError, diff_genotypes
+from nasfe.imageio import atomic_output
 
 log = logging.getLogger("nasfe.compare")
 
@@ -45,7 +46,7 @@ class ArchEntry:
     source: Path
     space: Optional[SpaceConfig] = None
     space_note: str = ""  # why there is no space, or where it came from
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # phase ('search'/'retrain') -> its metrics
     cost: dict[str, Any] = field(default_factory=dict)  # params, gflops, latency_ms
 
 
@@ -71,7 +72,12 @@ def _read_space(run_dir: Path) -> tuple[Optional[SpaceConfig], str]:
 
 
 def _read_metrics(run_dir: Path) -> dict[str, Any]:
-    """Validation metrics from the run's retrain summary (preferred) or search summary."""
+    """Validation metrics per phase: ``{'retrain': {...}, 'search': {...}}`` from the run's summaries.
+
+    A search summary's metrics belong to the supernet during the search, a retrain summary's to
+    the derived network: they are kept apart and labelled with their phase.
+    """
+    out: dict[str, Any] = {}
     for name in SUMMARY_FILES:
         p = run_dir / name
         if not p.is_file():
@@ -82,12 +88,11 @@ def _read_metrics(run_dir: Path) -> dict[str, Any]:
             log.warning("%s: not valid JSON; metrics left out", p)
             continue
         final = summary.get("final") or {}
-        out = {k: final[k] for k in METRIC_KEYS if isinstance(final.get(k), (int, float))}
+        phase = {k: final[k] for k in METRIC_KEYS if isinstance(final.get(k), (int, float))}
         if isinstance(summary.get("best_val_psnr"), (int, float)):
-            out["best_val_psnr"] = summary["best_val_psnr"]
-        out["metrics_from"] = name
-        return out
-    return {}
+            phase["best_val_psnr"] = summary["best_val_psnr"]
+        out[name.split("_")[0]] = phase
+    return out
 
 
 def _builtin_space_for(genotype: Genotype) -> Optional[SpaceConfig]:
@@ -141,8 +146,8 @@ def unique_labels(entries: Sequence[ArchEntry]) -> None:
         e.label = base if seen[base] == 1 else f"{base}-{seen[base]}"
 
 
-def measure_cost(space: SpaceConfig, genotype: Genotype, latency_runs: int = 5) -> dict[str, Any]:
-    """Trainable parameters, forward GFLOPs and median CPU latency (ms) of the derived network.
+def measure_cost(space: SpaceConfig, genotype: Genotype, latency_runs: int = 0, warmup: int = 3) -> dict[str, Any]:
+    """Trainable parameters, forward GFLOPs (and, with ``latency_runs``, CPU latency) of the derived network.
 
     One image of ``data.height x data.width``, restored without reference photos. The frozen face
     backbone is not counted in the parameters (it does not train) but its FLOPs are, when the
@@ -151,27 +156,68 @@ def measure_cost(space: SpaceConfig, genotype: Genotype, latency_runs: int = 5) 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from nasfe.model.registry import create_model
-
-    torch.manual_seed(0)
-    model = create_model(space, genotype).eval()
+    model, y = _build(space, genotype)
     params = sum(p.numel() for p in model.weight_parameters())
-    y = torch.rand(1, 3, space.data.height, space.data.width, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         counter = FlopCounterMode(display=False)
         with counter:
             model(y)
-        out = {"params": int(params), "gflops": counter.get_total_flops() / 1e9}
-        if latency_runs > 0:
-            for _ in range(2):  # warm-up: the first calls pay allocation and kernel selection
+    out = {"params": int(params), "gflops": counter.get_total_flops() / 1e9}
+    if latency_runs > 0:
+        out.update(measure_latency([(model, y)], latency_runs, warmup)[0])
+    return out
+
+
+def _build(space: SpaceConfig, genotype: Genotype):
+    import torch
+
+    from nasfe.model.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model(space, genotype).eval()
+    y = torch.rand(1, 3, space.data.height, space.data.width, generator=torch.Generator().manual_seed(0))
+    return model, y
+
+
+def measure_latency(models: Sequence[tuple[Any, Any]], runs: int, warmup: int = 3) -> list[dict[str, Any]]:
+    """Forward-pass latency (ms) of each ``(model, input)``: median, quartiles and spread of ``runs``.
+
+    Every network gets ``warmup`` untimed passes first (allocation, kernel selection), then the
+    timed passes go round-robin over the networks, so a load change on the machine hits them all
+    alike instead of whichever ran at that moment.
+    """
+    import torch
+
+    times: list[list[float]] = [[] for _ in models]
+    with torch.no_grad():
+        for model, y in models:
+            for _ in range(warmup):
                 model(y)
-            times = []
-            for _ in range(latency_runs):
+        for _ in range(runs):
+            for i, (model, y) in enumerate(models):
                 t0 = time.perf_counter()
                 model(y)
-                times.append((time.perf_counter() - t0) * 1000)
-            out["latency_ms"] = statistics.median(times)
+                times[i].append((time.perf_counter() - t0) * 1000)
+    out = []
+    for t in times:
+        q1, q3 = (statistics.quantiles(t, n=4)[0], statistics.quantiles(t, n=4)[2]) if len(t) >= 4 else (min(t), max(t))
+        out.append({"latency_ms": statistics.median(t), "latency_q1_ms": q1, "latency_q3_ms": q3,
+                    "latency_runs": len(t), "latency_warmup": warmup})
     return out
+
+
+#: a latency whose interquartile range exceeds this share of its median is flagged as unsteady
+UNSTEADY = 0.25
+
+
+def latency_warning(entries: Sequence["ArchEntry"]) -> Optional[str]:
+    """A line when some measured latency was unsteady (a loaded machine), else None."""
+    bad = [e.label for e in entries if e.cost.get("latency_ms")
+           and (e.cost["latency_q3_ms"] - e.cost["latency_q1_ms"]) > UNSTEADY * e.cost["latency_ms"]]
+    if not bad:
+        return None
+    return (f"latency unsteady for {', '.join(bad)} (interquartile range over {UNSTEADY:.0%} of the median): "
+            f"the machine is probably loaded; re-measure on an idle one, or leave latency out (--no-latency)")
 
 
 def edge_rows(entries: Sequence[ArchEntry]) -> list[tuple[str, list[str]]]:
@@ -215,11 +261,20 @@ def comparison_rows(entries: Sequence[ArchEntry]) -> list[tuple[str, list[str]]]
     rows += [
         ("parameters (M)", [_fmt(e.cost.get("params") and e.cost["params"] / 1e6, ".4f") for e in entries]),
         ("GFLOPs", [_fmt(e.cost.get("gflops"), ".4f") for e in entries]),
-        ("latency (ms, CPU)", [_fmt(e.cost.get("latency_ms"), ".1f") for e in entries]),
-        ("val PSNR (dB)", [_fmt(e.metrics.get("val_psnr"), ".3f") for e in entries]),
-        ("val SSIM", [_fmt(e.metrics.get("val_ssim"), ".4f") for e in entries]),
-        ("best val PSNR (dB)", [_fmt(e.metrics.get("best_val_psnr"), ".3f") for e in entries]),
     ]
+    runs = max((e.cost.get("latency_runs", 0) for e in entries), default=0)
+    if runs:
+        rows.append((f"latency (ms, CPU, median [q1-q3] of {runs})", [
+            MISSING if e.cost.get("latency_ms") is None else
+            f"{e.cost['latency_ms']:.1f} [{e.cost['latency_q1_ms']:.1f}-{e.cost['latency_q3_ms']:.1f}]"
+            for e in entries]))
+    for phase in ("retrain", "search"):  # each metric labelled with the phase it was measured in
+        if not any(e.metrics.get(phase) for e in entries):
+            continue
+        m = [e.metrics.get(phase, {}) for e in entries]
+        rows += [(f"{phase} val PSNR (dB)", [_fmt(x.get("val_psnr"), ".3f") for x in m]),
+                 (f"{phase} val SSIM", [_fmt(x.get("val_ssim"), ".4f") for x in m]),
+                 (f"{phase} best val PSNR (dB)", [_fmt(x.get("best_val_psnr"), ".3f") for x in m])]
     return rows
 
 
@@ -250,9 +305,13 @@ def render_markdown(entries: Sequence[ArchEntry], rows, hist, diff_list, images:
     labels = [e.label for e in entries]
     out = ["# Architecture comparison", ""]
     out += [f"- **{e.label}**: `{e.source}`" + (f" (space: {e.space_note})" if e.space_note else "")
-            + (f", metrics from {e.metrics['metrics_from']}" if e.metrics.get("metrics_from") else "")
+            + (f", metrics of {' and '.join(e.metrics)} (from {', '.join(f'{p}_summary.json' for p in e.metrics)})"
+               if e.metrics else "")
             for e in entries]
     out += ["", _md_table(["", *labels], [[name, *vals] for name, vals in rows]), ""]
+    warning = latency_warning(entries)
+    if warning:
+        out += [f"**Warning**: {warning}.", ""]
     for ref, other, lines in diff_list:
         out += [f"## Diff: {ref} -> {other}", ""]
         out += [f"- {line}" for line in lines] if lines else ["(identical architectures)"]
@@ -299,8 +358,8 @@ def draw_histogram(hist: dict[str, list[int]], labels: Sequence[str], path: str 
     if len(labels) <= 12:
         ax.legend(fontsize=7)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic_output(path) as fh:  # a full disk never leaves a half-written PNG
+        fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -341,12 +400,14 @@ class CompareReport:
 
 
 def compare(paths: Sequence[str | Path], space: Optional[str | SpaceConfig] = None,
-            out_dir: Optional[str | Path] = None, latency_runs: int = 5, measure: bool = True) -> CompareReport:
+            out_dir: Optional[str | Path] = None, latency_runs: int = 10, measure: bool = True,
+            warmup: int = 3) -> CompareReport:
     """Compare the architectures at ``paths`` (genotype files or run directories).
 
     ``space`` (name, path or SpaceConfig) builds every genotype when given; otherwise each uses
     the space saved with it. ``measure=False`` skips building the networks (no parameters,
-    FLOPs or latency). With ``out_dir``: writes compare.md, compare.csv, cells/*.png and
+    FLOPs or latency); ``latency_runs=0`` leaves latency out; else each network gets ``warmup``
+    untimed passes and ``latency_runs`` timed ones, taken in turns across the networks. With ``out_dir``: writes compare.md, compare.csv, cells/*.png and
     op_histogram.png there.
     """
     if not paths:
@@ -356,11 +417,20 @@ def compare(paths: Sequence[str | Path], space: Optional[str | SpaceConfig] = No
     entries = [load_entry(p, space) for p in paths]
     unique_labels(entries)
     if measure:
+        built = []
         for e in entries:
             if e.space is None:
                 log.warning("%s: parameters/FLOPs/latency left out: %s", e.label, e.space_note)
                 continue
-            e.cost = measure_cost(e.space, e.genotype, latency_runs)
+            e.cost = measure_cost(e.space, e.genotype)
+            built.append(e)
+        if latency_runs > 0 and built:
+            timed = measure_latency([_build(e.space, e.genotype) for e in built], latency_runs, warmup)
+            for e, t in zip(built, timed):
+                e.cost.update(t)
+            warning = latency_warning(built)
+            if warning:
+                log.warning(warning)
     rows = comparison_rows(entries)
     hist = operator_histogram(entries)
     diff_list = diffs(entries)
@@ -399,18 +469,23 @@ def add_arguments(parser) -> None:
     parser.add_argument("--space", default=None,
                         help="search space (name or YAML) to build every genotype in; default: the one saved with each run")
     parser.add_argument("--out", default=None, help="folder for compare.md, compare.csv, cells/*.png, op_histogram.png")
-    parser.add_argument("--latency-runs", type=int, default=5, help="forward passes timed per network (median; 0: skip)")
+    parser.add_argument("--latency-runs", type=int, default=10,
+                        help="timed forward passes per network, in turns across networks (median and quartiles; "
+                             "default 10; 0: no latency)")
+    parser.add_argument("--latency-warmup", type=int, default=3, help="untimed passes per network first (default 3)")
+    parser.add_argument("--no-latency", action="store_true", help="leave latency out (as --latency-runs 0)")
     parser.add_argument("--no-measure", action="store_true", help="skip building the networks (no parameters/FLOPs/latency)")
 
 
 def main(args) -> int:
     """Run ``nasfe compare`` and print the Markdown report."""
-    if args.latency_runs < 0:
+    if args.latency_runs < 0 or args.latency_warmup < 0:
         from nasfe.errors import CommandError
 
-        raise CommandError("--latency-runs must be >= 0")
-    report = compare(args.paths, space=args.space, out_dir=args.out, latency_runs=args.latency_runs,
-                     measure=not args.no_measure)
+        raise CommandError("--latency-runs and --latency-warmup must be >= 0")
+    report = compare(args.paths, space=args.space, out_dir=args.out,
+                     latency_runs=0 if args.no_latency else args.latency_runs, measure=not args.no_measure,
+                     warmup=args.latency_warmup)
     print(report.markdown)
     if args.out:
         print(f"\nwrote {len(report.files)} files to {args.out}", file=sys.stderr)

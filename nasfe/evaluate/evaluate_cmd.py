@@ -47,7 +47,8 @@ DEFAULT_RECOGNIZER = Path("models") / "mobilefacenet" / "MobileFaceNet.onnx"
 MONTAGE_ROWS = 4
 
 CONVENTIONS = ("PSNR/SSIM: RGB in [0, 1], full image (no border crop), data range 1, outputs clamped to [0, 1]; "
-               "SSIM: Gaussian window 11, sigma 1.5 (BasicSR). *_y columns: BT.601 luma. identity_cos / "
+               "SSIM: Gaussian window 11, sigma 1.5 (BasicSR). *_y columns: BT.601 luma; ssim_grey: MATLAB rgb2gray "
+               "(0.2989 R + 0.5870 G + 0.1140 B). identity_cos / "
                "identity_deg: mean cosine / angle between recogniser embeddings of restored and clean faces. "
                "top1 / top5: closed-set identification of restored probes against the clean gallery.")
 
@@ -191,11 +192,13 @@ def subsample(n: int, max_images: Optional[int], seed: int, set_index: int) -> l
 def evaluate_sets(methods: Sequence[Method], root: str | Path, sets: Optional[Sequence[str]] = None,
                   faces: Optional[str | Path] = None, k_refs: int = 3, recognizer=None,
                   max_images: Optional[int] = None, batch_size: int = 8, y_channel: bool = False,
-                  seed: int = 0, progress: bool = True) -> dict[str, Any]:
+                  seed: int = 0, progress: bool = True, ssim_convention: str = "rgb") -> dict[str, Any]:
     """Run every method on every test set; returns summary rows, per-image rows and montage panels.
 
     See the module docstring for the protocol. ``recognizer``: a ``Recognizer`` or None (no
-    identity metrics). Raises ``TestSetError`` for a broken test-set folder.
+    identity metrics). ``ssim_convention`` other than 'rgb' adds an ``ssim_<convention>`` column
+    (``nasfe.evaluate.metrics.CONVENTIONS``) beside the RGB one. Raises ``TestSetError`` for a
+    broken test-set folder.
     """
     from tqdm import tqdm
 
@@ -254,6 +257,8 @@ def evaluate_sets(methods: Sequence[Method], root: str | Path, sets: Optional[Se
                 vals = {"psnr": psnr(out, x), "ssim": ssim(out, x)}
                 if y_channel:
                     vals.update(psnr_y=psnr(out, x, y_channel=True), ssim_y=ssim(out, x, y_channel=True))
+                if ssim_convention != "rgb":
+                    vals[f"ssim_{ssim_convention}"] = ssim(out, x, convention=ssim_convention)
                 if recognizer is not None:
                     e = recognizer.embed(out)
                     probe_emb[m.name].append(e)
@@ -270,7 +275,7 @@ def evaluate_sets(methods: Sequence[Method], root: str | Path, sets: Optional[Se
         for m in methods:
             s = summary[f"{name}\t{m.name}"]
             row = {"test_set": name, "method": m.name, "images": s["psnr"]["count"]}
-            for key in ("psnr", "ssim", "psnr_y", "ssim_y", "identity_cos", "identity_deg"):
+            for key in ("psnr", "ssim", "psnr_y", "ssim_y", "ssim_grey", "identity_cos", "identity_deg"):
                 if key in s:
                     row[key] = s[key]["mean"]
                     row[f"{key}_std"] = s[key]["std"]
@@ -294,7 +299,7 @@ def evaluate_sets(methods: Sequence[Method], root: str | Path, sets: Optional[Se
 # ---- outputs ------------------------------------------------------------------------------------------------
 def table_columns(rows: Sequence[dict]) -> list[str]:
     """The summary columns present in ``rows``, in a fixed order."""
-    order = ["test_set", "method", "psnr", "ssim", "psnr_y", "ssim_y", "identity_cos", "identity_deg",
+    order = ["test_set", "method", "psnr", "ssim", "psnr_y", "ssim_y", "ssim_grey", "identity_cos", "identity_deg",
              "top1", "top5", "images"]
     present = {k for r in rows for k in r}
     return [c for c in order if c in present]
@@ -379,6 +384,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--recognizer", default=None,
                         help="onnx:PATH, torch:PATH or none (default: ../shared/models/mobilefacenet/MobileFaceNet.onnx)")
     parser.add_argument("--y-channel", action="store_true", help="also report PSNR/SSIM on the BT.601 Y channel")
+    parser.add_argument("--ssim-convention", default="rgb", choices=["rgb", "y", "grey"],
+                        help="also report SSIM on these channels (y: BT.601 luma, the closest to the paper's input "
+                             "SSIMs; grey: MATLAB rgb2gray); the ssim column stays RGB (docs/DEGRADATION.md)")
     parser.add_argument("--max-images", type=int, default=None, help="seeded subsample of each test set")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="seed of the subsample and of the reference draw")
@@ -390,7 +398,9 @@ def main(args) -> int:
     """``nasfe evaluate``."""
     from nasfe.errors import CommandError
     from nasfe.evaluate.baselines import BASELINES
+    from nasfe.data.testsets import load_manifest
     from nasfe.evaluate.model_io import load_from_args, load_trained, resolve_device
+    from nasfe.imageio import ensure_writable_dir
 
     if args.batch_size < 1 or (args.max_images is not None and args.max_images < 1):
         raise CommandError("--batch-size and --max-images must be >= 1")
@@ -401,6 +411,8 @@ def main(args) -> int:
         raise CommandError(f"--testsets {args.testsets}: no such folder")
     if args.faces and not Path(args.faces).is_dir():
         raise CommandError(f"--faces {args.faces}: no such folder")
+    load_manifest(args.testsets)  # a broken test-set folder is one line now, not after loading the models
+    ensure_writable_dir(args.out)  # now, not after all the computing
     device = resolve_device(args.device)
     model, space, genotype = load_from_args(args, device)
     k = space.identity.refs if args.refs is None else args.refs
@@ -433,11 +445,13 @@ def main(args) -> int:
               "network, the identity loss trained for this metric", file=sys.stderr)
     t0 = time.time()
     result = evaluate_sets(methods, args.testsets, args.sets, args.faces, k, recognizer, args.max_images,
-                           args.batch_size, args.y_channel, args.seed, progress=not args.quiet)
+                           args.batch_size, args.y_channel, args.seed, progress=not args.quiet,
+                           ssim_convention=args.ssim_convention)
     settings = {"model": args.model or args.weights, "space": space.name, "space_hash": space.space_hash(),
                 "genotype_id": genotype.genotype_id() if genotype is not None else None,
                 "testsets": str(args.testsets), "faces": args.faces, "refs": k if args.faces else 0,
                 "recognizer": rec_spec, "max_images": args.max_images, "seed": args.seed, "device": str(device),
+                "ssim_convention": args.ssim_convention,
                 "seconds": round(time.time() - t0, 1)}
     report = write_outputs(result, args.out, settings)
     print((Path(args.out) / "results.md").read_text())

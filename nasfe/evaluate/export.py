@@ -16,6 +16,7 @@ size is dynamic in ONNX), and its size grows with H*H + W*W per FFT resolution. 
 """
 from __future__ import annotations
 
+import io
 import logging
 import math
 import time
@@ -28,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from nasfe.errors import ExportError
+from nasfe.imageio import atomic_write_bytes
 from nasfe.model.ops import FFTOp
 
 log = logging.getLogger("nasfe.evaluate")
@@ -35,10 +38,6 @@ log = logging.getLogger("nasfe.evaluate")
 #: outputs of the exported graph must match PyTorch's within this (the issue's requirement)
 EXPORT_ATOL = 1e-4
 DEFAULT_OPSET = 17
-
-
-class ExportError(RuntimeError):
-    """The export failed or its outputs differ from PyTorch's; the message says which file and by how much."""
 
 
 def _dft_mats(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -207,14 +206,13 @@ def _export_onnx(wrapper, trace_in, check_in, ref, path: Path, opset: int) -> di
     names = ["y"] + (["refs"] if len(trace_in) > 1 else [])
     axes = {n: {0: "batch"} for n in names + ["restored", "class_logits"]}
     t0 = time.time()
-    tmp = path.with_name(f".{path.name}.tmp")
+    buf = io.BytesIO()  # in memory, then an atomic write: a full disk is one line, never a half file
     try:
-        torch.onnx.export(wrapper, trace_in, str(tmp), input_names=names, output_names=["restored", "class_logits"],
+        torch.onnx.export(wrapper, trace_in, buf, input_names=names, output_names=["restored", "class_logits"],
                           dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
-        tmp.replace(path)
     except Exception as exc:  # the exporter raises many types; the user needs one line
-        tmp.unlink(missing_ok=True)
         raise ExportError(f"{path}: ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    atomic_write_bytes(path, buf.getvalue())
     seconds = time.time() - t0
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {n: t.numpy() for n, t in zip(names, check_in)})
@@ -225,13 +223,13 @@ def _export_onnx(wrapper, trace_in, check_in, ref, path: Path, opset: int) -> di
 
 def _export_torchscript(wrapper, trace_in, check_in, ref, path: Path) -> dict[str, Any]:
     t0 = time.time()
+    buf = io.BytesIO()  # torch.jit.save aborts the process on a full disk when given a path
     try:
         traced = torch.jit.trace(wrapper, trace_in, check_trace=False)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.jit.save(traced, str(tmp))
-        tmp.replace(path)
+        torch.jit.save(traced, buf)
     except Exception as exc:
         raise ExportError(f"{path}: TorchScript trace failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    atomic_write_bytes(path, buf.getvalue())
     seconds = time.time() - t0
     loaded = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
@@ -262,7 +260,9 @@ def main(args) -> int:
     """``nasfe export``: returns 0 when every exported file matches PyTorch within --atol."""
     from nasfe.errors import CommandError
     from nasfe.evaluate.model_io import load_from_args
+    from nasfe.imageio import ensure_writable_dir
 
+    ensure_writable_dir(args.out)
     model, space, _ = load_from_args(args, "cpu")
     h = args.height or space.data.height
     w = args.width or space.data.width

@@ -7,9 +7,11 @@ Conventions (BasicSR-style, on float images; nothing is quantised to uint8 first
   restored image to [0, 1] before measuring if the model can overshoot (the restore code does).
 * ``crop_border`` pixels are removed from every side before measuring (0 = the full image, which is
   what the NASFE tables use).
-* ``y_channel=True`` measures the BT.601 luma used by BasicSR / MATLAB ``rgb2ycbcr`` on [0, 1]
-  input: ``Y = 16/255 + (65.481 R + 128.553 G + 24.966 B) / 255`` (so Y lies in [16/255, 235/255]);
-  ``data_range`` stays 1.0. ``y_channel=False`` measures all three RGB channels.
+* ``convention`` (``CONVENTIONS``) says which channels are measured: 'rgb' (default) all three RGB
+  channels; 'y' the BT.601 luma used by BasicSR / MATLAB ``rgb2ycbcr`` on [0, 1] input:
+  ``Y = 16/255 + (65.481 R + 128.553 G + 24.966 B) / 255`` (so Y lies in [16/255, 235/255]);
+  'grey' MATLAB ``rgb2gray``: ``0.2989 R + 0.5870 G + 0.1140 B`` (no offset). ``data_range``
+  stays 1.0. ``y_channel=True`` is the older spelling of ``convention='y'``.
 * PSNR = ``10 log10(data_range**2 / MSE)`` with MSE averaged over channels and pixels of each
   image. Identical images give ``+inf`` (never a large finite stand-in); see
   ``MetricAccumulator`` and ``nasfe.evaluate.report`` for how that is summarised and printed.
@@ -17,9 +19,9 @@ Conventions (BasicSR-style, on float images; nothing is quantised to uint8 first
   sigma 1.5, ``C1 = (0.01 data_range)**2``, ``C2 = (0.03 data_range)**2``, "valid" filtering (no
   padding, so a 5-pixel margin of the SSIM map is dropped), SSIM map averaged over pixels and then
   over channels. Identical images give exactly 1.
-* Both are computed in float64 (float32 on devices without float64, e.g. MPS) without autograd,
-  and return one value per image: a tensor of shape (N,) on the input's device (float64, or
-  float32 where float64 is unavailable).
+* Both are computed in float64 (float32 on devices without float64, e.g. MPS; ``dtype=`` picks
+  another, e.g. float32 for ~10x faster SSIM on CPU, within ~1e-6 of float64 on images) without
+  autograd, and return one value per image: a tensor of shape (N,) on the input's device.
 """
 from __future__ import annotations
 
@@ -34,6 +36,10 @@ import torch.nn.functional as F
 #: BT.601 luma weights for [0, 1] RGB, BasicSR ``rgb2ycbcr(y_only=True)``.
 _Y_WEIGHTS = (65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0)
 _Y_OFFSET = 16.0 / 255.0
+#: MATLAB ``rgb2gray`` weights.
+GREY_WEIGHTS = (0.2989, 0.5870, 0.1140)
+#: Which channels PSNR/SSIM measure: all RGB channels, BT.601 luma, or MATLAB's grey.
+CONVENTIONS = ("rgb", "y", "grey")
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -50,13 +56,32 @@ def rgb_to_y(x: torch.Tensor) -> torch.Tensor:
     return _Y_OFFSET + _Y_WEIGHTS[0] * r + _Y_WEIGHTS[1] * g + _Y_WEIGHTS[2] * b
 
 
+def rgb_to_grey(x: torch.Tensor) -> torch.Tensor:
+    """MATLAB ``rgb2gray`` of RGB images in [0, 1]: (N,3,H,W) -> (N,1,H,W), ``0.2989 R + 0.5870 G + 0.1140 B``."""
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"rgb_to_grey expects (N,3,H,W) RGB images, got shape {tuple(x.shape)}")
+    return GREY_WEIGHTS[0] * x[:, 0:1] + GREY_WEIGHTS[1] * x[:, 1:2] + GREY_WEIGHTS[2] * x[:, 2:3]
+
+
+def _convention(y_channel: bool, convention: Optional[str], name: str) -> str:
+    if convention is None:
+        return "y" if y_channel else "rgb"
+    if convention not in CONVENTIONS:
+        raise ValueError(f"{name}: convention must be one of {CONVENTIONS}, got {convention!r}")
+    if y_channel and convention != "y":
+        raise ValueError(f"{name}: y_channel=True contradicts convention={convention!r}")
+    return convention
+
+
 def _work_dtype(device: torch.device) -> torch.dtype:
     # float64 avoids cancellation in E[x^2] - E[x]^2; MPS has no float64.
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _prepare(a: torch.Tensor, b: torch.Tensor, y_channel: bool, crop_border: int, name: str):
+def _prepare(a: torch.Tensor, b: torch.Tensor, y_channel: bool, crop_border: int, name: str,
+             convention: Optional[str] = None, dtype: Optional[torch.dtype] = None):
     """Validate a pair of image batches and bring them to the measuring form."""
+    convention = _convention(y_channel, convention, name)
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
         raise TypeError(f"{name}: expected two torch tensors, got {type(a).__name__} and {type(b).__name__}")
     if a.dim() == 3:
@@ -72,11 +97,13 @@ def _prepare(a: torch.Tensor, b: torch.Tensor, y_channel: bool, crop_border: int
     h, w = a.shape[-2:]
     if 2 * crop_border >= min(h, w):
         raise ValueError(f"{name}: crop_border={crop_border} leaves nothing of a {h}x{w} image")
-    dtype = _work_dtype(a.device)
+    dtype = dtype or _work_dtype(a.device)
     a = a.detach().to(dtype)
     b = b.detach().to(device=a.device, dtype=dtype)
-    if y_channel:
+    if convention == "y":
         a, b = rgb_to_y(a), rgb_to_y(b)
+    elif convention == "grey":
+        a, b = rgb_to_grey(a), rgb_to_grey(b)
     if crop_border:
         c = crop_border
         a, b = a[..., c:-c, c:-c], b[..., c:-c, c:-c]
@@ -85,37 +112,39 @@ def _prepare(a: torch.Tensor, b: torch.Tensor, y_channel: bool, crop_border: int
 
 @torch.no_grad()
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, y_channel: bool = False,
-         crop_border: int = 0) -> torch.Tensor:
+         crop_border: int = 0, convention: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Per-image PSNR in dB of two (N,C,H,W) batches: ``10 log10(data_range^2 / MSE)``, MSE over
     channels and pixels; ``+inf`` for identical images. Returns shape (N,). See module docstring."""
-    a, b = _prepare(a, b, y_channel, crop_border, "psnr")
+    a, b = _prepare(a, b, y_channel, crop_border, "psnr", convention, dtype)
     mse = (a - b).pow(2).flatten(1).mean(dim=1)
     # mse == 0 -> division gives +inf, and log10(inf) = inf: identical images are +inf by design.
     return 10.0 * torch.log10((data_range ** 2) / mse)
 
 
-def _gaussian_window(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Normalised 11x11 Gaussian (sigma 1.5), the outer product of the 1-D kernel like OpenCV's."""
+def _gaussian_1d(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Normalised 1-D Gaussian of length 11, sigma 1.5 (the 11x11 window is its outer product, like OpenCV's)."""
     half = SSIM_WINDOW // 2
     t = torch.arange(-half, half + 1, device=device, dtype=dtype)
     g = torch.exp(-(t ** 2) / (2 * SSIM_SIGMA ** 2))
-    g = g / g.sum()
-    return torch.outer(g, g)
+    return g / g.sum()
 
 
 @torch.no_grad()
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, y_channel: bool = False,
-         crop_border: int = 0) -> torch.Tensor:
+         crop_border: int = 0, convention: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Per-image SSIM of two (N,C,H,W) batches (Gaussian window 11, sigma 1.5, K1=0.01, K2=0.03,
-    valid filtering, mean over pixels then channels). Returns shape (N,); 1 for identical images."""
-    a, b = _prepare(a, b, y_channel, crop_border, "ssim")
+    valid filtering, mean over pixels then channels). Returns shape (N,); 1 for identical images.
+    ``convention``: 'rgb' (default), 'y' or 'grey' (module docstring)."""
+    a, b = _prepare(a, b, y_channel, crop_border, "ssim", convention, dtype)
     n, c, h, w = a.shape
     if min(h, w) < SSIM_WINDOW:
         raise ValueError(f"ssim: images must be at least {SSIM_WINDOW}x{SSIM_WINDOW} after cropping, got {h}x{w}")
-    win = _gaussian_window(a.device, a.dtype).expand(c, 1, SSIM_WINDOW, SSIM_WINDOW)
+    g = _gaussian_1d(a.device, a.dtype)
+    rows, cols = g.view(1, 1, 1, -1).expand(c, 1, 1, SSIM_WINDOW), g.view(1, 1, -1, 1).expand(c, 1, SSIM_WINDOW, 1)
 
     def filt(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, win, groups=c)
+        # The window is separable: two 1-D passes give the 2-D "valid" filter (~10x faster).
+        return F.conv2d(F.conv2d(t, rows, groups=c), cols, groups=c)
 
     c1 = (SSIM_K1 * data_range) ** 2
     c2 = (SSIM_K2 * data_range) ** 2

@@ -18,6 +18,8 @@ How images of any size are handled:
 
 Unreadable files are reported by name on stderr and the rest go on; folders list their non-image
 files as a count. The run ends with one summary line; the exit status is 1 when any file failed.
+An output that would land on an input file (``-o`` equal to an input folder, links) is refused
+before any work: your originals are never overwritten.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nasfe.imageio import ImageReadError, read_image, to_tensor, to_uint8, write_png_atomic
+from nasfe.imageio import ImageReadError, ensure_writable_dir, read_image, to_tensor, to_uint8, write_png_atomic
 
 log = logging.getLogger("nasfe.evaluate")
 
@@ -157,6 +159,39 @@ def output_names(rels: Sequence[Path]) -> list[Path]:
     return out
 
 
+def plan_outputs(inputs: Sequence[str | Path], out_dir: str | Path, recursive: bool = False,
+                 compare: bool = False) -> tuple[list[tuple[Path, Path]], dict[str, int]]:
+    """(input file, output path relative to ``out_dir``) of every image, and the left-out counts.
+
+    Refuses (:class:`~nasfe.errors.CommandError`) an ``out_dir`` that is one of the input folders, or
+    any output that would land on an input file (the same path, a link to it, or a hard link):
+    restoring never overwrites the user's originals.
+    """
+    from nasfe.errors import CommandError
+
+    out_dir = Path(out_dir).expanduser()
+    out_real = out_dir.resolve()
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir() and p.resolve() == out_real:
+            raise CommandError(f"--out {out_dir} is the input folder {item}: restored images would replace or mix "
+                               "with your originals; choose another --out")
+    files, left_out = collect_images(inputs, recursive)
+    outs = output_names([rel for _, rel in files])
+    originals = {p.resolve(): p for p, _ in files}
+    inodes = {(s.st_dev, s.st_ino): p for p, _ in files if (s := p.stat())}
+    for rel in outs:
+        for target in [out_dir / rel] + ([out_dir / "compare" / rel] if compare else []):
+            hit = originals.get(target.resolve())
+            if hit is None and target.exists():
+                s = target.stat()
+                hit = inodes.get((s.st_dev, s.st_ino))
+            if hit is not None:
+                raise CommandError(f"--out {out_dir}: writing {target} would overwrite the input {hit}; "
+                                   "choose another --out")
+    return list(zip((p for p, _ in files), outs)), left_out
+
+
 def load_refs(items: Sequence[str | Path], height: int, width: int) -> tuple[Optional[torch.Tensor], list[str]]:
     """Reference photos as (k,3,height,width) (fitted to the training size) and the unreadable ones."""
     from nasfe.data.faces import fit_to_size
@@ -211,10 +246,8 @@ def restore_files(model, inputs: Sequence[str | Path], out_dir: str | Path, refs
     """
     from tqdm import tqdm
 
-    out_dir = Path(out_dir)
-    files, left_out = collect_images(inputs, recursive)
-    outs = output_names([rel for _, rel in files])
-    jobs = [(p, o) for (p, _), o in zip(files, outs)]
+    out_dir = Path(out_dir).expanduser()
+    jobs, left_out = plan_outputs(inputs, out_dir, recursive, compare)
     ref_t = refs.to(device) if refs is not None else None
     errors: list[str] = []
     written: list[str] = []
@@ -266,6 +299,8 @@ def main(args) -> int:
         raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.tile < 0 or args.overlap < 0 or (args.tile and args.tile < MIN_SIDE):
         raise CommandError(f"--tile must be 0 or >= {MIN_SIDE} and --overlap >= 0, got {args.tile} and {args.overlap}")
+    plan_outputs(args.input, args.out, args.recursive, args.compare)  # refuse to overwrite inputs before any work
+    ensure_writable_dir(args.out)
     device = resolve_device(args.device)
     model, space, _ = load_from_args(args, device)
     refs = None

@@ -170,6 +170,8 @@ class NASFE(nn.Module):
         the identity module as its ``mask``; samples with none are treated as refs=None)."""
         if y.dim() != 4 or y.shape[1] != 3:
             raise ValueError(f"y must be (N, 3, H, W), got {tuple(y.shape)}")
+        if self.cfg.channels_last:  # the format of the input carries through every convolution
+            y = y.contiguous(memory_format=torch.channels_last)
         h, w = y.shape[-2:]
         logits = self.classifier(y)
         prior = self._prior(y, c, logits)
@@ -184,6 +186,35 @@ class NASFE(nn.Module):
         x = self.fusion(self.stem(torch.cat(parts, dim=1)))
         restored = y + self.decoder(x)[..., :h, :w]
         return NASFEOutput(restored, logits)
+
+
+def compile_targets(model: NASFE) -> list[nn.Module]:
+    """The parts ``model.compile`` compiles: each encoder, CN, the decoder and each fusion cell
+    (the whole fusion when it has no cells). Cells, not the whole network: cell checkpointing and
+    the identity module's no_grad stay outside the compiled graphs, and a graph stays small."""
+    cells = getattr(model.fusion, "cells", None)
+    fusion = list(cells.values() if isinstance(cells, nn.ModuleDict) else cells) if cells is not None else [model.fusion]
+    return [*model.encoders.values(), model.classifier, model.decoder, *fusion]
+
+
+#: Keyword arguments of ``nn.Module.compile`` for ``model.compile`` (tests use the eager backend).
+#: Static shapes: the cells of the three levels would otherwise turn dynamic on the second size,
+#: and inductor (torch 2.13, CPU) fails on the symbolic strides of the derived fusion.
+COMPILE_KWARGS: dict = {"dynamic": False}
+
+
+def apply_execution_options(model: NASFE) -> NASFE:
+    """Apply ``model.channels_last`` and ``model.compile`` of the model's config, in place.
+
+    Both keep parameter names, state dicts and results (within float tolerance); they only change
+    how the network runs. Compiling is lazy: the first forward of each part compiles it.
+    """
+    if model.cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if model.cfg.compile:
+        for part in compile_targets(model):
+            part.compile(**COMPILE_KWARGS)
+    return model
 
 
 def encoder_task_loss(model: NASFE, task: str, y: torch.Tensor, x: torch.Tensor,

@@ -12,7 +12,7 @@ from torch import nn
 from nasfe.config import SpaceConfig
 from nasfe.genotype import Genotype
 from nasfe.model.fusion import DerivedFusion, Res2Fusion, SearchFusion
-from nasfe.model.nasfe import NASFE
+from nasfe.model.nasfe import NASFE, apply_execution_options
 
 _MODELS: dict[str, Callable[..., NASFE]] = {}
 
@@ -90,7 +90,7 @@ def create_model(space: SpaceConfig, genotype: Optional[Genotype] = None, identi
 
 def build_model(name: str, space: SpaceConfig, genotype: Optional[Genotype] = None,
                 identity: Optional[nn.Module] = None) -> NASFE:
-    """Build a registered model by name."""
+    """Build a registered model by name (``model.channels_last`` / ``model.compile`` applied)."""
     if name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; registered: {list_models()}")
-    return _MODELS[name](space, genotype, identity)
+    return apply_execution_options(_MODELS[name](space, genotype, identity))

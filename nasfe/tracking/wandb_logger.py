@@ -37,6 +37,8 @@ class WandbSettings:
     tags: list[str] = field(default_factory=list)
     log_every: int = 1  # steps between loss logs
     extra_config: dict[str, Any] = field(default_factory=dict)
+    flush_every: float = 2.0  # seconds between writes of the run's .wandb file (W&B's default: 15)
+    sweep_id: Optional[str] = None  # a W&B sweep this run belongs to (nasfe.tracking.wandb_sweep)
 
 
 def _has_api_key() -> bool:
@@ -155,10 +157,28 @@ class WandbLogger(Callback):
         self.run = wandb.init(project=s.project, mode=self.mode, dir=str(root), group=s.group,
                               job_type=state.phase, name=s.name, id=s.run_id,
                               resume="allow" if s.run_id else None, tags=list(s.tags) or None,
-                              config=run_config, settings=wandb.Settings(silent=True, console="off"))
+                              config=run_config, settings=self._wandb_settings())
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
         self.write_pointer(root, state.phase)
+
+    def _wandb_settings(self):
+        """Quiet, and the .wandb file written every ``flush_every`` s: a killed node leaves its
+        history up to then in the folder that is copied to storage."""
+        import wandb
+
+        base = {"silent": True, "console": "off",
+                **({"sweep_id": self.settings.sweep_id} if self.settings.sweep_id else {})}
+        try:
+            return wandb.Settings(**base, x_transaction_log_flush_interval=float(self.settings.flush_every))
+        except Exception:  # noqa: BLE001  (an older wandb without that setting)
+            return wandb.Settings(**base)
+
+    def close(self, exit_code: int = 1) -> None:
+        """Finish the run after a failure (flushes its file; the resumed segment continues the id)."""
+        if self.run is not None and not self.disabled:
+            self._guard("finish", self.run.finish, exit_code=exit_code)
+            self.disabled = True
 
     def write_pointer(self, folder: Path, phase: str) -> None:
         """``wandb_<phase>.json`` in ``folder``: mode, id, local run dir, url (how to find the run)."""
@@ -265,7 +285,8 @@ def read_offline_records(path: str | Path) -> list[Any]:
 
     The file is W&B's transaction log: a 7-byte header (``:W&B``, magic, version), then 32 KiB
     blocks of LevelDB-log chunks (crc32 u32, length u16, type u8: 1 full, 2 first, 3 middle,
-    4 last). Used to inspect offline runs (and by the tests) without a W&B server.
+    4 last). Used to inspect offline runs (and by the tests) without a W&B server. A file read
+    while W&B still writes it (or copied then) yields the records before its torn tail.
     """
     import struct
 
@@ -284,6 +305,8 @@ def read_offline_records(path: str | Path) -> list[Any]:
         _crc, length, kind = struct.unpack("<IHB", data[pos:pos + head])
         pos += head
         chunk = data[pos:pos + length]
+        if len(chunk) < length:  # a file copied or read while W&B writes it: drop the torn tail
+            break
         pos += length
         if kind == 1:
             out.append(chunk)
@@ -296,4 +319,10 @@ def read_offline_records(path: str | Path) -> list[Any]:
             pending = b""
         elif kind == 0 and length == 0:  # padding to the end of the block
             pos += block - pos % block if pos % block else 0
-    return [wandb_internal_pb2.Record.FromString(r) for r in out]
+    records = []
+    for r in out:
+        try:
+            records.append(wandb_internal_pb2.Record.FromString(r))
+        except Exception:  # noqa: BLE001  (a record torn by a concurrent write: only ever the last)
+            break
+    return records

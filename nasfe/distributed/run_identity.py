@@ -1,0 +1,78 @@
+"""A run name stands for one set of settings: re-running it with others is refused, in one line.
+
+Re-using a name resumes that run (search, retrain, sweep). Before this check, a finished run
+re-run with ``--set loss.lambda_per=0.5`` silently returned its old results (``model.pt``
+still trained with 0.04). Now the settings a run was started with are recorded next to it, and a
+re-run whose settings differ stops before Ray starts with one line naming every differing field;
+``--no-resume`` starts the name over with the new settings.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from nasfe.errors import CommandError
+
+SETTINGS_FILE = "run_settings.json"
+NEW_RUN_FLAG = "--no-resume"
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level of dotted keys (``{'a': {'b': 1}}`` -> ``{'a.b': 1}``)."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+    """``'key: old -> new'`` for every dotted key whose value differs (``ignore``: key prefixes)."""
+    a, b = flatten(old), flatten(new)
+    skip = tuple(ignore)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if skip and key.startswith(skip):
+            continue
+        if json.dumps(a.get(key), sort_keys=True, default=str) != json.dumps(b.get(key), sort_keys=True, default=str):
+            out.append(f"{key}: {a.get(key, '(unset)')!r} -> {b.get(key, '(unset)')!r}")
+    return out
+
+
+def refuse(where: str | Path, what: str, diffs: list[str]) -> None:
+    """Raise the one-line :class:`CommandError` for a re-run with other settings."""
+    raise CommandError(f"{where}: {what} was started with other settings ({'; '.join(diffs)}); "
+                       f"run again with {NEW_RUN_FLAG} to start it over with these, or pick another --name")
+
+
+def check_run_settings(root: str | Path, settings: dict[str, Any], resume: bool, what: str = "this run") -> None:
+    """Refuse to resume ``root`` with other ``settings``; record them when the run starts (local runs).
+
+    With ``resume=False`` the record is replaced (the run starts over).
+    """
+    from nasfe.imageio import atomic_write_json
+
+    path = Path(root) / SETTINGS_FILE
+    if resume and path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CommandError(f"{path}: not valid JSON; delete it or run with {NEW_RUN_FLAG}") from None
+        diffs = differences(old, settings)
+        if diffs:
+            refuse(root, what, diffs)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, settings)
+
+
+def check_job_run(storage, space, resume: bool) -> None:
+    """``nasfe search``/``retrain``: the space a reused run name was started with must be this one."""
+    if storage.is_local:
+        check_run_settings(storage.root, {"space": space.to_dict()}, resume, f"run {storage.name!r}")

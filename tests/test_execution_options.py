@@ -1,0 +1,67 @@
+"""model.channels_last and model.compile: execution settings that change how the network runs,
+never what it computes, its parameter names or its space hash."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nasfe.model.nasfe as nasfe_mod
+from nasfe.config import load_space
+from nasfe.model import create_model
+from nasfe.model.nasfe import compile_targets
+
+
+def _build(small=False, **opts):
+    over = {f"model.{k}": v for k, v in opts.items()}
+    if small:  # fewer graphs for dynamo to trace
+        over.update({"model.operators": ["res_op", "skip_connect", "zero"], "model.blocks": 1})
+    space = load_space("tiny", over)
+    torch.manual_seed(0)
+    return space, create_model(space)
+
+
+def _inputs(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(2, 3, 32, 24, generator=g), torch.rand(2, 2, 3, 32, 24, generator=g)
+
+
+def _run(model):
+    y, refs = _inputs()
+    model.zero_grad(set_to_none=True)
+    out = model(y, refs)
+    out.restored.square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.restored.detach(), grads
+
+
+def test_options_leave_the_space_hash_alone():
+    plain = load_space("tiny")
+    assert load_space("tiny", {"model.channels_last": True, "model.compile": True}).space_hash() == plain.space_hash()
+
+
+def test_channels_last_same_results_and_names():
+    _, ref = _build()
+    _, cl = _build(channels_last=True)
+    assert list(cl.state_dict()) == list(ref.state_dict())
+    assert cl.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    out_ref, g_ref = _run(ref)
+    out_cl, g_cl = _run(cl)
+    torch.testing.assert_close(out_cl, out_ref, rtol=1e-4, atol=1e-5)
+    assert g_cl.keys() == g_ref.keys()
+    for name in g_ref:
+        torch.testing.assert_close(g_cl[name].contiguous(), g_ref[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_compile_compiles_the_parts_in_place(monkeypatch):
+    monkeypatch.setattr(nasfe_mod, "COMPILE_KWARGS", {"backend": "eager"})  # tracing only: fast on CPU
+    torch._dynamo.reset()
+    _, ref = _build(small=True)
+    _, comp = _build(small=True, compile=True)
+    parts = compile_targets(comp)
+    assert len(parts) == 3 + 1 + 1 + len(comp.fusion.cells)
+    assert all(p._compiled_call_impl is not None for p in parts)
+    assert list(comp.state_dict()) == list(ref.state_dict())  # no "_orig_mod." prefixes
+    with torch.no_grad():
+        out_ref, out_c = ref(*_inputs()).restored, comp(*_inputs()).restored
+    torch.testing.assert_close(out_c, out_ref, rtol=1e-4, atol=1e-5)
+    torch._dynamo.reset()

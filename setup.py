@@ -5,5 +5,7 @@ from setuptools import find_packages, setup
 setup(
     packages=find_packages(include=["nasfe", "nasfe.*"]) + ["nasfe.search_spaces"],
     package_dir={"nasfe.search_spaces": "search_spaces"},
-    package_data={"nasfe.search_spaces": ["*.yaml"]},
+    package_data={"nasfe.search_spaces": ["*.yaml"],
+                  # the packaged CPU-trained default model of `nasfe restore` / `nasfe evaluate`
+                  "nasfe.pretrained": ["cpu_default.pt", "NOTICE"]},
 )

@@ -77,3 +77,19 @@ def tiny_identity():
             return self.conv(torch.cat([y, refs.mean(1)], 1))
 
     return TinyIdentity()
+
+
+def write_synthetic_faces(folder: Path, identities: int, images_per_identity: int, height: int = 48,
+                          width: int = 40, seed: int = 3) -> Path:
+    """Synthetic faces saved as ``folder/<identity>/<image>.png`` (a face folder for test sets)."""
+    from PIL import Image
+
+    from nasfe.data.faces import SyntheticFaces
+
+    src = SyntheticFaces(identities=identities, images_per_identity=images_per_identity, height=height,
+                         width=width, seed=seed)
+    for r in src.records:
+        p = folder / r.identity / f"{r.key.replace('/', '_')}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(src.load(r)).save(p)
+    return folder

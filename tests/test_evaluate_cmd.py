@@ -9,11 +9,10 @@ import torch
 from PIL import Image
 
 from nasfe.cli import main as cli
-from nasfe.data.faces import SyntheticFaces
 from nasfe.data.testsets import TestSet, build_testsets
 from nasfe.evaluate.evaluate_cmd import FaceIndex, build_gallery, open_face_index, pick_refs
 from nasfe.evaluate.metrics import psnr, ssim
-from conftest import shared_path, train_tiny_model
+from conftest import shared_path, train_tiny_model, write_synthetic_faces
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +20,7 @@ def setup(tmp_path_factory):
     """(model.pt, face folder, test-set folder): 4 identities x 4 faces of 48x40, Test-BNL of 3 faces."""
     base = tmp_path_factory.mktemp("evaluate")
     train_tiny_model(base / "run")
-    src = SyntheticFaces(identities=4, images_per_identity=4, height=48, width=40, seed=3)
-    faces = base / "faces"
-    for r in src.records:
-        p = faces / r.identity / f"{r.key.replace('/', '_')}.png"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(src.load(r)).save(p)
+    faces = write_synthetic_faces(base / "faces", identities=4, images_per_identity=4)
     build_testsets(base / "ts", faces=str(faces), sets=["Test-BNL"], images=3, progress=False)
     return base / "run" / "model.pt", faces, base / "ts"
 

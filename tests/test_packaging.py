@@ -60,7 +60,19 @@ def test_job_script_alone_in_an_empty_directory_shows_help(installed, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "--gpus-per-worker" in out.stdout
     bad = _run(installed, tmp_path, "search.py", "--space", "nope", "--workers", "1")
-    assert bad.returncode == 2 and "not one of ['bn', 'paper'" in bad.stderr
+    assert bad.returncode == 2 and "not one of ['bn', " in bad.stderr and "'paper'" in bad.stderr
+
+
+def test_the_wheel_ships_the_default_model(installed, tmp_path):
+    pre = installed / "nasfe" / "pretrained"
+    assert (pre / "cpu_default.pt").is_file() and (pre / "NOTICE").is_file()
+    from PIL import Image
+
+    Image.new("RGB", (40, 48), (30, 20, 10)).save(tmp_path / "photo.jpg")
+    out = _run(installed, tmp_path, "-m", "nasfe.cli", "restore", "-i", "photo.jpg", "-o", "out", "--quiet",
+               "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    assert str(pre / "cpu_default.pt") in out.stderr and (tmp_path / "out" / "photo.png").is_file()
 
 
 @pytest.mark.slow

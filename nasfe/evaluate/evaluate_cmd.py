@@ -426,7 +426,10 @@ def main(args) -> int:
         methods.append(network_method("BN", load_trained(args.baseline_model, device)[0], device, with_refs=bool(args.faces)))
     if space.model.use_identity:
         methods.append(network_method("NASFE w/o I_iden", model, device, with_refs=False))
-        if args.faces:
+        if args.faces and not getattr(model, "refs_usable", True):
+            print(f"note: the face backbone weights ({space.identity.weights}) are not here: no row with references",
+                  file=sys.stderr)
+        elif args.faces:
             methods.append(network_method("NASFE", model, device, with_refs=True))
         else:
             print("note: without --faces NASFE runs without identity references (row 'NASFE w/o I_iden')",

@@ -82,8 +82,12 @@ def refuse_non_finite(state_dict: dict[str, torch.Tensor], where: str) -> None:
 
 
 def build_and_load(space: SpaceConfig, genotype: Optional[Genotype], state_dict: dict[str, torch.Tensor],
-                   where: str, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Build the network of ``space``/``genotype``, load ``state_dict`` strictly, eval mode, frozen."""
+                   where: str, device: str | torch.device = "cpu", fill: tuple[str, ...] = ()) -> torch.nn.Module:
+    """Build the network of ``space``/``genotype``, load ``state_dict`` strictly, eval mode, frozen.
+
+    ``fill``: key prefixes the file leaves out on purpose (the frozen face backbone of a packaged
+    model): those weights come from the backbone as built here (``identity.weights`` when that file
+    is on this machine, else seeded random init, and then ``model.refs_usable`` is False)."""
     from nasfe.engine.search import build_network
 
     if space.model.fusion == "nas" and genotype is None:
@@ -93,7 +97,16 @@ def build_and_load(space: SpaceConfig, genotype: Optional[Genotype], state_dict:
         log.info("%s: model.fusion is res2 (BN baseline); the genotype is ignored", where)
         genotype = None
     refuse_non_finite(state_dict, where)
-    model, _ = build_network(_space_without_missing_weights(space, where), genotype, with_loss=False)
+    built = _space_without_missing_weights(space, where)
+    model, _ = build_network(built, genotype, with_loss=False)
+    model.refs_usable = True
+    if fill:
+        own = {k: v for k, v in model.state_dict().items() if k.startswith(tuple(fill))}
+        state_dict = {**own, **state_dict}
+        model.refs_usable = built.identity.weights is not None
+        if not model.refs_usable:
+            log.info("%s: the face backbone is not in the file and identity.weights %s is not here: "
+                     "the network restores without reference photos only", where, space.identity.weights)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
@@ -149,14 +162,15 @@ def load_trained(path: Optional[str | Path] = None, device: str | torch.device =
         geno = Genotype.from_json(genotype, space=cfg)
     elif isinstance(payload.get("genotype"), dict):
         geno = Genotype.from_dict(payload["genotype"], space=cfg, where=f"{src} (genotype)")
-    model = build_and_load(cfg, geno, state, str(src), device)
+    model = build_and_load(cfg, geno, state, str(src), device, fill=tuple(payload.get("stripped") or ()))
     return model, cfg, (geno if cfg.model.fusion == "nas" else None)
 
 
 def add_model_arguments(parser) -> None:
     """The shared way commands name a trained model: ``MODEL`` or ``--weights/--space/--genotype``."""
     parser.add_argument("model", nargs="?", default=None,
-                        help="model.pt written by retrain (or its run folder)")
+                        help="model.pt written by retrain (or its run folder); default: the packaged CPU-trained "
+                             "model (nasfe/pretrained/cpu_default.pt, CelebA: non-commercial research only)")
     parser.add_argument("--weights", default=None, help="weights file (instead of MODEL); needs --space")
     parser.add_argument("--space", dest="model_space", default=None,
                         help="search space YAML or built-in name for --weights (overrides the checkpoint's)")
@@ -164,9 +178,19 @@ def add_model_arguments(parser) -> None:
 
 
 def load_from_args(args, device: str | torch.device = "cpu"):
-    """``load_trained`` from the arguments of :func:`add_model_arguments`."""
+    """``load_trained`` from the arguments of :func:`add_model_arguments`; with neither MODEL nor
+    ``--weights``, the packaged default model (:mod:`nasfe.pretrained`)."""
+    import sys
+
     from nasfe.errors import CommandError
 
-    if args.model is None and args.weights is None:
-        raise CommandError("no model given: pass MODEL (a model.pt) or --weights FILE --space SPACE [--genotype G]")
-    return load_trained(args.model, device, genotype=args.genotype, weights=args.weights, space=args.model_space)
+    model = args.model
+    if model is None and args.weights is None:
+        if args.genotype is not None or args.model_space is not None:
+            raise CommandError("--genotype/--space go with MODEL or --weights, not with the packaged default model")
+        from nasfe.pretrained import default_model_path
+
+        model = default_model_path()
+        print(f"using the packaged model {model} (trained on CelebA: non-commercial research use only)",
+              file=sys.stderr)
+    return load_trained(model, device, genotype=args.genotype, weights=args.weights, space=args.model_space)

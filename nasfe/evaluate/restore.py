@@ -307,6 +307,9 @@ def main(args) -> int:
     if args.refs:
         if not space.model.use_identity:
             raise CommandError("--refs: this network does not use identity information (model.use_identity: false)")
+        if not getattr(model, "refs_usable", True):
+            raise CommandError(f"--refs: the face backbone weights (identity.weights: {space.identity.weights}) are "
+                               "not on this machine; this model restores without reference photos")
         refs, bad = load_refs(args.refs, space.data.height, space.data.width)
         for msg in bad:
             print(f"nasfe restore: reference skipped: {msg}", file=sys.stderr)

@@ -89,3 +89,26 @@ class DivergenceError(NasfeError):
 
     def __reduce__(self):  # survives pickling across Ray workers with its fields
         return (type(self), (self.what, self.step, self.phase, self.last_good))
+
+
+def error_chain(exc: Optional[BaseException]):
+    """Every error behind ``exc``, once each: Ray's wrappers (worker failures, ``cause``,
+    controller failures), ``__cause__`` and ``__context__``.
+
+    A wrapper that poses as its cause (Ray's ``RayTaskError`` subclasses the type it wraps) yields
+    the cause instead of itself, so callers see the real error and its one-line message.
+    """
+    todo, seen = [exc], set()
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, BaseException) and cause is not e:
+            todo.append(cause)
+            continue
+        yield e
+        failures = getattr(e, "worker_failures", None)
+        todo.extend(failures.values() if isinstance(failures, dict) else [])
+        todo.extend([getattr(e, "controller_failure", None), e.__cause__, e.__context__])

@@ -475,24 +475,9 @@ def check_resumable(storage: RunStorage, phase: str, space=None, genotype=None) 
 
 def _user_error(exc: BaseException) -> Optional[BaseException]:
     """The user-input error (bad checkpoint, genotype, config, data, a full disk) behind a Ray worker failure."""
-    from nasfe.errors import NasfeError
+    from nasfe.errors import NasfeError, error_chain
 
-    kinds = (NasfeError, FileNotFoundError)
-    todo, seen = [exc], set()
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, BaseException) and cause is not e:  # a RayTaskError posing as its cause
-            todo.append(cause)
-            continue
-        if isinstance(e, kinds):
-            return e
-        todo.extend(getattr(e, "worker_failures", {}).values() if isinstance(getattr(e, "worker_failures", None), dict) else [])
-        todo.extend([getattr(e, "cause", None), getattr(e, "controller_failure", None), e.__cause__, e.__context__])
-    return None
+    return next((e for e in error_chain(exc) if isinstance(e, (NasfeError, FileNotFoundError))), None)
 
 
 def fit_search(space, run_name: str, storage: Optional[str] = None, **kwargs) -> PhaseResult:

@@ -39,22 +39,14 @@ def worst_value(mode: str) -> float:
 
 def divergence_reason(exc: Optional[BaseException]) -> Optional[str]:
     """``"non-finite <what> at <phase> step N"`` when ``exc`` (or an error it wraps) is a divergence."""
-    from nasfe.errors import DivergenceError
+    from nasfe.errors import DivergenceError, error_chain
 
-    todo, seen = [exc], set()
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
+    for e in error_chain(exc):
         if isinstance(e, DivergenceError):
             return str(e).split(";")[0]
         found = _NON_FINITE.search(str(e))
         if found:
             return found.group(0)
-        failures = getattr(e, "worker_failures", None)
-        todo.extend(failures.values() if isinstance(failures, dict) else [])
-        todo.extend([getattr(e, "cause", None), getattr(e, "controller_failure", None), e.__cause__, e.__context__])
     return None
 
 

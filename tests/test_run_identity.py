@@ -58,12 +58,16 @@ def test_search_name_rerun_with_other_settings_is_refused(tmp_path, capsys):
     assert rc == 2 and "space.loss.lambda_per: 0.04 -> 0.5" in line and "--no-resume" in line
 
 
-def test_search_settings_are_recorded_and_replaced_by_no_resume(tmp_path):
+@pytest.mark.parametrize("uri", [False, True], ids=["local", "uri"])
+def test_search_settings_are_recorded_and_replaced_by_no_resume(tmp_path, uri):
     from nasfe.distributed.cluster import RunStorage
     from nasfe.distributed.run_identity import check_job_run
     from nasfe.errors import CommandError
 
-    storage = RunStorage.create(str(tmp_path), "r")
+    # a URI goes through the pyarrow filesystem path that s3:// storage takes
+    storage = RunStorage.create(tmp_path.as_uri() if uri else str(tmp_path), "r")
+    assert storage.is_local is not uri
+    (tmp_path / "r").mkdir()  # S3 has no folders; pyarrow's local filesystem needs this one
     space = load_space("tiny")
     check_job_run(storage, space, resume=True)  # first start: recorded
     check_job_run(storage, space, resume=True)  # same settings: resumes

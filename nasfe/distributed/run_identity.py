@@ -73,6 +73,22 @@ def check_run_settings(root: str | Path, settings: dict[str, Any], resume: bool,
 
 
 def check_job_run(storage, space, resume: bool) -> None:
-    """``nasfe search``/``retrain``: the space a reused run name was started with must be this one."""
-    if storage.is_local:
-        check_run_settings(storage.root, {"space": space.to_dict()}, resume, f"run {storage.name!r}")
+    """``nasfe search``: the space a reused run name was started with must be this one.
+
+    The record lives in the run's storage (a local folder or a URI such as ``s3://``), so a re-run
+    from any node of the cluster is checked against it.
+    """
+    what = f"run {storage.name!r}"
+    settings = json.loads(json.dumps({"space": space.to_dict()}, default=str))
+    if resume:
+        try:
+            old = storage.read_json(SETTINGS_FILE)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CommandError(f"{storage.root}/{SETTINGS_FILE}: not valid JSON; delete it or run with "
+                               f"{NEW_RUN_FLAG}") from None
+        if old is not None:
+            diffs = differences(old, settings)
+            if diffs:
+                refuse(storage.root, what, diffs)
+            return
+    storage.write_json(SETTINGS_FILE, settings)

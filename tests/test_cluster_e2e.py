@@ -138,10 +138,12 @@ def test_search_on_two_raylets_with_runs_and_faces_on_s3(cluster, s3, tmp_path):
         seg = _history_steps(read_offline_records(local))
         assert seg, f"segment {f} holds no history"
         steps.append(seg)
-    # the first segment from step 1; the resumed one from its checkpoint (at most where the first
-    # stopped, so no gap) to the end
-    assert steps[0][0] == 1 and steps[1][-1] == 6 and steps[1][0] <= steps[0][-1] + 1, steps
-    assert sorted(set(steps[0]) | set(steps[1])) == list(range(1, 7)), steps
+    # losses reach W&B at each host read of the engine's meter: every log_every steps and at each
+    # epoch end (every 2 steps here). The first segment from the first read; the resumed one from
+    # its checkpoint (at most where the first stopped, so no gap) to the end
+    reads = [2, 4, 6]
+    assert steps[0][0] == reads[0] and steps[1][-1] == 6 and steps[1][0] <= steps[0][-1] + 2, steps
+    assert sorted(set(steps[0]) | set(steps[1])) == reads, steps
 
     # one command fetches every segment from S3 for `wandb sync`
     sync = subprocess.run([sys.executable, "-m", "nasfe.cli", "wandb-sync", "--name", "e2e", "--storage", storage,

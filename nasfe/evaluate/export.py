@@ -187,13 +187,17 @@ def export_model(model: nn.Module, out_dir: str | Path, height: int, width: int,
         if torchscript:
             report.update(_export_torchscript(wrapper, trace_in, check_in, (ref_restored, ref_logits),
                                               out_dir / "model.ts"))
-    bad = {k: v for k, v in report.items() if k.endswith("max_abs_diff") and not v <= atol}
+    # fp32 rounding grows with the values: the tolerance is relative to outputs larger than 1 (an
+    # unclamped restored image of a barely trained network can reach 10 or more)
+    limit = atol * max(1.0, float(ref_restored.abs().max()), float(ref_logits.abs().max()))
+    report["tolerance"] = limit
+    bad = {k: v for k, v in report.items() if k.endswith("max_abs_diff") and not v <= limit}
     report["ok"] = not bad
     from nasfe.imageio import atomic_write_json
 
     atomic_write_json(out_dir / "export.json", report)
     if bad:
-        raise ExportError(f"{out_dir}: exported outputs differ from PyTorch's by more than {atol}: "
+        raise ExportError(f"{out_dir}: exported outputs differ from PyTorch's by more than {limit:.3g}: "
                           + ", ".join(f"{k}={v:.3g}" for k, v in bad.items()))
     return report
 

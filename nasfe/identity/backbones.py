@@ -65,6 +65,8 @@ class FaceBackbone(nn.Module):
     # forward + loss runs the backbone over the references once, not once per user; a new batch
     # replaces the memo. References are clean targets: no graph is ever kept for them.
     def _ref_memo(self, refs: torch.Tensor) -> dict:
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return {}  # a memoised tensor would be baked into the exported graph as a constant
         memo = self.__dict__.get("_refs_memo")
         if memo is None or memo["refs"] is not refs or memo["version"] != refs._version:
             memo = {"refs": refs, "version": refs._version}

@@ -214,7 +214,9 @@ def _nodes(cluster) -> list[dict]:
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **cluster.driver_env()},
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("[")]
+    assert lines, f"no node list in stdout: {out.stdout[-1000:]!r}; stderr: {out.stderr[-1000:]!r}"
+    return json.loads(lines[-1])
 
 
 def test_the_autoscaler_starts_gpu_nodes_from_zero_for_a_declared_demand(tmp_path):

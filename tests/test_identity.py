@@ -260,3 +260,15 @@ def test_sample_ref_mask_drops_whole_samples_reproducibly():
     assert abs((~m1[:, 0]).float().mean().item() - 0.25) < 0.04
     assert sample_ref_mask(5, 2, 0.0, torch.Generator()).all()
     assert not sample_ref_mask(5, 2, 1.0, torch.Generator()).any()
+
+
+def test_traced_reference_features_use_the_traced_input_not_a_memo():
+    """An export traces the network right after an eager call on the same refs; a memoised feature
+    map must not become a constant of the traced graph."""
+    backbone = build_backbone(IdentityConfig(backbone="vggface", weights=None, width=0.25)).eval()
+    g = torch.Generator().manual_seed(0)
+    refs, other = torch.rand(1, 2, 3, 32, 32, generator=g), torch.rand(1, 2, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        backbone.reference_features(refs)  # eager call: fills the memo for this tensor
+        traced = torch.jit.trace(lambda r: backbone.reference_features(r), (refs,), check_trace=False)
+        assert torch.allclose(traced(other), backbone.features(other.flatten(0, 1)), atol=1e-5)

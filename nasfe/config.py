@@ -63,6 +63,10 @@ class ModelConfig:
     use_identity: bool = True  # feed I_iden (Table 6 "+ identity information")
     identity_channels: int = 16  # I_iden is projected to this many channels
     shared_cell: bool = True  # one searched cell type for every layer (Auto-DeepLab); False: one per layer
+    # each task encoder ends with a global-context modulation (image-wide feature means -> per-channel
+    # scale and shift): low light needs the image's illumination ratio, which no stack of 3x3
+    # convolutions this shallow can see (docs/MODEL.md); off in the paper's space
+    global_context: bool = False
     # recompute each cell's activations in backward; memory per image ≈ one cell instead of all
     # (torch.utils.checkpoint, training with grad only; results unchanged; not part of space_hash)
     checkpoint_cells: bool = False
@@ -159,6 +163,11 @@ class SearchConfig:
     # weights train on the rest, and the validation split is only used for validation metrics
     arch_fraction: float = 0.5
     log_every: int = 10  # steps between host reads of the loss terms (and the divergence check)
+    # the weights' learning rate over the phase: "constant" (the paper's) or "cosine" (linear
+    # warm-up for lr_warmup_steps, then cosine decay to lr_min); alpha and beta keep arch_lr
+    lr_schedule: str = "constant"
+    lr_min: float = 0.0
+    lr_warmup_steps: int = 0
 
 
 @dataclass
@@ -176,6 +185,9 @@ class RetrainConfig:
     pretrain_steps: int = 0  # steps pre-training each task encoder and CN alone first
     seed: int = 0
     log_every: int = 10  # steps between host reads of the loss terms (and the divergence check)
+    lr_schedule: str = "constant"  # "constant" (the paper's) | "cosine" (see SearchConfig)
+    lr_min: float = 0.0
+    lr_warmup_steps: int = 0
 
 
 @dataclass
@@ -206,15 +218,23 @@ class SpaceConfig:
         model = dataclasses.asdict(self.model)
         for how in EXECUTION_FIELDS:  # how the network is run, not what it is: same space, same genotypes
             model.pop(how)
+        for name, default in _LATER_FIELDS.items():  # added later: at their default, hashes stay as they were
+            if model.get(name) == default:
+                model.pop(name)
         blob = json.dumps(model, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
+
+#: ModelConfig fields added after genotypes were first written, with the value that means "absent".
+_LATER_FIELDS = {"global_context": False}
 
 _VALID_CHOICES = {
     ("model", "fusion"): {"nas", "res2"},
     ("identity", "backbone"): {"vggface", "mobilefacenet"},
     ("loss", "l2"): {"sum", "mean"},
     ("data", "source"): {"synthetic", "folder", "celeba", "vggface2"},
+    ("search", "lr_schedule"): {"constant", "cosine"},
+    ("retrain", "lr_schedule"): {"constant", "cosine"},
 }
 
 
@@ -350,6 +370,12 @@ def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
         raise ConfigError(f"{where}: search.log_every and retrain.log_every must be >= 1")
     if not 0.0 <= cfg.identity.drop_refs <= 1.0:
         raise ConfigError(f"{where}: identity.drop_refs must lie in [0, 1]")
+    for name in ("search", "retrain"):
+        sec = getattr(cfg, name)
+        if not 0.0 <= sec.lr_min <= sec.lr:
+            raise ConfigError(f"{where}: {name}.lr_min must lie in [0, {name}.lr = {sec.lr}], got {sec.lr_min}")
+        if sec.lr_warmup_steps < 0:
+            raise ConfigError(f"{where}: {name}.lr_warmup_steps must be >= 0, got {sec.lr_warmup_steps}")
     return cfg
 
 

@@ -54,6 +54,9 @@ def test_int_accepted_where_float_expected(tmp_path):
     ({"data": {"source": "imagenet"}}, "data.source"),
     ({"model": {"channels": 10, "partial_channels": 4}}, "divisible"),
     ({"model": [1, 2]}, "model: expected a mapping"),
+    ({"retrain": {"lr_schedule": "step"}}, "retrain.lr_schedule = 'step'"),
+    ({"search": {"lr": 1e-3, "lr_min": 1e-2}}, "search.lr_min must lie in [0, search.lr"),
+    ({"retrain": {"lr_warmup_steps": -1}}, "retrain.lr_warmup_steps must be >= 0"),
 ])
 def test_validation_names_the_field(tmp_path, data, needle):
     p = write(tmp_path, data)

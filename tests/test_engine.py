@@ -142,3 +142,59 @@ def test_bf16_autocast_search_step_is_finite(tmp_path):
     run_search(space, tmp_path, callbacks=[rec])
     (_, metrics), = rec.steps
     assert torch.isfinite(torch.tensor([metrics["loss"], metrics["arch_loss"]])).all()
+
+
+def test_cosine_schedule_warms_up_decays_and_leaves_alpha_alone():
+    from nasfe.engine.loop import PhaseSettings, scheduled_lr
+
+    s = PhaseSettings.from_section(tiny(**{"retrain.lr": 1e-3, "retrain.lr_schedule": "cosine",
+                                           "retrain.lr_min": 1e-5, "retrain.lr_warmup_steps": 4}).retrain)
+    lrs = [scheduled_lr(s, i, 104) for i in range(104)]
+    assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert lrs[4] == pytest.approx(1e-3) and lrs[54] == pytest.approx((1e-3 + 1e-5) / 2)
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))  # never rises after the warm-up
+    assert scheduled_lr(s, 104, 104) == pytest.approx(1e-5)
+    assert scheduled_lr(PhaseSettings.from_section(tiny().retrain), 50, 104) == tiny().retrain.lr
+
+
+class LrRecorder(Callback):
+    def __init__(self, phase_ref):
+        self.phase_ref, self.lrs = phase_ref, []
+
+    def on_step(self, state, metrics):
+        ph = self.phase_ref[0]
+        self.lrs.append([g["lr"] for o in ph.optimizers().values() for g in o.param_groups])
+
+
+@pytest.mark.parametrize("phase_name", ["search", "retrain"])
+def test_phase_follows_the_schedule_for_weights_only_and_across_resume(tmp_path, phase_name):
+    from nasfe.engine.retrain import RetrainPhase
+    from nasfe.engine.search import SearchPhase
+
+    space = tiny(**{f"{phase_name}.lr_schedule": "cosine", f"{phase_name}.lr": 1e-3,
+                    f"{phase_name}.lr_min": 1e-4, f"{phase_name}.epochs": 2,
+                    f"{phase_name}.steps_per_epoch": 3, f"{phase_name}.checkpoint_every": 100})
+    cls = SearchPhase if phase_name == "search" else RetrainPhase
+    make = (lambda cbs: SearchPhase(space, tmp_path, callbacks=cbs)) if cls is SearchPhase else \
+        (lambda cbs: RetrainPhase(space, None, tmp_path, callbacks=cbs))
+    ref = [None]
+    rec = LrRecorder(ref)
+    ref[0] = ph = make([rec])
+    ph.run()
+    from nasfe.engine.loop import PhaseSettings, scheduled_lr
+
+    want = [scheduled_lr(PhaseSettings.from_section(getattr(space, phase_name)), i, 6) for i in range(6)]
+    assert [lrs[0] for lrs in rec.lrs] == pytest.approx(want)
+    assert want[0] > want[-1] >= 1e-4
+    if phase_name == "search":  # alpha/beta keep their own constant rate
+        assert all(lrs[-1] == space.search.arch_lr for lrs in rec.lrs)
+    # a phase resumed from its epoch-1 checkpoint continues the same curve
+    ckpts = list_checkpoints(tmp_path / "checkpoints", phase_name)
+    first = [c for c in ckpts if load_checkpoint(c)["step"] == 3]
+    assert first, ckpts
+    ref2 = [None]
+    rec2 = LrRecorder(ref2)
+    ref2[0] = ph2 = cls(space, None, tmp_path / "again", callbacks=[rec2], resume_from=first[0]) \
+        if cls is RetrainPhase else cls(space, tmp_path / "again", callbacks=[rec2], resume_from=first[0])
+    ph2.run()
+    assert [lrs[0] for lrs in rec2.lrs] == pytest.approx(want[3:])

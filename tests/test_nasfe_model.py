@@ -237,3 +237,31 @@ def test_per_layer_cells_supernet_and_derived():
     d = create_model(sp, g, identity=TinyIdentity())
     assert d.parameter_counts()["fusion"] == _fusion_params_from_formula(sp, g)
     assert d(torch.rand(1, 3, 16, 16)).restored.shape == (1, 3, 16, 16)
+
+
+@pytest.mark.parametrize("global_context", [False, True])
+def test_encoder_sees_the_whole_image_only_with_global_context(global_context):
+    """Low light needs the image-wide illumination: with ``model.global_context`` a change in one
+    corner reaches the encoder's features in the opposite corner, far beyond the 3x3 stack."""
+    from nasfe.model.encoders import TaskEncoder
+
+    torch.manual_seed(0)
+    enc = TaskEncoder(8, 1, prior_channels=0, global_context=global_context)
+    if global_context:
+        torch.nn.init.normal_(enc.context.fc2.weight, std=0.5)  # trained: not the identity any more
+    y = torch.rand(1, 3, 64, 64)
+    y2 = y.clone()
+    y2[..., :8, :8] = 1.0
+    with torch.no_grad():
+        far = (enc(y2) - enc(y))[..., -8:, -8:].abs().max().item()
+    assert (far > 1e-4) == global_context
+
+
+def test_global_context_starts_as_the_identity_and_keeps_old_hashes():
+    from nasfe.model.encoders import GlobalContext
+
+    x = torch.randn(2, 8, 5, 7)
+    assert torch.equal(GlobalContext(8)(x), x)
+    old = load_space("tiny")
+    assert load_space("tiny", {"model.global_context": False}).space_hash() == old.space_hash()
+    assert load_space("tiny", {"model.global_context": True}).space_hash() != old.space_hash()

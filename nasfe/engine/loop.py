@@ -46,11 +46,28 @@ class PhaseSettings:
     seed: int
     pretrain_steps: int = 0
     log_every: int = 10
+    lr_schedule: str = "constant"
+    lr_min: float = 0.0
+    lr_warmup_steps: int = 0
 
     @classmethod
     def from_section(cls, section) -> "PhaseSettings":
         """The knobs of a ``SearchConfig`` or ``RetrainConfig``."""
         return cls(**{f: getattr(section, f) for f in cls.__dataclass_fields__})
+
+
+def scheduled_lr(settings: PhaseSettings, step: int, total_steps: int) -> float:
+    """The weights' learning rate for optimisation step ``step`` (0-based) of ``total_steps``.
+
+    A pure function of the step, so a resumed phase continues the same curve.
+    """
+    if settings.lr_schedule == "constant":
+        return settings.lr
+    warm = settings.lr_warmup_steps
+    if step < warm:
+        return settings.lr * (step + 1) / warm
+    t = min(1.0, (step - warm) / max(1, total_steps - warm))
+    return settings.lr_min + 0.5 * (settings.lr - settings.lr_min) * (1.0 + math.cos(math.pi * t))
 
 
 def cycle(maker) -> Iterator[Any]:
@@ -118,6 +135,18 @@ class Phase:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Named optimisers whose state is checkpointed."""
         raise NotImplementedError
+
+    def scheduled_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Optimisers whose learning rate follows ``lr_schedule`` (the weights'; not alpha/beta's)."""
+        return [o for name, o in self.optimizers().items() if name != "arch"]
+
+    def apply_lr(self) -> float:
+        """Set the scheduled learning rate of the step about to run; returns it."""
+        lr = scheduled_lr(self.cfg, self.state.step, self.cfg.epochs * self.state.steps_per_epoch)
+        for opt in self.scheduled_optimizers():
+            for group in opt.param_groups:
+                group["lr"] = lr
+        return lr
 
     def extra_state(self) -> dict[str, Any]:
         """Phase-specific checkpoint entries."""
@@ -336,6 +365,7 @@ class Phase:
                     self.train_maker.set_epoch(epoch + 10_000 * (self.state.step + 1))
                     batches = iter(self.train_maker)
                     batch = next(batches)
+                self.apply_lr()
                 self.meter.add(self.train_step(batch))
                 self.state.step += 1
                 step_metrics: dict[str, float] = {}

@@ -35,10 +35,28 @@ def prior_maps(prior: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return prior[:, :, None, None].expand(-1, -1, size[0], size[1])
 
 
+class GlobalContext(nn.Module):
+    """FiLM from the image-wide mean of the features: x * (1 + g) + b, (g, b) = MLP(mean_hw(x)).
+
+    Starts as the identity (last layer zero), so adding it never changes an initial network's output.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.fc1 = nn.Linear(channels, channels)
+        self.fc2 = nn.Linear(channels, 2 * channels)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g, b = self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3))))).chunk(2, dim=1)
+        return x * (1 + g[:, :, None, None]) + b[:, :, None, None]
+
+
 class TaskEncoder(nn.Module):
     """One task encoder: (N, 3, H, W) [+ prior] -> (N, E, H/2, W/2)."""
 
-    def __init__(self, channels: int, blocks: int, prior_channels: int = 3):
+    def __init__(self, channels: int, blocks: int, prior_channels: int = 3, global_context: bool = False):
         super().__init__()
         half = max(1, channels // 2)
         self.prior_channels = prior_channels
@@ -46,6 +64,7 @@ class TaskEncoder(nn.Module):
         self.full = nn.Sequential(*[ResBlock(half) for _ in range(blocks)])
         self.down = nn.Conv2d(half, channels, 3, stride=2, padding=1)
         self.low = nn.Sequential(*[ResBlock(channels) for _ in range(blocks)])
+        self.context = GlobalContext(channels) if global_context else None
 
     def forward(self, y: torch.Tensor, prior: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.prior_channels:
@@ -53,7 +72,8 @@ class TaskEncoder(nn.Module):
                 raise ValueError("this encoder was built with the classifier prior: pass prior (N, 3)")
             y = torch.cat([y, prior_maps(prior.to(y.dtype), y.shape[-2:])], dim=1)
         x = self.full(F.relu(self.head(y)))
-        return self.low(F.relu(self.down(x)))
+        x = self.low(F.relu(self.down(x)))
+        return self.context(x) if self.context is not None else x
 
 
 class PretrainHead(nn.Module):

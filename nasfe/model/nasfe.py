@@ -52,7 +52,7 @@ class NASFE(nn.Module):
         e, c = cfg.encoder_channels, cfg.channels
         prior_ch = 3 if cfg.use_classifier else 0
         self.classifier = DegradationClassifier()
-        self.encoders = nn.ModuleDict({t: TaskEncoder(e, cfg.encoder_blocks, prior_ch) for t in TASKS})
+        self.encoders = nn.ModuleDict({t: TaskEncoder(e, cfg.encoder_blocks, prior_ch, cfg.global_context) for t in TASKS})
         self.pretrain_heads = nn.ModuleDict({t: PretrainHead(e) for t in TASKS})
         iden_ch = 0
         self.identity = None

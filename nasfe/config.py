@@ -67,6 +67,10 @@ class ModelConfig:
     # scale and shift): low light needs the image's illumination ratio, which no stack of 3x3
     # convolutions this shallow can see (docs/MODEL.md); off in the paper's space
     global_context: bool = False
+    # the searched fusion network adds its input to its output (a global skip at full resolution):
+    # a path through the coarser levels then refines the encoder features instead of replacing them
+    # with an upsampled copy (docs/MODEL.md); off in the paper's space
+    fusion_skip: bool = False
     # recompute each cell's activations in backward; memory per image ≈ one cell instead of all
     # (torch.utils.checkpoint, training with grad only; results unchanged; not part of space_hash)
     checkpoint_cells: bool = False
@@ -226,7 +230,7 @@ class SpaceConfig:
 
 
 #: ModelConfig fields added after genotypes were first written, with the value that means "absent".
-_LATER_FIELDS = {"global_context": False}
+_LATER_FIELDS = {"global_context": False, "fusion_skip": False}
 
 _VALID_CHOICES = {
     ("model", "fusion"): {"nas", "res2"},

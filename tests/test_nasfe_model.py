@@ -265,3 +265,33 @@ def test_global_context_starts_as_the_identity_and_keeps_old_hashes():
     old = load_space("tiny")
     assert load_space("tiny", {"model.global_context": False}).space_hash() == old.space_hash()
     assert load_space("tiny", {"model.global_context": True}).space_hash() != old.space_hash()
+
+
+@pytest.mark.parametrize("searched", [True, False])
+def test_fusion_skip_adds_the_full_resolution_input(searched):
+    """``model.fusion_skip``: the fusion network's output is its input plus what the cells make of
+    it, for the supernet and a derived network on a path through the coarse level alike."""
+    from nasfe.genotype import Genotype
+    from nasfe.model.fusion import DerivedFusion, SearchFusion
+
+    def build(skip):
+        space = load_space("tiny", {"model.fusion_skip": skip})
+        torch.manual_seed(0)
+        if searched:
+            return SearchFusion(space.model)
+        cells = [[{"inputs": [0, 1], "ops": ["res_op", "fft_op"]}, {"inputs": [1, 2], "ops": ["deveil_op", "sep_conv_3x3"]}]]
+        g = Genotype.from_dict({"schema_version": 1, "space_hash": space.space_hash(), "blocks": 2,
+                                "operators": list(space.model.operators), "cells": cells, "path": [1, 0]}, space=space)
+        return DerivedFusion(space.model, g)
+
+    x = torch.randn(2, 8, 12, 10)
+    plain, skip = build(False), build(True)
+    skip.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(skip(x), x + plain(x))
+
+
+def test_fusion_skip_keeps_old_hashes():
+    old = load_space("tiny")
+    assert load_space("tiny", {"model.fusion_skip": False}).space_hash() == old.space_hash()
+    assert load_space("tiny", {"model.fusion_skip": True}).space_hash() != old.space_hash()

@@ -13,6 +13,10 @@ cell per transition; mixing first costs a third of the memory). Its "previous-pr
 the layer l-2 node at the nearest level, resampled (the encoder features before layer 1).
 ``betas`` has shape (cells, levels, 3); entries of non-existent transitions are unused.
 
+``model.fusion_skip`` (searched and derived alike): the fusion network's output is its input plus
+the last cell's output, so the encoder features reach the decoder at full resolution whatever the
+path (a path through level 1 otherwise hands the decoder an upsampled map).
+
 ``model.checkpoint_cells``: in training with grad enabled, each cell runs under
 ``torch.utils.checkpoint`` (non-reentrant): only its inputs are kept and its activations are
 recomputed in backward, so the supernet's activation memory is the cell boundaries plus one cell
@@ -121,7 +125,7 @@ class SearchFusion(nn.Module):
                 here[s] = run_cell(self.cells[key], cfg.checkpoint_cells, s0, s1, op_w[kind],
                                    None if edge_w is None else edge_w[kind])
             prev2, prev = prev, here
-        return prev[0]
+        return x + prev[0] if cfg.fusion_skip else prev[0]
 
 
 class DerivedFusion(nn.Module):
@@ -148,7 +152,7 @@ class DerivedFusion(nn.Module):
         for cell, trans, pp, s in zip(self.cells, self.trans, self.prev_prev, self.path):
             h = run_cell(cell, self.cfg.checkpoint_cells, pp(h2, sizes[s]), trans(h1, sizes[s]))
             h2, h1 = h1, h
-        return h1
+        return x + h1 if self.cfg.fusion_skip else h1
 
 
 class Res2Fusion(nn.Module):

@@ -1,0 +1,99 @@
+"""Does a search know what it is choosing? Two probes of a search checkpoint's supernet.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/arch_signal.py runs/t6/seed0/search/fd69f45ca120 \\
+        --row bn_nas --batches 16 --set 'model.operators=[...]' --set model.fusion_skip=false
+
+1. The alpha gradient on ``--batches`` architecture batches (fresh degradations each): per edge and
+   operator its mean and t = mean / (std / sqrt(n)). |t| > 2 on an operator says the batches
+   agree on its direction; alpha descends the gradient, so a negative t means alpha grows.
+2. Operator strength (after DARTS-PT, Wang et al. 2021): the architecture-batch loss with one
+   operator of one edge masked out of its softmax, minus the loss with none masked. Large means the
+   supernet relies on it.
+
+The space is the checkpoint's: ``--space`` plus the row's settings (``--row``) and ``--set``
+overrides must rebuild the network that was searched (the checkpoint's tensors must load).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("search_dir", help="a search run folder (its newest checkpoint is read)")
+    ap.add_argument("--space", default="search_spaces/cpu.yaml")
+    ap.add_argument("--row", default="bn_nas", help="Table 6 row whose settings were searched")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--batches", type=int, default=16)
+    args = ap.parse_args()
+
+    from nasfe.engine.checkpoint import latest_checkpoint, load_checkpoint
+    from nasfe.engine.search import SearchPhase
+    from nasfe.evaluate.ablation import ROWS, row_space
+
+    overrides = {k: yaml.safe_load(v) for k, _, v in (kv.partition("=") for kv in args.set)}
+    space = row_space(args.space, {r.slug: r for r in ROWS}[args.row], overrides)
+    ckpt = latest_checkpoint(Path(args.search_dir) / "checkpoints", "search")
+    if ckpt is None:
+        raise SystemExit(f"{args.search_dir}: no search checkpoint")
+    with tempfile.TemporaryDirectory() as tmp:
+        phase = SearchPhase(space, Path(tmp), device="cpu")
+        phase.build()
+        phase.model.load_state_dict(load_checkpoint(ckpt, required=("model",))["model"])
+        batches = [phase._arch_batch() for _ in range(args.batches)]
+    model, ops = phase.model, space.model.operators
+    print(f"checkpoint {ckpt}; operators {ops}")
+
+    model.train()
+    grads = []
+    for b in batches:
+        model.zero_grad(set_to_none=True)
+        loss, _ = phase.network_loss(b)
+        loss.backward()
+        grads.append(model.fusion.alphas.grad.detach().clone().flatten(0, 1))  # (cell types x edges, ops)
+    g = torch.stack(grads)
+    t = g.mean(0) / (g.std(0) / len(grads) ** 0.5 + 1e-30)
+    print("alpha gradient t (rows: edges; negative: alpha grows)")
+    _print(t, ops)
+
+    model.eval()
+    alphas = model.fusion.alphas
+    start = alphas.detach().clone()
+
+    def arch_loss() -> float:
+        with torch.no_grad():
+            return sum(float(phase.network_loss(b)[0]) for b in batches) / len(batches)
+
+    base = arch_loss()
+    strength = torch.zeros_like(t)
+    flat = alphas.data.view(-1, len(ops))
+    for e in range(flat.shape[0]):
+        for i, name in enumerate(ops):
+            if name == "zero":
+                continue
+            flat.copy_(start.view(-1, len(ops)))
+            flat[e, i] = -1e9  # out of the softmax
+            strength[e, i] = arch_loss() - base
+    flat.copy_(start.view(-1, len(ops)))
+    print(f"operator strength: loss with the operator masked minus {base:.1f} (rows: edges)")
+    _print(strength, ops)
+    return 0
+
+
+def _print(table: torch.Tensor, ops) -> None:
+    print("edge " + " ".join(f"{o[:12]:>12s}" for o in ops))
+    for e, row in enumerate(table.tolist()):
+        print(f"{e:4d} " + " ".join(f"{v:12.1f}" for v in row))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -63,7 +63,7 @@ def cluster(s3, tmp_path_factory):
         c.stop()
 
 
-def _submit(cluster, s3, cwd: Path, *args: str, key: str = FAKE_KEY, timeout: float = 420,
+def _submit(cluster, s3, cwd: Path, *args: str, key: str = FAKE_KEY, timeout: float = 600,
             interrupt_when=None) -> subprocess.CompletedProcess:
     """``python search.py -- ARGS`` from a folder holding only the script, as ``ray submit`` does."""
     script = cwd / "search.py"
@@ -94,14 +94,15 @@ def _history_steps(records) -> list[int]:
     return steps
 
 
+@pytest.mark.timeout(1500)  # three job runs: about 100 s on an idle 2-core machine, several times that when loaded
 def test_search_on_two_raylets_with_runs_and_faces_on_s3(cluster, s3, tmp_path):
     from nasfe.tracking.wandb_logger import read_offline_records
 
     s3.upload_dir(_faces(tmp_path / "faces"), "faces")
     storage = f"s3://{s3.bucket}/runs"
-    # 8 epochs of 2 steps: the interrupt at the first checkpoint (step 2) lands with 14 steps to go
+    # 6 epochs of 2 steps: the interrupt at the first checkpoint (step 2) lands with 10 steps to go
     # however fast the machine, so the resumed segment always has history to log
-    epochs = 8
+    epochs = 6
     args = ("--space", "tiny", "--data", f"s3://{s3.bucket}/faces", "--storage", storage, "--name", "e2e",
             "--workers", "2", "--no-retrain", "--max-failures", "0", "--epochs", str(epochs))
     home = tmp_path / "home"  # the script alone, as `ray submit` leaves it
@@ -161,7 +162,7 @@ def test_search_on_two_raylets_with_runs_and_faces_on_s3(cluster, s3, tmp_path):
     t0 = time.time()
     third = _submit(cluster, s3, home, *args)
     assert third.returncode == 0 and "finished on" in third.stdout, third.stderr[-2000:]
-    assert "Started training worker group" not in third.stderr and time.time() - t0 < 60
+    assert "Started training worker group" not in third.stderr and time.time() - t0 < 180  # no training: seconds
     assert s3.keys("runs/e2e/ray/") == [k for k in keys if k.startswith("runs/e2e/ray/")]
 
     # 4. the W&B key reached no file: Ray's temp dir (logs, runtime_env), the nodes, the run, S3

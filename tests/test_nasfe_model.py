@@ -274,8 +274,8 @@ def test_fusion_skip_adds_the_full_resolution_input(searched):
     from nasfe.genotype import Genotype
     from nasfe.model.fusion import DerivedFusion, SearchFusion
 
-    def build(skip):
-        space = load_space("tiny", {"model.fusion_skip": skip})
+    def build(skip):  # partial channels, as cpu.yaml and paper.yaml search
+        space = load_space("tiny", {"model.fusion_skip": skip, "model.partial_channels": 2})
         torch.manual_seed(0)
         if searched:
             return SearchFusion(space.model)

@@ -5,8 +5,8 @@
 
 Every edge of the (shared) cell gets one operator, blocks read inputs [0, 1], the path is
 ``--path`` (default 0,0, full resolution). The network is trained as Table 6's BN-NAS row is in
-the space (``--space``, default search_spaces/cpu.yaml; ``--retrain-steps``/``--epochs`` default
-to the space's retrain section), then PSNR/SSIM on Test-BN and Test-BNL of ``--testsets`` (the
+the space (``--space``, default search_spaces/cpu.yaml, with its retrain section; change it with
+e.g. ``--set retrain.steps_per_epoch=300``), then PSNR/SSIM on Test-BN and Test-BNL of ``--testsets`` (the
 same seeded 100 images as ``nasfe ablation --max-images 100``). Results land in
 ``OUT/<name>/study.json`` and one ``RESULT`` line; a finished name is scored again, not retrained.
 

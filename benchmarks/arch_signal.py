@@ -24,7 +24,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 
 def main() -> int:
@@ -36,11 +35,15 @@ def main() -> int:
     ap.add_argument("--batches", type=int, default=16)
     args = ap.parse_args()
 
+    from nasfe.config import ConfigError, parse_override
     from nasfe.engine.checkpoint import latest_checkpoint, load_checkpoint
     from nasfe.engine.search import SearchPhase
     from nasfe.evaluate.ablation import ROWS, row_space
 
-    overrides = {k: yaml.safe_load(v) for k, _, v in (kv.partition("=") for kv in args.set)}
+    try:
+        overrides = dict(parse_override(kv) for kv in args.set)
+    except ConfigError as exc:
+        ap.error(str(exc))
     space = row_space(args.space, {r.slug: r for r in ROWS}[args.row], overrides)
     ckpt = latest_checkpoint(Path(args.search_dir) / "checkpoints", "search")
     if ckpt is None:

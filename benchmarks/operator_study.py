@@ -29,7 +29,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 
 def _patch_fft_residual() -> None:
@@ -64,6 +63,7 @@ def main() -> int:
     ap.add_argument("--fft-residual", action="store_true", help="experiment: fft_op starts as the identity")
     args = ap.parse_args()
 
+    from nasfe.config import ConfigError, parse_override
     from nasfe.engine.callbacks import ConsoleProgress
     from nasfe.engine.retrain import run_retrain
     from nasfe.evaluate.ablation import EVAL_SETS, ROWS, _scores, row_space
@@ -76,10 +76,10 @@ def main() -> int:
     ops = args.ops * 4 if len(args.ops) == 1 else args.ops
     if len(ops) != 4:
         ap.error("--ops takes one operator or four")
-    overrides = {}
-    for kv in args.set:
-        key, _, value = kv.partition("=")
-        overrides[key] = yaml.safe_load(value)
+    try:
+        overrides = dict(parse_override(kv) for kv in args.set)
+    except ConfigError as exc:
+        ap.error(str(exc))
     row = {r.slug: r for r in ROWS}[args.row]
     space = row_space(args.space, row, overrides)
     cells = [[{"inputs": [0, 1], "ops": ops[:2]}, {"inputs": [0, 1], "ops": ops[2:]}]]

@@ -450,6 +450,18 @@ def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
     return data
 
 
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"KEY=VALUE"`` (a ``--set`` flag) -> (dotted key, VALUE parsed as YAML); ConfigError naming
+    the text when there is no ``=``, no key or a VALUE that is not valid YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. search.lr=1e-3), got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key.strip()}: the value {value!r} is not valid YAML ({exc.problem or exc})") from None
+
+
 def load_space(name_or_path: str | Path, overrides: Optional[dict[str, Any]] = None) -> SpaceConfig:
     """Load a search space from YAML (``yaml.safe_load``), apply dotted overrides, validate.
 

@@ -1,10 +1,12 @@
 """Typed configuration: YAML loading, overrides, validation messages, hashing."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
-from nasfe.config import ConfigError, SPACES_DIR, SpaceConfig, load_space, space_from_dict
+from nasfe.config import ConfigError, SPACES_DIR, SpaceConfig, load_space, parse_override, space_from_dict
 
 
 def write(tmp_path, data, name="space.yaml"):
@@ -33,6 +35,22 @@ def test_overrides_apply_dotted_keys(tmp_path):
     p = write(tmp_path, {"name": "t", "model": {"blocks": 3}})
     cfg = load_space(p, {"loss.lambda_per": 0.1, "model.blocks": 5})
     assert cfg.loss.lambda_per == 0.1 and cfg.model.blocks == 5
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("search.lr=0.001", ("search.lr", 0.001)),
+    (" model.operators = [res_op, zero]", ("model.operators", ["res_op", "zero"])),
+    ("data.root=a=b", ("data.root", "a=b")),  # only the first '=' splits
+])
+def test_parse_override(text, expected):
+    assert parse_override(text) == expected
+
+
+@pytest.mark.parametrize("text, needle", [("search.lr", "expects KEY=VALUE"), ("=1", "expects KEY=VALUE"),
+                                          ("a.b={x", "a.b: the value '{x' is not valid YAML")])
+def test_parse_override_refuses_with_the_text(text, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        parse_override(text)
 
 
 def test_int_accepted_where_float_expected(tmp_path):

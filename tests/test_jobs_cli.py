@@ -69,6 +69,20 @@ def test_bad_run_name_and_override(capsys, tmp_path):
     _one_clear_line(err, "unknown field(s) ['no_such_knob']")
 
 
+@pytest.mark.parametrize("command, value, needle", [
+    # a value that is not YAML was a traceback (yaml's error is not one argparse reports)
+    ("search", "search.lr=[1e-3", "--set search.lr: the value '[1e-3' is not valid YAML"),
+    ("retrain", "=3", "--set expects KEY=VALUE"),
+])
+def test_bad_set_flag_is_a_usage_error(capsys, tmp_path, command, value, needle):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--set", value, "--storage", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert needle in err.strip().splitlines()[-1]  # argparse: usage line, then the error
+
+
 @pytest.mark.parametrize("script", ["search", "retrain"])
 def test_job_scripts_run_outside_the_cli(tmp_path, script):
     out = subprocess.run([sys.executable, str(REPO / "jobs" / f"{script}.py"), "--", "--space", "nope.yaml",

@@ -17,12 +17,12 @@ log = logging.getLogger("nasfe.distributed")
 
 
 def _override(text: str) -> tuple[str, Any]:
-    import yaml
+    from nasfe.config import ConfigError, parse_override
 
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return parse_override(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

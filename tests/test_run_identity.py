@@ -58,6 +58,19 @@ def test_search_name_rerun_with_other_settings_is_refused(tmp_path, capsys):
     assert rc == 2 and "space.loss.lambda_per: 0.04 -> 0.5" in line and "--no-resume" in line
 
 
+def test_retrain_name_rerun_with_other_settings_is_refused(tmp_path, capsys):
+    # `nasfe retrain --name X` reuses a searched run's storage: with another retrain.lr it used to
+    # resume X's finished retrain and report its old model as if trained with the new setting
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "run_settings.json").write_text(json.dumps({"space": load_space("tiny").to_dict()}))
+    rc = cli_main(["retrain", "--storage", str(tmp_path), "--name", "r", "--set", "retrain.lr=0.5",
+                   "--address", UNREACHABLE])
+    line = _one_line(capsys)
+    assert rc == 2 and line.startswith("nasfe retrain: error:")
+    assert "space.retrain.lr: 0.0005 -> 0.5" in line and "--no-resume" in line
+
+
 @pytest.mark.parametrize("uri", [False, True], ids=["local", "uri"])
 def test_search_settings_are_recorded_and_replaced_by_no_resume(tmp_path, uri):
     from nasfe.distributed.cluster import RunStorage

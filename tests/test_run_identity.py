@@ -48,27 +48,20 @@ def test_sweep_may_change_max_concurrent_on_resume(tmp_path):
     check_same_sweep(changed, tmp_path / "s")
 
 
-def test_search_name_rerun_with_other_settings_is_refused(tmp_path, capsys):
+# `nasfe retrain --name X` reuses a searched run's storage: with another retrain.lr it used to
+# resume X's finished retrain and report its old model as if trained with the new setting
+@pytest.mark.parametrize("command, override, diff", [
+    ("search", "loss.lambda_per=0.5", "space.loss.lambda_per: 0.04 -> 0.5"),
+    ("retrain", "retrain.lr=0.5", "space.retrain.lr: 0.0005 -> 0.5"),
+])
+def test_run_name_rerun_with_other_settings_is_refused(tmp_path, capsys, command, override, diff):
     run = tmp_path / "r"
     run.mkdir()
     (run / "run_settings.json").write_text(json.dumps({"space": load_space("tiny").to_dict()}))
-    rc = cli_main(["search", "--storage", str(tmp_path), "--name", "r", "--set", "loss.lambda_per=0.5",
-                   "--address", UNREACHABLE])
+    rc = cli_main([command, "--storage", str(tmp_path), "--name", "r", "--set", override, "--address", UNREACHABLE])
     line = _one_line(capsys)
-    assert rc == 2 and "space.loss.lambda_per: 0.04 -> 0.5" in line and "--no-resume" in line
-
-
-def test_retrain_name_rerun_with_other_settings_is_refused(tmp_path, capsys):
-    # `nasfe retrain --name X` reuses a searched run's storage: with another retrain.lr it used to
-    # resume X's finished retrain and report its old model as if trained with the new setting
-    run = tmp_path / "r"
-    run.mkdir()
-    (run / "run_settings.json").write_text(json.dumps({"space": load_space("tiny").to_dict()}))
-    rc = cli_main(["retrain", "--storage", str(tmp_path), "--name", "r", "--set", "retrain.lr=0.5",
-                   "--address", UNREACHABLE])
-    line = _one_line(capsys)
-    assert rc == 2 and line.startswith("nasfe retrain: error:")
-    assert "space.retrain.lr: 0.0005 -> 0.5" in line and "--no-resume" in line
+    assert rc == 2 and line.startswith(f"nasfe {command}: error:")
+    assert diff in line and "--no-resume" in line
 
 
 @pytest.mark.parametrize("uri", [False, True], ids=["local", "uri"])

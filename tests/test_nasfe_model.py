@@ -224,6 +224,30 @@ def test_encoder_pretraining_hook(tiny):
     assert isinstance(m, NASFE)
 
 
+def test_pretrained_encoder_sees_the_joint_prior_as_it_saw_its_own(tiny):
+    """Pre-training feeds one-hot priors; joint training feeds all three tasks' probabilities. The
+    other tasks' prior channels must not shift the pre-trained features (they were random weights
+    that pre-training never trained, an offset that undid part of it)."""
+    assert tiny.model.use_classifier
+    m = _model("nasfe_search", tiny)
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(m.pretrain_parameters("noise"), lr=1e-2)
+    for _ in range(5):
+        x = torch.rand(2, 3, 20, 18, generator=gen)
+        y = x + 0.1 * torch.randn(2, 3, 20, 18, generator=gen)
+        opt.zero_grad()
+        encoder_task_loss(m, "noise", y, x).backward()
+        opt.step()
+    enc = m.encoders["noise"]
+    y = torch.rand(2, 3, 20, 18, generator=gen)
+    own = enc(y, torch.tensor([[0.0, 1.0, 0.0]] * 2))
+    joint = enc(y, torch.tensor([[1.0, 1.0, 1.0]] * 2))  # what CN says of a blurred, noisy, dark face
+    torch.testing.assert_close(joint, own)
+    # the encoder can still learn to use them: they get a gradient once they are non-zero
+    joint.square().mean().backward()
+    assert enc.head.weight.grad[:, 3].abs().sum() > 0
+
+
 def test_per_layer_cells_supernet_and_derived():
     sp = load_space("tiny", {"model.shared_cell": False})
     torch.manual_seed(0)

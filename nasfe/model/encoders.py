@@ -61,6 +61,11 @@ class TaskEncoder(nn.Module):
         half = max(1, channels // 2)
         self.prior_channels = prior_channels
         self.head = nn.Conv2d(3 + prior_channels, half, 3, padding=1)
+        # The prior enters at zero: pre-training feeds one-hot priors, so the weights of the other
+        # tasks' channels get no gradient there. Left at random init, they would shift the
+        # pre-trained features by a constant the moment joint training feeds all three.
+        with torch.no_grad():
+            self.head.weight[:, 3:].zero_()
         self.full = nn.Sequential(*[ResBlock(half) for _ in range(blocks)])
         self.down = nn.Conv2d(half, channels, 3, stride=2, padding=1)
         self.low = nn.Sequential(*[ResBlock(channels) for _ in range(blocks)])

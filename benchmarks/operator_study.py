@@ -16,6 +16,8 @@ is close to a random draw, and a bad operator or path in it costs the whole row
 
 ``--fft-residual`` is an experiment, not a model option: ``fft_op`` becomes x + out(Wiener(...))
 with ``out`` zero-initialised, to see whether starting as the identity rescues it.
+``--identity-zero-init`` (experiment) starts the identity projection at zero. Rows with the
+identity input (``--row iden``/``final``) are scored with references from ``--faces``.
 """
 from __future__ import annotations
 
@@ -48,6 +50,20 @@ def _patch_fft_residual() -> None:
     ops.FFTOp.__init__, ops.FFTOp.forward = init, forward
 
 
+def _patch_identity_zero_init() -> None:
+    from nasfe.model import nasfe as net
+
+    plain_init = net.NASFE.__init__
+
+    def init(self, *args, **kwargs):
+        plain_init(self, *args, **kwargs)
+        if self.identity is not None:
+            torch.nn.init.zeros_(self.identity_proj.weight)
+            torch.nn.init.zeros_(self.identity_proj.bias)
+
+    net.NASFE.__init__ = init
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("name", help="result folder under --out")
@@ -60,7 +76,9 @@ def main() -> int:
     ap.add_argument("--testsets", required=True, help="a folder with Test-BN and Test-BNL (nasfe ablation builds one)")
     ap.add_argument("--max-images", type=int, default=100)
     ap.add_argument("--out", default="runs/operator_study")
+    ap.add_argument("--faces", help="reference photos of the test identities (rows with the identity input)")
     ap.add_argument("--fft-residual", action="store_true", help="experiment: fft_op starts as the identity")
+    ap.add_argument("--identity-zero-init", action="store_true", help="experiment: the identity projection starts at zero")
     args = ap.parse_args()
 
     from nasfe.config import ConfigError, parse_override
@@ -73,6 +91,8 @@ def main() -> int:
 
     if args.fft_residual:
         _patch_fft_residual()
+    if args.identity_zero_init:
+        _patch_identity_zero_init()
     ops = args.ops * 4 if len(args.ops) == 1 else args.ops
     if len(ops) != 4:
         ap.error("--ops takes one operator or four")
@@ -93,11 +113,12 @@ def main() -> int:
         run_retrain(space, genotype, out, callbacks=[ConsoleProgress(bar=False)], device="cpu")
     seconds = round(time.time() - t0)
     model, _, _ = load_trained(out / "model.pt", "cpu")
-    method = network_method(args.name, model, torch.device("cpu"), with_refs=False)
-    res = evaluate_sets([method], args.testsets, EVAL_SETS, faces=None, k_refs=0, recognizer=None,
+    method = network_method(args.name, model, torch.device("cpu"), with_refs=bool(args.faces))
+    res = evaluate_sets([method], args.testsets, EVAL_SETS, faces=args.faces, k_refs=space.identity.refs, recognizer=None,
                         max_images=args.max_images, progress=False)
     result = {**_scores(res), "train_seconds": seconds, "cells": cells, "path": path,
-              "fusion_skip": space.model.fusion_skip, "fft_residual": args.fft_residual, "space": args.space,
+              "fusion_skip": space.model.fusion_skip, "fft_residual": args.fft_residual,
+              "identity_zero_init": args.identity_zero_init, "row": args.row, "space": args.space,
               "overrides": overrides}
     (out / "study.json").write_text(json.dumps(result, indent=1))
     print("RESULT", args.name, json.dumps(result))

@@ -46,7 +46,8 @@ def test_channels_last_same_results_and_names():
     assert cl.stem.weight.is_contiguous(memory_format=torch.channels_last)
     out_ref, g_ref = _run(ref)
     out_cl, g_cl = _run(cl)
-    torch.testing.assert_close(out_cl, out_ref, rtol=1e-4, atol=1e-5)
+    # float32 convolutions sum in another order in NHWC: a few 1e-5 apart on outputs near 1
+    torch.testing.assert_close(out_cl, out_ref, rtol=1e-4, atol=5e-5)
     assert g_cl.keys() == g_ref.keys()
     for name in g_ref:
         torch.testing.assert_close(g_cl[name].contiguous(), g_ref[name], rtol=1e-3, atol=1e-5, msg=name)

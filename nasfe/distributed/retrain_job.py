@@ -105,7 +105,6 @@ def _retrain(args, space, storage) -> int:
     from nasfe.distributed.search_job import (
         declared_gpus, describe_devices, format_genotype, open_cluster, preflight, wandb_pointer, wandb_settings,
     )
-
     from nasfe.distributed.run_identity import check_job_run
 
     check_job_run(storage, space, args.resume)  # a reused name (a searched run's too) with other settings: refused

@@ -243,7 +243,7 @@ def test_pretrained_encoder_sees_the_joint_prior_as_it_saw_its_own(tiny):
     own = enc(y, torch.tensor([[0.0, 1.0, 0.0]] * 2))
     joint = enc(y, torch.tensor([[1.0, 1.0, 1.0]] * 2))  # what CN says of a blurred, noisy, dark face
     torch.testing.assert_close(joint, own)
-    # the encoder can still learn to use them: they get a gradient once they are non-zero
+    # zero is only the start: once the prior channels carry values, their weights get a gradient
     joint.square().mean().backward()
     assert enc.head.weight.grad[:, 3].abs().sum() > 0
 

@@ -6,9 +6,10 @@
 1. The alpha gradient on ``--batches`` architecture batches (fresh degradations each): per edge and
    operator its mean and t = mean / (std / sqrt(n)). |t| > 2 on an operator says the batches
    agree on its direction; alpha descends the gradient, so a negative t means alpha grows.
-2. Operator strength (after DARTS-PT, Wang et al. 2021): the architecture-batch loss with one
-   operator of one edge masked out of its softmax, minus the loss with none masked. Large means the
-   supernet relies on it.
+2. Strength (DARTS-PT, Wang et al. 2021; ``nasfe.engine.selection``, what ``search.selection:
+   strength`` uses): the architecture-batch loss with one operator of one edge (or one trellis
+   transition) masked out of its softmax, minus the loss with none masked. Large means the supernet
+   relies on it. Then the genotypes alpha and strength derive.
 
 The space is the checkpoint's: ``--space`` plus the row's settings (``--row``) and ``--set``
 overrides must rebuild the network that was searched (the checkpoint's tensors must load).
@@ -68,27 +69,21 @@ def main() -> int:
     print("alpha gradient t (rows: edges; negative: alpha grows)")
     _print(t, ops)
 
+    from nasfe.engine.selection import choice_strengths
+    from nasfe.genotype import derive_from_arch, derive_from_strength
+
     model.eval()
-    alphas = model.fusion.alphas
-    start = alphas.detach().clone()
-
-    def arch_loss() -> float:
-        with torch.no_grad():
-            return sum(float(phase.network_loss(b)[0]) for b in batches) / len(batches)
-
-    base = arch_loss()
-    strength = torch.zeros_like(t)
-    flat = alphas.data.view(-1, len(ops))
-    for e in range(flat.shape[0]):
-        for i, name in enumerate(ops):
-            if name == "zero":
-                continue
-            flat.copy_(start.view(-1, len(ops)))
-            flat[e, i] = -1e9  # out of the softmax
-            strength[e, i] = arch_loss() - base
-    flat.copy_(start.view(-1, len(ops)))
-    print(f"operator strength: loss with the operator masked minus {base:.1f} (rows: edges)")
-    _print(strength, ops)
+    m = space.model
+    strength, trans = choice_strengths(model.alphas, model.betas, ops, m.cells, m.levels,
+                                       lambda b: phase.network_loss(b)[0], batches)
+    print("operator strength: loss with the operator masked minus the loss with none (rows: edges)")
+    _print(strength.flatten(0, 1), ops)
+    print("transition strength (layer, level, transition: value):",
+          ", ".join(f"{tuple(k)}: {float(trans[tuple(k)]):.1f}" for k in trans.nonzero().tolist()) or "no choice")
+    by_alpha = derive_from_arch(model.arch_parameters(), space)
+    by_strength = derive_from_strength(strength, trans, space)
+    print(f"genotype by alpha:    {by_alpha.to_dict()['cells']} path {by_alpha.path}")
+    print(f"genotype by strength: {by_strength.to_dict()['cells']} path {by_strength.path}")
     return 0
 
 

@@ -172,6 +172,11 @@ class SearchConfig:
     lr_schedule: str = "constant"
     lr_min: float = 0.0
     lr_warmup_steps: int = 0
+    # how the final genotype is read off the supernet: "alpha" (DARTS: the largest architecture
+    # weights) or "strength" (DARTS-PT: what masking each operator and transition costs the loss on
+    # selection_batches held-out batches; nasfe.engine.selection)
+    selection: str = "alpha"
+    selection_batches: int = 8
 
 
 @dataclass
@@ -238,6 +243,7 @@ _VALID_CHOICES = {
     ("loss", "l2"): {"sum", "mean"},
     ("data", "source"): {"synthetic", "folder", "celeba", "vggface2"},
     ("search", "lr_schedule"): {"constant", "cosine"},
+    ("search", "selection"): {"alpha", "strength"},
     ("retrain", "lr_schedule"): {"constant", "cosine"},
 }
 
@@ -330,6 +336,7 @@ def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
         "model.partial_channels": m.partial_channels, "model.res2_blocks": m.res2_blocks,
         "model.identity_channels": m.identity_channels, "identity.refs": cfg.identity.refs,
         "search.batch_size": cfg.search.batch_size, "retrain.batch_size": cfg.retrain.batch_size,
+        "search.selection_batches": cfg.search.selection_batches,
         "data.height": cfg.data.height, "data.width": cfg.data.width,
     }
     for name, value in positive.items():

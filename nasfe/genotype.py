@@ -246,15 +246,54 @@ def derive_genotype(alphas, betas, space, edge_weights=None) -> Genotype:
     if tuple(betas.shape) != (m.cells, m.levels, 3):
         raise GenotypeError(f"betas: shape {tuple(betas.shape)}, expected {(m.cells, m.levels, 3)}")
     weights = torch.softmax(alphas, dim=-1)
-    live = [i for i, o in enumerate(m.operators) if o != "zero"]
-    best_w, best_i = weights[..., live].max(dim=-1)  # (types, edges)
+    edge_scale = None
     if edge_weights is not None:
         gammas = torch.as_tensor(edge_weights).detach().float().cpu()
         if tuple(gammas.shape) != expect_a[:2]:
             raise GenotypeError(f"edge_weights: shape {tuple(gammas.shape)}, expected {expect_a[:2]}")
-        best_w = best_w * block_softmax(gammas, m.blocks)
+        edge_scale = block_softmax(gammas, m.blocks)
+    return Genotype(cells=_cells_from_scores(weights, m, edge_scale), path=viterbi_path(betas, m.cells, m.levels),
+                    operators=list(m.operators), blocks=m.blocks, space_hash=space.space_hash(),
+                    meta={"space": space.name})
+
+
+def derive_from_strength(op_strength, transition_strength, space) -> Genotype:
+    """The discrete architecture from measured strengths (DARTS-PT's selection, Wang et al. 2021).
+
+    ``op_strength`` (cell types, edges, operators): how much the supernet's loss rises when that
+    operator alone is masked out of its edge; ``transition_strength`` (cells, levels, 3): the same
+    for each trellis transition (``nasfe.engine.selection`` measures both). Each block keeps its two
+    incoming edges whose best non-zero operator is strongest, with that operator; the path is the
+    Viterbi path with the strengths standing in for beta's logits, so the transitions the loss
+    misses most are followed.
+    """
+    import torch
+
+    m = space.model
+    ops = torch.as_tensor(op_strength).detach().float().cpu()
+    trans = torch.as_tensor(transition_strength).detach().float().cpu()
+    expect = (1 if m.shared_cell else m.cells, num_edges(m.blocks), len(m.operators))
+    if tuple(ops.shape) != expect:
+        raise GenotypeError(f"op_strength: shape {tuple(ops.shape)}, expected {expect} for space {space.name!r}")
+    if tuple(trans.shape) != (m.cells, m.levels, 3):
+        raise GenotypeError(f"transition_strength: shape {tuple(trans.shape)}, expected {(m.cells, m.levels, 3)}")
+    if not (torch.isfinite(ops).all() and torch.isfinite(trans).all()):
+        raise GenotypeError("strengths: not finite; no genotype is derived from them")
+    return Genotype(cells=_cells_from_scores(ops, m), path=viterbi_path(trans, m.cells, m.levels),
+                    operators=list(m.operators), blocks=m.blocks, space_hash=space.space_hash(),
+                    meta={"space": space.name, "selection": "strength"})
+
+
+def _cells_from_scores(scores, m, edge_scale=None) -> list[list[BlockGene]]:
+    """Per block, the two incoming edges whose best non-zero operator scores highest, with it."""
+    import torch
+
+    live = [i for i, o in enumerate(m.operators) if o != "zero"]
+    best_w, best_i = scores[..., live].max(dim=-1)  # (types, edges)
+    if edge_scale is not None:
+        best_w = best_w * edge_scale
     cells = []
-    for t in range(n_types):
+    for t in range(scores.shape[0]):
         genes = []
         for i in range(m.blocks):
             e0 = edge_offset(i)
@@ -262,9 +301,7 @@ def derive_genotype(alphas, betas, space, edge_weights=None) -> Genotype:
             top = sorted(torch.argsort(strength, descending=True, stable=True)[:2].tolist())
             genes.append(BlockGene(top, [m.operators[live[int(best_i[t, e0 + j])]] for j in top]))
         cells.append(genes)
-    path = viterbi_path(betas, m.cells, m.levels)
-    return Genotype(cells=cells, path=path, operators=list(m.operators), blocks=m.blocks,
-                    space_hash=space.space_hash(), meta={"space": space.name})
+    return cells
 
 
 def derive_from_arch(arch_params, space) -> Genotype:

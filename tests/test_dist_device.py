@@ -37,6 +37,9 @@ def _worker(rank: int, port: int, out: str) -> None:
         res["mean_of_tensor"] = ctx.mean(torch.tensor(2.0 * rank, device=fakegpu.DEVICE))
         res["same"] = ctx.same_everywhere("one genotype")
         res["differ"] = ctx.same_everywhere(f"genotype of rank {rank}")
+        host = torch.tensor([float(rank), 2.0 * rank])  # the strength tables are measured on the host
+        avg = ctx.average(host)
+        res["average"], res["average_device"] = avg.tolist(), avg.device.type
         alpha = torch.full((2, 3), float(rank), device=fakegpu.DEVICE)
         res["max_abs_diff"] = ctx.max_abs_diff(alpha)
         w = torch.nn.Parameter(torch.full((4,), 10.0 + rank, device=fakegpu.DEVICE))
@@ -64,6 +67,7 @@ def test_collectives_run_on_the_groups_device_when_it_rejects_cpu_tensors(tmp_pa
         assert r["mean"] == 1.5 and r["mean_of_tensor"] == 1.0
         assert r["same"] is True and r["differ"] is False
         assert r["max_abs_diff"] == 1.0
+        assert r["average"] == [0.5, 1.0] and r["average_device"] == "cpu"
         assert r["broadcast"] == [10.0] * 4  # rank 0's values everywhere
         assert r["grad"] == [1.5] * 4 and r["grad_device"] == "fakegpu"
 

@@ -93,6 +93,14 @@ class DistContext:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return float(t.cpu()) / self.world_size
 
+    def average(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Element-wise mean of ``tensor`` over all ranks, on the tensor's own device (one collective)."""
+        if not self.active:
+            return tensor
+        t = self._on_device(tensor.detach().to(torch.float64))
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return (t / self.world_size).to(tensor.device)
+
     def max_abs_diff(self, tensor: torch.Tensor) -> float:
         """Largest difference between this rank's ``tensor`` and rank 0's (0 in a world of one)."""
         if not self.active:

@@ -224,6 +224,8 @@ class SearchPhase(Phase):
 
         arch = [p.detach().cpu() for p in self.arch_params]
         genotype = derive_from_arch(arch, self.space)
+        if self.space.search.selection == "strength" and self.state.epoch + 1 == self.cfg.epochs:
+            genotype = self._select_by_strength(genotype, metrics)
         genotype.meta.update({"epoch": self.state.epoch + 1, "step": self.state.step})
         metrics["alpha_rank_diff"] = self.dist.max_abs_diff(self.model.alphas)
         metrics["beta_rank_diff"] = self.dist.max_abs_diff(self.model.betas)
@@ -244,6 +246,34 @@ class SearchPhase(Phase):
         # for trackers (heatmaps); loggers and history keep only numbers, so these stay out of them
         metrics["alphas"] = self.model.alphas.detach().cpu()
         metrics["betas"] = self.model.betas.detach().cpu()
+        return genotype
+
+    def _select_by_strength(self, by_alpha, metrics: dict[str, Any]):
+        """The final genotype by DARTS-PT strength (``nasfe.engine.selection``); the tables go to
+        ``strength.json`` beside the genotype, with the genotype alpha would have given."""
+        from nasfe.engine.selection import choice_strengths
+        from nasfe.genotype import derive_from_strength, diff_genotypes
+
+        m, n = self.space.model, self.space.search.selection_batches
+        batches = [self._arch_batch() for _ in range(n)]
+        self.model.eval()
+        try:
+            ops, trans = choice_strengths(self.model.alphas, self.model.betas, m.operators, m.cells, m.levels,
+                                          lambda b: self.network_loss(b)[0], batches, average=self.dist.average)
+        finally:
+            self.model.train()
+        genotype = derive_from_strength(ops, trans, self.space)
+        changed = diff_genotypes(by_alpha, genotype)
+        metrics["selection_changes"] = len(changed)
+        if self.dist.is_main:
+            from nasfe.imageio import atomic_write_json
+
+            log.info("genotype by strength (%d batches): %s; by alpha it would differ in %d place(s)%s",
+                     n, genotype.genotype_id(), len(changed), (": " + "; ".join(changed)) if changed else "")
+            atomic_write_json(self.run_dir / "strength.json", {
+                "operators": list(m.operators), "batches": n, "step": self.state.step,
+                "op_strength": ops.tolist(), "transition_strength": trans.tolist(),
+                "genotype": genotype.to_dict(), "by_alpha": by_alpha.to_dict()})
         return genotype
 
     def summary(self, seconds):

@@ -63,6 +63,11 @@ def source_level(level: int, transition: int) -> int:
     return level + transition - 1
 
 
+def valid_transitions(level: int, prev_levels) -> list[int]:
+    """Transitions into a node at ``level`` whose source level exists in the layer before (``prev_levels``)."""
+    return [t for t in range(3) if source_level(level, t) in prev_levels]
+
+
 def check_path(path: list[int], cells: Optional[int] = None, levels: Optional[int] = None) -> Optional[str]:
     """Why ``path`` is not a valid network-level path, or None when it is."""
     if not isinstance(path, list) or not path or not all(isinstance(s, int) and not isinstance(s, bool) for s in path):
@@ -350,7 +355,7 @@ def arch_entropies(arch_params, space) -> dict[str, float]:
     for layer in range(m.cells):
         here = node_levels(layer, m.cells, m.levels)
         for s in here:
-            valid = [t for t in range(3) if source_level(s, t) in prev]
+            valid = valid_transitions(s, prev)
             rows.append(torch.softmax(betas[layer, s, valid], 0).tolist())
         prev = here
     out["beta_entropy"] = _mean_norm_entropy(rows)
@@ -371,7 +376,7 @@ def viterbi_path(betas, cells: int, levels: int) -> list[int]:
     for layer in range(cells):
         new, arg = {}, {}
         for s in node_levels(layer, cells, levels):
-            valid = [t for t in range(3) if source_level(s, t) in score]
+            valid = valid_transitions(s, score)
             logp = torch.log_softmax(betas[layer, s, valid], dim=0).tolist()
             cand = [(score[source_level(s, t)] + lp, source_level(s, t)) for t, lp in zip(valid, logp)]
             best = max(cand, key=lambda c: c[0])  # ties: the first (finer source) wins
@@ -413,7 +418,7 @@ def expected_log_prob(betas, path: list[int], cells: int, levels: int) -> float:
 
     total, prev_levels, prev = 0.0, [0], 0
     for layer, s in enumerate(path):
-        valid = [t for t in range(3) if source_level(s, t) in prev_levels]
+        valid = valid_transitions(s, prev_levels)
         t = prev - s + 1
         if t not in valid:
             return -math.inf

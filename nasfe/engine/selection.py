@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from nasfe.genotype import node_levels, source_level
+from nasfe.genotype import node_levels, valid_transitions
 
 #: an architecture logit that takes a choice out of its softmax (exp underflows to exactly 0)
 MASKED = -1e9
@@ -27,7 +27,7 @@ def transition_choices(cells: int, levels: int) -> list[tuple[int, int, int]]:
     for layer in range(cells):
         here = node_levels(layer, cells, levels)
         for s in here:
-            valid = [t for t in range(3) if source_level(s, t) in prev]
+            valid = valid_transitions(s, prev)
             if len(valid) > 1:
                 out.extend((layer, s, t) for t in valid)
         prev = here

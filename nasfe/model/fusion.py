@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nasfe.config import ModelConfig
-from nasfe.genotype import Genotype, node_levels, source_level
+from nasfe.genotype import Genotype, node_levels, source_level, valid_transitions
 from nasfe.model.cell import DerivedCell, SearchCell, edge_softmax, num_edges, softmax_ops
 from nasfe.model.ops import Res2Block
 
@@ -94,9 +94,8 @@ class SearchFusion(nn.Module):
             for s in here:
                 key = f"{layer}_{s}"
                 self.cells[key] = SearchCell(c, blocks, cfg.operators, cfg.partial_channels)
-                for t in range(3):
-                    if source_level(s, t) in prev:
-                        self.trans[f"{key}_{t}"] = Resample(c, 1 - t)
+                for t in valid_transitions(s, prev):
+                    self.trans[f"{key}_{t}"] = Resample(c, 1 - t)
                 src = min(prev2, key=lambda p: (abs(p - s), p))
                 self._pp_source[key] = src
                 self.prev_prev[key] = Resample(c, s - src)
@@ -117,7 +116,7 @@ class SearchFusion(nn.Module):
             kind = 0 if cfg.shared_cell else layer
             for s in node_levels(layer, cfg.cells, cfg.levels):
                 key = f"{layer}_{s}"
-                valid = [t for t in range(3) if source_level(s, t) in prev]
+                valid = valid_transitions(s, prev)
                 bw = F.softmax(self.betas[layer, s, valid], dim=0)
                 s1 = sum(bw[k] * self.trans[f"{key}_{t}"](prev[source_level(s, t)], sizes[s])
                          for k, t in enumerate(valid))

@@ -124,3 +124,25 @@ def test_search_in_partial_channel_mode_writes_the_genotype_its_strengths_give(t
     # only the last epoch selects by strength: the first epoch's genotype is alpha's
     first = json.loads((tmp_path / "genotypes" / "epoch_001.json").read_text())
     assert "selection" not in first.get("meta", {})
+
+
+def test_strength_derives_a_valid_genotype_of_the_paper_space():
+    """The paper's trellis (four layers, three levels, twelve blocks, ten operators and zero)."""
+    from nasfe.genotype import num_edges
+
+    space = load_space("paper")
+    m = space.model
+    gen = torch.Generator().manual_seed(0)
+    ops = torch.randn((1 if m.shared_cell else m.cells, num_edges(m.blocks), len(m.operators)), generator=gen)
+    ops[..., m.operators.index("zero")] = 100.0  # never a candidate, however strong
+    trans = torch.zeros(m.cells, m.levels, 3)
+    choices = transition_choices(m.cells, m.levels)
+    assert choices and all(0 <= t < 3 for _, _, t in choices)
+    for layer, s, t in choices:
+        trans[layer, s, t] = 5.0 if s == 1 else -5.0  # the loss misses level 1 most
+    g = Genotype.from_dict(derive_from_strength(ops, trans, space).to_dict(), space=space)  # the space's checks
+    assert all(o != "zero" for cell in g.cells for gene in cell for o in gene.ops)
+    assert 1 in g.path
+    first = g.cells[0][0]
+    live = [i for i, o in enumerate(m.operators) if o != "zero"]
+    assert first.ops[0] == m.operators[live[int(ops[0, first.inputs[0], live].argmax())]]

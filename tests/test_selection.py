@@ -6,6 +6,7 @@ strength selection masks each choice and keeps what the loss misses most (DARTS-
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,3 +147,63 @@ def test_strength_derives_a_valid_genotype_of_the_paper_space():
     first = g.cells[0][0]
     live = [i for i, o in enumerate(m.operators) if o != "zero"]
     assert first.ops[0] == m.operators[live[int(ops[0, first.inputs[0], live].argmax())]]
+
+
+def _two_rank_space():
+    return tiny(**{"model.partial_channels": 2, "search.selection": "strength", "search.selection_batches": 2,
+                   "search.epochs": 2, "search.warmup_epochs": 1})
+
+
+def _two_rank_worker(rank: int, port: int, run_dir: str, out: str) -> None:
+    """One rank of a two-process gloo search (the engine without Ray); records what each rank
+    measured before the strengths were averaged, and the genotype it ended with."""
+    import torch.distributed as tdist
+
+    from nasfe.engine import dist as engine_dist
+    from nasfe.engine.search import run_search
+
+    local: list = []
+    average = engine_dist.DistContext.average
+
+    def recording_average(self, tensor):
+        local.append(tensor.detach().clone().tolist())
+        return average(self, tensor)
+
+    engine_dist.DistContext.average = recording_average
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    res: dict = {}
+    try:
+        summary = run_search(_two_rank_space(), run_dir)
+        res = {"local": local, "cells": summary["genotype"]["cells"], "path": summary["genotype"]["path"]}
+    except Exception as exc:  # reported to the test, which names it
+        res["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        Path(out, f"r{rank}.json").write_text(json.dumps(res))
+        tdist.destroy_process_group()
+
+
+def test_two_ranks_choose_one_genotype_from_their_averaged_strengths(tmp_path):
+    """Data-parallel search, as Ray Train runs it: each rank measures strengths on its own shard,
+    the tables are averaged, both ranks write the same genotype, and strength.json holds the average."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "search"
+    mp.start_processes(_two_rank_worker, args=(port, str(run_dir), str(tmp_path)), nprocs=2, start_method="spawn")
+    r0, r1 = (json.loads((tmp_path / f"r{r}.json").read_text()) for r in (0, 1))
+    for r in (r0, r1):
+        assert "error" not in r, r["error"]
+    assert (r0["cells"], r0["path"]) == (r1["cells"], r1["path"])
+    (v0,), (v1,) = r0["local"], r1["local"]  # each rank's losses: unmasked, then each choice masked
+    assert v0 != v1  # each rank measured on its own batches
+    rises = [sum(v[1:]) - (len(v) - 1) * v[0] for v in (v0, v1)]  # every choice's rise, summed
+    table = json.loads((run_dir / "strength.json").read_text())
+    total = sum(torch.tensor(table[k]).sum().item() for k in ("op_strength", "transition_strength"))
+    assert total == pytest.approx(sum(rises) / 2, rel=1e-6, abs=1e-6)  # the average, not rank 0's own
+    assert abs(rises[0] - rises[1]) > 1e-6
+    g = Genotype.from_json(run_dir / "genotype.json", space=_two_rank_space())
+    assert g.to_dict()["cells"] == r0["cells"] and g.path == r0["path"]

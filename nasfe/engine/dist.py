@@ -89,9 +89,7 @@ class DistContext:
         """Mean of a scalar over all ranks."""
         if not self.active:
             return float(value)
-        t = self._on_device(torch.as_tensor(value).detach().to(torch.float64).reshape(1))
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return float(t.cpu()) / self.world_size
+        return float(self.average(torch.as_tensor(value).detach().to(torch.float64).reshape(1)).cpu())
 
     def average(self, tensor: torch.Tensor) -> torch.Tensor:
         """Element-wise mean of ``tensor`` over all ranks, on the tensor's own device (one collective)."""

@@ -156,3 +156,46 @@ def test_a_second_phase_gets_its_own_run_while_another_is_still_open(tmp_path, t
     assert len(files) == 1
     run = next(r.run for r in _complete_records(files[0]) if r.WhichOneof("record_type") == "run")
     assert run.run_id == "second012345678b"
+
+
+_KILLED_CHILD = """
+import sys, time
+from pathlib import Path
+from nasfe.engine.callbacks import TrainState
+from nasfe.tracking.wandb_logger import WandbLogger, WandbSettings
+root = Path(sys.argv[1])
+logger = WandbLogger(WandbSettings(mode="offline", name="killed", flush_every=1.0))
+st = TrainState(phase="search", run_dir=str(root), epochs=3, steps_per_epoch=1)
+logger.on_start(st, {"space": {}})
+for epoch in (1, 2, 3):
+    st.step = st.epoch = epoch
+    logger.on_epoch_end(st, {"val_psnr": 20.0 + epoch})
+(root / "logged").write_text("3 epochs")
+time.sleep(300)
+"""
+
+
+def test_a_process_killed_with_its_wandb_service_keeps_the_history_flushed_before(tmp_path):
+    """What Tune does to a trial it stops (ASHA): SIGKILL to the worker and its W&B service, no
+    finish. The run's .wandb file is written every ``flush_every`` s, so the epochs logged more than
+    that before the kill survive (with W&B's own 15 s interval this file holds only its header)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_CHILD, str(tmp_path)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "logged").exists():
+            assert child.poll() is None and time.monotonic() < deadline, "the child did not log"
+            time.sleep(0.2)
+        time.sleep(3.0)  # three flush intervals
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    files = list(tmp_path.glob("wandb/offline-run-*/*.wandb"))
+    assert len(files) == 1
+    rows = _history(read_offline_records(files[0]))
+    assert [r.get("search/val_psnr") for r in rows] == [21.0, 22.0, 23.0]

@@ -159,17 +159,19 @@ def _two_rank_worker(rank: int, port: int, run_dir: str, out: str) -> None:
     measured before the strengths were averaged, and the genotype it ended with."""
     import torch.distributed as tdist
 
-    from nasfe.engine import dist as engine_dist
+    from nasfe.engine import selection
     from nasfe.engine.search import run_search
 
     local: list = []
-    average = engine_dist.DistContext.average
+    measure = selection.choice_strengths
 
-    def recording_average(self, tensor):
-        local.append(tensor.detach().clone().tolist())
-        return average(self, tensor)
+    def recording_measure(*args, average, **kwargs):
+        def recording_average(tensor):
+            local.append(tensor.detach().clone().tolist())
+            return average(tensor)
+        return measure(*args, average=recording_average, **kwargs)
 
-    engine_dist.DistContext.average = recording_average
+    selection.choice_strengths = recording_measure  # the search imports it when it selects
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     res: dict = {}
     try:

@@ -187,15 +187,13 @@ def _two_rank_worker(rank: int, port: int, run_dir: str, out: str) -> None:
 def test_two_ranks_choose_one_genotype_from_their_averaged_strengths(tmp_path):
     """Data-parallel search, as Ray Train runs it: each rank measures strengths on its own shard,
     the tables are averaged, both ranks write the same genotype, and strength.json holds the average."""
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests.test_dist_device import _free_port
+
     run_dir = tmp_path / "search"
-    mp.start_processes(_two_rank_worker, args=(port, str(run_dir), str(tmp_path)), nprocs=2, start_method="spawn")
+    mp.start_processes(_two_rank_worker, args=(_free_port(), str(run_dir), str(tmp_path)), nprocs=2,
+                       start_method="spawn")
     r0, r1 = (json.loads((tmp_path / f"r{r}.json").read_text()) for r in (0, 1))
     for r in (r0, r1):
         assert "error" not in r, r["error"]

@@ -1,6 +1,6 @@
 """Which operators and paths retrain well: fixed genotypes of the BN-NAS row, retrained and scored.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/operator_study.py res --ops res_op \\
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/studies/operator_study.py res --ops res_op \\
         --testsets runs/t6/testsets --out runs/fx
 
 Every edge of the (shared) cell gets one operator, blocks read inputs [0, 1], the path is
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parents[1]))  # the repository root
 
 import torch  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Measure the balance of L_final's three terms (Eq. 9) and of their gradients.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/loss_balance.py \
+    PYTHONPATH=. .venv/bin/python benchmarks/studies/loss_balance.py \
         --faces ../shared/data/celeba-id --weights ../shared/models/mobilefacenet/mobilefacenet.pt \
         [--steps 60] [--batch 4] [--l2 sum|mean|both]
 

@@ -1,6 +1,6 @@
 """Does a search know what it is choosing? Two probes of a search checkpoint's supernet.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/arch_signal.py runs/t6/seed0/search/fd69f45ca120 \\
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/studies/arch_signal.py runs/t6/seed0/search/fd69f45ca120 \\
         --row bn_nas --batches 16 --set 'model.operators=[...]' --set model.fusion_skip=false
 
 1. The alpha gradient on ``--batches`` architecture batches (fresh degradations each): per edge and
@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parents[1]))  # the repository root
 
 import torch  # noqa: E402
 

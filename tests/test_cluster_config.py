@@ -338,3 +338,40 @@ def test_iam_policies_cover_what_the_autoscaler_and_the_runs_call(raw):
     for name in ("nasfe-head", "nasfe-worker"):
         assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket", "s3:DeleteObject"} <= _actions(pol[name])
     assert not any(a.startswith(("ec2:", "iam:")) for a in _actions(pol["nasfe-worker"]))
+
+
+def test_a_jobs_eight_gpu_workers_are_launched_in_one_wave(raw):
+    """Ray's scheduler caps pending launches by upscaling_speed (at least 5), but not those of a
+    placement group: Train's worker group (8 x {GPU: 1}) gets its 8 nodes at once."""
+    from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary
+    from ray.autoscaler._private.resource_demand_scheduler import ResourceDemandScheduler
+    from ray.autoscaler.tags import NODE_KIND_HEAD, TAG_RAY_NODE_KIND, TAG_RAY_USER_NODE_TYPE
+    from ray.core.generated.common_pb2 import Bundle, PlacementStrategy
+    from ray.core.generated.gcs_pb2 import PlacementGroupTableData
+
+    cfg = prepare_config(copy.deepcopy(raw))
+    head = cfg["head_node_type"]
+
+    class Provider:  # the head alone is up
+        def node_tags(self, node):
+            return {TAG_RAY_USER_NODE_TYPE: head, TAG_RAY_NODE_KIND: NODE_KIND_HEAD}
+
+        def internal_ip(self, node):
+            return "10.0.0.1"
+
+    sched = ResourceDemandScheduler(Provider(), cfg["available_node_types"], cfg["max_workers"], head,
+                                    float(cfg["upscaling_speed"]))
+    group = PlacementGroupTableData(strategy=PlacementStrategy.PACK, state=PlacementGroupTableData.PENDING,
+                                    bundles=[Bundle(unit_resources={"GPU": 1.0}) for _ in range(8)])
+    idle = {"10.0.0.1": {"CPU": 0.0}}
+
+    def launch(**demand):
+        return sched.get_nodes_to_launch(["head"], {}, unused_resources_by_ip=idle, max_resources_by_ip=idle,
+                                         ensure_min_cluster_size=[],
+                                         node_availability_summary=NodeAvailabilitySummary(node_availabilities={}),
+                                         **demand)[0]
+
+    worker = next(n for n in cfg["available_node_types"] if n != head)
+    assert launch(resource_demands=[], pending_placement_groups=[group]) == {worker: 8}
+    # the same demand as loose tasks would come in waves: 5 first
+    assert launch(resource_demands=[{"GPU": 1.0}] * 8, pending_placement_groups=[]) == {worker: 5}

@@ -225,9 +225,20 @@ def fill_placeholder(path: str | os.PathLike) -> bool:
     if found is None:
         return False
     root, uri = found
-    fs, base = _filesystem(uri)
+    fs, base = _reader(uri, os.getpid())
     _get(fs, f"{base}/{p.relative_to(root).as_posix()}", p)
     return True
+
+
+_READERS: dict = {}
+
+
+def _reader(uri: str, pid: int):
+    """One filesystem client per URI and process (a forked DataLoader worker makes its own)."""
+    key = (uri, pid)
+    if key not in _READERS:
+        _READERS[key] = _filesystem(uri)
+    return _READERS[key]
 
 
 def _start_prefetch(dest: Path) -> None:

@@ -5,8 +5,8 @@
 Uploads ``--faces`` synthetic 176x144 PNG faces (``--identities`` folders) to moto, then, each with
 an empty node cache:
   full copy   ``fetch_once`` (the whole prefix copied before anything is read), then the first batch
-  on read     ``open_lazily`` (one listing, placeholders; each face fetched when read; the node's
-              background fetcher running alongside), then the first batch
+  on read     ``open_lazily`` (one listing, placeholders; each face fetched when read), then the first
+              batch; once without and once with the node's background fetcher running alongside
 and prints the seconds to the first batch and how many files were local at that moment. The first
 batch is what the first training step needs: ``--batch`` faces, each with the space's references.
 """
@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -55,8 +56,11 @@ def main() -> int:
         print(f"{n} faces ({size / 2**20:.0f} MiB) uploaded to moto in {time.time() - t0:.0f}s")
         uri = f"s3://{server.bucket}/faces"
         rows = []
-        for label, localize in (("full copy", remote.fetch_once), ("on read", remote.open_lazily)):
-            os.environ["NASFE_DATA_CACHE"] = str(tmp / label.replace(" ", "-"))
+        paths = (("full copy", remote.fetch_once, "1"), ("on read, no background fetch", remote.open_lazily, "0"),
+                 ("on read", remote.open_lazily, "1"))
+        for label, localize, prefetch in paths:
+            os.environ["NASFE_DATA_CACHE"] = str(tmp / label.replace(" ", "-").replace(",", ""))
+            os.environ["NASFE_DATA_PREFETCH"] = prefetch
             t0 = time.time()
             root = localize(uri)
             local = load_space("tiny", {"data.source": "folder", "data.root": str(root), "data.height": 176,
@@ -69,6 +73,9 @@ def main() -> int:
         print("|---|---|---|---|")
         for label, seconds, have, _ in rows:
             print(f"| {n} | {label} | {seconds:.1f} | {have} |")
+        for t in threading.enumerate():  # a background fetch still running ends before the server stops
+            if t.name == "nasfe-prefetch":
+                t.join(timeout=600)
     finally:
         server.stop()
     return 0

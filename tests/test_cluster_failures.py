@@ -27,7 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 #: the GCS declares a vanished node dead within a few seconds (defaults: about 30 s)
 FAST_HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
                "RAY_health_check_failure_threshold": "3"}
-STARTED = "Started training worker group"
 
 
 def _faces(folder: Path) -> Path:
@@ -82,55 +81,81 @@ def _add_node(cluster, nodes: Path, label: str) -> list[int]:
     return sorted(set(cluster.pids()) - before)
 
 
-@pytest.mark.timeout(1500)
-def test_a_run_survives_three_lost_nodes_and_a_divergence_ends_after_one_attempt(s3, tmp_path):
-    s3.upload_dir(_faces(tmp_path / "faces"), "faces")
-    nodes = tmp_path / "nodes"
+@pytest.fixture(scope="module")
+def cluster(s3, tmp_path_factory):
+    """A 1-CPU head and one 1-CPU worker raylet: one Train worker each."""
+    nodes = tmp_path_factory.mktemp("nodes")
     env = {**s3.env, **FAST_HEALTH, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
            "PYTHONPATH": str(REPO)}
-    cluster = RayCluster(env)
+    c = RayCluster(env)
     try:
-        cluster.start_head(num_cpus=1, env={"NASFE_DATA_CACHE": str(nodes / "head" / "cache"),
-                                            "NASFE_WORK_DIR": str(nodes / "head" / "work")})
-        node = _add_node(cluster, nodes, "n0")
-        home = tmp_path / "home"
-        home.mkdir()
-        (home / "search.py").write_bytes((REPO / "jobs" / "search.py").read_bytes())
-        driver_env = {**os.environ, **s3.env, **cluster.driver_env(), "PYTHONPATH": str(REPO),
-                      "WANDB_MODE": "offline", "NASFE_DATA_CACHE": str(home / "cache"),
-                      "NASFE_WORK_DIR": str(home / "work"), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "20"}
-        storage = f"s3://{s3.bucket}/runs"
-        epochs = 10
-        args = ["--space", "tiny", "--data", f"s3://{s3.bucket}/faces", "--storage", storage, "--name", "spot",
-                "--workers", "2", "--no-retrain", "--epochs", str(epochs)]  # --max-failures: its default
-        proc = subprocess.Popen([sys.executable, "search.py", "--", *args], cwd=home, env=driver_env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        c.start_head(num_cpus=1, env={"NASFE_DATA_CACHE": str(nodes / "head" / "cache"),
+                                      "NASFE_WORK_DIR": str(nodes / "head" / "work")})
+        c.nodes_dir = nodes
+        c.worker = _add_node(c, nodes, "n0")
+        yield c
+    finally:
+        c.stop()
+
+
+def _driver(cluster, s3, tmp_path: Path) -> tuple[Path, dict]:
+    home = tmp_path / "home"  # the script alone, as `ray submit` leaves it
+    home.mkdir()
+    (home / "search.py").write_bytes((REPO / "jobs" / "search.py").read_bytes())
+    env = {**os.environ, **s3.env, **cluster.driver_env(), "PYTHONPATH": str(REPO), "WANDB_MODE": "offline",
+           "NASFE_DATA_CACHE": str(home / "cache"), "NASFE_WORK_DIR": str(home / "work"),
+           "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "20", "RAY_DEDUP_LOGS": "0"}
+    return home, env
+
+
+@pytest.mark.timeout(1500)
+def test_a_run_survives_three_lost_nodes_under_the_default_max_failures(cluster, s3, tmp_path):
+    s3.upload_dir(_faces(tmp_path / "faces"), "faces")
+    home, driver_env = _driver(cluster, s3, tmp_path)
+    epochs = 6  # a checkpoint per epoch: one before each of the 3 losses, work left after the last
+    args = ["--space", "tiny", "--data", f"s3://{s3.bucket}/faces", "--storage", f"s3://{s3.bucket}/runs",
+            "--name", "spot", "--workers", "2", "--no-retrain", "--epochs", str(epochs)]  # --max-failures: 2
+    log = tmp_path / "job.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([sys.executable, "search.py", "--", *args], cwd=home, env=driver_env,
+                                text=True, stdout=sink, stderr=subprocess.STDOUT)
+    node, kills = cluster.worker, 0
+    try:
         seen: set[str] = set()
-        kills = 0
         deadline = time.time() + 1200
         while kills < 3 and proc.poll() is None and time.time() < deadline:
             ckpts = {k.split("/")[4] for k in s3.keys("runs/spot/ray/search/checkpoint_")}
-            if ckpts - seen:  # a checkpoint this attempt made: the next loss costs at most the steps since
+            if ckpts - seen:  # a checkpoint this attempt made: the loss costs at most the steps since
                 seen |= ckpts
                 assert _kill_node(node) >= 1
                 kills += 1
-                node = _add_node(cluster, nodes, f"n{kills}")  # the autoscaler's replacement
+                node = _add_node(cluster, cluster.nodes_dir, f"n{kills}")  # the autoscaler's replacement
             time.sleep(0.5)
-        out, _ = proc.communicate(timeout=max(60.0, deadline - time.time()))
-        assert kills == 3, out[-4000:]
-        assert proc.returncode == 0, out[-6000:]
-        assert "lost (3 so far)" in out, out[-6000:]
-        summary = json.loads(s3.read("runs/spot/search_summary.json"))
-        assert summary["steps"] == 2 * epochs and summary["world_size"] == 2
-
-        # a divergence: one attempt, one line, whatever --max-failures says
-        div = subprocess.run([sys.executable, "search.py", "--", "--space", "tiny", "--storage", storage,
-                              "--name", "diverge", "--workers", "2", "--no-retrain", "--max-failures", "3",
-                              "--set", "search.lr=1.0e12", "--set", "search.arch_lr=1.0e12"],
-                             cwd=home, env=driver_env, capture_output=True, text=True, timeout=600)
-        assert div.returncode == 2, div.stdout[-3000:] + div.stderr[-3000:]
-        ours = [ln for ln in div.stderr.splitlines() if ln.startswith("nasfe search:")]
-        assert len(ours) == 1 and ours[0].startswith("nasfe search: error: non-finite "), div.stderr[-3000:]
-        assert (div.stdout + div.stderr).count(STARTED) == 1, div.stderr[-6000:]
+        proc.wait(timeout=max(60.0, deadline - time.time()))
     finally:
-        cluster.stop()
+        cluster.worker = node
+        if proc.poll() is None:
+            proc.kill()
+    out = log.read_text()
+    assert kills == 3, out[-4000:]
+    assert proc.returncode == 0, out[-6000:]
+    assert "lost (3 so far)" in out, out[-6000:]
+    summary = json.loads(s3.read("runs/spot/search_summary.json"))
+    assert summary["steps"] == 2 * epochs and summary["world_size"] == 2
+
+
+@pytest.mark.timeout(900)
+def test_a_divergence_ends_after_one_attempt_whatever_max_failures_says(cluster, s3, tmp_path):
+    import re
+
+    home, driver_env = _driver(cluster, s3, tmp_path)
+    div = subprocess.run([sys.executable, "search.py", "--", "--space", "tiny", "--storage", f"s3://{s3.bucket}/runs",
+                          "--name", "diverge", "--workers", "2", "--no-retrain", "--max-failures", "3",
+                          "--set", "search.lr=1.0e12", "--set", "search.arch_lr=1.0e12"],
+                         cwd=home, env=driver_env, capture_output=True, text=True, timeout=800)
+    assert div.returncode == 2, div.stdout[-3000:] + div.stderr[-3000:]
+    ours = [ln for ln in div.stderr.splitlines() if ln.startswith("nasfe search:")]
+    assert len(ours) == 1 and ours[0].startswith("nasfe search: error: non-finite "), div.stderr[-3000:]
+    # every attempt starts two new worker processes: one attempt, two of them
+    workers = set(re.findall(r"RayTrainWorker pid=(\d+)", div.stdout + div.stderr))
+    assert len(workers) == 2, (workers, div.stderr[-6000:])

@@ -226,3 +226,4 @@ def test_the_wandb_folder_printed_at_the_end_is_the_copy_in_the_runs_storage(tmp
     line, = wandb_pointer(tmp_path, RunStorage.create("s3://bucket/runs", "p1"))
     assert "s3://bucket/runs/p1/wandb/offline-run-20261207_040000-abcd1234" in line
     assert "/home/ubuntu" not in line and "nasfe wandb-sync --name p1 --storage s3://bucket/runs" in line
+

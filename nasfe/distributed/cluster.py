@@ -160,6 +160,7 @@ class RunStorage:
             return False
         dest.parent.mkdir(parents=True, exist_ok=True)
         if kind == pyarrow.fs.FileType.Directory:
+            dest.mkdir(exist_ok=True)  # S3 has no folder objects: pyarrow does not make the top one
             pyarrow.fs.copy_files(f"{path}/{rel}", str(dest), source_filesystem=fs,
                                   destination_filesystem=pyarrow.fs.LocalFileSystem())
         else:

@@ -15,7 +15,15 @@ from ray.train.v2._internal.exceptions import (  # noqa: E402
 from ray.train.v2._internal.execution.failure_handling import FailureDecision  # noqa: E402
 from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError  # noqa: E402
 
-from nasfe.distributed.failure_policy import NODE, OTHER, STARTUP, USER, failure_kind, make_policy  # noqa: E402
+from nasfe.distributed.failure_policy import (  # noqa: E402
+    NODE,
+    OTHER,
+    STARTUP,
+    USER,
+    WORKER_DIED,
+    failure_kind,
+    make_policy,
+)
 from nasfe.errors import ConfigError, DivergenceError  # noqa: E402
 
 RETRY, RAISE = FailureDecision.RETRY, FailureDecision.RAISE
@@ -39,7 +47,20 @@ def test_failures_are_sorted_into_user_node_startup_and_other():
     assert failure_kind(_workers(RayActorError(error_msg="x", preempted=True))) == NODE
     assert failure_kind(ControllerError(WorkerGroupStartupTimeoutError(num_workers=8))) == STARTUP
     assert failure_kind(_workers(RuntimeError("CUDA error: an illegal memory access"))) == OTHER
-    assert failure_kind(_workers(RayActorError(error_msg="worker process has died (SIGSEGV)"))) == OTHER
+    died = RayActorError(actor_id="ab" * 16, error_msg="The actor died unexpectedly before finishing this task.")
+    assert failure_kind(_workers(died)) == WORKER_DIED  # a machine that vanished, or a crash: its node decides
+
+
+def test_a_worker_that_died_without_a_word_counts_as_a_lost_node_only_when_its_node_is_gone(monkeypatch):
+    import nasfe.distributed.failure_policy as fp
+
+    died = _workers(RayActorError(actor_id="ab" * 16, error_msg="The actor died unexpectedly before finishing."))
+    gone = {"value": True}
+    monkeypatch.setattr(fp, "dead_workers_node_is_gone", lambda err, wait_s=None: gone["value"])
+    policy = make_policy(FailureConfig(max_failures=1))
+    assert [policy.make_decision(died) for _ in range(4)] == [RETRY] * 4 and policy.node_losses == 4
+    gone["value"] = False  # the node lives on: a crash (a segfault, the OOM killer), Ray's budget
+    assert [policy.make_decision(died) for _ in range(2)] == [RETRY, RAISE]
 
 
 def test_a_divergence_is_never_retried_and_lost_nodes_always_are(capsys):

@@ -7,7 +7,9 @@ a bad input file) is rerun from the last checkpoint to fail the same way. nasfe 
 - **your error** (a :class:`~nasfe.errors.NasfeError`, :class:`~nasfe.errors.DivergenceError`
   included, or a missing file): never retried; the run ends at once with its one-line message;
 - **a lost node** (a worker's node died or was preempted): retried from the last checkpoint
-  without a limit (each loss is printed);
+  without a limit (each loss is printed). A worker process that died without a word (no Python
+  error) is a lost node when its node is gone, or goes within ``NASFE_NODE_DEATH_WAIT_S`` (90 s:
+  Ray's health checks need a while to declare a vanished machine dead); otherwise it is a crash;
 - **no room for the workers** (the placement group does not fit within Ray Train's start timeout,
   e.g. while the autoscaler boots nodes, or forever when EC2 refuses them for quota): retried,
   with a line every attempt, until ``start_timeout_s`` of waiting in a row, then the run ends with
@@ -28,6 +30,7 @@ NODE_DIED = ("its node has died", "node has been marked dead", "node died")
 USER = "user"
 NODE = "node"
 STARTUP = "startup"
+WORKER_DIED = "worker_died"  # a worker process died: its node's fate decides (see the module doc)
 OTHER = "other"
 
 
@@ -45,7 +48,8 @@ def _errors(training_failed_error) -> list[BaseException]:
 
 
 def failure_kind(training_failed_error) -> str:
-    """``user``, ``node``, ``startup`` or ``other`` for a Ray Train failure (see the module doc)."""
+    """``user``, ``node``, ``startup``, ``worker_died`` or ``other`` for a Ray Train failure (see the
+    module doc); reads the errors only."""
     from ray.exceptions import RayActorError
 
     errors = _errors(training_failed_error)
@@ -62,7 +66,36 @@ def failure_kind(training_failed_error) -> str:
             return NODE
     if "WorkerGroupStartupTimeoutError" in names:
         return STARTUP
+    if any(isinstance(e, RayActorError) for e in errors):
+        return WORKER_DIED
     return OTHER
+
+
+def dead_workers_node_is_gone(training_failed_error, wait_s: Optional[float] = None) -> bool:
+    """True when a worker that died ran on a node Ray declares dead, now or within ``wait_s``
+    (default ``NASFE_NODE_DEATH_WAIT_S``, 90). Needs a connected Ray (the Train controller is)."""
+    import os
+
+    import ray
+    from ray.exceptions import RayActorError
+
+    wait_s = float(os.environ.get("NASFE_NODE_DEATH_WAIT_S", "90")) if wait_s is None else wait_s
+    actors = {e.actor_id for e in _errors(training_failed_error) if isinstance(e, RayActorError) and e.actor_id}
+    nodes = set()
+    for actor in actors:
+        try:
+            nodes.add(ray._private.state.state.actor_table(actor)["Address"]["NodeID"])
+        except Exception:  # noqa: BLE001  (an actor GCS no longer knows says nothing about its node)
+            continue
+    deadline = time.time() + wait_s
+    while nodes:
+        alive = {n["NodeID"]: n["Alive"] for n in ray.nodes()}
+        if any(not alive.get(node, False) for node in nodes):
+            return True
+        if time.time() >= deadline:
+            return False
+        time.sleep(1.0)
+    return False
 
 
 def _say(line: str) -> None:
@@ -86,6 +119,8 @@ def make_policy(failure_config, start_timeout_s: Optional[float] = None, demand:
 
         def make_decision(self, training_failed_error):
             kind = failure_kind(training_failed_error)
+            if kind == WORKER_DIED:
+                kind = NODE if dead_workers_node_is_gone(training_failed_error) else OTHER
             if kind != STARTUP:
                 self.waiting_since = None
             if kind == USER:

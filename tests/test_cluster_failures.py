@@ -109,7 +109,7 @@ def _driver(cluster, s3, tmp_path: Path) -> tuple[Path, dict]:
     return home, env
 
 
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(3000)  # minutes on an idle machine; a loaded 2-core machine took 20 and more
 def test_a_run_survives_three_lost_nodes_under_the_default_max_failures(cluster, s3, tmp_path):
     s3.upload_dir(_faces(tmp_path / "faces"), "faces")
     home, driver_env = _driver(cluster, s3, tmp_path)
@@ -123,7 +123,7 @@ def test_a_run_survives_three_lost_nodes_under_the_default_max_failures(cluster,
     node, kills = cluster.worker, 0
     try:
         seen: set[str] = set()
-        deadline = time.time() + 1200
+        deadline = time.time() + 2700
         while kills < 3 and proc.poll() is None and time.time() < deadline:
             ckpts = {k.split("/")[4] for k in s3.keys("runs/spot/ray/search/checkpoint_")}
             if ckpts - seen:  # a checkpoint this attempt made: the loss costs at most the steps since

@@ -8,7 +8,7 @@ a bad input file) is rerun from the last checkpoint to fail the same way. nasfe 
   included, or a missing file): never retried; the run ends at once with its one-line message;
 - **a lost node** (a worker's node died or was preempted): retried from the last checkpoint
   without a limit (each loss is printed). A worker process that died without a word (no Python
-  error) is a lost node when its node is gone, or goes within ``NASFE_NODE_DEATH_WAIT_S`` (90 s:
+  error) is a lost node when its node is gone, or goes within ``NASFE_NODE_DEATH_WAIT_S`` (30 s:
   Ray's health checks need a while to declare a vanished machine dead); otherwise it is a crash;
 - **no room for the workers** (the placement group does not fit within Ray Train's start timeout,
   e.g. while the autoscaler boots nodes, or forever when EC2 refuses them for quota): retried,
@@ -73,13 +73,13 @@ def failure_kind(training_failed_error) -> str:
 
 def dead_workers_node_is_gone(training_failed_error, wait_s: Optional[float] = None) -> bool:
     """True when a worker that died ran on a node Ray declares dead, now or within ``wait_s``
-    (default ``NASFE_NODE_DEATH_WAIT_S``, 90). Needs a connected Ray (the Train controller is)."""
+    (default ``NASFE_NODE_DEATH_WAIT_S``, 30). Needs a connected Ray (the Train controller is)."""
     import os
 
     import ray
     from ray.exceptions import RayActorError
 
-    wait_s = float(os.environ.get("NASFE_NODE_DEATH_WAIT_S", "90")) if wait_s is None else wait_s
+    wait_s = float(os.environ.get("NASFE_NODE_DEATH_WAIT_S", "30")) if wait_s is None else wait_s
     actors = {e.actor_id for e in _errors(training_failed_error) if isinstance(e, RayActorError) and e.actor_id}
     nodes = set()
     for actor in actors:

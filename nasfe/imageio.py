@@ -84,6 +84,17 @@ def _pil_to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.uint8)  # CMYK, YCbCr, LAB, HSV
 
 
+def fill_placeholder(path: PathLike) -> bool:
+    """Fetch ``path`` when it is an empty placeholder of faces read from S3 on first use
+    (:func:`nasfe.data.remote.open_lazily`); True when it was one. Other files: False, nothing done."""
+    p = Path(path)
+    if not p.is_file() or p.stat().st_size:
+        return False
+    from nasfe.data.remote import fill_placeholder as fill  # only reached for empty files
+
+    return fill(p)
+
+
 def read_image(path: PathLike) -> np.ndarray:
     """Read an image file as an HxWx3 uint8 RGB array (conversions: see the module docstring).
 
@@ -93,7 +104,7 @@ def read_image(path: PathLike) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise ImageReadError(p, "no such file" if not p.exists() else "not a regular file")
-    if p.stat().st_size == 0:
+    if p.stat().st_size == 0 and (not fill_placeholder(p) or p.stat().st_size == 0):
         raise ImageReadError(p, "the file is empty (0 bytes)")
     try:
         with Image.open(p) as im:

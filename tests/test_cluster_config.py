@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -36,11 +37,16 @@ def test_cluster_yaml_has_gpu_spot_workers_and_cpu_head(raw):
 
 def test_cluster_yaml_ships_and_installs_the_project(raw):
     mounts = raw["file_mounts"]
-    assert "." in mounts.values(), "file_mounts must copy this repository to the nodes"
-    target = next(k for k, v in mounts.items() if v == ".")
+    # the parts pip and the jobs need, each its own mount under ~/nasfe (never the whole checkout)
+    needed = {"nasfe", "jobs", "scripts", "search_spaces", "pyproject.toml", "setup.py", "README.md",
+              "constraints.txt"}
+    shipped = {Path(v).name: k for k, v in mounts.items() if k.startswith("/home/ubuntu/nasfe/")}
+    assert needed <= set(shipped), needed - set(shipped)
+    assert all(shipped[n] == f"/home/ubuntu/nasfe/{n}" for n in needed)
+    assert all((REPO / v).exists() for v in mounts.values()), "every mounted path is part of a checkout"
     setup = " && ".join(raw["setup_commands"])
     assert "scripts/setup.sh" in setup and "cu12" in setup  # GPU torch, then the package
-    assert target.rstrip("/").endswith("nasfe") and "~/nasfe" in setup
+    assert "~/nasfe" in setup
 
 
 def test_a_broken_config_is_rejected(raw):
@@ -125,17 +131,168 @@ def test_setup_commands_are_idempotent_and_install_the_wandb_login(raw, tmp_path
 def test_cluster_secrets_script_writes_a_private_wandb_login(tmp_path):
     import subprocess
 
+    checkout = _checkout(tmp_path / "checkout")
     env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "WANDB_API_KEY": "k" * 40}
-    subprocess.run(["bash", str(REPO / "scripts" / "cluster_secrets.sh")], env=env, check=True, capture_output=True)
-    out = tmp_path / ".nasfe" / "secrets" / "wandb.netrc"
+    subprocess.run(["bash", str(checkout / "scripts" / "cluster_secrets.sh")], env=env, check=True, capture_output=True)
+    out = checkout / "secrets" / "wandb.netrc"
     assert "password " + "k" * 40 in out.read_text() and "machine api.wandb.ai" in out.read_text()
     assert out.stat().st_mode & 0o077 == 0 and out.parent.stat().st_mode & 0o077 == 0
-    # no key anywhere: an empty file, so `ray up`'s file mount still finds the folder
-    env.pop("WANDB_API_KEY")
-    (tmp_path / "empty").mkdir()
-    env["HOME"] = str(tmp_path / "empty")
-    subprocess.run(["bash", str(REPO / "scripts" / "cluster_secrets.sh")], env=env, check=True, capture_output=True)
-    assert (tmp_path / "empty" / ".nasfe" / "secrets" / "wandb.netrc").read_text() == ""
+
+
+def test_the_secrets_script_never_empties_a_login_it_was_given_no_key_for(tmp_path):
+    import subprocess
+
+    checkout = _checkout(tmp_path / "checkout")
+    script = ["bash", str(checkout / "scripts" / "cluster_secrets.sh")]
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    subprocess.run(script, env={**env, "WANDB_API_KEY": "k" * 40}, check=True, capture_output=True)
+    before = (checkout / "secrets" / "wandb.netrc").read_text()
+    again = subprocess.run(script, env=env, check=True, capture_output=True, text=True)  # a shell without the key
+    assert (checkout / "secrets" / "wandb.netrc").read_text() == before
+    assert "kept as it was" in again.stdout
+
+
+# ----- `ray up`, run from a fresh checkout: what Ray's launcher hashes and copies ------------
+def _checkout(dest: Path) -> Path:
+    """The tracked files of this repository (and the working tree's edits), as a fresh clone has them."""
+    import shutil
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        if (REPO / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dest / rel)
+    return dest
+
+
+def _hashed_paths(raw, checkout: Path, home: Path, monkeypatch) -> list[str]:
+    """What Ray's launcher reads when `ray up cluster.yaml` hashes the file mounts, from ``checkout``."""
+    import builtins
+
+    from ray.autoscaler._private import util as ray_util
+
+    prepared = prepare_config(copy.deepcopy(raw))
+    monkeypatch.chdir(checkout)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setattr(ray_util, "_hash_cache", {})
+    read: list[str] = []
+    real_open = builtins.open
+
+    def spy(path, *args, **kwargs):
+        read.append(os.path.abspath(str(path)))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy)
+    ray_util.hash_runtime_conf(prepared["file_mounts"], None, prepared, generate_file_mounts_contents_hash=True)
+    monkeypatch.setattr(builtins, "open", real_open)
+    return read
+
+
+def test_ray_up_works_without_wandb_secrets_and_never_reads_the_venv(raw, tmp_path, monkeypatch):
+    checkout = _checkout(tmp_path / "checkout")
+    big = checkout / ".venv" / "lib" / "torch.so"  # what setup.sh leaves in a checkout
+    big.parent.mkdir(parents=True)
+    big.write_bytes(b"\0" * 1024)
+    (checkout / "runs" / "r1").mkdir(parents=True)
+    (checkout / "runs" / "r1" / "model.pt").write_bytes(b"x")
+    home = tmp_path / "home"  # no ~/.nasfe: scripts/cluster_secrets.sh was never run
+    home.mkdir()
+    read = _hashed_paths(raw, checkout, home, monkeypatch)  # Ray raised FileNotFoundError here
+    assert read and all(p.startswith(str(checkout)) for p in read), read[:5]
+    assert not [p for p in read if "/.venv/" in p or "/runs/" in p or "/.git/" in p]
+    assert str(checkout / "nasfe" / "distributed" / "ray_train.py") in read
+    # with a login the same mounts carry it to the nodes
+    (checkout / "secrets" / "wandb.netrc").write_text("machine api.wandb.ai\n  login user\n  password K\n")
+    assert str(checkout / "secrets" / "wandb.netrc") in _hashed_paths(raw, checkout, home, monkeypatch)
+
+
+def test_the_wandb_login_stays_out_of_git_and_of_working_dir_uploads(tmp_path):
+    import subprocess
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    checkout = _checkout(tmp_path / "checkout")
+    (checkout / "secrets" / "wandb.netrc").write_text("machine api.wandb.ai\n  login user\n  password K\n")
+    ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", "secrets/wandb.netrc"], cwd=REPO)
+    assert ignored.returncode == 0, "git would commit secrets/wandb.netrc"
+    pkg = tmp_path / "wd.zip"  # what `ray job submit --working-dir .` uploads
+    create_package(str(checkout), pkg, include_gitignore=True)
+    names = zipfile.ZipFile(pkg).namelist()
+    assert any(n.endswith("nasfe/distributed/ray_train.py") for n in names)
+    assert not [n for n in names if n.endswith("wandb.netrc")], names
+
+
+def test_the_dashboard_listens_on_the_heads_loopback_only(raw):
+    start = " ".join(raw["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in start
+
+
+# ----- the same versions on every node ----------------------------------------------------------
+def _pins() -> dict[str, str]:
+    import re
+
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.\-]+)==(\S+)$", line.strip())
+        if m:
+            pins[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
+    return pins
+
+
+def test_every_node_installs_the_versions_of_constraints_txt_without_dev_extras(raw):
+    import re
+    import tomllib
+    from importlib.metadata import version
+
+    import ray
+
+    pins = _pins()
+    assert pins.get("ray") == ray.__version__  # a node that joins later cannot get another Ray
+    assert "torch" not in pins  # NASFE_TORCH picks the CPU or CUDA build
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.\-]+", d).group(0)).lower() for d in deps} - {"torch"}
+    assert names <= set(pins), names - set(pins)
+    for name in names | {"boto3"}:  # what this machine installed is what the file says
+        assert version(name) == pins[name], name
+    setup = (REPO / "scripts" / "setup.sh").read_text()
+    assert re.search(r'pip install .*-c "\$CONSTRAINTS"', setup) and "CONSTRAINTS=constraints.txt" in setup
+    node = " ".join(raw["setup_commands"])
+    assert "NASFE_EXTRAS= " in node, "nodes install no dev extras (pytest, moto)"
+    assert "./constraints.txt" in raw["file_mounts"].values()
+    head = " ".join(raw["head_setup_commands"])
+    assert "-c ~/nasfe/constraints.txt" in head and "boto3" in head
+
+
+def test_setup_lends_the_amis_torch_instead_of_downloading_it(tmp_path):
+    import subprocess
+    import sys
+    import sysconfig
+
+    checkout = _checkout(tmp_path / "checkout")
+    base = tmp_path / "opt-pytorch"  # the Deep Learning AMI's PyTorch environment, torch only
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(base)], check=True)
+    site = Path(subprocess.run([str(base / "bin" / "python"), "-c",
+                                "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    (site / "torch").mkdir()
+    (site / "torch" / "__init__.py").write_text('__version__ = "2.8.0+cu128"\n')
+    info = site / "torch-2.8.0+cu128.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.8.0+cu128\n")
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path), "PIP_NO_INDEX": "1",
+           "PIP_FIND_LINKS": "", "NASFE_TORCH": "2.8.0+cu128", "NASFE_BASE_PYTHON": str(base / "bin" / "python"),
+           "PYTHON": sys.executable}
+    out = subprocess.run(["bash", "scripts/setup.sh", "--torch-only"], cwd=checkout, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr  # no download was tried (PIP_NO_INDEX)
+    assert "torch 2.8.0+cu128 from" in out.stdout
+    got = subprocess.run([str(checkout / ".venv" / "bin" / "python"), "-c", "import torch; print(torch.__version__)"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert got == "2.8.0+cu128"
+    del sysconfig
 
 
 def _policies() -> dict[str, dict]:
@@ -181,3 +338,40 @@ def test_iam_policies_cover_what_the_autoscaler_and_the_runs_call(raw):
     for name in ("nasfe-head", "nasfe-worker"):
         assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket", "s3:DeleteObject"} <= _actions(pol[name])
     assert not any(a.startswith(("ec2:", "iam:")) for a in _actions(pol["nasfe-worker"]))
+
+
+def test_a_jobs_eight_gpu_workers_are_launched_in_one_wave(raw):
+    """Ray's scheduler caps pending launches by upscaling_speed (at least 5), but not those of a
+    placement group: Train's worker group (8 x {GPU: 1}) gets its 8 nodes at once."""
+    from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary
+    from ray.autoscaler._private.resource_demand_scheduler import ResourceDemandScheduler
+    from ray.autoscaler.tags import NODE_KIND_HEAD, TAG_RAY_NODE_KIND, TAG_RAY_USER_NODE_TYPE
+    from ray.core.generated.common_pb2 import Bundle, PlacementStrategy
+    from ray.core.generated.gcs_pb2 import PlacementGroupTableData
+
+    cfg = prepare_config(copy.deepcopy(raw))
+    head = cfg["head_node_type"]
+
+    class Provider:  # the head alone is up
+        def node_tags(self, node):
+            return {TAG_RAY_USER_NODE_TYPE: head, TAG_RAY_NODE_KIND: NODE_KIND_HEAD}
+
+        def internal_ip(self, node):
+            return "10.0.0.1"
+
+    sched = ResourceDemandScheduler(Provider(), cfg["available_node_types"], cfg["max_workers"], head,
+                                    float(cfg["upscaling_speed"]))
+    group = PlacementGroupTableData(strategy=PlacementStrategy.PACK, state=PlacementGroupTableData.PENDING,
+                                    bundles=[Bundle(unit_resources={"GPU": 1.0}) for _ in range(8)])
+    idle = {"10.0.0.1": {"CPU": 0.0}}
+
+    def launch(**demand):
+        return sched.get_nodes_to_launch(["head"], {}, unused_resources_by_ip=idle, max_resources_by_ip=idle,
+                                         ensure_min_cluster_size=[],
+                                         node_availability_summary=NodeAvailabilitySummary(node_availabilities={}),
+                                         **demand)[0]
+
+    worker = next(n for n in cfg["available_node_types"] if n != head)
+    assert launch(resource_demands=[], pending_placement_groups=[group]) == {worker: 8}
+    # the same demand as loose tasks would come in waves: 5 first
+    assert launch(resource_demands=[{"GPU": 1.0}] * 8, pending_placement_groups=[]) == {worker: 5}

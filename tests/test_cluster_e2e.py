@@ -192,10 +192,10 @@ available_node_types:
     resources: {{CPU: 0}}
     node_config: {{}}
     max_workers: 0
-  gpu_worker:
+  gpu_worker:  # a multi-GPU type: one node holds both Train workers, one GPU each
     min_workers: 0
     max_workers: 2
-    resources: {{CPU: 1, GPU: 1}}
+    resources: {{CPU: 2, GPU: 2}}
     node_config: {{}}
 auth: {{ssh_user: ubuntu}}
 upscaling_speed: 1.0
@@ -241,10 +241,11 @@ def test_the_autoscaler_starts_gpu_nodes_from_zero_for_a_declared_demand(tmp_pat
         out = subprocess.run([sys.executable, "search.py", "--", "--space", "tiny", "--workers", "2", "--no-retrain",
                               "--storage", str(tmp_path / "runs"), "--max-failures", "0"], cwd=home, env=env,
                              capture_output=True, text=True, timeout=480)
-        # the job asked for GPUs the cluster declared (no flag), and the autoscaler started them
+        # the job asked for GPUs the cluster declared (no flag), one per worker, and the autoscaler
+        # started one 2-GPU node for the two workers
         assert "1 GPU per worker" in out.stdout and "gpu_worker" in out.stdout, out.stdout[-2000:]
         gpu_nodes = [n for n in _nodes(c) if n.get("GPU", 0) >= 1]
-        assert len(gpu_nodes) == 2, _nodes(c)
+        assert [n["GPU"] for n in gpu_nodes] == [2], _nodes(c)
         # torch here is a CPU build: the workers Ray gave a GPU stop the job with one line
         assert out.returncode == 2, out.stderr[-3000:]
         ours = [line for line in out.stderr.splitlines() if line.startswith("nasfe search:")]
@@ -252,3 +253,50 @@ def test_the_autoscaler_starts_gpu_nodes_from_zero_for_a_declared_demand(tmp_pat
                                            r"but torch .* cannot see CUDA", ours[0]), out.stderr[-3000:]
     finally:
         c.stop()
+
+
+SWEEP = """
+base: tiny
+phase: search
+metric: val_psnr
+mode: max
+num_samples: 2
+max_concurrent: null
+workers_per_trial: 1
+cpus_per_worker: 1
+seed: 0
+asha: {grace_period: 2, reduction_factor: 2, max_t: null}
+overrides: {search.epochs: 2, search.warmup_epochs: 1}
+params:
+  search.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
+"""
+
+
+@pytest.mark.timeout(1200)
+def test_a_sweep_on_two_raylets_keeps_everything_on_s3_and_resumes_from_it(cluster, s3, tmp_path):
+    space = tmp_path / "sweep_s3.yaml"
+    space.write_text(SWEEP)
+    env = {**os.environ, **s3.env, **cluster.driver_env(), "PYTHONPATH": str(REPO), "WANDB_MODE": "offline",
+           "NASFE_WORK_DIR": str(tmp_path / "driver-work")}
+    cmd = [sys.executable, "-m", "nasfe.cli", "sweep", "--sweep", str(space), "--storage", f"s3://{s3.bucket}/sweeps",
+           "--name", "s3sweep", "--quiet"]
+    first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    keys = s3.keys("sweeps/s3sweep/")
+    for name in ("sweep.yaml", "sweep_table.md", "sweep_table.csv", "best/genotype.json", "best/config.yaml"):
+        assert f"sweeps/s3sweep/{name}" in keys, sorted(keys)[:40]
+    trials = sorted({k.split("/")[3] for k in keys if k.startswith("sweeps/s3sweep/trials/trial_")})
+    assert len(trials) == 2, trials
+    for t in trials:  # each trial's run, checkpoints and genotype on S3: no shared file system
+        for name in ("genotype.json", "space.yaml", "trial.json"):
+            assert f"sweeps/s3sweep/trials/{t}/{name}" in keys
+        assert any(k.startswith(f"sweeps/s3sweep/trials/{t}/ray/search/checkpoint_") for k in keys)
+    assert any(k.startswith("sweeps/s3sweep/experiment_state") or k.endswith("tuner.pkl") for k in keys)
+    table = s3.read("sweeps/s3sweep/sweep_table.md").decode()
+    assert table.count("| COMPLETED |") == 2 and "genotype_id" in table, table
+    # the same command again: resumed from S3, finished trials kept, nothing re-run
+    second = subprocess.run(cmd, cwd=tmp_path, env={**env, "NASFE_WORK_DIR": str(tmp_path / "other-driver")},
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "Started training worker group" not in second.stdout + second.stderr
+    assert s3.read("sweeps/s3sweep/sweep_table.md").decode().count("| COMPLETED |") == 2

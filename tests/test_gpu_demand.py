@@ -33,9 +33,9 @@ def test_gpus_come_from_the_cluster_config_not_from_the_nodes_up_now(monkeypatch
 
     gpus, where = declared_gpus(_args())
     assert gpus == 1.0 and "gpu_worker" in where and "cluster.yaml" in where
-    assert declared_gpus(_args(gpus_per_worker=2.0)) == (2.0, "--gpus-per-worker")
-    monkeypatch.setenv("NASFE_GPUS_PER_WORKER", "4")
-    assert declared_gpus(_args())[0] == 4.0
+    assert declared_gpus(_args(gpus_per_worker=0.5)) == (0.5, "--gpus-per-worker")
+    monkeypatch.setenv("NASFE_GPUS_PER_WORKER", "0.5")
+    assert declared_gpus(_args())[0] == 0.5
     monkeypatch.delenv("NASFE_GPUS_PER_WORKER")
     monkeypatch.setenv("NASFE_CLUSTER_CONFIG", str(REPO / "no-such-config.yaml"))
     assert declared_gpus(_args())[0] == 0.0  # a laptop: CPU
@@ -75,3 +75,23 @@ def test_a_worker_promised_a_gpu_without_cuda_stops_with_one_line(tmp_path, caps
     assert rc == 2
     assert len(err) == 1 and err[0].startswith("nasfe search: error: a Train worker on "), err
     assert "cannot see CUDA" in err[0] and "CPU-only torch build" in err[0]
+
+
+def test_a_multi_gpu_node_type_gets_one_worker_per_gpu(tmp_path, monkeypatch):
+    import yaml
+
+    from nasfe.distributed.cluster import declared_gpus_per_worker
+    from nasfe.distributed.search_job import declared_gpus
+    from nasfe.errors import CommandError
+
+    raw = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    worker = next(t for n, t in raw["available_node_types"].items() if n != raw["head_node_type"])
+    worker["resources"] = {"CPU": 48, "GPU": 4}  # a g5.12xlarge type
+    worker["node_config"]["InstanceType"] = "g5.12xlarge"
+    config = tmp_path / "cluster.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    monkeypatch.delenv("NASFE_GPUS_PER_WORKER", raising=False)
+    gpus, where = declared_gpus_per_worker(config)
+    assert gpus == 1.0 and "GPU: 4 per node: one worker each" in where
+    with pytest.raises(CommandError, match="at most|between 0 and 1"):
+        declared_gpus(_args(gpus_per_worker=4.0))

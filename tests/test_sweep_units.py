@@ -101,3 +101,21 @@ def test_drivers_hold_no_cpu_and_concurrency_counts_per_node(tmp_path):
     assert default_max_concurrent(sweep, [{"CPU": 1.0}, {"CPU": 1.0}], use_gpu=False) == 2
     assert trials_that_fit([{"CPU": 8, "GPU": 2}, {"CPU": 8, "GPU": 1}], [{"CPU": 1, "GPU": 1}] * 2) == 1
     assert trials_that_fit([{"CPU": 0.5}], [{"CPU": 1}]) == 0
+
+
+def test_concurrency_follows_what_the_cluster_config_can_grow_to(monkeypatch):
+    """A cold cluster (the head alone up) still runs as many trials as its declared workers hold."""
+    from pathlib import Path
+
+    import nasfe.distributed.sweep as sweep_mod
+    from nasfe.distributed.sweep import declared_nodes, default_max_concurrent, sweep_nodes
+    from nasfe.distributed.sweep_space import load_sweep
+
+    config = Path(__file__).resolve().parents[1] / "cluster.yaml"  # 8 g5.xlarge: {CPU: 4, GPU: 1}
+    assert declared_nodes(config) == [{"CPU": 0}] + [{"CPU": 4, "GPU": 1}] * 8
+    sweep = load_sweep("tiny")  # 1 worker per trial
+    monkeypatch.setattr(sweep_mod, "cluster_nodes", lambda: [{"CPU": 0}])  # nothing but the head is up
+    monkeypatch.setenv("NASFE_CLUSTER_CONFIG", str(config))
+    assert default_max_concurrent(sweep, sweep_nodes(), use_gpu=True) == 8
+    monkeypatch.setenv("NASFE_CLUSTER_CONFIG", str(config.with_name("no-such-cluster.yaml")))
+    assert sweep_nodes() == [{"CPU": 0}]  # no cluster config (a laptop): the nodes up are the cluster

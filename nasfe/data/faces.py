@@ -31,7 +31,7 @@ from PIL import Image
 
 from nasfe.config import DataConfig
 from nasfe.errors import FaceSourceError
-from nasfe.imageio import ImageReadError, read_image
+from nasfe.imageio import ImageReadError, fill_placeholder, read_image
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +254,7 @@ class FolderFaces(FaceSource):
         errors = []
         for rec in records[:tries]:
             try:
+                fill_placeholder(self.root / rec.key)  # faces read from S3 on first use
                 with Image.open(self.root / rec.key) as im:
                     w, h = im.size
                 return h, w

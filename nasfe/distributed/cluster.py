@@ -160,6 +160,7 @@ class RunStorage:
             return False
         dest.parent.mkdir(parents=True, exist_ok=True)
         if kind == pyarrow.fs.FileType.Directory:
+            dest.mkdir(exist_ok=True)  # S3 has no folder objects: pyarrow does not make the top one
             pyarrow.fs.copy_files(f"{path}/{rel}", str(dest), source_filesystem=fs,
                                   destination_filesystem=pyarrow.fs.LocalFileSystem())
         else:
@@ -255,12 +256,16 @@ def cluster_config_path() -> Optional[Path]:
 def declared_gpus_per_worker(config: Optional[Path] = None) -> tuple[float, str]:
     """GPUs each Train worker asks for, from what the cluster *declares* (never from what is up).
 
-    ``NASFE_GPUS_PER_WORKER`` wins; else the smallest ``resources: {GPU: n}`` among the worker
-    node types of the cluster config (the autoscaler starts such nodes on demand, from zero);
+    ``NASFE_GPUS_PER_WORKER`` wins; else 1 when a worker node type of the cluster config declares
+    ``resources: {GPU: n}`` (the autoscaler starts such nodes on demand, from zero): a Train
+    worker drives one device, so a node with n GPUs holds n workers and ``--workers`` counts GPUs;
     else 0 (CPU). Returns ``(gpus, where it came from)``.
     """
     if os.environ.get("NASFE_GPUS_PER_WORKER"):
-        return float(os.environ["NASFE_GPUS_PER_WORKER"]), "NASFE_GPUS_PER_WORKER"
+        gpus = float(os.environ["NASFE_GPUS_PER_WORKER"])
+        if not 0 <= gpus <= 1:
+            raise ValueError(f"NASFE_GPUS_PER_WORKER={gpus:g}: must be between 0 and 1 (a Train worker drives one GPU)")
+        return gpus, "NASFE_GPUS_PER_WORKER"
     config = config or cluster_config_path()
     if config is None:
         return 0.0, "no cluster config declares GPU workers"
@@ -274,7 +279,8 @@ def declared_gpus_per_worker(config: Optional[Path] = None) -> tuple[float, str]
     if not declared:
         return 0.0, f"{config}: no worker node type declares resources: {{GPU: n}}"
     name = min(declared, key=declared.get)
-    return declared[name], f"{config}: node type {name!r} declares GPU: {declared[name]:g}"
+    per_node = f"{declared[name]:g} per node: one worker each" if declared[name] != 1 else "1"
+    return min(1.0, declared[name]), f"{config}: node type {name!r} declares GPU: {per_node}"
 
 
 def cluster_gpus() -> int:

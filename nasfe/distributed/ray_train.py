@@ -128,6 +128,31 @@ class WandbMirror(Callback):
         self.copy()
 
 
+class GenotypeMirror(Callback):
+    """Rank 0 with remote storage: copy the current genotype into the run root at every checkpoint,
+    as a local run root has it live (a sweep's table and ``nasfe compare`` read it there, also for a
+    trial that ASHA stopped)."""
+
+    FILES = ("genotype.json",)
+
+    def __init__(self, storage: RunStorage, work_dir: Path):
+        self.storage, self.work_dir = storage, Path(work_dir)
+
+    def _copy(self) -> None:
+        try:
+            self.storage.upload(self.work_dir, [f for f in self.FILES if (self.work_dir / f).is_file()])
+        except Exception as exc:  # noqa: BLE001  (the Ray checkpoint holds it anyway)
+            log.warning("copying the genotype to %s failed: %s", self.storage.root, exc)
+
+    def on_checkpoint(self, state, path, metrics):
+        if state.is_main:
+            self._copy()
+
+    def on_end(self, state, summary):
+        if state.is_main:
+            self._copy()
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -207,6 +232,8 @@ def train_worker(config: dict[str, Any]) -> None:
     try:
         resume_from = _restore_from_ray(phase, work_dir, rank == 0, scratch) or config.get("resume_from")
         callbacks: list[Callback] = [RayReportCallback(phase, work_dir)]
+        if rank == 0 and not storage.is_local:
+            callbacks.append(GenotypeMirror(storage, work_dir))
         if config.get("progress", True):
             import logging
 
@@ -306,7 +333,8 @@ def build_trainer(space, run_name: str, storage: Optional[str] = None, num_worke
                   extra_callbacks: Sequence[Callback] = (), wandb=None, wandb_group: Optional[str] = None,
                   max_failures: int = 2, keep_checkpoints: int = 3, threads_per_worker: Optional[int] = None,
                   progress: bool = True, cpus_per_worker: Optional[float] = None,
-                  resume_from: Optional[str] = None, gpus_per_worker: Optional[float] = None):
+                  resume_from: Optional[str] = None, gpus_per_worker: Optional[float] = None,
+                  start_timeout_s: Optional[float] = None):
     """A ``TorchTrainer`` for one phase of run ``run_name`` (usable as is inside a Tune trial).
 
     ``space`` is a SpaceConfig; ``genotype`` a Genotype (retrain); ``wandb`` a
@@ -316,9 +344,14 @@ def build_trainer(space, run_name: str, storage: Optional[str] = None, num_worke
     (:func:`nasfe.distributed.resume.prepare_phase`).
     ``gpus_per_worker`` (default: 1 with ``use_gpu``, else 0) is the GPU demand each worker declares:
     Ray schedules (and the autoscaler starts) nodes for it.
+    Failures: your errors and divergence end the run at once, a lost node is retried without a
+    limit, anything else up to ``max_failures`` times; ``start_timeout_s`` bounds the wait for
+    room for the workers (None: no bound) (:mod:`nasfe.distributed.failure_policy`).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    from nasfe.distributed.failure_policy import with_failure_policy
 
     if phase not in PHASES:
         raise ValueError(f"phase {phase!r}; expected one of {PHASES}")
@@ -342,8 +375,10 @@ def build_trainer(space, run_name: str, storage: Optional[str] = None, num_worke
     resources = {"CPU": cpus_per_worker} if cpus_per_worker else {}
     if use_gpu:
         resources["GPU"] = gpus
-    return TorchTrainer(
+    demand = f"{num_workers} x {resources or {'CPU': 1}}"
+    return with_failure_policy(TorchTrainer)(
         train_worker,
+        start_timeout_s=start_timeout_s, demand=demand,
         train_loop_config=config,
         torch_config=_checked_torch_config("nccl" if use_gpu else "gloo", need_cuda=use_gpu),
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources or None),
@@ -381,6 +416,7 @@ def fit_phase(space, run_name: str, storage: Optional[str] = None, phase: str = 
         import dataclasses
 
         trainer_kwargs["wandb"] = dataclasses.replace(wandb, run_id=wandb_run_id(st, phase, fresh=not resume))
+    trainer_kwargs.setdefault("start_timeout_s", start_timeout())
     trainer = build_trainer(space, run_name, st, phase=phase, resume_from=resume_from, **trainer_kwargs)
     try:
         result = trainer.fit()
@@ -388,9 +424,9 @@ def fit_phase(space, run_name: str, storage: Optional[str] = None, phase: str = 
         # Ray Train's own Ctrl-C handler aborts the worker group, then leaves through sys.exit(0)
         raise KeyboardInterrupt(f"the {phase} of {run_name!r} was interrupted") from None
     except Exception as exc:
-        raise _user_error(exc) or exc
+        raise _run_error(exc, trainer)
     if result.error is not None:
-        raise _user_error(result.error) or result.error
+        raise _run_error(result.error, trainer)
     if result.checkpoint is None:
         raise RuntimeError(f"{phase} of run {run_name!r} finished without a checkpoint")
     local_dir = _published_dir(st, phase)
@@ -471,6 +507,26 @@ def check_resumable(storage: RunStorage, phase: str, space=None, genotype=None) 
     from nasfe.distributed.resume import plan_resume
 
     plan_resume(storage, phase, space, genotype)
+
+
+def start_timeout() -> Optional[float]:
+    """Seconds a job's workers may wait for room in a row: ``NASFE_START_TIMEOUT_MIN`` (default 30;
+    0 or less: no bound)."""
+    minutes = float(os.environ.get("NASFE_START_TIMEOUT_MIN", "30"))
+    return minutes * 60 if minutes > 0 else None
+
+
+def _run_error(exc: BaseException, trainer) -> BaseException:
+    """What a failed ``fit()`` raises: your error, the end of a wait for room, else Ray's error."""
+    from nasfe.distributed.failure_policy import STARTUP, NoRoomError, failure_kind, no_room_message
+
+    user = _user_error(exc)
+    if user is not None:
+        return user
+    if failure_kind(exc) == STARTUP:
+        return NoRoomError(no_room_message(trainer.scaling_config.num_workers, trainer.nasfe_demand,
+                                           trainer.nasfe_start_timeout_s or 0))
+    return exc
 
 
 def _user_error(exc: BaseException) -> Optional[BaseException]:

@@ -2,7 +2,8 @@
 
 Ray Train resumes a phase from the newest checkpoint in its own record of the run,
 ``<run>/ray/<phase>/checkpoint_manager_snapshot.json``. Folders beside it that the record does
-not list (a copy a full disk cut short, a crash mid-upload) are never used, whatever their name.
+not list (a copy a full disk cut short, a crash mid-upload) are never used, whatever their name,
+and a resume removes them (local and remote storage alike: :func:`remove_orphans`).
 
 Before any worker starts (local storage), :func:`plan_resume` reads that record and the
 checkpoint it points to:
@@ -192,8 +193,10 @@ def _move_aside_local(src: Path, dest: Path) -> None:
 
 def apply_plan(storage: RunStorage, plan: ResumePlan) -> Optional[str]:
     """Move Ray's unusable folder aside (if the plan says so); returns the file the workers resume from."""
-    for d in plan.ignored:
-        log.warning("ignoring %s: not in Ray's record of the run (a copy cut short?)", d)
+    for d in plan.ignored:  # a copy cut short (a killed upload, a full disk): never resumed from
+        shutil.rmtree(d, ignore_errors=True)
+        print(f"[nasfe] {plan.phase}: removed {d}, a checkpoint folder not in Ray's record of the run "
+              f"(a copy cut short)", flush=True)
     if plan.unreported:  # Ray resumes before them and the worker would drop them: keep them aside instead
         dest = Path(_previous_dir(storage, plan.phase)) / "checkpoints"
         for p in plan.unreported:
@@ -254,5 +257,34 @@ def prepare_phase(storage: RunStorage, phase: str, resume: bool, space=None, gen
         set_aside_phase(storage, phase)
         return None
     if not storage.is_local:
+        remove_orphans(storage, phase)
         return None
     return apply_plan(storage, plan_resume(storage, phase, space, genotype))
+
+
+def remove_orphans(storage: RunStorage, phase: str) -> list[str]:
+    """Remote storage, before a resume: delete ``phase``'s checkpoint folders that Ray's record does
+    not list (uploads cut short by a lost node or a killed driver; Ray never resumes from them, and
+    nothing else would ever remove them). Nothing is removed when the record is missing or
+    unreadable. Returns the folders removed."""
+    import pyarrow.fs
+
+    fs, path = storage._fs()
+    ray_dir = f"{path}/ray/{phase}"
+    try:
+        with fs.open_input_stream(f"{ray_dir}/{SNAPSHOT}") as fh:
+            data = json.loads(fh.read().decode())
+        listed = {r["checkpoint_dir_name"] for r in data.get("checkpoint_results", [])}
+    except Exception:  # noqa: BLE001  (no record, or one Ray cannot use either: leave everything)
+        return []
+    found = fs.get_file_info(pyarrow.fs.FileSelector(ray_dir, allow_not_found=True))
+    removed = []
+    for info in found:
+        name = Path(info.path).name
+        if info.type == pyarrow.fs.FileType.Directory and name.startswith("checkpoint_") and name not in listed:
+            fs.delete_dir(info.path)
+            removed.append(f"{storage.ray_run_path(phase)}/{name}")
+    if removed:
+        print(f"[nasfe] {phase}: removed {len(removed)} checkpoint folder(s) not in Ray's record of the run "
+              f"(uploads cut short): {', '.join(removed)}", flush=True)
+    return removed

@@ -34,10 +34,11 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="data.source (with --data: the kind of folder it is)")
     parser.add_argument("--name", help="run name (default: <space>-<date>-<time>; reuse a name to resume)")
     parser.add_argument("--storage", help="where runs live: a folder (default ./runs) or s3://bucket/prefix")
-    parser.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="Ray Train workers (default 2); on GPUs one per GPU, so the GPUs used")
     parser.add_argument("--gpus-per-worker", type=float, metavar="G",
-                        help="GPUs each Train worker asks for; the autoscaler starts GPU nodes for them "
-                             "(default: what the cluster config's worker types declare, else 0 = CPU)")
+                        help="GPUs each Train worker asks for, at most 1; the autoscaler starts GPU nodes for "
+                             "them (default: 1 when the cluster config's worker types declare GPUs, else 0 = CPU)")
     parser.add_argument("--gpus", "--use-gpu", dest="gpus", nargs="?", const="yes", default="auto",
                         help="'auto' (default: as declared, see --gpus-per-worker), 'yes' (at least 1) or 'no'")
     parser.add_argument("--resume", dest="resume", action="store_true", default=True,
@@ -129,8 +130,9 @@ def declared_gpus(args) -> tuple[float, str]:
 
     explicit = getattr(args, "gpus_per_worker", None)
     if explicit is not None:
-        if explicit < 0:
-            raise CommandError(f"--gpus-per-worker {explicit:g}: must be >= 0")
+        if explicit < 0 or explicit > 1:
+            raise CommandError(f"--gpus-per-worker {explicit:g}: must be between 0 and 1 (a Train worker drives "
+                               f"one GPU; --workers N uses N GPUs)")
         return float(explicit), "--gpus-per-worker"
     want = str(getattr(args, "gpus", "auto")).lower()
     if want in ("no", "false", "0", "off"):
@@ -207,6 +209,9 @@ def wandb_pointer(local_dir: Path, storage=None) -> list[str]:
         if f.is_file():
             info = json.loads(f.read_text())
             where = info.get("url") or info.get("dir")
+            if not info.get("url") and info.get("dir") and storage is not None and not storage.is_local:
+                # the folder was on a worker that may be gone: its copy in the run's storage
+                where = f"{storage.root}/wandb/{Path(info['dir']).name}"
             sync = info.get("sync")
             if sync and storage is not None:  # every segment of every phase, from the run's storage
                 sync = f"nasfe wandb-sync --name {storage.name} --storage {storage.storage}"

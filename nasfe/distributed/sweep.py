@@ -113,6 +113,36 @@ def cluster_nodes() -> list[dict[str, float]]:
     return [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
 
 
+def sweep_nodes() -> list[dict[str, float]]:
+    """The nodes a sweep's concurrency is planned for: what the cluster config lets the cluster
+    grow to (:func:`declared_nodes`), else the nodes up now (no cluster config: a laptop)."""
+    return declared_nodes() or cluster_nodes()
+
+
+def declared_nodes(config: Optional[Path] = None) -> Optional[list[dict[str, float]]]:
+    """Every node the cluster config lets the cluster grow to (the head, then each worker type up to
+    its ``max_workers``, all of them together up to the cluster's ``max_workers``), as resource
+    dicts; None without a cluster config (a laptop: the nodes up are the cluster)."""
+    from nasfe.distributed.cluster import cluster_config_path
+
+    config = config or cluster_config_path()
+    if config is None:
+        return None
+    data = yaml.safe_load(Path(config).read_text()) or {}
+    types = data.get("available_node_types") or {}
+    head = data.get("head_node_type")
+    nodes = [dict((types.get(head) or {}).get("resources") or {})]
+    room = int(data.get("max_workers", 0) or 0)
+    # GPU types first: they bound a GPU sweep; for a CPU sweep they still count their CPUs
+    workers = sorted(((n, t) for n, t in types.items() if n != head),
+                     key=lambda nt: -float((nt[1].get("resources") or {}).get("GPU", 0)))
+    for _, t in workers:
+        count = min(int(t.get("max_workers", room) or 0), room)
+        nodes += [dict(t.get("resources") or {}) for _ in range(count)]
+        room -= count
+    return nodes
+
+
 # ----- the tuner ------------------------------------------------------------------------------
 def _trainable(ctx: dict[str, Any]):
     """The Tune trainable: the trial driver with the sweep context, holding no CPU (see module doc)."""
@@ -164,6 +194,59 @@ def _restore_tuner(sweep_dir: Path, trainable, max_concurrent: int, callbacks):
     return tuner
 
 
+# ----- a sweep on S3 (no shared file system) ------------------------------------------------------
+#: What the driver writes locally and copies to the sweep's storage after every update.
+STAGED = ("sweep.yaml", "sweep_table.csv", "sweep_table.md", "best", "wandb_sweep.json", "wandb")
+#: What the table needs of each trial's run (copied from storage before each update).
+TRIAL_FILES = ("genotype.json", "space.yaml", "trial.json", "placement_groups.json")
+
+
+def staging_dir(run) -> Path:
+    """The driver's local folder of a sweep whose storage is a URI."""
+    import os
+
+    return Path(os.environ.get("NASFE_WORK_DIR", Path.home() / "nasfe-work")) / f"{run.name}-sweep"
+
+
+def mirror_trials(run, local_trials: Path, names: Sequence[str]) -> None:
+    """Copy the small files of the trials ``names`` from the sweep's storage into ``local_trials``."""
+    from nasfe.distributed.cluster import RunStorage
+
+    trials = RunStorage(f"{run.root}/trials", "x")
+    for name in names:
+        st = RunStorage(trials.storage, name)
+        for rel in TRIAL_FILES:
+            try:
+                st.download(rel, local_trials / name)
+            except Exception as exc:  # noqa: BLE001  (a table cell must not stop the sweep)
+                log.debug("%s/%s not copied: %s", name, rel, exc)
+
+
+def _delete_sweep(run, sweep_dir: Path) -> None:
+    """--no-resume: the earlier sweep of this name goes (storage and the driver's local folder)."""
+    if sweep_dir.exists():
+        log.info("--no-resume: deleting the earlier sweep in %s", sweep_dir)
+        shutil.rmtree(sweep_dir)
+    if not run.is_local:
+        import pyarrow.fs
+
+        fs, path = run._fs()
+        if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
+            log.info("--no-resume: deleting the earlier sweep in %s", run.root)
+            fs.delete_dir(path)
+
+
+def _holds_other_files(run, sweep_dir: Path) -> bool:
+    """True when the sweep's folder holds files of something else than a sweep (a wrong --name)."""
+    if run.is_local:
+        return sweep_dir.exists() and any(p.name != "wandb_sweep.json" for p in sweep_dir.iterdir())
+    import pyarrow.fs
+
+    fs, path = run._fs()
+    found = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    return any(Path(i.path).name not in ("wandb_sweep.json", "sweep.yaml") for i in found)
+
+
 # ----- the whole sweep --------------------------------------------------------------------------
 @dataclass
 class SweepResult:
@@ -178,12 +261,14 @@ class SweepResult:
     files: list[Path] = field(default_factory=list)
     wandb: Optional[str] = None
     max_concurrent: Optional[int] = None
+    local_dir: Optional[str] = None  # the table and best trial on this machine (sweep_dir when local)
 
 
-def check_same_sweep(sweep: SweepSpace, sweep_dir: Path) -> None:
+def check_same_sweep(sweep: SweepSpace, sweep_dir: Path, where: Optional[str] = None) -> None:
     """A sweep name stands for one sweep space: a re-run with another is refused in one line.
 
-    Only ``max_concurrent`` may change on resume.
+    Only ``max_concurrent`` may change on resume. ``where``: the sweep's storage when ``sweep_dir``
+    holds a copy of its ``sweep.yaml``.
     """
     from nasfe.distributed.run_identity import differences, refuse
 
@@ -192,7 +277,7 @@ def check_same_sweep(sweep: SweepSpace, sweep_dir: Path) -> None:
         return
     diffs = differences(yaml.safe_load(saved.read_text()) or {}, sweep.to_dict(), ignore=RESUMABLE_CHANGES)
     if diffs:
-        refuse(sweep_dir, f"sweep {Path(sweep_dir).name!r}", diffs)
+        refuse(where or sweep_dir, f"sweep {Path(where or sweep_dir).name!r}", diffs)
 
 
 def _finish_study(sweep: SweepSpace, name: str) -> None:
@@ -222,32 +307,36 @@ def run_sweep(sweep: SweepSpace, storage: Optional[str] = None, name: Optional[s
     from ray import tune
 
     from nasfe.distributed.cluster import RunStorage
-    from nasfe.distributed.sweep_summary import SweepReport, rows_from_grid, summary_callback
+    from nasfe.distributed.sweep_summary import SweepReport, rows_from_grid, summary_callback, trial_run_name
     from nasfe.distributed.sweep_trial import reap_placement_groups, reaper_callback, trial_context
     from nasfe.imageio import atomic_write_text
 
     run = RunStorage.create(storage, name or f"sweep-{sweep.name}")
-    if not run.is_local:
-        raise ConfigError(f"sweep storage {run.storage!r}: sweeps write their table and best trial to a local or "
-                          f"shared folder; use a path (a shared mount on a cluster)")
-    sweep_dir = Path(run.root)
-    nodes = cluster_nodes()
+    # on S3 (no shared file system) Tune and every trial write to storage; the table, best trial and
+    # W&B summary are made in a local folder of the driver and copied to storage after each update
+    sweep_dir = Path(run.root) if run.is_local else staging_dir(run)
+    nodes = sweep_nodes()
     if use_gpu is None:
         use_gpu = sum(n.get("GPU", 0) for n in nodes) >= 1 and sweep.gpus_per_worker != 0
     max_concurrent = default_max_concurrent(sweep, nodes, use_gpu)
-    if not resume and sweep_dir.exists():
-        log.info("--no-resume: deleting the earlier sweep in %s", sweep_dir)
-        shutil.rmtree(sweep_dir)
-    resumed = resume and tune.Tuner.can_restore(str(sweep_dir))
+    if not resume:
+        _delete_sweep(run, sweep_dir)
+    elif not run.is_local:
+        for rel in STAGED:  # a sweep resumed from another driver node continues its summary
+            run.download(rel, sweep_dir)
+    resumed = resume and tune.Tuner.can_restore(run.root)
     if resumed:
         check_same_sweep(sweep, sweep_dir)
-    elif sweep_dir.exists() and any(p.name != "wandb_sweep.json" for p in sweep_dir.iterdir()):
-        raise ConfigError(f"{sweep_dir}: exists but holds no resumable sweep; pick another --name "
+    elif _holds_other_files(run, sweep_dir):
+        raise ConfigError(f"{run.root}: exists but holds no resumable sweep; pick another --name "
                           f"or delete the folder")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if not resumed:
         atomic_write_text(sweep_dir / "sweep.yaml", yaml.safe_dump(sweep.to_dict(), sort_keys=False))
-    ctx = trial_context(sweep, str(sweep_dir / "trials"), use_gpu, wandb, progress, max_failures)
+        if not run.is_local:
+            run.upload(sweep_dir, ["sweep.yaml"])
+    trials_storage = f"{run.root}/trials"
+    ctx = trial_context(sweep, trials_storage, use_gpu, wandb, progress, max_failures)
     ctx["sweep_name"] = run.name  # the W&B group: unique per sweep run, not per sweep space
     summary_run = None
     if wandb is not None:
@@ -255,13 +344,15 @@ def run_sweep(sweep: SweepSpace, storage: Optional[str] = None, name: Optional[s
 
         ctx["wandb_sweep_id"] = register_sweep(sweep, run.name, wandb, sweep_dir)
         summary_run = SummaryRun(wandb, sweep, run.name, sweep_dir, ctx["wandb_sweep_id"])
-    report = SweepReport(sweep, sweep_dir, summary_run)
+    publish = None if run.is_local else (lambda: run.upload(sweep_dir, [r for r in STAGED if (sweep_dir / r).exists()]))
+    refresh = None if run.is_local else (lambda names: mirror_trials(run, sweep_dir / "trials", names))
+    report = SweepReport(sweep, sweep_dir, summary_run, publish=publish)
     trainable = _trainable(ctx)
-    all_callbacks = [summary_callback(report, sweep_dir / "trials"), *callbacks,
-                     reaper_callback(sweep_dir / "trials")]
+    all_callbacks = [summary_callback(report, sweep_dir / "trials", refresh), *callbacks,
+                     reaper_callback(sweep_dir / "trials", refresh=refresh)]
     if resumed:
-        log.info("resuming the sweep in %s (finished trials are kept)", sweep_dir)
-        tuner = _restore_tuner(sweep_dir, trainable, max_concurrent, all_callbacks)
+        log.info("resuming the sweep in %s (finished trials are kept)", run.root)
+        tuner = _restore_tuner(run.root, trainable, max_concurrent, all_callbacks)
     else:
         tuner = _new_tuner(sweep, trainable, run.storage, run.name, max_concurrent, all_callbacks)
     log.info("sweep %r: %d trials, %d at a time, %d worker(s) each on %s", sweep.name, sweep.num_samples,
@@ -269,6 +360,9 @@ def run_sweep(sweep: SweepSpace, storage: Optional[str] = None, name: Optional[s
     t0 = time.time()
     try:
         grid = tuner.fit()
+        if refresh is not None:
+            refresh([trial_run_name(r.metrics.get("trial_id") or Path(r.path).name.replace("trial_", ""))
+                     for r in grid])
         for run_dir in sorted((sweep_dir / "trials").glob("trial_*")):  # nothing runs now
             reap_placement_groups(run_dir)
         finished = grid.num_terminated + grid.num_errors
@@ -283,4 +377,5 @@ def run_sweep(sweep: SweepSpace, storage: Optional[str] = None, name: Optional[s
             summary_run.close()
     log.info("sweep %r: %d trials in %.0fs%s", sweep.name, len(rows), time.time() - t0,
              " (interrupted)" if interrupted else "")
-    return SweepResult(run.name, str(sweep_dir), rows, best, interrupted, resumed, files, where, max_concurrent)
+    return SweepResult(run.name, run.root, rows, best, interrupted, resumed, files, where, max_concurrent,
+                       str(sweep_dir))

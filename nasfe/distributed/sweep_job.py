@@ -22,10 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep", default="tiny",
                         help="sweep space: a built-in name (tiny -> search_spaces/sweep_tiny.yaml) or a .yaml file")
     parser.add_argument("--name", help="sweep name (default: sweep-<sweep space name>); reuse it to resume")
-    parser.add_argument("--storage", help="folder holding the sweep (default ./runs; a shared mount on a cluster)")
+    parser.add_argument("--storage", help="where the sweep lives: a folder (default ./runs) or s3://bucket/prefix "
+                                          "(a cluster: no shared file system needed)")
     parser.add_argument("--num-samples", type=int, help="trials (overrides num_samples of the sweep space)")
     parser.add_argument("--max-concurrent", type=int,
-                        help="trials at a time (default: the sweep space's, else cluster GPUs or CPUs per trial)")
+                        help="trials at a time (default: the sweep space's, else how many trials fit the nodes the "
+                             "cluster config lets the cluster grow to, or the nodes up without one)")
     parser.add_argument("--optuna-storage", help="Optuna storage URL, e.g. sqlite:///runs/study.db "
                                                  "(overrides storage of the sweep space; optuna-dashboard reads it)")
     parser.add_argument("--set", dest="overrides", action="append", type=_override, default=[],
@@ -87,6 +89,12 @@ def preflight(sweep, args) -> None:
         raise CommandError(str(exc)) from None
     if args.resume and run.is_local:
         check_same_sweep(sweep, Path(run.root))
+    elif args.resume:  # storage on S3: its sweep.yaml, read before Ray starts
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="nasfe-sweep-") as tmp:
+            if run.download("sweep.yaml", tmp):
+                check_same_sweep(sweep, Path(tmp), where=run.root)
 
 
 def main(args) -> int:
@@ -104,7 +112,7 @@ def main(args) -> int:
                        wandb=wandb, progress=not args.quiet, max_failures=args.max_failures)
     from pathlib import Path
 
-    table = Path(result.sweep_dir) / "sweep_table.md"
+    table = Path(result.local_dir or result.sweep_dir) / "sweep_table.md"
     if table.is_file():
         print(table.read_text(), flush=True)
     if result.best is not None:

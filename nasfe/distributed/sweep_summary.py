@@ -230,10 +230,11 @@ def save_best(best: TrialRow, sweep: SweepSpace, out: Path) -> list[Path]:
 class SweepReport:
     """Writes the table, the best trial and the W&B summary; call :meth:`update` with fresh rows."""
 
-    def __init__(self, sweep: SweepSpace, sweep_dir: Path, wandb_summary=None):
+    def __init__(self, sweep: SweepSpace, sweep_dir: Path, wandb_summary=None, publish=None):
         self.sweep = sweep
         self.sweep_dir = Path(sweep_dir)
         self.wandb = wandb_summary  # a nasfe.tracking.wandb_sweep.SummaryRun, or None
+        self.publish = publish  # called after each update: copies the summary to the sweep's storage
         self.updates = 0
 
     def update(self, rows: Sequence[TrialRow]) -> tuple[Optional[TrialRow], list[Path]]:
@@ -254,12 +255,20 @@ class SweepReport:
         if self.wandb is not None:
             self.wandb.update(rows, best, table_columns(self.sweep), table_data(rows, self.sweep),
                               self.sweep_dir / "best" / "genotype.json")
+        if self.publish is not None:
+            try:
+                self.publish()
+            except Exception as exc:  # noqa: BLE001  (the next update copies it again)
+                log.warning("sweep summary not copied to storage (%s: %s)", type(exc).__name__, exc)
         self.updates += 1
         return best, files
 
 
-def summary_callback(report: SweepReport, trials_dir: Path):
-    """A Tune callback that rewrites the summary whenever a trial completes or errors."""
+def summary_callback(report: SweepReport, trials_dir: Path, refresh=None):
+    """A Tune callback that rewrites the summary whenever a trial completes or errors.
+
+    ``refresh(names)``, when given, first copies those trials' files into ``trials_dir`` (S3 storage).
+    """
     from ray import tune
 
     class SweepSummaryCallback(tune.Callback):
@@ -267,6 +276,8 @@ def summary_callback(report: SweepReport, trials_dir: Path):
             self.cache: dict = {}
 
         def _update(self, trials):
+            if refresh is not None:
+                refresh([trial_run_name(t.trial_id) for t in trials if t.status != "PENDING"])
             report.update(rows_from_trials(trials, report.sweep, trials_dir, self.cache))
 
         def on_trial_complete(self, iteration, trials, trial, **info):

@@ -111,8 +111,8 @@ class PlacementGroupRecorder:
     removes the recorded groups of finished trials itself (:func:`reap_placement_groups`).
     """
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, storage):
+        self.storage = storage  # the trial's RunStorage (a local folder or a URI)
 
     def __getattr__(self, name):  # every other engine hook is a no-op
         if name.startswith("on_"):
@@ -127,12 +127,9 @@ class PlacementGroupRecorder:
         pg = ray.util.get_current_placement_group()
         if pg is None:
             return
-        path = Path(self.path)
-        ids = json.loads(path.read_text()) if path.is_file() else []
+        ids = self.storage.read_json(PG_FILE) or []
         ids.append(pg.id.hex())
-        from nasfe.imageio import atomic_write_json
-
-        atomic_write_json(path, ids)
+        self.storage.write_json(PG_FILE, ids)
 
 
 def reap_placement_groups(run_dir: Path) -> int:
@@ -158,8 +155,9 @@ def reap_placement_groups(run_dir: Path) -> int:
     return removed
 
 
-def reaper_callback(trials_dir: Path, delay_s: float = 2.0):
-    """A Tune callback that reaps a trial's placement groups shortly after the trial ends."""
+def reaper_callback(trials_dir: Path, delay_s: float = 2.0, refresh=None):
+    """A Tune callback that reaps a trial's placement groups shortly after the trial ends
+    (``refresh(names)`` first copies the trials' files from storage into ``trials_dir``)."""
     from ray import tune
 
     class PlacementGroupReaper(tune.Callback):
@@ -180,6 +178,8 @@ def reaper_callback(trials_dir: Path, delay_s: float = 2.0):
             now = time.time()
             due = [name for t, name in self.pending if t <= now]
             self.pending = [(t, name) for t, name in self.pending if t > now]
+            if due and refresh is not None:
+                refresh(due)
             for name in due:
                 reap_placement_groups(trials_dir / name)
 
@@ -225,23 +225,25 @@ def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         from nasfe.genotype import Genotype
 
         genotype = Genotype.from_dict(ctx["genotype"], space=space)
-    if storage.is_local:
-        root = Path(storage.root)
+    # the space and the sampled values travel with the run: `nasfe compare` and resumes read them
+    info = storage.read_json("trial.json") or {"starts": 0}
+    info.update({"trial_id": trial_id, "sweep": ctx["sweep_name"], "params": sampled,
+                 "phase": ctx["phase"], "starts": info["starts"] + 1})
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="nasfe-trial-") as tmp:
+        root = Path(storage.root) if storage.is_local else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        # the space and the sampled values travel with the run: `nasfe compare` and resumes read them
         atomic_write_text(root / "space.yaml", yaml.safe_dump(space.to_dict(), sort_keys=False))
-        info_path = root / "trial.json"
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {"starts": 0}
-        info.update({"trial_id": trial_id, "sweep": ctx["sweep_name"], "params": sampled,
-                     "phase": ctx["phase"], "starts": info["starts"] + 1})
-        atomic_write_json(info_path, info)
+        atomic_write_json(root / "trial.json", info)
+        if not storage.is_local:
+            storage.upload(root, ["space.yaml", "trial.json"])
     wandb = _wandb_settings(ctx, name, trial_id, sampled) if ctx.get("wandb") is not None else None
     trainer = build_trainer(space, name, storage, num_workers=ctx["workers"], use_gpu=ctx["use_gpu"],
                             phase=ctx["phase"], genotype=genotype, wandb=wandb,
                             max_failures=ctx["max_failures"], threads_per_worker=ctx["threads"],
                             progress=ctx["progress"], cpus_per_worker=ctx["cpus_per_worker"],
-                            extra_callbacks=[PlacementGroupRecorder(str(Path(storage.root) / PG_FILE))]
-                            if storage.is_local else [])
+                            extra_callbacks=[PlacementGroupRecorder(storage)])
     # build_trainer has no parameter for Ray Train UserCallbacks; RunConfig is read at fit() time
     trainer.run_config.callbacks = [*(trainer.run_config.callbacks or []),
                                     tune_report_callback(ctx["metric"], ctx["mode"], ctx["phase"])]

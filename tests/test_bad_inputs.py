@@ -627,3 +627,36 @@ def test_one_bad_input_per_command_in_a_real_process(world, tmp_path):
         _, err = p.communicate(timeout=300)
         assert p.returncode == 2, (command, err)
         one_line(err, f"nasfe {command}: error:", cases[command][1])
+
+
+# ---- nothing of the user's replaced; every number, path and mode checked before work ----------------------
+def _jpeg(path: Path, seed: int = 0) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (40, 32, 3), dtype=np.uint8)).save(path, format="JPEG")
+
+
+def test_restore_never_replaces_a_file_it_did_not_write(world, tmp_path, capsys):
+    d = tmp_path / "dir"
+    _jpeg(d / "a.jpg")
+    (d / "a.png").write_bytes(b"the user's own a.png, nothing to do with a.jpg")
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    args = ["restore", world["model"], "--space", world["space"].source, "--genotype", world["genotype_json"],
+            "--device", "cpu", "--quiet"]
+    rc, _, err = run(capsys, *args, "-i", d / "a.jpg", "-o", d)
+    assert rc == 2
+    one_line(err, "nasfe restore: error:", str(d / "a.png"), "already exists")
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before  # nothing replaced, nothing added
+
+    # its own earlier outputs are replaced on a re-run; one the user changed since is not
+    out = tmp_path / "out"
+    assert run(capsys, *args, "-i", world["photos"], "-o", out)[0] == 0
+    assert run(capsys, *args, "-i", world["photos"], "-o", out)[0] == 0
+    (out / "p1.png").write_bytes(_png_bytes(40, 32, seed=7))
+    edited = (out / "p1.png").read_bytes()
+    rc, _, err = run(capsys, *args, "-i", world["photos"], "-o", out)
+    assert rc == 2
+    one_line(err, str(out / "p1.png"), "already exists")
+    assert (out / "p1.png").read_bytes() == edited

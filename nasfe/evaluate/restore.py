@@ -358,6 +358,10 @@ def main(args) -> int:
         raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.tile < 0 or args.overlap < 0 or (args.tile and args.tile < MIN_SIDE):
         raise CommandError(f"--tile must be 0 or >= {MIN_SIDE} and --overlap >= 0, got {args.tile} and {args.overlap}")
+    if args.recursive:  # outputs inside a folder scanned recursively would be read as inputs next time
+        from nasfe.imageio import refuse_inside
+
+        refuse_inside(args.out, [("--input", p) for p in args.input if Path(p).expanduser().is_dir()])
     plan_outputs(args.input, args.out, args.recursive, args.compare)  # refuse to overwrite inputs before any work
     ensure_writable_dir(args.out)
     device = resolve_device(args.device)

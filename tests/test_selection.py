@@ -184,6 +184,7 @@ def _two_rank_worker(rank: int, init: str, run_dir: str, out: str) -> None:
         tdist.destroy_process_group()
 
 
+@pytest.mark.timeout(1800)  # two processes each searching: past the default 600 s at load 10-12 on 2 cores
 def test_two_ranks_choose_one_genotype_from_their_averaged_strengths(tmp_path):
     """Data-parallel search, as Ray Train runs it: each rank measures strengths on its own shard,
     the tables are averaged, both ranks write the same genotype, and strength.json holds the average."""

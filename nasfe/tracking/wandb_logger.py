@@ -119,6 +119,7 @@ class WandbLogger(Callback):
         self._table_rows: list[list[Any]] = []
         self._ops: list[str] = []
         self._last_step: Optional[int] = None  # the last step whose history this logger handed to W&B
+        self._failed = False  # a W&B call raised (logging is off from then on)
 
     # ----- guard ---------------------------------------------------------------------------
     def _guard(self, what: str, fn, *args, **kwargs):
@@ -130,6 +131,7 @@ class WandbLogger(Callback):
             log.warning("W&B %s failed (%s: %s); W&B logging is off for the rest of this run",
                         what, type(exc).__name__, exc)
             self.disabled = True
+            self._failed = True
             return None
 
     def _active(self, state) -> bool:
@@ -203,7 +205,8 @@ class WandbLogger(Callback):
             return
         data = {f"{state.phase}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         self._guard("log", self.run.log, {"step": state.step, **data})
-        self._last_step = state.step
+        if not self._failed:
+            self._last_step = state.step
 
     def on_epoch_end(self, state, metrics, genotype=None):
         if not self._active(state):
@@ -291,6 +294,8 @@ class WandbLogger(Callback):
         path = self.wandb_file()
         if path is None:
             return False
+        if self._failed:  # a W&B call failed: what it wrote so far is all there will be
+            return path.is_file()
         limit = timeout if timeout is not None else max(20.0, 5 * float(self.settings.flush_every))
         deadline = time.monotonic() + limit
         while True:

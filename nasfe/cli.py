@@ -60,6 +60,19 @@ def one_line(exc: BaseException) -> str:
     return " ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes each record to ``sys.stderr`` as it is at that moment, not the stream of the first
+    ``main`` call (which a caller that swapped ``sys.stderr``, a test's capture, may have closed)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``nasfe`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -83,7 +96,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rest = argv[argv.index(known.command) + 1:]
     args = sub.parse_args(rest)
     logging.basicConfig(level=logging.DEBUG if args.verbose or known.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        handlers=[_StderrHandler()])
     try:
         return int(run(args) or 0)
     except Exception as exc:

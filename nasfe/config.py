@@ -314,6 +314,51 @@ def min_image_side(kernel_sizes: list[int]) -> int:
     return max(16, max(kernel_sizes, default=0) // 2 + 1)
 
 
+#: Upper bounds that keep one process's memory sane (a model of 1e12 channels, faces of 100000 px or
+#: a kernel bank of 1e9 kernels are typing mistakes, refused in one line instead of failing deep
+#: inside torch); far above what any space of the paper uses.
+MAX_CHANNELS = 1024
+MAX_SIDE = 4096
+MAX_BATCH = 4096
+MAX_KERNELS = 1_000_000
+MAX_STEPS = 100_000_000
+
+
+def _ranges(cfg: SpaceConfig) -> list[tuple[str, Any, float, float]]:
+    """(field, value, low, high) of every bounded number of a space (None values are unset)."""
+    m, i, l, dg, d, s, r = cfg.model, cfg.identity, cfg.loss, cfg.degrade, cfg.data, cfg.search, cfg.retrain
+    out: list[tuple[str, Any, float, float]] = [
+        ("model.channels", m.channels, 1, MAX_CHANNELS), ("model.encoder_channels", m.encoder_channels, 1, MAX_CHANNELS),
+        ("model.identity_channels", m.identity_channels, 1, MAX_CHANNELS),
+        ("model.encoder_blocks", m.encoder_blocks, 0, 64), ("model.decoder_blocks", m.decoder_blocks, 0, 64),
+        ("model.blocks", m.blocks, 1, 64), ("model.cells", m.cells, 1, 64), ("model.levels", m.levels, 1, 8),
+        ("model.res2_blocks", m.res2_blocks, 1, 64),
+        ("identity.refs", i.refs, 1, 64), ("identity.width", i.width, 1e-3, 8.0),
+        ("loss.lambda_per", l.lambda_per, 0.0, math.inf), ("loss.lambda_iden", l.lambda_iden, 0.0, math.inf),
+        ("loss.lambda_cls", l.lambda_cls, 0.0, math.inf),
+        ("degrade.motion_kernels", dg.motion_kernels, 0, MAX_KERNELS),
+        ("degrade.gaussian_kernels", dg.gaussian_kernels, 0, MAX_KERNELS),
+        ("degrade.bank_seed", dg.bank_seed, 0, 2**32 - 1),
+        ("data.height", d.height, 1, MAX_SIDE), ("data.width", d.width, 1, MAX_SIDE),
+        ("data.synthetic_identities", d.synthetic_identities, 1, 100_000),
+        ("data.synthetic_images_per_identity", d.synthetic_images_per_identity, 1, 10_000),
+        ("data.max_images", d.max_images, 1, MAX_STEPS), ("data.seed", d.seed, 0, 2**32 - 1),
+        ("data.workers", d.workers, 0, 256),
+    ]
+    out += [("degrade.kernel_sizes", k, 3, 255) for k in dg.kernel_sizes]
+    for name, sec in (("search", s), ("retrain", r)):
+        out += [(f"{name}.epochs", sec.epochs, 1, MAX_STEPS), (f"{name}.steps_per_epoch", sec.steps_per_epoch, 1, MAX_STEPS),
+                (f"{name}.batch_size", sec.batch_size, 1, MAX_BATCH), (f"{name}.lr", sec.lr, 0.0, math.inf),
+                (f"{name}.grad_clip", sec.grad_clip, 0.0, math.inf), (f"{name}.val_batches", sec.val_batches, 1, 100_000),
+                (f"{name}.checkpoint_every", sec.checkpoint_every, 0, MAX_STEPS),
+                (f"{name}.pretrain_steps", sec.pretrain_steps, 0, MAX_STEPS), (f"{name}.seed", sec.seed, 0, 2**32 - 1),
+                (f"{name}.log_every", sec.log_every, 1, MAX_STEPS)]
+    out += [("search.warmup_epochs", s.warmup_epochs, 0, MAX_STEPS), ("search.arch_lr", s.arch_lr, 0.0, math.inf),
+            ("search.arch_weight_decay", s.arch_weight_decay, 0.0, math.inf),
+            ("search.selection_batches", s.selection_batches, 1, 100_000)]
+    return out
+
+
 def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
     """Check ranges and choices; raise :class:`ConfigError` naming the field."""
     from nasfe.model.ops import OPS  # local: config must not import torch at module load
@@ -342,6 +387,13 @@ def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"{where}: {name} must be >= 1, got {value}")
+    for name, value, lo, hi in _ranges(cfg):
+        if value is not None and not lo <= value <= hi:
+            bound = f"be >= {lo}" if hi == math.inf else f"lie in [{lo}, {hi}]"
+            raise ConfigError(f"{where}: {name} = {value!r} is out of range: it must {bound}"
+                              + (" (larger values exhaust memory)" if value > hi else ""))
+    if m.partial_channels > m.channels:
+        raise ConfigError(f"{where}: model.partial_channels ({m.partial_channels}) exceeds model.channels ({m.channels})")
     min_side = min_image_side(cfg.degrade.kernel_sizes)
     for name in ("height", "width"):
         value = getattr(cfg.data, name)
@@ -354,6 +406,10 @@ def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
     if m.channels % 2:
         raise ConfigError(f"{where}: model.channels must be even (the FFT operator splits it in halves)")
     d = cfg.degrade
+    if d.motion_kernels + d.gaussian_kernels < 1:
+        raise ConfigError(f"{where}: degrade.motion_kernels + degrade.gaussian_kernels must be >= 1 (the blur bank)")
+    if cfg.loss.perceptual not in ("l1", "l2sq"):
+        raise ConfigError(f"{where}: loss.perceptual = {cfg.loss.perceptual!r}; expected one of ['l1', 'l2sq']")
     for name in ("p_blur", "p_noise", "p_lowlight"):
         p = getattr(d, name)
         if not 0.0 <= p <= 1.0:
@@ -387,6 +443,15 @@ def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
             raise ConfigError(f"{where}: {name}.lr_min must lie in [0, {name}.lr = {sec.lr}], got {sec.lr_min}")
         if sec.lr_warmup_steps < 0:
             raise ConfigError(f"{where}: {name}.lr_warmup_steps must be >= 0, got {sec.lr_warmup_steps}")
+    d = cfg.data
+    if d.source == "synthetic":
+        n = d.synthetic_identities
+        held = sum(max(1, round(f * n)) if f > 0 else 0 for f in (d.val_fraction, d.test_fraction))
+        if n - held < 2:
+            raise ConfigError(f"{where}: data.synthetic_identities = {n} leaves {max(0, n - held)} training "
+                              f"identities after the validation and test identities (data.val_fraction "
+                              f"{d.val_fraction}, data.test_fraction {d.test_fraction}); the search needs 2: use "
+                              f"at least {held + 2}")
     return cfg
 
 
@@ -435,9 +500,57 @@ def resolve_space_path(name_or_path: str | Path) -> Path:
     raise ConfigError(f"unknown search space {str(name_or_path)!r}: not a .yaml file and not one of {known}")
 
 
+#: Deepest nesting of mappings and lists a YAML file of nasfe may have (a space is 2 deep, a sweep
+#: 4): deeper is refused before parsing, as PyYAML's parser recurses once per level.
+MAX_YAML_DEPTH = 32
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that also refuses a key given twice in one mapping (PyYAML keeps the
+    last one, so a repeated section would silently replace the first)."""
+
+
+def _no_duplicate_keys(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` merges; its keys may be overridden
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: construct_mapping names it
+            continue
+        line = key_node.start_mark.line + 1
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice in one mapping (lines {first} and {line}); "
+                            f"the second would replace the first", key_node.start_mark)
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML text like ``yaml.safe_load``, refusing duplicate keys and nesting deeper than
+    :data:`MAX_YAML_DEPTH` (``yaml.YAMLError`` saying which)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):  # events come one at a time: no recursion
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise yaml.YAMLError(f"nested more than {MAX_YAML_DEPTH} levels deep (line "
+                                     f"{event.start_mark.line + 1})")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
-    """Parse a YAML file with ``yaml.safe_load``; :class:`ConfigError` naming the file when it is not
-    UTF-8 text, not valid YAML, or empty (nothing but blanks and comments)."""
+    """Parse a YAML file as ``yaml.safe_load`` does; :class:`ConfigError` naming the file when it is
+    not UTF-8 text, not valid YAML, empty (nothing but blanks and comments), repeats a key in one
+    mapping or nests deeper than :data:`MAX_YAML_DEPTH` (:func:`load_yaml_text`)."""
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
@@ -449,7 +562,7 @@ def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml_text(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if data is None:
@@ -464,7 +577,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set expects KEY=VALUE (e.g. search.lr=1e-3), got {text!r}")
     try:
-        return key.strip(), yaml.safe_load(value)
+        return key.strip(), load_yaml_text(value)
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key.strip()}: the value {value!r} is not valid YAML ({exc.problem or exc})") from None
 

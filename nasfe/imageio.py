@@ -25,7 +25,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Union
+from typing import Any, BinaryIO, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -205,6 +205,8 @@ def ensure_writable_dir(path: PathLike, what: str = "--out") -> Path:
     Raises :class:`~nasfe.errors.WriteError` naming the folder (read-only, forbidden, full disk).
     """
     p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise WriteError(f"{what} {p}: a file, not a folder; choose a folder (it is created when missing)")
     try:
         p.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=p, prefix=".nasfe-write-check.", delete=True) as f:
@@ -213,6 +215,22 @@ def ensure_writable_dir(path: PathLike, what: str = "--out") -> Path:
     except OSError as exc:
         raise WriteError(f"{what} {p}: cannot write there ({exc.strerror or exc})") from None
     return p
+
+
+def refuse_inside(out: PathLike, inputs: list[tuple[str, Optional[PathLike]]], what: str = "--out") -> None:
+    """:class:`~nasfe.errors.CommandError` when the output folder ``out`` is one of the input
+    folders ``inputs`` ((flag, folder) pairs; None folders skipped) or lies inside one: outputs
+    would mix with the inputs (and be read as inputs next time)."""
+    from nasfe.errors import CommandError
+
+    o = Path(out).expanduser().resolve()
+    for flag, folder in inputs:
+        if folder is None:
+            continue
+        f = Path(folder).expanduser().resolve()
+        if o == f or f in o.parents:
+            raise CommandError(f"{what} {out} lies inside {flag} {folder}: outputs would mix with the inputs; "
+                               f"choose a folder outside it")
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 BIN = Path(sys.executable).parent
 
@@ -27,9 +27,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_port(port: int, timeout: float) -> None:
+def _wait_port(port: int, timeout: float, proc: Optional[subprocess.Popen] = None) -> None:
+    """Until something listens on ``port``; TimeoutError after ``timeout`` s or when ``proc`` (the
+    server meant to listen there) has exited."""
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise TimeoutError(f"the server for 127.0.0.1:{port} exited with status {proc.returncode}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -49,13 +53,30 @@ class S3Server:
                     "AWS_EC2_METADATA_DISABLED": "true"}
         self.proc: Optional[subprocess.Popen] = None
 
-    def start(self) -> "S3Server":
-        self.proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     env={**os.environ, **self.env})
-        _wait_port(self.port, 30)
-        self.client().create_bucket(Bucket=self.bucket)
-        return self
+    def _set_port(self, port: int) -> None:
+        self.port = port
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.env["AWS_ENDPOINT_URL"] = self.endpoint
+
+    def start(self, attempts: int = 3) -> "S3Server":
+        """Start moto; when the port picked free is taken before moto binds it (another process got
+        there first: moto exits), start again on another one."""
+        for attempt in range(attempts):
+            if attempt:
+                self._set_port(free_port())
+            self.proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         env={**os.environ, **self.env})
+            try:
+                _wait_port(self.port, 30, self.proc)
+            except TimeoutError:
+                self.stop()
+                if attempt == attempts - 1:
+                    raise
+                continue
+            self.client().create_bucket(Bucket=self.bucket)
+            return self
+        raise AssertionError("unreachable")
 
     def client(self):
         import boto3
@@ -114,14 +135,42 @@ class RayCluster:
         if out.returncode:
             raise RuntimeError(f"ray {' '.join(args)} failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
 
-    def start_head(self, num_cpus: int = 1, extra: tuple[str, ...] = (), env: Optional[dict] = None) -> None:
-        self._ray("start", "--head", f"--port={self.port}", f"--temp-dir={self.temp_dir}", "--node-ip-address=127.0.0.1",
-                  f"--num-cpus={num_cpus}", "--num-gpus=0", "--include-dashboard=true", "--dashboard-port=0",
-                  "--disable-usage-stats", *extra, env=env)
+    def start_head(self, num_cpus: int = 1, extra: tuple[str, ...] = (), env: Optional[dict] = None,
+                   attempts: int = 3, prepare: Optional[Callable[[str], None]] = None) -> None:
+        """``ray start --head``; a start that fails (a port picked free taken by another process
+        before Ray bound it, on a machine where other clusters run) is stopped and tried again on
+        another port, up to ``attempts`` times. ``prepare(address)`` runs before each try (to write
+        a config naming the head's address)."""
+        for attempt in range(attempts):
+            if attempt:
+                self.port = free_port()
+                self.address = f"127.0.0.1:{self.port}"
+            if prepare is not None:
+                prepare(self.address)
+            try:
+                self._ray("start", "--head", f"--port={self.port}", f"--temp-dir={self.temp_dir}",
+                          "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--num-gpus=0",
+                          "--include-dashboard=true", "--dashboard-port=0", "--disable-usage-stats",
+                          *extra, env=env)
+                return
+            except (RuntimeError, subprocess.TimeoutExpired):
+                self.stop(keep_temp_dir=True)
+                if attempt == attempts - 1:
+                    raise
 
-    def add_node(self, num_cpus: int = 1, resources: str = "{}", env: Optional[dict] = None) -> None:
-        self._ray("start", f"--address={self.address}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
-                  "--num-gpus=0", f"--resources={resources}", "--disable-usage-stats", env=env)
+    def add_node(self, num_cpus: int = 1, resources: str = "{}", env: Optional[dict] = None,
+                 attempts: int = 3) -> None:
+        """``ray start --address``, tried again (up to ``attempts`` times) when it fails."""
+        for attempt in range(attempts):
+            try:
+                self._ray("start", f"--address={self.address}", "--node-ip-address=127.0.0.1",
+                          f"--num-cpus={num_cpus}", "--num-gpus=0", f"--resources={resources}",
+                          "--disable-usage-stats", env=env)
+                return
+            except (RuntimeError, subprocess.TimeoutExpired):
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(2)
 
     def driver_env(self) -> dict[str, str]:
         """What a driver (a job) needs to join this cluster."""
@@ -141,7 +190,7 @@ class RayCluster:
                 out.append(int(d.name))
         return out
 
-    def stop(self) -> None:
+    def stop(self, keep_temp_dir: bool = False) -> None:
         """SIGTERM then SIGKILL to this cluster's processes, one pid at a time."""
         for sig, wait in ((signal.SIGTERM, 8.0), (signal.SIGKILL, 2.0)):
             for pid in self.pids():
@@ -152,6 +201,7 @@ class RayCluster:
             deadline = time.time() + wait
             while self.pids() and time.time() < deadline:
                 time.sleep(0.3)
-        import shutil
+        if not keep_temp_dir:
+            import shutil
 
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+            shutil.rmtree(self.temp_dir, ignore_errors=True)

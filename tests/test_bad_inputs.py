@@ -369,7 +369,7 @@ def test_restore_skips_and_counts_every_broken_image(world, tmp_path, capsys):
     for name in bad:
         assert f"{d / name}: cannot read image" in err, name
     assert f"restored 1 image(s) into {tmp_path / 'out'}" in out and f"{len(bad)} unreadable" in out
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["good.png"]
+    assert [p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")] == ["good.png"]
     assert_nothing_half_written(tmp_path / "out")
 
 
@@ -627,3 +627,286 @@ def test_one_bad_input_per_command_in_a_real_process(world, tmp_path):
         _, err = p.communicate(timeout=300)
         assert p.returncode == 2, (command, err)
         one_line(err, f"nasfe {command}: error:", cases[command][1])
+
+
+# ---- nothing of the user's replaced; every number, path and mode checked before work ----------------------
+def _jpeg(path: Path, seed: int = 0) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (40, 32, 3), dtype=np.uint8)).save(path, format="JPEG")
+
+
+def test_restore_never_replaces_a_file_it_did_not_write(world, tmp_path, capsys):
+    d = tmp_path / "dir"
+    _jpeg(d / "a.jpg")
+    (d / "a.png").write_bytes(b"the user's own a.png, nothing to do with a.jpg")
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    args = ["restore", world["model"], "--space", world["space"].source, "--genotype", world["genotype_json"],
+            "--device", "cpu", "--quiet"]
+    rc, _, err = run(capsys, *args, "-i", d / "a.jpg", "-o", d)
+    assert rc == 2
+    one_line(err, "nasfe restore: error:", str(d / "a.png"), "already exists")
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before  # nothing replaced, nothing added
+
+    # its own earlier outputs are replaced on a re-run; one the user changed since is not
+    out = tmp_path / "out"
+    assert run(capsys, *args, "-i", world["photos"], "-o", out)[0] == 0
+    assert run(capsys, *args, "-i", world["photos"], "-o", out)[0] == 0
+    (out / "p1.png").write_bytes(_png_bytes(40, 32, seed=7))
+    edited = (out / "p1.png").read_bytes()
+    rc, _, err = run(capsys, *args, "-i", world["photos"], "-o", out)
+    assert rc == 2
+    one_line(err, str(out / "p1.png"), "already exists")
+    assert (out / "p1.png").read_bytes() == edited
+
+
+@pytest.mark.parametrize("override, field", [
+    ("model.channels=1000000000000", "model.channels"), ("data.height=100000", "data.height"),
+    ("degrade.motion_kernels=-5", "degrade.motion_kernels"), ("search.steps_per_epoch=0", "search.steps_per_epoch"),
+    ("loss.lambda_per=-1", "loss.lambda_per"), ("data.synthetic_identities=0", "data.synthetic_identities"),
+    ("data.synthetic_identities=1", "data.synthetic_identities"), ("retrain.epochs=-1", "retrain.epochs"),
+])
+def test_space_numbers_out_of_range_are_one_line_before_ray(tmp_path, capsys, override, field, no_ray):
+    rc, _, err = run(capsys, "search", "--set", override, "--storage", tmp_path, "--wandb-mode", "disabled")
+    assert rc == 2
+    one_line(err, "nasfe search: error:", field)
+
+
+@pytest.mark.parametrize("command", ["search", "retrain"])
+def test_epochs_minus_one_is_one_line_before_ray(world, tmp_path, capsys, command, no_ray):
+    extra = ["--genotype", world["genotype_json"]] if command == "retrain" else []
+    rc, _, err = run(capsys, command, "--epochs", "-1", *extra, "--storage", tmp_path, "--wandb-mode", "disabled")
+    assert rc == 2
+    one_line(err, f"nasfe {command}: error:", "epochs = -1")
+
+
+@pytest.mark.parametrize("case, text, says", [
+    ("duplicate_key", "model:\n  channels: 8\nsearch:\n  epochs: 2\nmodel:\n  blocks: 2\n", "appears twice"),
+    ("nested_5000", "model: " + "[" * 5000 + "]" * 5000 + "\n", "nested more than"),
+    ("nested_mappings", "".join("  " * i + f"k{i}:\n" for i in range(3000)), "nested more than"),
+])
+def test_yaml_with_a_repeated_key_or_nested_too_deep_is_one_line(tmp_path, capsys, case, text, says, no_ray):
+    space = tmp_path / f"{case}.yaml"
+    space.write_text(text)
+    rc, _, err = run(capsys, "search", "--space", space, "--storage", tmp_path, "--wandb-mode", "disabled")
+    assert rc == 2
+    one_line(err, "nasfe search: error:", str(space), says)
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--name", ""], "run name ''"),
+    (["--max-failures", "-1"], "--max-failures -1"),
+    (["--eval-images", "-1"], "--eval-images -1"),
+    (["--workers", "100000"], "--workers 100000"),
+    (["--address", "127.0.0.1:1"], "--address 127.0.0.1:1"),
+])
+def test_job_flags_are_checked_before_ray(tmp_path, capsys, flags, says, no_ray):
+    import time
+
+    t0 = time.monotonic()
+    rc, _, err = run(capsys, "search", *flags, "--storage", tmp_path, "--wandb-mode", "disabled")
+    assert rc == 2
+    one_line(err, "nasfe search: error:", says)
+    assert time.monotonic() - t0 < 60  # bounded: no Ray retries behind an unreachable address
+
+
+def test_gpus_yes_without_a_gpu_or_a_cluster_that_declares_one_is_one_line(tmp_path, capsys, monkeypatch, no_ray):
+    import nasfe.distributed.cluster as cluster
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setattr(cluster, "ray_address", lambda address: address)  # no cluster on this node to join
+    monkeypatch.setenv("NASFE_CLUSTER_CONFIG", str(tmp_path / "no-cluster.yaml"))
+    monkeypatch.delenv("NASFE_GPUS_PER_WORKER", raising=False)
+    rc, _, err = run(capsys, "search", "--gpus", "yes", "--storage", tmp_path, "--wandb-mode", "disabled")
+    assert rc == 2
+    one_line(err, "nasfe search: error:", "--gpus yes asks for GPUs")
+
+
+@pytest.mark.parametrize("source, says", [("celeba", "not the official CelebA layout"),
+                                          ("vggface2", "not the VGGFace2 layout")])
+def test_a_face_folder_of_another_layout_is_one_line_before_ray(world, tmp_path, capsys, source, says, no_ray):
+    rc, _, err = run(capsys, "search", "--data", world["faces"], "--data-source", source, "--storage", tmp_path,
+                     "--wandb-mode", "disabled")
+    assert rc == 2
+    one_line(err, "nasfe search: error:", str(world["faces"]), says)
+
+
+def test_export_height_zero_is_one_line_and_writes_nothing(world, tmp_path, capsys):
+    out = tmp_path / "export"
+    rc, _, err = run(capsys, "export", world["model"], "--space", world["space"].source, "--genotype",
+                     world["genotype_json"], "--out", out, "--height", "0")
+    assert rc == 2
+    one_line(err, "nasfe export: error:", "--height 0")
+    assert not out.exists() or not [p for p in out.iterdir() if not p.name.startswith(".")]
+
+
+def test_a_failed_export_leaves_no_model_file(world, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "export"
+    rc, _, err = run(capsys, "export", world["model"], "--space", world["space"].source, "--genotype",
+                     world["genotype_json"], "--out", out, "--atol", "1e-30")  # no float32 export is this close
+    assert rc == 2
+    one_line(err, "nasfe export: error:", "differ from PyTorch")
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == []  # no model.onnx, model.ts
+    rc, _, err = run(capsys, "export", world["model"], "--space", world["space"].source, "--genotype",
+                     world["genotype_json"], "--out", out, "--atol", "-2.47")
+    assert rc == 2
+    one_line(err, "nasfe export: error:", "--atol -2.47")
+
+
+def test_an_out_that_is_a_file_or_inside_an_input_is_one_line(world, tmp_path, capsys):
+    a_file = tmp_path / "report.txt"
+    a_file.write_text("the user's file")
+    rc, _, err = run(capsys, "compare", world["genotype_json"], "--no-measure", "--out", a_file)
+    assert rc == 2
+    one_line(err, "nasfe compare: error:", str(a_file), "a file, not a folder")
+    assert a_file.read_text() == "the user's file"
+
+    faces = tmp_path / "faces"
+    import shutil
+
+    shutil.copytree(world["faces"], faces)
+    before = sorted(p.relative_to(faces) for p in faces.rglob("*"))
+    rc, _, err = run(capsys, "testsets", "--faces", faces, "--out", faces / "sets", "--sets", "Test-N",
+                     "--images", "2")
+    assert rc == 2
+    one_line(err, "nasfe testsets: error:", "inside --faces")
+    assert sorted(p.relative_to(faces) for p in faces.rglob("*")) == before
+
+    photos = tmp_path / "photos"
+    shutil.copytree(world["photos"], photos)
+    rc, _, err = run(capsys, "restore", world["model"], "--space", world["space"].source, "--genotype",
+                     world["genotype_json"], "-i", photos, "-o", photos / "restored", "--recursive", "--quiet")
+    assert rc == 2
+    one_line(err, "nasfe restore: error:", "inside --input")
+    assert not (photos / "restored").exists()
+
+
+# ---- test sets verified by content ---------------------------------------------------------------------------
+def _copy_sets(world, tmp_path) -> tuple[Path, dict]:
+    import shutil
+
+    ts = tmp_path / "ts"
+    shutil.copytree(world["ts"], ts)
+    return ts, json.loads((ts / "manifest.json").read_text())
+
+
+def test_verify_finds_an_image_swapped_for_another_with_its_checksum_updated(world, tmp_path, capsys):
+    ts, m = _copy_sets(world, tmp_path)
+    rows = m["sets"]["Test-N"]
+    a, b = ts / rows[0]["file"], ts / rows[-1]["file"]
+    a_bytes, b_bytes = a.read_bytes(), b.read_bytes()
+    a.write_bytes(b_bytes)
+    b.write_bytes(a_bytes)
+    import hashlib
+
+    rows[0]["sha256"], rows[-1]["sha256"] = (hashlib.sha256(b_bytes).hexdigest(),
+                                             hashlib.sha256(a_bytes).hexdigest())
+    (ts / "manifest.json").write_text(json.dumps(m))
+    rc, _, err = run(capsys, "testsets", "--verify", "--out", ts)
+    assert rc == 2
+    one_line(err, "nasfe testsets: error:", rows[0]["file"], "not the image the build makes")
+
+
+def test_verify_finds_a_replaced_kernel_bank(world, tmp_path, capsys):
+    from nasfe.data.testsets import test_bank
+
+    ts, m = _copy_sets(world, tmp_path)
+    test_bank(m["settings"]["seed"] + 1).save(ts / "kernels.pt")  # a valid bank, of another seed
+    rc, _, err = run(capsys, "testsets", "--verify", "--out", ts)
+    assert rc == 2
+    one_line(err, "nasfe testsets: error:", "kernels.pt", "not the test kernels")
+
+
+def test_evaluate_checks_every_checksum_before_it_scores(world, tmp_path, capsys):
+    ts, m = _copy_sets(world, tmp_path)
+    victim = ts / m["sets"]["Test-N"][1]["file"]
+    victim.write_bytes(_png_bytes(48, 40, seed=99))  # a readable image, not the one the manifest lists
+    out = tmp_path / "eval"
+    rc, _, err = run(capsys, "evaluate", "--weights", world["model"], "--space", world["space"].source, "--genotype",
+                     world["genotype_json"], "--testsets", ts, "--out", out, "--quiet", "--recognizer", "none")
+    assert rc == 2
+    one_line(err, "nasfe evaluate: error:", str(victim), "checksum does not match")
+    assert not (out / "results.json").exists()
+
+
+# ---- a killed driver leaves no Ray process ---------------------------------------------------------------------
+def _stat(pid: int):
+    """(state, parent, start time) of a process, or None when it is gone."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return f[0], int(f[1]), f[19]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _ray_processes(marker: str) -> dict[tuple[int, str], str]:
+    """(pid, start time) -> command of every live process naming ``marker`` on its command line,
+    and of every process below them."""
+    procs: dict[int, tuple] = {}
+    for d in Path("/proc").iterdir():
+        st = _stat(int(d.name)) if d.name.isdigit() else None
+        if st is not None and st[0] != "Z":
+            try:
+                procs[int(d.name)] = (st, (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                pass
+    found = {p for p, (_, cmd) in procs.items() if marker in cmd}
+    while True:
+        below = {p for p, (st, _) in procs.items() if st[1] in found} - found
+        if not below:
+            return {(p, procs[p][0][2]): procs[p][1] for p in found}
+        found |= below
+
+
+def _alive(pid: int, started: str) -> bool:
+    st = _stat(pid)
+    return st is not None and st[2] == started and st[0] != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+def test_a_killed_driver_leaves_no_ray_process(tmp_path):
+    import signal
+    import tempfile
+    import time
+
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs /proc")
+    ray_tmp = tempfile.mkdtemp(prefix="nk", dir="/tmp")  # short: Ray's socket paths; and no other cluster in it
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    env.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    driver = subprocess.Popen([sys.executable, "-m", "nasfe.cli", "search", "--no-retrain", "--workers", "1",
+                               "--storage", str(tmp_path / "runs"), "--name", "killed", "--wandb-mode", "disabled"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # the local instance is up and its watchdog started (it names the session folder too)
+            procs = _ray_processes(ray_tmp)
+            if any("raylet" in c for c in procs.values()) and any("stops the local Ray instance" in c
+                                                                  for c in procs.values()):
+                break
+            assert driver.poll() is None, "the driver ended before its Ray instance was up"
+            assert time.monotonic() < deadline, "no local Ray instance after 300 s"
+            time.sleep(1)
+        time.sleep(2)
+        before = _ray_processes(ray_tmp)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    deadline = time.monotonic() + 120
+    left = before
+    while left and time.monotonic() < deadline:
+        time.sleep(1)
+        left = {k: c for k, c in before.items() if _alive(*k)}
+    for pid, started in left:  # stop what the test started, by pid, before failing
+        if _alive(pid, started):
+            os.kill(pid, signal.SIGKILL)
+    import shutil
+
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not left, "\n".join(f"{p}: {c[:160]}" for (p, _), c in left.items())

@@ -228,9 +228,9 @@ def test_the_autoscaler_starts_gpu_nodes_from_zero_for_a_declared_demand(tmp_pat
     c = RayCluster({"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "RAY_FAKE_CLUSTER": "1",
                     "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
     config = tmp_path / "fake_cluster.yaml"
-    config.write_text(FAKE_CONFIG.format(gcs=c.address))
     try:
-        c.start_head(num_cpus=0, extra=(f"--autoscaling-config={config}",))
+        c.start_head(num_cpus=0, extra=(f"--autoscaling-config={config}",),
+                     prepare=lambda gcs: config.write_text(FAKE_CONFIG.format(gcs=gcs)))
         assert [n.get("GPU", 0) for n in _nodes(c)] == [0]  # just the head: no GPU anywhere
         home = tmp_path / "home"
         home.mkdir()

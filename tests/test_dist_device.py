@@ -3,7 +3,6 @@ device tensors only and rejects CPU ones (tests/fakegpu.py), two processes."""
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from pathlib import Path
 
@@ -14,20 +13,20 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def rendezvous(folder) -> str:
+    """A file rendezvous for a two-process group: no TCP port to pick (a port picked free can be
+    taken by another process before the group binds it)."""
+    return (Path(folder) / "rendezvous").resolve().as_uri()
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _worker(rank: int, init: str, out: str) -> None:
     import torch.distributed as dist
 
     import fakegpu
     from nasfe.engine.dist import DistContext
 
     fakegpu.install()
-    dist.init_process_group(fakegpu.BACKEND, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group(fakegpu.BACKEND, init_method=init, rank=rank, world_size=2)
     res: dict = {}
     try:
         ctx = DistContext.detect()
@@ -59,7 +58,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 
 def test_collectives_run_on_the_groups_device_when_it_rejects_cpu_tensors(tmp_path):
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    mp.start_processes(_worker, args=(rendezvous(tmp_path), str(tmp_path)), nprocs=2, start_method="spawn")
     r0, r1 = (json.loads((tmp_path / f"r{r}.json").read_text()) for r in (0, 1))
     for r in (r0, r1):
         assert "error" not in r, r["error"]

@@ -154,7 +154,7 @@ def _two_rank_space():
                    "search.epochs": 2, "search.warmup_epochs": 1})
 
 
-def _two_rank_worker(rank: int, port: int, run_dir: str, out: str) -> None:
+def _two_rank_worker(rank: int, init: str, run_dir: str, out: str) -> None:
     """One rank of a two-process gloo search (the engine without Ray); records what each rank
     measured before the strengths were averaged, and the genotype it ended with."""
     import torch.distributed as tdist
@@ -172,7 +172,7 @@ def _two_rank_worker(rank: int, port: int, run_dir: str, out: str) -> None:
         return measure(*args, average=recording_average, **kwargs)
 
     selection.choice_strengths = recording_measure  # the search imports it when it selects
-    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     res: dict = {}
     try:
         summary = run_search(_two_rank_space(), run_dir)
@@ -184,15 +184,16 @@ def _two_rank_worker(rank: int, port: int, run_dir: str, out: str) -> None:
         tdist.destroy_process_group()
 
 
+@pytest.mark.timeout(1800)  # two processes each searching: past the default 600 s at load 10-12 on 2 cores
 def test_two_ranks_choose_one_genotype_from_their_averaged_strengths(tmp_path):
     """Data-parallel search, as Ray Train runs it: each rank measures strengths on its own shard,
     the tables are averaged, both ranks write the same genotype, and strength.json holds the average."""
     import torch.multiprocessing as mp
 
-    from tests.test_dist_device import _free_port
+    from tests.test_dist_device import rendezvous
 
     run_dir = tmp_path / "search"
-    mp.start_processes(_two_rank_worker, args=(_free_port(), str(run_dir), str(tmp_path)), nprocs=2,
+    mp.start_processes(_two_rank_worker, args=(rendezvous(tmp_path), str(run_dir), str(tmp_path)), nprocs=2,
                        start_method="spawn")
     r0, r1 = (json.loads((tmp_path / f"r{r}.json").read_text()) for r in (0, 1))
     for r in (r0, r1):

@@ -74,25 +74,34 @@ def _stop(proc):
 @pytest.fixture
 def two_nodes(tmp_path):
     """A head and a worker raylet (1 CPU each, token auth) -> (address, env for clients)."""
-    port = _free_port()
     temp = Path("/tmp") / f"nasfe-2n-{secrets.token_hex(3)}"  # short: Ray's socket paths have a length limit
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "RAY_TRAIN_V2_ENABLED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
            "RAY_USAGE_STATS_ENABLED": "0"}
     log = (tmp_path / "ray.log").open("w")
-    procs = [_start(["--head", f"--port={port}", f"--temp-dir={temp}", "--num-cpus=1", "--num-gpus=0",
-                     "--include-dashboard=false", "--disable-usage-stats"], env, log)]
-    address = f"127.0.0.1:{port}"
+    procs: list = []
     try:
-        deadline = time.time() + 90
-        while True:  # the head must be up before the worker joins
-            probe = subprocess.run([str(RAY), "status", f"--address={address}"], env=env, capture_output=True,
-                                   text=True)
+        # the head must be up before the worker joins; a head that exits (its port, picked free,
+        # taken by another process first) is started again on another port, up to 3 times
+        for attempt in range(3):
+            port = _free_port()
+            address = f"127.0.0.1:{port}"
+            head = _start(["--head", f"--port={port}", f"--temp-dir={temp}", "--num-cpus=1", "--num-gpus=0",
+                           "--include-dashboard=false", "--disable-usage-stats"], env, log)
+            procs = [head]
+            deadline = time.time() + 90
+            while True:
+                probe = subprocess.run([str(RAY), "status", f"--address={address}"], env=env, capture_output=True,
+                                       text=True)
+                if probe.returncode == 0 or head.poll() is not None or time.time() > deadline:
+                    break
+                time.sleep(2)
             if probe.returncode == 0:
                 break
-            if time.time() > deadline or procs[0].poll() is not None:
+            _stop(head)
+            if attempt == 2:
                 pytest.fail(f"ray head did not start: {probe.stdout[-2000:]} {probe.stderr[-2000:]}")
-            time.sleep(2)
+        deadline = time.time() + 90
         procs.append(_start([f"--address={address}", "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats"],
                             env, log))
         while True:

@@ -191,7 +191,16 @@ def test_a_process_killed_with_its_wandb_service_keeps_the_history_flushed_befor
         while not (tmp_path / "logged").exists():
             assert child.poll() is None and time.monotonic() < deadline, "the child did not log"
             time.sleep(0.2)
-        time.sleep(3.0)  # three flush intervals
+        # the history reaches the file within a few flush intervals of 1 s; wait for it, at most
+        # 10 s (W&B's own 15 s interval would still fail), instead of a fixed sleep a loaded
+        # machine can outrun
+        files = []
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            files = list(tmp_path.glob("wandb/offline-run-*/*.wandb"))
+            if files and len(_history(read_offline_records(files[0]))) >= 3:
+                break
+            time.sleep(0.2)
     finally:
         os.killpg(child.pid, signal.SIGKILL)
         child.wait()
@@ -199,3 +208,57 @@ def test_a_process_killed_with_its_wandb_service_keeps_the_history_flushed_befor
     assert len(files) == 1
     rows = _history(read_offline_records(files[0]))
     assert [r.get("search/val_psnr") for r in rows] == [21.0, 22.0, 23.0]
+
+
+class _SnapshotStorage:
+    """Remote-looking run storage that keeps, per upload, each file's bytes at that moment."""
+
+    is_local = False
+    root = "s3://bucket/runs/r"
+
+    def __init__(self):
+        self.uploads: list[dict[str, bytes]] = []
+
+    def upload(self, local_dir, files):
+        got = {}
+        for rel in files:
+            src = Path(local_dir) / rel
+            for p in ([src] if src.is_file() else sorted(q for q in src.rglob("*") if q.is_file())):
+                got[p.relative_to(local_dir).as_posix()] = p.read_bytes()
+        self.uploads.append(got)
+
+
+def test_a_checkpoint_copy_of_the_wandb_folder_holds_the_history_logged_before_it(tmp_path):
+    """The copy a checkpoint makes is what a stopped job leaves on storage: it must hold the run's
+    .wandb file with every step logged so far, although W&B writes that file only every
+    ``flush_every`` s; and the .wandb file goes up first, so a copy cut short still has it."""
+    from nasfe.distributed.ray_train import WandbMirror
+
+    logger = WandbLogger(WandbSettings(mode="offline", name="mirror", flush_every=2.0))
+    storage = _SnapshotStorage()
+    mirror = WandbMirror(logger, storage, tmp_path)
+    st = TrainState(phase="search", run_dir=str(tmp_path), epochs=1, steps_per_epoch=2)
+    logger.on_start(st, {"space": {}})
+    try:
+        for step in (1, 2):
+            st.step = step
+            logger.on_step(st, {"loss": 1.0 / step})
+        mirror.on_checkpoint(st, None, {})
+    finally:
+        logger.close(exit_code=0)
+    name = logger.wandb_file().relative_to(tmp_path).as_posix()
+    assert storage.uploads and list(storage.uploads[0]) == [name]  # the history file alone, first
+    copied = tmp_path / "copied.wandb"
+    copied.write_bytes(storage.uploads[-1][name])
+    rows = _history(read_offline_records(copied))
+    assert [r.get("search/loss") for r in rows if "search/loss" in r] == [1.0, 0.5]
+
+
+def test_worker_callbacks_copy_wandb_before_the_ray_checkpoint_report(tmp_path):
+    from nasfe.distributed.cluster import RunStorage
+    from nasfe.distributed.ray_train import RayReportCallback, WandbMirror, worker_callbacks
+
+    storage = RunStorage("s3://bucket/runs", "r")
+    cbs = worker_callbacks({"wandb": {"mode": "disabled"}, "progress": False}, 0, "search", storage, tmp_path)
+    kinds = [type(c) for c in cbs]
+    assert kinds.index(WandbLogger) < kinds.index(WandbMirror) < kinds.index(RayReportCallback)

@@ -443,6 +443,39 @@ class SyntheticFaces(FaceSource):
         return render_faces(params, self.height, self.width)
 
 
+def check_layout(source: str, root: str | os.PathLike) -> None:
+    """A quick look (no full scan) that ``root`` has the layout ``source`` reads, so that a wrong
+    ``--data-source`` is one line before any worker starts: CelebA's image folder and its two
+    lists, VGGFace2's ``train/<identity>/`` folders, a face folder's ``<identity>/<image>``.
+    Raises :class:`FaceSourceError` naming what is missing."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FaceSourceError(f"data.root {root}: not a folder (data.source = {source!r})")
+    if source == "celeba":
+        missing = [n for n in ("img_align_celeba", "identity_CelebA.txt", "list_eval_partition.txt")
+                   if not (root / n).exists()]
+        if missing:
+            raise FaceSourceError(f"data.root {root}: not the official CelebA layout (data.source = 'celeba'): "
+                                  f"missing {', '.join(missing)}")
+        return
+    if source == "vggface2":
+        if not (root / "train").is_dir():
+            raise FaceSourceError(f"data.root {root}: not the VGGFace2 layout (data.source = 'vggface2'): "
+                                  "missing train/<identity>/*.jpg")
+        root = root / "train"
+    if source in ("folder", "vggface2"):
+        if (root / FolderFaces.MANIFEST).is_file():
+            return
+        with os.scandir(root) as it:
+            for entry in it:
+                if entry.is_dir() and not entry.name.startswith("."):
+                    with os.scandir(entry.path) as inner:
+                        if any(e.is_file() and _is_image_name(e.name) for e in inner):
+                            return
+        raise FaceSourceError(f"data.root {root}: no <identity>/<image> folder with an image in it "
+                              f"(data.source = {source!r})")
+
+
 def open_faces(cfg: DataConfig) -> FaceSource:
     """Build the face source named by ``cfg.source`` ('synthetic', 'folder', 'celeba', 'vggface2').
 

@@ -309,6 +309,10 @@ def build_testsets(out: str | os.PathLike, faces: Optional[str] = None, sets: Se
         raise ValueError(f"--noise-model must be one of {list(NOISE_MODELS)}, got {noise_model!r}")
     if kernel_mode not in KERNEL_MODES:
         raise ValueError(f"--kernel-mode must be one of {list(KERNEL_MODES)}, got {kernel_mode!r}")
+    from nasfe.imageio import refuse_inside
+
+    if faces is not None and "://" not in str(faces):
+        refuse_inside(out, [("--faces", faces)])  # the sets' images would become faces of the folder
     out = ensure_writable_dir(out)
     with FolderLock(out, f"test-set folder {out}"):
         return _build_locked(out, faces, sets, seed, images, crf, workers, progress, noise_model, kernel_mode)
@@ -421,13 +425,42 @@ def _check_fields(where: Path, what: str, rows: list[dict], expected: list[dict]
                                f"the build gives {exp.get(key, '<absent>')!r} (manifest edited or corrupt)")
 
 
+def check_files(root: str | os.PathLike, sets: Optional[Sequence[str]] = None, m: Optional[dict] = None) -> None:
+    """Every file the manifest lists for ``sets`` (default all) and every clean face exists and has
+    the sha256 the manifest records (a quick check, no recomputation: what ``evaluate`` runs before
+    it scores). Raises TestSetError naming the first offending file."""
+    root = Path(root)
+    where = root / "manifest.json"
+    m = m if m is not None else load_manifest(root)
+    entries = list(m["clean"])
+    for name in sets or list(m["sets"]):
+        if name not in m["sets"]:
+            raise TestSetError(f"{where}: has no set {name!r} (has {sorted(m['sets'])})")
+        entries += m["sets"][name]
+    for e in entries:
+        path = root / e["file"]
+        if not path.is_file():
+            raise TestSetError(f"{path}: listed in {where} but missing")
+        if _sha256(path) != e.get("sha256"):
+            raise TestSetError(f"{path}: checksum does not match {where} (file changed or corrupt)")
+
+
+#: largest difference (in uint8 steps) between a degraded image on disk and its re-creation: the
+#: build and the check run the same float32 code in one thread, but a value that lands within float
+#: rounding of .5 before uint8 rounding may go either way once, never by more
+RECREATE_TOLERANCE = 1
+
+
 def verify_testsets(root: str | os.PathLike, sets: Optional[Sequence[str]] = None) -> dict[str, int]:
-    """Check every field of the manifest and every file; returns images per set.
+    """Check every field of the manifest and every file, by content; returns images per set.
 
     The degradation fields of each row (kernel, r, sigma_s, sigma_c, curve, label, identity ...)
     are recomputed from the deterministic build and must match; the clean faces must match the
-    build's input fingerprint (build.json); every listed file must exist with its sha256.
-    Raises TestSetError naming the first offending file or field.
+    build's input fingerprint (build.json) and their pixels the ``source_sha256`` of each row;
+    ``kernels.pt`` must hold the test kernels of the build's seed; every listed file must exist
+    with its sha256; and every degraded image is re-created from its clean face and must equal the
+    file (within :data:`RECREATE_TOLERANCE`), so a file swapped for another with its checksum
+    updated is found. Raises TestSetError naming the first offending file or field.
     """
     root = Path(root)
     where = root / "manifest.json"
@@ -440,6 +473,14 @@ def verify_testsets(root: str | os.PathLike, sets: Optional[Sequence[str]] = Non
         raise TestSetError(f"{where}: cannot rebuild the settings to check against ({type(exc).__name__}: {exc})") from None
     if m.get("kernel_sizes") != bank.sizes.tolist():
         raise TestSetError(f"{where}: kernel_sizes differ from the build's test kernels (seed {seed})")
+    kernels_pt = root / str(m.get("kernels") or "kernels.pt")
+    try:
+        on_disk = KernelBank.load(kernels_pt)
+    except (OSError, ValueError) as exc:
+        raise TestSetError(f"{kernels_pt}: cannot read the test kernels ({exc})") from None
+    if on_disk.kernels.shape != bank.kernels.shape or not torch.equal(on_disk.kernels, bank.kernels) \
+            or not torch.equal(on_disk.sizes, bank.sizes):
+        raise TestSetError(f"{kernels_pt}: not the test kernels of this build (seed {seed}); file replaced or corrupt")
     clean = m["clean"]
     expected_clean = [{"file": f"clean/{i:04d}.png", **{k: c.get(k) for k in ("identity", "key", "source_sha256")}}
                       for i, c in enumerate(clean)]
@@ -450,19 +491,48 @@ def verify_testsets(root: str | os.PathLike, sets: Optional[Sequence[str]] = Non
         if _digest(inputs) != s["inputs"] or build.get("inputs") != s["inputs"]:
             raise TestSetError(f"{where}: the clean faces (identity, key) differ from the build's input fingerprint "
                                "(manifest edited or corrupt)")
-    entries = [("clean", e) for e in clean]
-    for name in sets or list(m["sets"]):
+    names = list(sets or m["sets"])
+    for name in names:
         if name not in m["sets"]:
             raise TestSetError(f"{where}: has no set {name!r} (has {sorted(m['sets'])})")
         _check_fields(where, name, m["sets"][name], _set_rows(name, clean, seed, bank, curves))
-        entries += [(name, e) for e in m["sets"][name]]
-    for _, e in entries:
-        path = root / e["file"]
-        if not path.is_file():
-            raise TestSetError(f"{path}: listed in {where} but missing")
-        if _sha256(path) != e.get("sha256"):
-            raise TestSetError(f"{path}: checksum does not match {where} (file changed or corrupt)")
-    return {name: len(m["sets"][name]) for name in (sets or m["sets"])}
+    check_files(root, names, m)
+    _recreate_and_compare(root, m, names, seed, bank, curves, s.get("noise_model", PROTOCOL_DEFAULTS["noise_model"]))
+    return {name: len(m["sets"][name]) for name in names}
+
+
+def _recreate_and_compare(root: Path, m: dict, names: Sequence[str], seed: int, bank: KernelBank,
+                          curves: ResponseCurves, noise_model: str) -> None:
+    """Each clean face's pixels against its ``source_sha256``, and each degraded image against its
+    deterministic re-creation from that face (one thread, as the build's workers)."""
+    from nasfe.imageio import read_image, to_tensor, to_uint8
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for face, c in enumerate(m["clean"]):
+            path = root / c["file"]
+            arr = np.ascontiguousarray(read_image(path))
+            if c.get("source_sha256") and hashlib.sha256(arr.tobytes() + str(arr.shape).encode()).hexdigest() \
+                    != c["source_sha256"]:
+                raise TestSetError(f"{path}: its pixels are not the face the build took ({c.get('key')}); "
+                                   "file replaced")
+            x = to_tensor(arr)
+            for name in names:
+                rows = [r for r in m["sets"][name] if r.get("clean") == face]
+                if not rows:
+                    continue
+                y, _, _ = degrade_face(x, name, face, seed, bank, curves, noise_model=noise_model)
+                grid = len(variants(name))
+                for row in rows:
+                    item = int(Path(row["file"]).stem) - face * grid
+                    got = read_image(root / row["file"]).astype(np.int16)
+                    want = to_uint8(y[item]).astype(np.int16)
+                    if got.shape != want.shape or np.abs(got - want).max() > RECREATE_TOLERANCE:
+                        raise TestSetError(f"{root / row['file']}: not the image the build makes for {name} item "
+                                           f"{face * grid + item} (re-created from {c['file']}); file replaced")
+    finally:
+        torch.set_num_threads(threads)
 
 
 class TestSet(torch.utils.data.Dataset):

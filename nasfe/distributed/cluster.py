@@ -238,7 +238,85 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
         return f"joined the Ray cluster at {target}"
     # the dashboard agent serves the state API that Ray Train's placement-group cleaner polls
     ray.init(num_cpus=num_cpus, log_to_driver=log_to_driver, runtime_env=env)
+    stop_with_driver()
     return f"started a local Ray instance ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+
+
+#: A small process of its own session: once the driver (argv[1]) is gone, however it went, it stops
+#: the local Ray instance's processes: those whose command line names the instance's session folder
+#: (argv[2]: GCS, raylet, dashboard, log monitor) and every process below them (agents, workers,
+#: which rename themselves). SIGTERM, then SIGKILL after 10 s; a pid is only signalled while it is
+#: still the process found (same start time).
+_WATCHDOG = r"""
+# nasfe: stops the local Ray instance with its driver
+import os, signal, sys, time
+driver, session = int(sys.argv[1]), sys.argv[2].encode()
+def stat(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            f = fh.read().rsplit(")", 1)[1].split()
+        return f[0], int(f[1]), f[19]  # state, parent, start time
+    except (OSError, IndexError, ValueError):
+        return None
+def table():
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit() and int(d) != os.getpid():
+            st = stat(int(d))
+            if st is not None and st[0] != "Z":
+                out[int(d)] = st
+    return out
+def named(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return session in fh.read()
+    except OSError:
+        return False
+def instance():
+    procs = table()
+    found = {p for p in procs if named(p)}
+    grew = True
+    while grew:
+        below = {p for p, st in procs.items() if st[1] in found} - found
+        grew = bool(below)
+        found |= below
+    return {p: procs[p][2] for p in found}
+while True:
+    st = stat(driver)
+    if st is None or st[0] == "Z":
+        break
+    time.sleep(1.0)
+victims = instance()
+for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 0.0)):
+    for pid, started in victims.items():
+        st = stat(pid)
+        if st is not None and st[2] == started and st[0] != "Z":
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+    end = time.time() + wait
+    while time.time() < end and any((stat(p) or ("Z",))[0] != "Z" for p in victims):
+        time.sleep(0.2)
+"""
+
+
+def stop_with_driver() -> None:
+    """Tie the local Ray instance this driver started to the driver's life: a driver killed
+    (SIGKILL, OOM) leaves no Ray process behind. Linux only (it reads /proc); best effort."""
+    import subprocess
+    import sys
+
+    try:
+        import ray
+
+        session = ray._private.worker._global_node.get_session_dir_path()  # private API: best effort
+    except Exception:  # noqa: BLE001
+        return
+    if not session or not Path("/proc/self/cmdline").exists():
+        return
+    subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(session)], start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
 
 
 #: Where ``ray up`` leaves the cluster config on the head node (its autoscaler reads it there).

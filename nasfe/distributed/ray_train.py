@@ -96,7 +96,14 @@ class RayReportCallback(Callback):
 
 class WandbMirror(Callback):
     """Rank 0: copy this phase's W&B run folder into the run's storage (``<root>/wandb/``) at every
-    checkpoint, at the end and after a failure, so offline history survives the node (spot nodes)."""
+    checkpoint, at the end and after a failure, so offline history survives the node (spot nodes).
+
+    Each copy first waits (bounded) until the run's ``.wandb`` file holds everything logged so far
+    (:meth:`WandbLogger.wait_flushed`), then uploads that file before the rest of the folder: a
+    segment on storage always has its history, even when the job is stopped in the middle of a
+    copy. :func:`train_worker` runs this callback before the Ray checkpoint report, so a Ray
+    checkpoint on storage means its W&B history is there too.
+    """
 
     def __init__(self, logger, storage: RunStorage, work_dir: Path):
         self.logger, self.storage, self.work_dir = logger, storage, Path(work_dir)
@@ -108,6 +115,13 @@ class WandbMirror(Callback):
             return
         try:
             folder = Path(run.dir).parent  # <work_dir>/wandb/offline-run-<time>-<id>
+            wait = getattr(self.logger, "wait_flushed", None)
+            if wait is not None and not wait():
+                log.warning("the W&B file of %s did not catch up with the last step in time; copying it as it is",
+                            folder)
+            first = getattr(self.logger, "wandb_file", lambda: None)()
+            if first is not None and first.is_file():
+                self.storage.upload(self.work_dir, [str(first.relative_to(self.work_dir))])
             self.storage.upload(self.work_dir, [str(folder.relative_to(self.work_dir))])
         except Exception as exc:  # noqa: BLE001  (tracking never fails a run)
             log.warning("copying the W&B folder to %s failed: %s", self.storage.root, exc)
@@ -205,6 +219,32 @@ def _restore_from_ray(phase: str, work_dir: Path, is_main: bool, scratch: Path) 
     return found[-1]
 
 
+def worker_callbacks(config: dict[str, Any], rank: int, phase: str, storage: RunStorage,
+                     work_dir: Path) -> list[Callback]:
+    """The engine callbacks of one Train worker, in the order they run."""
+    callbacks: list[Callback] = []
+    if config.get("wandb") is not None and rank == 0:
+        from nasfe.tracking.wandb_logger import WandbLogger, WandbSettings
+
+        settings = WandbSettings(**config["wandb"])
+        settings.dir = settings.dir or str(work_dir)
+        logger = WandbLogger(settings)
+        # before the Ray report: a checkpoint on storage (what a resume continues from) never
+        # gets ahead of the W&B history copied there
+        callbacks += [logger, WandbMirror(logger, storage, work_dir)]
+    callbacks.append(RayReportCallback(phase, work_dir))
+    if rank == 0 and not storage.is_local:
+        callbacks.append(GenotypeMirror(storage, work_dir))
+    if config.get("progress", True):
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        _quiet_ray_train_reports()
+        callbacks.append(ConsoleProgress(bar=False, write=logging.getLogger("nasfe.progress").info))
+    callbacks.extend(config.get("extra_callbacks") or [])
+    return callbacks
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """Per-worker entry point of the TorchTrainer: restore, run the engine phase, report."""
     import ray.train
@@ -231,23 +271,7 @@ def train_worker(config: dict[str, Any]) -> None:
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
         resume_from = _restore_from_ray(phase, work_dir, rank == 0, scratch) or config.get("resume_from")
-        callbacks: list[Callback] = [RayReportCallback(phase, work_dir)]
-        if rank == 0 and not storage.is_local:
-            callbacks.append(GenotypeMirror(storage, work_dir))
-        if config.get("progress", True):
-            import logging
-
-            logging.basicConfig(level=logging.INFO, format="%(message)s")
-            _quiet_ray_train_reports()
-            callbacks.append(ConsoleProgress(bar=False, write=logging.getLogger("nasfe.progress").info))
-        if config.get("wandb") is not None and rank == 0:
-            from nasfe.tracking.wandb_logger import WandbLogger, WandbSettings
-
-            settings = WandbSettings(**config["wandb"])
-            settings.dir = settings.dir or str(work_dir)
-            logger = WandbLogger(settings)
-            callbacks += [logger, WandbMirror(logger, storage, work_dir)]
-        callbacks.extend(config.get("extra_callbacks") or [])
+        callbacks = worker_callbacks(config, rank, phase, storage, work_dir)
         device = ray.train.torch.get_device()
         dist = DistContext.detect(device=device)
         try:

@@ -88,9 +88,10 @@ def _find_genotype(args, storage, space):
 def main(args) -> int:
     """Run ``nasfe retrain``: retrain on Ray Train, evaluate on the test split, print the numbers."""
     from nasfe.distributed.resume import run_lock
-    from nasfe.distributed.search_job import check_workers, job_storage, load_job_space
+    from nasfe.distributed.search_job import check_flags, check_workers, job_storage, load_job_space
     from nasfe.errors import CommandError
 
+    check_flags(args)
     space = load_job_space(args, {"retrain.epochs": args.epochs})
     check_workers(space, args.workers, ("retrain",))
     if args.name is None and not args.genotype and space.model.fusion == "nas":

@@ -65,6 +65,68 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-retrain", action="store_true", help="stop after the search")
 
 
+#: bounds of the job's counting flags: (flag, attribute, low, high)
+FLAG_RANGES = (("--workers", "workers", 1, 1024), ("--max-failures", "max_failures", 0, 100),
+               ("--eval-images", "eval_images", 1, 100_000))
+#: seconds the reachability check of --address waits for the cluster's port
+ADDRESS_TIMEOUT_S = 5.0
+
+
+def check_flags(args) -> None:
+    """The job's own numbers, GPU request and Ray address, checked before anything starts (one
+    line, exit 2): counts in their ranges, ``--gpus``/``--gpus-per-worker`` that this machine or
+    the cluster config can satisfy, and an ``--address`` that answers within
+    :data:`ADDRESS_TIMEOUT_S` seconds. Space fields (``--epochs`` ...) are checked by the space's
+    validation."""
+    from nasfe.errors import CommandError
+
+    for flag, attr, lo, hi in FLAG_RANGES:
+        value = getattr(args, attr, None)
+        if value is not None and not lo <= value <= hi:
+            raise CommandError(f"{flag} {value}: must lie in [{lo}, {hi}]")
+    gpus, where = declared_gpus(args)
+    check_address(getattr(args, "address", None))
+    import sys
+
+    connected = "ray" in sys.modules and sys.modules["ray"].is_initialized()  # checked by open_cluster
+    if gpus > 0 and not connected and " node type " not in where:  # no autoscaler to start GPU nodes
+        from nasfe.distributed.cluster import ray_address
+
+        if ray_address(getattr(args, "address", None)) is not None:  # a cluster to join: checked once joined
+            return
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CommandError(f"{where} asks for GPUs, but this machine has none that torch can use and no cluster "
+                               "config declares GPU node types (NASFE_CLUSTER_CONFIG); use --gpus no, or --address "
+                               "of a cluster with GPUs")
+
+
+def check_address(address: Optional[str]) -> Optional[str]:
+    """``--address`` (else ``RAY_ADDRESS``) when it names a host and port: it must answer a TCP
+    connection within :data:`ADDRESS_TIMEOUT_S` (Ray itself retries for minutes). Returns it (None
+    when neither is set; Ray is not imported here)."""
+    import os
+    import socket
+
+    from nasfe.errors import CommandError
+
+    target = address or os.environ.get("RAY_ADDRESS")
+    if not target or target in ("auto", "local"):
+        return target
+    hostport = target.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host or not 0 < int(port) < 65536:
+        raise CommandError(f"--address {target!r}: expected HOST:PORT (e.g. 10.0.0.5:6379) or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise CommandError(f"--address {target}: no Ray cluster answers there within {ADDRESS_TIMEOUT_S:g} s "
+                           f"({exc.strerror or exc}); is it up (`ray status`)?") from None
+    return target
+
+
 def load_job_space(args, extra: Optional[dict[str, Any]] = None):
     """The space of the job: file or name, ``--data``/``--data-source``, ``--set`` and ``extra``."""
     from nasfe.errors import CommandError
@@ -96,6 +158,9 @@ def load_job_space(args, extra: Optional[dict[str, Any]] = None):
         root = Path(space.data.root or "")
         if not space.data.root or not root.exists():
             raise CommandError(f"data.root {space.data.root!r}: no such folder (data.source = {space.data.source!r})")
+        from nasfe.data.faces import check_layout
+
+        check_layout(space.data.source, root)  # the layout the workers will read, before Ray starts
     return space
 
 
@@ -153,11 +218,17 @@ def open_cluster(args, workers: int) -> bool:
     from nasfe.errors import CommandError
     from nasfe.distributed.cluster import StorageError, connect
 
-    gpus, _ = declared_gpus(args)  # a bad flag fails before Ray starts
+    gpus, where = declared_gpus(args)  # a bad flag fails before Ray starts
     try:
         print(f"[nasfe] {connect(args.address, log_to_driver=True)}", flush=True)
     except StorageError as exc:
         raise CommandError(str(exc)) from None
+    if gpus > 0 and " node type " not in where:
+        from nasfe.distributed.cluster import cluster_gpus
+
+        if cluster_gpus() < 1:  # nothing declared that an autoscaler could start: Ray would wait forever
+            raise CommandError(f"{where} asks for GPUs, but the Ray cluster has none and its config declares "
+                               "no GPU node type; use --gpus no")
     return gpus > 0
 
 
@@ -171,7 +242,7 @@ def job_storage(args, space):
     from nasfe.errors import CommandError
     from nasfe.distributed.cluster import RunStorage, StorageError
 
-    name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = args.name if args.name is not None else f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         return RunStorage.create(args.storage, name)
     except StorageError as exc:
@@ -224,6 +295,7 @@ def main(args) -> int:
     """Run ``nasfe search``: search -> derive -> retrain -> evaluate, printing the results."""
     from nasfe.distributed.resume import run_lock
 
+    check_flags(args)
     space = load_job_space(args, {"search.epochs": args.epochs, "retrain.epochs": args.retrain_epochs})
     phases = ("search",) if args.no_retrain else ("search", "retrain")
     check_workers(space, args.workers, phases)

@@ -483,6 +483,10 @@ def main(args) -> int:
         from nasfe.errors import CommandError
 
         raise CommandError("--latency-runs and --latency-warmup must be >= 0")
+    if args.out:
+        from nasfe.imageio import ensure_writable_dir
+
+        ensure_writable_dir(args.out)  # a file named --out, or an unwritable folder: one line before any work
     report = compare(args.paths, space=args.space, out_dir=args.out,
                      latency_runs=0 if args.no_latency else args.latency_runs, measure=not args.no_measure,
                      warmup=args.latency_warmup)

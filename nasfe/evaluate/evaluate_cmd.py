@@ -202,7 +202,7 @@ def evaluate_sets(methods: Sequence[Method], root: str | Path, sets: Optional[Se
     """
     from tqdm import tqdm
 
-    from nasfe.data.testsets import TestSet, TestSetError, load_manifest
+    from nasfe.data.testsets import TestSet, TestSetError, check_files, load_manifest
     from nasfe.evaluate.metrics import MetricAccumulator, psnr, ssim
     from nasfe.evaluate.recognition import recognition_topk
 
@@ -212,6 +212,7 @@ def evaluate_sets(methods: Sequence[Method], root: str | Path, sets: Optional[Se
     missing = [s for s in names if s not in manifest["sets"]]
     if missing:
         raise TestSetError(f"{root / 'manifest.json'}: has no set(s) {missing} (has {sorted(manifest['sets'])})")
+    check_files(root, names, manifest)  # every image as built (sha256) before anything is scored
     clean = manifest["clean"]
     from nasfe.imageio import read_image
 
@@ -398,7 +399,7 @@ def main(args) -> int:
     """``nasfe evaluate``."""
     from nasfe.errors import CommandError
     from nasfe.evaluate.baselines import BASELINES
-    from nasfe.data.testsets import load_manifest
+    from nasfe.data.testsets import check_files, load_manifest
     from nasfe.evaluate.model_io import load_from_args, load_trained, resolve_device
     from nasfe.imageio import ensure_writable_dir
 
@@ -412,6 +413,7 @@ def main(args) -> int:
     if args.faces and not Path(args.faces).is_dir():
         raise CommandError(f"--faces {args.faces}: no such folder")
     load_manifest(args.testsets)  # a broken test-set folder is one line now, not after loading the models
+    check_files(args.testsets, args.sets)  # and a file that is not as built (sha256): before any model loads
     ensure_writable_dir(args.out)  # now, not after all the computing
     device = resolve_device(args.device)
     model, space, genotype = load_from_args(args, device)

@@ -149,17 +149,25 @@ def _max_diff(a, b) -> float:
     return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
 
 
+#: largest export input side (the largest face side a space may have, nasfe.config.MAX_SIDE)
+MAX_EXPORT_SIDE = 4096
+
+
 def export_model(model: nn.Module, out_dir: str | Path, height: int, width: int, refs: int = 0,
                  opset: int = DEFAULT_OPSET, onnx: bool = True, torchscript: bool = True,
                  atol: float = EXPORT_ATOL, check_batch: int = 2) -> dict[str, Any]:
-    """Write ``model.onnx`` and/or ``model.ts`` to ``out_dir`` and check them against PyTorch.
+    """Export ``model.onnx`` and/or ``model.ts``, check them against PyTorch, then write them to ``out_dir``.
 
     The reference is the unmodified PyTorch model (``torch.fft``) on seeded inputs of batch
-    ``check_batch``. Returns a report (paths, max abs differences, seconds); raises
-    :class:`ExportError` when a difference exceeds ``atol``.
+    ``check_batch``. Both exports are checked in memory; the files (and ``export.json``) are
+    written only when every difference is within ``atol``, so a failed export leaves no file.
+    Returns a report (paths, max abs differences, seconds); raises :class:`ExportError` when a
+    difference exceeds ``atol``.
     """
-    if height < 8 or width < 8:
-        raise ExportError(f"--height/--width must be at least 8, got {height}x{width}")
+    if not (8 <= height <= MAX_EXPORT_SIDE and 8 <= width <= MAX_EXPORT_SIDE):
+        raise ExportError(f"--height/--width must lie in [8, {MAX_EXPORT_SIDE}], got {height}x{width}")
+    if not (math.isfinite(atol) and atol > 0):
+        raise ExportError(f"--atol must be a positive number, got {atol}")
     if opset < 17:
         raise ExportError(f"--opset must be >= 17, got {opset}")
     out_dir = Path(out_dir)
@@ -181,24 +189,31 @@ def export_model(model: nn.Module, out_dir: str | Path, height: int, width: int,
         # the swap itself must not change the numbers (checked in eager mode before exporting)
         swapped = wrapper(*check_in)
         report["matmul_fft_max_abs_diff"] = max(_max_diff(swapped[0], ref_restored), _max_diff(swapped[1], ref_logits))
+        files: dict[Path, bytes] = {}  # written only once every check passed: a failed export leaves no file
         if onnx:
-            report.update(_export_onnx(wrapper, trace_in, check_in, (ref_restored, ref_logits),
-                                       out_dir / "model.onnx", opset))
+            data, part = _export_onnx(wrapper, trace_in, check_in, (ref_restored, ref_logits),
+                                      out_dir / "model.onnx", opset)
+            files[out_dir / "model.onnx"] = data
+            report.update(part)
         if torchscript:
-            report.update(_export_torchscript(wrapper, trace_in, check_in, (ref_restored, ref_logits),
-                                              out_dir / "model.ts"))
+            data, part = _export_torchscript(wrapper, trace_in, check_in, (ref_restored, ref_logits),
+                                             out_dir / "model.ts")
+            files[out_dir / "model.ts"] = data
+            report.update(part)
     # fp32 rounding grows with the values: the tolerance is relative to outputs larger than 1 (an
     # unclamped restored image of a barely trained network can reach 10 or more)
     limit = atol * max(1.0, float(ref_restored.abs().max()), float(ref_logits.abs().max()))
     report["tolerance"] = limit
     bad = {k: v for k, v in report.items() if k.endswith("max_abs_diff") and not v <= limit}
     report["ok"] = not bad
-    from nasfe.imageio import atomic_write_json
-
-    atomic_write_json(out_dir / "export.json", report)
     if bad:
         raise ExportError(f"{out_dir}: exported outputs differ from PyTorch's by more than {limit:.3g}: "
-                          + ", ".join(f"{k}={v:.3g}" for k, v in bad.items()))
+                          + ", ".join(f"{k}={v:.3g}" for k, v in bad.items()) + "; nothing written")
+    from nasfe.imageio import atomic_write_json
+
+    for path, data in files.items():
+        atomic_write_bytes(path, data)
+    atomic_write_json(out_dir / "export.json", report)
     return report
 
 
@@ -216,13 +231,13 @@ def _export_onnx(wrapper, trace_in, check_in, ref, path: Path, opset: int) -> di
                           dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
     except Exception as exc:  # the exporter raises many types; the user needs one line
         raise ExportError(f"{path}: ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-    atomic_write_bytes(path, buf.getvalue())
+    data = buf.getvalue()
     seconds = time.time() - t0
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])  # checked in memory, written after
     got = sess.run(None, {n: t.numpy() for n, t in zip(names, check_in)})
-    return {"onnx": str(path), "onnx_seconds": round(seconds, 2), "onnx_bytes": path.stat().st_size,
-            "onnx_restored_max_abs_diff": _max_diff(got[0], ref[0]),
-            "onnx_logits_max_abs_diff": _max_diff(got[1], ref[1])}
+    return data, {"onnx": str(path), "onnx_seconds": round(seconds, 2), "onnx_bytes": len(data),
+                  "onnx_restored_max_abs_diff": _max_diff(got[0], ref[0]),
+                  "onnx_logits_max_abs_diff": _max_diff(got[1], ref[1])}
 
 
 def _export_torchscript(wrapper, trace_in, check_in, ref, path: Path) -> dict[str, Any]:
@@ -233,12 +248,12 @@ def _export_torchscript(wrapper, trace_in, check_in, ref, path: Path) -> dict[st
         torch.jit.save(traced, buf)
     except Exception as exc:
         raise ExportError(f"{path}: TorchScript trace failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-    atomic_write_bytes(path, buf.getvalue())
+    data = buf.getvalue()
     seconds = time.time() - t0
-    loaded = torch.jit.load(str(path), map_location="cpu")
+    loaded = torch.jit.load(io.BytesIO(data), map_location="cpu")  # checked in memory, written after
     with torch.no_grad():
         got = loaded(*check_in)
-    return {"torchscript": str(path), "torchscript_seconds": round(seconds, 2),
+    return data, {"torchscript": str(path), "torchscript_seconds": round(seconds, 2),
             "torchscript_restored_max_abs_diff": _max_diff(got[0], ref[0]),
             "torchscript_logits_max_abs_diff": _max_diff(got[1], ref[1])}
 
@@ -266,10 +281,15 @@ def main(args) -> int:
     from nasfe.evaluate.model_io import load_from_args
     from nasfe.imageio import ensure_writable_dir
 
+    for flag, value in (("--height", args.height), ("--width", args.width)):
+        if value is not None and not 8 <= value <= MAX_EXPORT_SIDE:
+            raise CommandError(f"{flag} {value}: must lie in [8, {MAX_EXPORT_SIDE}] (or leave it out: the space's size)")
+    if not (math.isfinite(args.atol) and args.atol > 0):
+        raise CommandError(f"--atol {args.atol}: must be a positive number")
     ensure_writable_dir(args.out)
     model, space, _ = load_from_args(args, "cpu")
-    h = args.height or space.data.height
-    w = args.width or space.data.width
+    h = args.height if args.height is not None else space.data.height
+    w = args.width if args.width is not None else space.data.width
     if args.refs < 0:
         raise CommandError(f"--refs must be >= 0, got {args.refs}")
     if args.refs > 0 and not space.model.use_identity:

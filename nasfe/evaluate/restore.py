@@ -19,7 +19,10 @@ How images of any size are handled:
 Unreadable files are reported by name on stderr and the rest go on; folders list their non-image
 files as a count. The run ends with one summary line; the exit status is 1 when any file failed.
 An output that would land on an input file (``-o`` equal to an input folder, links) is refused
-before any work: your originals are never overwritten.
+before any work: your originals are never overwritten. Nor is any other file already in the
+output folder: ``restore`` keeps a record of what it wrote there (``OUT/.nasfe-restore.json``,
+each output's sha256) and replaces only its own earlier outputs that are unchanged; any other
+existing file at an output's path is refused (one line, before any work), never renamed around.
 """
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ from nasfe.imageio import ImageReadError, ensure_writable_dir, read_image, to_te
 log = logging.getLogger("nasfe.evaluate")
 
 #: file endings treated as images when scanning folders (files named explicitly are always tried)
+#: restore's record of its outputs in the output folder: {"outputs": {relative path: sha256 or null}}
+RECORD = ".nasfe-restore.json"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: smaller images are padded up to this many pixels per side before the network sees them
 MIN_SIDE = 32
@@ -163,9 +168,10 @@ def plan_outputs(inputs: Sequence[str | Path], out_dir: str | Path, recursive: b
                  compare: bool = False) -> tuple[list[tuple[Path, Path]], dict[str, int]]:
     """(input file, output path relative to ``out_dir``) of every image, and the left-out counts.
 
-    Refuses (:class:`~nasfe.errors.CommandError`) an ``out_dir`` that is one of the input folders, or
-    any output that would land on an input file (the same path, a link to it, or a hard link):
-    restoring never overwrites the user's originals.
+    Refuses (:class:`~nasfe.errors.CommandError`) an ``out_dir`` that is one of the input folders,
+    any output that would land on an input file (the same path, a link to it, or a hard link), and
+    any output path already holding a file that is not one of restore's own earlier outputs
+    (:data:`RECORD`): restoring never overwrites a file of the user's.
     """
     from nasfe.errors import CommandError
 
@@ -180,6 +186,7 @@ def plan_outputs(inputs: Sequence[str | Path], out_dir: str | Path, recursive: b
     outs = output_names([rel for _, rel in files])
     originals = {p.resolve(): p for p, _ in files}
     inodes = {(s.st_dev, s.st_ino): p for p, _ in files if (s := p.stat())}
+    record = read_record(out_dir)
     for rel in outs:
         for target in [out_dir / rel] + ([out_dir / "compare" / rel] if compare else []):
             hit = originals.get(target.resolve())
@@ -189,7 +196,49 @@ def plan_outputs(inputs: Sequence[str | Path], out_dir: str | Path, recursive: b
             if hit is not None:
                 raise CommandError(f"--out {out_dir}: writing {target} would overwrite the input {hit}; "
                                    "choose another --out")
+            if (target.exists() or target.is_symlink()) and not _own_output(record, out_dir, target):
+                raise CommandError(f"--out {out_dir}: {target} already exists and is not an unchanged output of an "
+                                   "earlier nasfe restore; move it away or choose another --out")
     return list(zip((p for p, _ in files), outs)), left_out
+
+
+def read_record(out_dir: Path) -> dict[str, Optional[str]]:
+    """restore's record of its outputs in ``out_dir`` (relative POSIX path -> sha256, or None for an
+    output planned by a run that stopped before writing it); empty when absent or unreadable."""
+    import json
+
+    try:
+        data = json.loads((Path(out_dir) / RECORD).read_text())
+        outputs = data.get("outputs", {}) if isinstance(data, dict) else {}
+        return {str(k): v for k, v in outputs.items()} if isinstance(outputs, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _own_output(record: dict[str, Optional[str]], out_dir: Path, target: Path) -> bool:
+    """True when ``target`` is a plain file restore wrote (its recorded sha256 still matches) or
+    planned and may have written before it stopped (recorded without a hash)."""
+    rel = target.relative_to(out_dir).as_posix()
+    if rel not in record or target.is_symlink() or not target.is_file():
+        return False
+    want = record[rel]
+    return want is None or _sha256(target) == want
+
+
+def _write_record(out_dir: Path, record: dict[str, Optional[str]]) -> None:
+    from nasfe.imageio import atomic_write_json
+
+    atomic_write_json(Path(out_dir) / RECORD, {"outputs": dict(sorted(record.items()))})
 
 
 def load_refs(items: Sequence[str | Path], height: int, width: int) -> tuple[Optional[torch.Tensor], list[str]]:
@@ -248,6 +297,13 @@ def restore_files(model, inputs: Sequence[str | Path], out_dir: str | Path, refs
 
     out_dir = Path(out_dir).expanduser()
     jobs, left_out = plan_outputs(inputs, out_dir, recursive, compare)
+    # planned outputs go into the record (without a hash) before any is written, so that a run cut
+    # short can be re-run into the same folder; each written file's hash follows its batch
+    record = read_record(out_dir)
+    targets = [rel for _, rel in jobs] + ([Path("compare") / rel for _, rel in jobs] if compare else [])
+    for rel in targets:
+        record.setdefault(rel.as_posix(), None)
+    _write_record(out_dir, record)
     ref_t = refs.to(device) if refs is not None else None
     errors: list[str] = []
     written: list[str] = []
@@ -261,8 +317,11 @@ def restore_files(model, inputs: Sequence[str | Path], out_dir: str | Path, refs
             target = out_dir / rel
             write_png_atomic(target, u8)
             written.append(str(target))
+            record[rel.as_posix()] = _sha256(target)
             if compare:
                 write_png_atomic(out_dir / "compare" / rel, side_by_side(img, u8))
+                record[(Path("compare") / rel).as_posix()] = _sha256(out_dir / "compare" / rel)
+        _write_record(out_dir, record)
         bar.update(len(run))
     bar.update(len(errors))
     bar.close()
@@ -299,6 +358,10 @@ def main(args) -> int:
         raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.tile < 0 or args.overlap < 0 or (args.tile and args.tile < MIN_SIDE):
         raise CommandError(f"--tile must be 0 or >= {MIN_SIDE} and --overlap >= 0, got {args.tile} and {args.overlap}")
+    if args.recursive:  # outputs inside a folder scanned recursively would be read as inputs next time
+        from nasfe.imageio import refuse_inside
+
+        refuse_inside(args.out, [("--input", p) for p in args.input if Path(p).expanduser().is_dir()])
     plan_outputs(args.input, args.out, args.recursive, args.compare)  # refuse to overwrite inputs before any work
     ensure_writable_dir(args.out)
     device = resolve_device(args.device)

@@ -39,8 +39,9 @@ def adain(ref_feats: torch.Tensor, y_feats: torch.Tensor, eps: float = 1e-5) -> 
         y_feats = y_feats.unsqueeze(1)
     if ref_feats.shape[0] != y_feats.shape[0] or ref_feats.shape[-3] != y_feats.shape[-3]:
         raise ValueError(f"adain: batch or channel mismatch, ref {tuple(ref_feats.shape)} vs y {tuple(y_feats.shape)}")
-    # Statistics in float32 even under bf16 autocast (variances of large activations).
-    ref32, y32 = ref_feats.float(), y_feats.float()
+    # Statistics in float32 at least, even under bf16 autocast (variances of large activations).
+    wide = torch.promote_types(ref_feats.dtype, torch.float32)
+    ref32, y32 = ref_feats.to(wide), y_feats.to(wide)
     mu_c, sd_c = _mean_std(ref32, eps)
     mu_y, sd_y = _mean_std(y32, eps)
     return (sd_y * (ref32 - mu_c) / sd_c + mu_y).to(ref_feats.dtype)

@@ -158,12 +158,13 @@ def wiener_deconvolve(x1: torch.Tensor, x2: torch.Tensor, eps: float = FFT_EPS) 
 
     X_out = conj(X2) X1 / (|X2|^2 + eps), with orthonormal real 2-D FFTs so that eps does not
     depend on the image size. The paper prints X2 X1 (the conjugate is lost in typesetting: the
-    Wiener filter is conj(K) / (|K|^2 + 1/SNR)). Computed in float32 (FFTs under bf16 autocast
-    are unsupported/inaccurate).
+    Wiener filter is conj(K) / (|K|^2 + 1/SNR)). Computed in float32 at least (FFTs under bf16
+    autocast are unsupported/inaccurate); float64 inputs stay float64.
     """
     h, w = x1.shape[-2:]
-    X1 = torch.fft.rfft2(x1.float(), norm="ortho")
-    X2 = torch.fft.rfft2(x2.float(), norm="ortho")
+    wide = torch.promote_types(x1.dtype, torch.float32)
+    X1 = torch.fft.rfft2(x1.to(wide), norm="ortho")
+    X2 = torch.fft.rfft2(x2.to(wide), norm="ortho")
     X = torch.conj(X2) * X1 / (X2.real.square() + X2.imag.square() + eps)
     return torch.fft.irfft2(X, s=(h, w), norm="ortho").to(x1.dtype)
 

@@ -118,6 +118,8 @@ class WandbLogger(Callback):
         self.mode: Optional[str] = None
         self._table_rows: list[list[Any]] = []
         self._ops: list[str] = []
+        self._last_step: Optional[int] = None  # the last step whose history this logger handed to W&B
+        self._failed = False  # a W&B call raised (logging is off from then on)
 
     # ----- guard ---------------------------------------------------------------------------
     def _guard(self, what: str, fn, *args, **kwargs):
@@ -129,6 +131,7 @@ class WandbLogger(Callback):
             log.warning("W&B %s failed (%s: %s); W&B logging is off for the rest of this run",
                         what, type(exc).__name__, exc)
             self.disabled = True
+            self._failed = True
             return None
 
     def _active(self, state) -> bool:
@@ -202,6 +205,8 @@ class WandbLogger(Callback):
             return
         data = {f"{state.phase}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         self._guard("log", self.run.log, {"step": state.step, **data})
+        if not self._failed:
+            self._last_step = state.step
 
     def on_epoch_end(self, state, metrics, genotype=None):
         if not self._active(state):
@@ -219,6 +224,7 @@ class WandbLogger(Callback):
             if metrics.get(key) is not None:
                 data[f"{state.phase}/{key}"] = wandb.Image(self._heatmap(key, metrics[key]))
         self.run.log(data)
+        self._last_step = state.step
         if genotype is not None:
             self._log_genotype(state, genotype)
 
@@ -269,6 +275,36 @@ class WandbLogger(Callback):
 
         self._guard("image log", log_images)
 
+    def wandb_file(self) -> Optional[Path]:
+        """The run's transaction log, ``<run folder>/run-<id>.wandb`` (None without a run)."""
+        if self.run is None:
+            return None
+        return Path(self.run.dir).parent / f"run-{self.run.id}.wandb"
+
+    def wait_flushed(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the run's ``.wandb`` file exists and holds the history of the last step
+        logged (W&B writes it every ``flush_every`` s, and has no call to flush it now).
+
+        A copy of the run folder taken after this returns True holds everything logged so far.
+        ``timeout`` (default: 5 flush intervals, at least 20 s) bounds the wait; False when it
+        passed (or there is no run).
+        """
+        import time
+
+        path = self.wandb_file()
+        if path is None:
+            return False
+        if self._failed:  # a W&B call failed: what it wrote so far is all there will be
+            return path.is_file()
+        limit = timeout if timeout is not None else max(20.0, 5 * float(self.settings.flush_every))
+        deadline = time.monotonic() + limit
+        while True:
+            if path.is_file() and (self._last_step is None or _last_history_step(path) >= self._last_step):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+
     def on_end(self, state, summary):
         if not self._active(state):
             return
@@ -280,6 +316,25 @@ class WandbLogger(Callback):
             self.run.finish()
 
         self._guard("finish", finish)
+
+
+def _last_history_step(path: Path) -> int:
+    """The largest ``step`` of the history records in a ``.wandb`` file (-1 when none or unreadable)."""
+    best = -1
+    try:
+        records = read_offline_records(path)
+    except (OSError, ValueError):
+        return best
+    for r in records:
+        if r.WhichOneof("record_type") != "history":
+            continue
+        for item in r.history.item:
+            if (item.key or "/".join(item.nested_key)) == "step":
+                try:
+                    best = max(best, int(json.loads(item.value_json)))
+                except (TypeError, ValueError):
+                    pass
+    return best
 
 
 def read_offline_records(path: str | Path) -> list[Any]:

@@ -7,5 +7,7 @@ setup(
     package_dir={"nasfe.search_spaces": "search_spaces"},
     package_data={"nasfe.search_spaces": ["*.yaml"],
                   # the packaged CPU-trained default model of `nasfe restore` / `nasfe evaluate`
-                  "nasfe.pretrained": ["cpu_default.pt", "NOTICE"]},
+                  "nasfe.pretrained": ["cpu_default.pt", "NOTICE"],
+                  # the pretrained MobileFaceNet (Apache-2.0), the paper space's identity backbone
+                  "nasfe.identity.packaged": ["mobilefacenet.pt", "LICENSE", "NOTICE"]},
 )

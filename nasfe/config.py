@@ -40,6 +40,9 @@ PAPER_OPERATORS = [
 # eleven are here. Identity is "skip_connect", "no connection" is "zero".
 
 
+#: ``identity.weights`` value naming the MobileFaceNet weights shipped inside the package
+PACKAGED_WEIGHTS = "packaged"
+
 #: ModelConfig fields that say how the network runs, not what it is (left out of ``space_hash``).
 EXECUTION_FIELDS = ("checkpoint_cells", "channels_last", "compile")
 
@@ -71,6 +74,10 @@ class ModelConfig:
     # a path through the coarser levels then refines the encoder features instead of replacing them
     # with an upsampled copy (docs/MODEL.md); off in the paper's space
     fusion_skip: bool = False
+    # each fusion-cell block is the mean (not the sum) of its terms and deveil's gain is bounded,
+    # 1 + tanh(f) in (0, 2): every derived network is finite and of sane scale at initialisation,
+    # whatever its operators (docs/MODEL.md, "Stable cells"); on in the paper's space
+    stable_cells: bool = False
     # recompute each cell's activations in backward; memory per image ≈ one cell instead of all
     # (torch.utils.checkpoint, training with grad only; results unchanged; not part of space_hash)
     checkpoint_cells: bool = False
@@ -87,7 +94,9 @@ class IdentityConfig:
     """Face backbone used for I_iden, the perceptual loss and the identity loss (section 3.2)."""
 
     backbone: str = "vggface"  # "vggface" | "mobilefacenet"
-    weights: Optional[str] = None  # path to weights; None: seeded random init (said in logs)
+    # path or URI (s3://...) of the weights, or "packaged" (the MobileFaceNet shipped in
+    # nasfe/identity/packaged); None: seeded random init (said in logs; L_per and L_iden off)
+    weights: Optional[str] = None
     refs: int = 3  # k clean reference photos per training sample
     drop_refs: float = 0.25  # probability of training a sample without refs (restore without them)
     width: float = 1.0  # backbone channel scaling; 1.0 for real weights, smaller for fast CPU spaces
@@ -158,6 +167,10 @@ class SearchConfig:
     arch_weight_decay: float = 1e-3
     second_order: bool = False
     grad_clip: float = 5.0
+    # clip each part's gradient (encoders, CN, stem, fusion, decoder) to grad_clip on its own: one
+    # global clip scales every part by the largest part's norm and starves the small ones (below
+    # Adam's eps; docs/MODEL.md, "Gradient clipping per part"); on in the paper's space
+    grad_clip_per_part: bool = False
     amp: bool = False  # bf16 autocast
     val_batches: int = 4
     checkpoint_every: int = 100  # steps
@@ -188,6 +201,7 @@ class RetrainConfig:
     batch_size: int = 40
     lr: float = 5e-4
     grad_clip: float = 5.0
+    grad_clip_per_part: bool = False  # as search.grad_clip_per_part
     amp: bool = False
     val_batches: int = 4
     checkpoint_every: int = 100
@@ -235,7 +249,7 @@ class SpaceConfig:
 
 
 #: ModelConfig fields added after genotypes were first written, with the value that means "absent".
-_LATER_FIELDS = {"global_context": False, "fusion_skip": False}
+_LATER_FIELDS = {"global_context": False, "fusion_skip": False, "stable_cells": False}
 
 _VALID_CHOICES = {
     ("model", "fusion"): {"nas", "res2"},
@@ -435,6 +449,10 @@ def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
         raise ConfigError(f"{where}: search.arch_fraction must lie in (0, 1), got {cfg.search.arch_fraction}")
     if cfg.search.log_every < 1 or cfg.retrain.log_every < 1:
         raise ConfigError(f"{where}: search.log_every and retrain.log_every must be >= 1")
+    if cfg.identity.weights == PACKAGED_WEIGHTS and cfg.identity.backbone != "mobilefacenet":
+        raise ConfigError(f"{where}: identity.weights: {PACKAGED_WEIGHTS} names the packaged MobileFaceNet; "
+                          f"identity.backbone is {cfg.identity.backbone!r} (set it to mobilefacenet, or give "
+                          "the path of that backbone's weights)")
     if not 0.0 <= cfg.identity.drop_refs <= 1.0:
         raise ConfigError(f"{where}: identity.drop_refs must lie in [0, 1]")
     for name in ("search", "retrain"):
@@ -582,15 +600,48 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {key.strip()}: the value {value!r} is not valid YAML ({exc.problem or exc})") from None
 
 
+#: top-level key of a space file naming the space it inherits (a built-in name or a YAML path)
+INHERIT_KEY = "inherit"
+
+
+def _merge(base: dict, child: dict) -> dict:
+    """``child`` laid over ``base``: sections merge key by key, any other value replaces."""
+    out = dict(base)
+    for k, v in child.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def read_space_data(path: Path, _chain: tuple = ()) -> dict:
+    """The mapping of a space file with its ``inherit:`` chain resolved: the inherited space's data
+    (a built-in name, or a YAML path relative to this file's folder) with this file's sections laid
+    over it key by key; the name is this file's. ConfigError naming the file for a bad or circular
+    ``inherit``."""
+    data = read_yaml(path, "search space file")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    parent = data.pop(INHERIT_KEY, None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"{path}: {INHERIT_KEY} must name a space (a built-in name or a YAML file), got {parent!r}")
+    local = path.parent / parent
+    base_path = local if parent.endswith((".yaml", ".yml")) and local.is_file() else resolve_space_path(parent)
+    key = str(base_path.resolve())
+    if key in _chain or key == str(path.resolve()):
+        raise ConfigError(f"{path}: {INHERIT_KEY}: {parent} inherits back from this file (a cycle)")
+    base = read_space_data(base_path, _chain + (str(path.resolve()),))
+    base.pop("name", None)
+    return _merge(base, data)
+
+
 def load_space(name_or_path: str | Path, overrides: Optional[dict[str, Any]] = None) -> SpaceConfig:
     """Load a search space from YAML (``yaml.safe_load``), apply dotted overrides, validate.
 
     ``overrides`` maps dotted keys to values, e.g. ``{"loss.lambda_per": 0.1, "model.blocks": 4}``.
     """
     path = resolve_space_path(name_or_path)
-    data = read_yaml(path, "search space file")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = read_space_data(path)
     data.setdefault("name", path.stem)  # a space without a name is named after its file, never "unnamed"
     data.pop("sweep", None)  # sweep spaces may share a file; they are read by nasfe.distributed
     for dotted, value in (overrides or {}).items():

@@ -91,6 +91,24 @@ class DivergenceError(NasfeError):
         return (type(self), (self.what, self.step, self.phase, self.last_good))
 
 
+class NonFiniteNetworkError(DivergenceError):
+    """A network gives non-finite values on its first forward, before any training step.
+
+    A :class:`DivergenceError` (never retried: the same weights fail the same way); ``where`` names
+    the first part that did it, e.g. ``fusion layer 2 (level 1) block 5 operator deveil_op on input 3``.
+    """
+
+    def __init__(self, where: str, phase: str = ""):
+        self.where = where
+        NasfeError.__init__(self, f"non-finite network at initialisation: {where} gives non-finite values "
+                                  f"on the pre-flight forward of {phase or 'the run'}; nothing was trained "
+                                  f"(model.stable_cells bounds every block)")
+        self.what, self.step, self.phase, self.last_good = f"output of {where}", 0, phase, None
+
+    def __reduce__(self):
+        return (type(self), (self.where, self.phase))
+
+
 def error_chain(exc: Optional[BaseException]):
     """Every error behind ``exc``, once each: Ray's wrappers (worker failures, ``cause``,
     controller failures), ``__cause__`` and ``__context__``.

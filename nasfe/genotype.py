@@ -59,13 +59,48 @@ def node_levels(layer: int, cells: int, levels: int) -> list[int]:
 
 
 def source_level(level: int, transition: int) -> int:
-    """Level a transition comes from: 0 = from the finer level (downsample), 1 = same, 2 = from the coarser level (upsample)."""
+    """Level a transition into ``level`` comes from: 0 = from the finer level (downsample), 1 = same,
+    2 = from the coarser level (upsample)."""
     return level + transition - 1
 
 
 def valid_transitions(level: int, prev_levels) -> list[int]:
     """Transitions into a node at ``level`` whose source level exists in the layer before (``prev_levels``)."""
     return [t for t in range(3) if source_level(level, t) in prev_levels]
+
+
+def layer_sources(layer: int, cells: int, levels: int) -> list[int]:
+    """Levels of the nodes that feed ``layer``: the layer before's, or the encoder (level 0) for layer 0."""
+    return [0] if layer == 0 else node_levels(layer - 1, cells, levels)
+
+
+def out_moves(layer: int, src: int, cells: int, levels: int) -> list[int]:
+    """Moves ``k`` (destination level ``src + k - 1``: 0 = to the finer level, 1 = stay, 2 = to the
+    coarser level) that the node at level ``src`` before ``layer`` can take into ``layer``'s nodes."""
+    here = node_levels(layer, cells, levels)
+    return [k for k in range(3) if src + k - 1 in here]
+
+
+def beta_weights(betas, cells: int, levels: int, log: bool = False) -> dict:
+    """Auto-DeepLab's network-level weights: ``{(layer, src, dest): weight}``.
+
+    ``betas[layer, src, k]`` is the logit of the node at level ``src`` before ``layer`` (the encoder
+    for layer 0) moving to level ``src + k - 1`` at ``layer``; softmax over each node's OUTGOING
+    moves that reach a node of the trellis (one that can still return to level 0), so the weights
+    of every complete path multiply to a probability and all paths' probabilities sum to one.
+    ``log``: log-probabilities (Viterbi). Differentiable in ``betas``.
+    """
+    import torch
+
+    out = {}
+    for layer in range(cells):
+        for src in layer_sources(layer, cells, levels):
+            moves = out_moves(layer, src, cells, levels)
+            row = betas[layer, src, moves]
+            w = torch.log_softmax(row, dim=0) if log else torch.softmax(row, dim=0)
+            for i, k in enumerate(moves):
+                out[(layer, src, src + k - 1)] = w[i]
+    return out
 
 
 def check_path(path: list[int], cells: Optional[int] = None, levels: Optional[int] = None) -> Optional[str]:
@@ -236,8 +271,8 @@ def derive_genotype(alphas, betas, space, edge_weights=None) -> Genotype:
     is excluded from the max: it never wins), and that operator. With PC-DARTS edge
     normalisation, ``edge_weights`` (cell types, edges) raw logits scale each edge's strength
     (softmax over each block's incoming edges, as in the forward pass).
-    Network level: Viterbi over softmax(beta) restricted to the valid transitions of each node,
-    from level 0 before the first cell to level 0 after the last.
+    Network level: Viterbi over ``beta_weights`` (softmax over each node's outgoing moves, as
+    Auto-DeepLab), from level 0 before the first cell to level 0 after the last.
     """
     import torch
 
@@ -343,7 +378,7 @@ def _mean_norm_entropy(probs_rows) -> float:
 
 def arch_entropies(arch_params, space) -> dict[str, float]:
     """Normalised entropies (1 = undecided, 0 = decided) of softmax(alpha) per edge, of softmax(beta)
-    over each trellis node's valid transitions, and (PC mode) of each block's edge weights."""
+    over each trellis node's outgoing moves, and (PC mode) of each block's edge weights."""
     import torch
 
     m = space.model
@@ -351,13 +386,8 @@ def arch_entropies(arch_params, space) -> dict[str, float]:
     alphas = torch.as_tensor(arch[0]).detach().float().cpu()
     betas = torch.as_tensor(arch[1]).detach().float().cpu()
     out = {"alpha_entropy": _mean_norm_entropy(torch.softmax(alphas, -1).reshape(-1, alphas.shape[-1]).tolist())}
-    rows, prev = [], [0]
-    for layer in range(m.cells):
-        here = node_levels(layer, m.cells, m.levels)
-        for s in here:
-            valid = valid_transitions(s, prev)
-            rows.append(torch.softmax(betas[layer, s, valid], 0).tolist())
-        prev = here
+    rows = [torch.softmax(betas[layer, src, out_moves(layer, src, m.cells, m.levels)], 0).tolist()
+            for layer in range(m.cells) for src in layer_sources(layer, m.cells, m.levels)]
     out["beta_entropy"] = _mean_norm_entropy(rows)
     if len(arch) == 3:
         g = torch.as_tensor(arch[2]).detach().float().cpu()
@@ -368,18 +398,20 @@ def arch_entropies(arch_params, space) -> dict[str, float]:
 
 
 def viterbi_path(betas, cells: int, levels: int) -> list[int]:
-    """Most probable level sequence under softmax(beta) over each node's valid transitions."""
+    """Most probable level sequence under ``beta_weights`` (softmax over each node's outgoing
+    moves), from level 0 before the first cell to level 0 after the last; only nodes that can
+    still return to level 0 exist, so no invalid path is ever scored."""
     import torch
 
+    logp = {k: float(v) for k, v in beta_weights(torch.as_tensor(betas).detach().float(), cells, levels,
+                                                  log=True).items()}
     score = {0: 0.0}
     back: list[dict[int, int]] = []
     for layer in range(cells):
         new, arg = {}, {}
         for s in node_levels(layer, cells, levels):
-            valid = valid_transitions(s, score)
-            logp = torch.log_softmax(betas[layer, s, valid], dim=0).tolist()
-            cand = [(score[source_level(s, t)] + lp, source_level(s, t)) for t, lp in zip(valid, logp)]
-            best = max(cand, key=lambda c: c[0])  # ties: the first (finer source) wins
+            cand = [(score[src] + logp[(layer, src, s)], src) for src in sorted(score) if (layer, src, s) in logp]
+            best = max(cand, key=lambda c: c[0])  # ties: the finer source wins
             new[s], arg[s] = best
         score = new
         back.append(arg)
@@ -413,15 +445,55 @@ def diff_genotypes(a: Genotype, b: Genotype) -> list[str]:
 
 
 def expected_log_prob(betas, path: list[int], cells: int, levels: int) -> float:
-    """Log-probability of ``path`` under softmax(beta) (what Viterbi maximises); for reports and tests."""
+    """Log-probability of ``path`` under ``beta_weights`` (what Viterbi maximises); ``-inf`` for a
+    path that is not a valid path of the trellis (``check_path``). For reports and tests."""
     import torch
 
-    total, prev_levels, prev = 0.0, [0], 0
+    if check_path(list(path), cells, levels) is not None:
+        return -math.inf
+    logp = beta_weights(torch.as_tensor(betas).detach().float(), cells, levels, log=True)
+    total, prev = 0.0, 0
     for layer, s in enumerate(path):
-        valid = valid_transitions(s, prev_levels)
-        t = prev - s + 1
-        if t not in valid:
-            return -math.inf
-        total += torch.log_softmax(torch.as_tensor(betas)[layer, s, valid], dim=0)[valid.index(t)].item()
-        prev_levels, prev = node_levels(layer, cells, levels), s
+        total += float(logp[(layer, prev, s)])
+        prev = s
     return total
+
+
+def node_input_weights(betas, cells: int, levels: int, eps: float = 1e-30) -> tuple[dict, dict]:
+    """How much each earlier node feeds each trellis node, from ``beta_weights``: ``(prev, prev_prev)``.
+
+    ``prev[(layer, s)]`` maps the levels ``src`` before ``layer`` to the probability that the path
+    came from ``src`` given that it reaches node ``(layer, s)``: the forward probability of
+    ``src`` times its move into ``s``, normalised over the node's sources (Bayes on Auto-DeepLab's
+    outgoing weights). ``prev_prev[(layer, s)]`` does the same two layers back (the node the path
+    passed through before the previous one; the encoder for layers 0 and 1). Each node's weights
+    sum to one (zero for a node no path reaches); at one-hot ``betas`` the nodes of the decoded
+    path see exactly their path's inputs, which is what the derived network feeds its cells.
+    Differentiable in ``betas``.
+    """
+    w = beta_weights(betas, cells, levels)
+
+    def move(layer: int, src: int, dst: int):
+        if layer < 0:  # the encoder stands in for layers -2 and -1, both at level 0
+            return 1.0 if src == dst == 0 else None
+        return w.get((layer, src, dst))
+
+    reach = {-2: {0: 1.0}, -1: {0: 1.0}}
+    prev, prev_prev = {}, {}
+    for layer in range(cells):
+        reach[layer] = {}
+        for s in node_levels(layer, cells, levels):
+            flows = {src: r * move(layer, src, s) for src, r in reach[layer - 1].items()
+                     if move(layer, src, s) is not None}
+            total = sum(flows.values())
+            denom = total.clamp(min=eps) if hasattr(total, "clamp") else max(total, eps)
+            reach[layer][s] = total
+            prev[(layer, s)] = {src: f / denom for src, f in flows.items()}
+            two = {}
+            for src2, r2 in reach[layer - 2].items():
+                terms = [r2 * move(layer - 1, src2, mid) * move(layer, mid, s) for mid in reach[layer - 1]
+                         if move(layer - 1, src2, mid) is not None and move(layer, mid, s) is not None]
+                if terms:
+                    two[src2] = sum(terms) / denom
+            prev_prev[(layer, s)] = two
+    return prev, prev_prev

@@ -66,9 +66,9 @@ def test_edge_weights_can_change_the_chosen_inputs(tiny):
 def test_viterbi_follows_hand_set_betas():
     cells, levels = 4, 3
     b = torch.zeros(cells, levels, 3)
-    # favour 0 -> 1 -> 2 -> 1 -> 0: layer0 level1 from finer (t=0); layer1 level2 from finer;
-    # layer2 level1 from coarser (t=2); layer3 level0 from coarser
-    b[0, 1, 0] = b[1, 2, 0] = b[2, 1, 2] = b[3, 0, 2] = 5.0
+    # favour 0 -> 1 -> 2 -> 1 -> 0: b[layer, source level, move], move 2 = to the coarser level;
+    # the moves back down from level 2 and level 1 are the only ones those nodes have
+    b[0, 0, 2] = b[1, 1, 2] = 5.0
     path = viterbi_path(b, cells, levels)
     assert path == [1, 2, 1, 0]
     # brute force over every valid path agrees

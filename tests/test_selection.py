@@ -27,11 +27,11 @@ def _arch(space):
 
 
 def _loss_needing(needed_op: int, needed_transition: int):
-    """A loss that falls with the weight of one operator on every edge and of one transition into
-    the last node: masking them raises it, masking anything else lowers it (renormalisation)."""
+    """A loss that falls with the weight of one operator on every edge and of one move out of the
+    encoder (1 = stay at level 0, 2 = go to level 1): masking them raises it, masking anything else lowers it (renormalisation)."""
     def loss_of(batch):
         return -batch * (loss_of.alphas.softmax(-1)[..., needed_op].sum()
-                         + loss_of.betas[1, 0, [1, 2]].softmax(0)[needed_transition - 1])
+                         + loss_of.betas[0, 0, [1, 2]].softmax(0)[needed_transition - 1])
     return loss_of
 
 
@@ -40,7 +40,7 @@ def test_strength_chooses_what_the_loss_needs_where_alpha_chooses_otherwise():
     alphas, betas = _arch(space)
     with torch.no_grad():
         alphas[..., 4] = 0.5  # alpha favours skip_connect on every edge ...
-        betas[1, 0, 1] = 0.5  # ... and the path through level 0
+        betas[0, 0, 1] = 0.5  # ... and the path through level 0
     loss_of = _loss_needing(needed_op=3, needed_transition=2)  # ... the loss needs deveil_op and level 1
     loss_of.alphas, loss_of.betas = alphas, betas
     a0, b0 = alphas.detach().clone(), betas.detach().clone()
@@ -57,7 +57,7 @@ def test_strength_chooses_what_the_loss_needs_where_alpha_chooses_otherwise():
     assert ops.shape == alphas.shape and trans.shape == betas.shape
     assert (ops[..., 3] > 0).all() and (ops[..., [0, 1, 2, 4]] < 0).all()
     assert (ops[..., 5] == 0).all()  # zero is never a candidate
-    assert trans[1, 0, 2] > 0 > trans[1, 0, 1]
+    assert trans[0, 0, 2] > 0 > trans[0, 0, 1]
 
     by_alpha = derive_genotype(alphas, betas, space)
     by_strength = derive_from_strength(ops, trans, space)
@@ -86,8 +86,8 @@ def test_non_finite_strengths_derive_nothing():
         derive_from_strength(ops, torch.zeros(space.model.cells, space.model.levels, 3), space)
 
 
-def test_transition_choices_are_the_nodes_with_more_than_one_source():
-    assert transition_choices(2, 2) == [(1, 0, 1), (1, 0, 2)]  # the last node: from level 0 or level 1
+def test_transition_choices_are_the_nodes_with_more_than_one_outgoing_move():
+    assert transition_choices(2, 2) == [(0, 0, 1), (0, 0, 2)]  # the encoder: stay at level 0 or go to 1
     assert transition_choices(1, 2) == []
     assert MASKED < -1e8
 
@@ -139,8 +139,8 @@ def test_strength_derives_a_valid_genotype_of_the_paper_space():
     trans = torch.zeros(m.cells, m.levels, 3)
     choices = transition_choices(m.cells, m.levels)
     assert choices and all(0 <= t < 3 for _, _, t in choices)
-    for layer, s, t in choices:
-        trans[layer, s, t] = 5.0 if s == 1 else -5.0  # the loss misses level 1 most
+    for layer, src, k in choices:
+        trans[layer, src, k] = 5.0 if src + k - 1 == 1 else -5.0  # the loss misses the moves into level 1 most
     g = Genotype.from_dict(derive_from_strength(ops, trans, space).to_dict(), space=space)  # the space's checks
     assert all(o != "zero" for cell in g.cells for gene in cell for o in gene.ops)
     assert 1 in g.path

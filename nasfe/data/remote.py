@@ -90,6 +90,33 @@ def fetch_once(root: str) -> Path:
     return dest
 
 
+def fetch_file(uri: str) -> Path:
+    """The local copy of the single file ``uri`` (e.g. ``identity.weights: s3://bucket/mfn.pt``),
+    fetched once per node into the data cache (temporary name, then rename; other processes on the
+    node wait on a lock and reuse it)."""
+    import pyarrow.fs
+
+    uri = str(uri)
+    base = cache_dir()
+    dest = base / "files" / local_name(uri)
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.with_name(f"{dest.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if dest.is_file():
+            return dest
+        fs, path = _filesystem(uri)
+        try:
+            info = fs.get_file_info(path)
+        except Exception as exc:
+            raise DataFetchError(f"{uri}: {exc}") from None
+        if info.type != pyarrow.fs.FileType.File:
+            raise DataFetchError(f"{uri}: no such file")
+        _get(fs, path, dest)
+    return dest
+
+
 def _copy(uri: str, dest: Path) -> None:
     import pyarrow.fs
 

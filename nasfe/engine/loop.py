@@ -41,6 +41,7 @@ class PhaseSettings:
     lr: float
     grad_clip: float
     amp: bool
+    grad_clip_per_part: bool
     val_batches: int
     checkpoint_every: int
     seed: int
@@ -198,7 +199,7 @@ class Phase:
 
     def autocast(self):
         """bf16 autocast when enabled in the config (CPU and CUDA)."""
-        if not self.cfg.amp:
+        if not self.cfg.amp or getattr(self, "_strict_fp32", False):
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
@@ -220,13 +221,49 @@ class Phase:
         metrics["loss"] = total.detach()
         return total, metrics
 
+    def clip_groups(self, params) -> list[list[int]]:
+        """Indices into ``params`` of each group clipped together: one group, or (with
+        ``grad_clip_per_part``) one per part of the network (``NASFE.weight_parts``)."""
+        if not self.cfg.grad_clip_per_part or not hasattr(self.model, "weight_parts"):
+            return [list(range(len(params)))]
+        part = {id(p): name for name, ps in self.model.weight_parts().items() for p in ps}
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(params):
+            groups.setdefault(part.get(id(p), "other"), []).append(i)
+        return list(groups.values())
+
+    def clip_coefficients(self, params, grads) -> tuple[list, list[torch.Tensor]]:
+        """The factor each gradient of ``params`` is clipped by (``clip_grad_norm_``'s rule per
+        group: min(1, grad_clip / (norm + 1e-6))), and each group's norm; differentiable in
+        ``grads`` (the second-order look-ahead differentiates through it). None grads count as zero."""
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip and self.cfg.grad_clip > 0 else math.inf
+        coefs: list = [1.0] * len(params)
+        norms = []
+        for idx in self.clip_groups(params):
+            gs = [grads[i] for i in idx if grads[i] is not None]
+            if not gs:
+                continue
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in gs]))
+            norms.append(norm)
+            if math.isfinite(max_norm):
+                coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+                for i in idx:
+                    coefs[i] = coef
+        return coefs, norms
+
     def clip(self, params, what: str = "gradient") -> torch.Tensor:
-        """Clip the gradient norm when configured; the norm (a device scalar) is watched for divergence."""
+        """Clip the gradient norm when configured (as a whole, or per part with
+        ``grad_clip_per_part``); each group's norm (a device scalar) is watched for divergence and
+        the norm of all of them is returned."""
         params = [p for p in params if p.grad is not None]
         if not params:
             return torch.zeros((), device=self.device)
-        max_norm = self.cfg.grad_clip if self.cfg.grad_clip and self.cfg.grad_clip > 0 else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        with torch.no_grad():
+            coefs, norms = self.clip_coefficients(params, [p.grad for p in params])
+            for p, c in zip(params, coefs):
+                if isinstance(c, torch.Tensor):
+                    p.grad.mul_(c.to(p.grad.dtype))
+        norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=self.device)
         self.watch(what, norm)
         return norm
 
@@ -339,6 +376,10 @@ class Phase:
             raise RuntimeError("the training split holds fewer images than one batch")
         self.state.steps_per_epoch = spe
         resumed = self.maybe_resume()
+        if resumed is None:  # a fresh network must be finite before hours of pre-training go into it
+            from nasfe.engine.preflight import preflight
+
+            preflight(self.model, self.space.data.height, self.space.data.width, self.device, self.name)
         if resumed is None and self.cfg.pretrain_steps > 0:
             from nasfe.engine.pretrain import pretrain_parts
 

@@ -44,6 +44,25 @@ def build_network(space: SpaceConfig, genotype=None, with_loss: bool = True):
     return model, loss
 
 
+class strict_fp32:
+    """Within: no TF32 matmuls/convolutions and no autocast in ``phase.network_loss`` (restored after)."""
+
+    def __init__(self, phase):
+        self.phase = phase
+
+    def __enter__(self):
+        self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                      getattr(self.phase, "_strict_fp32", False))
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        self.phase._strict_fp32 = True
+        return self
+
+    def __exit__(self, *exc):
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, self.phase._strict_fp32 = self.saved
+        return False
+
+
 def _grad_norm(params) -> torch.Tensor:
     grads = [p.grad for p in params if p.grad is not None]
     return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
@@ -159,62 +178,106 @@ class SearchPhase(Phase):
             p.grad = None
         return {"arch_loss": loss.detach()}
 
-    def _adam_lookahead(self, grads: list[Optional[torch.Tensor]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The step the weight optimiser (Adam) would take for ``grads`` (clipped as the weight
-        step clips them), and its diagonal preconditioner (d step / d gradient, second moment held
-        fixed). DARTS' look-ahead w - xi * grad assumes SGD; with Adam that step is unbounded in
-        the gradient's scale, while Adam's own moves at most about lr per weight."""
+    def _adam_lookahead(self, grads: list[Optional[torch.Tensor]]) -> list[torch.Tensor]:
+        """The step the weight optimiser (Adam) would take for the raw gradients ``grads``, as a
+        differentiable function of them: clipped as the weight step clips them (per group, the
+        coefficient depending on the gradient), each weight's own step count for the bias
+        correction, and weights without a gradient not moving (Adam skips them). DARTS' look-ahead
+        w - xi * grad assumes SGD; with Adam that step is unbounded in the gradient's scale."""
         group = self.opt_w.param_groups[0]
         lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
-        t = self.state.step + 1  # Adam steps taken so far by opt_w, plus this one
-        g = [gi if gi is not None else torch.zeros_like(w) for gi, w in zip(grads, self.weights)]
-        if self.cfg.grad_clip and self.cfg.grad_clip > 0:
-            norm = torch.nn.utils.get_total_norm(g)
-            coef = (self.cfg.grad_clip / (norm + 1e-6)).clamp(max=1.0)
-            g = [gi * coef for gi in g]
-        bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
-        steps, precond = [], []
-        for w, gi in zip(self.weights, g):
+        coefs, _ = self.clip_coefficients(self.weights, grads)
+        steps = []
+        for w, gi, c in zip(self.weights, grads, coefs):
+            if gi is None:
+                steps.append(torch.zeros_like(w))
+                continue
+            g = gi * c
             st = self.opt_w.state.get(w, {})
-            m = b1 * st["exp_avg"] + (1 - b1) * gi if "exp_avg" in st else (1 - b1) * gi
-            v = b2 * st["exp_avg_sq"] + (1 - b2) * gi * gi if "exp_avg_sq" in st else (1 - b2) * gi * gi
-            denom = (v / bc2).sqrt() + eps
-            steps.append(lr * (m / bc1) / denom)
-            precond.append(lr * (1 - b1) / bc1 / denom)
-        return steps, precond
+            t = int(st["step"]) + 1 if "step" in st else 1
+            m = b1 * st["exp_avg"] + (1 - b1) * g if "exp_avg" in st else (1 - b1) * g
+            v = b2 * st["exp_avg_sq"] + (1 - b2) * g * g if "exp_avg_sq" in st else (1 - b2) * g * g
+            vh = v / (1 - b2 ** t)
+            # sqrt's derivative is infinite at 0 (a weight whose gradients were all zero): no flow there
+            root = torch.where(vh > 0, torch.where(vh > 0, vh, torch.ones_like(vh)).sqrt(), torch.zeros_like(vh))
+            steps.append(lr * (m / (1 - b1 ** t)) / (root + eps))
+        return steps
+
+    def lookahead_objective(self, train_batch, arch_batch, drop: bool = False) -> torch.Tensor:
+        """L_arch(w', alpha) with w' = w - AdamStep(grad_w L_train(w, alpha)): what the second-order
+        architecture gradient differentiates (weights restored afterwards; for tests and checks)."""
+        backup = [w.detach().clone() for w in self.weights]
+        with strict_fp32(self):
+            loss_t, _ = self.network_loss(train_batch, drop_refs=drop)
+            g = torch.autograd.grad(loss_t, self.weights, allow_unused=True)
+            with torch.no_grad():
+                step = self._adam_lookahead([gi.detach() if gi is not None else None for gi in g])
+                for w, d in zip(self.weights, step):
+                    w.sub_(d)
+            try:
+                with torch.no_grad():
+                    loss_v, _ = self.network_loss(arch_batch, drop_refs=drop)
+            finally:
+                with torch.no_grad():
+                    for w, b in zip(self.weights, backup):
+                        w.copy_(b)
+        return loss_v.detach()
+
+    def second_order_gradient(self, train_batch, arch_batch, drop: bool = False):
+        """d/d(arch) of ``lookahead_objective``: the direct term grad_arch L_arch(w') minus the
+        implicit term (d AdamStep / d arch)^T grad_w' L_arch(w'). With g = grad_w L_train(w, arch)
+        and J the Jacobian of ``_adam_lookahead`` at g (clip coefficients and second moments
+        included), the implicit term is grad_arch (g . J^T u), u = grad_w' L_arch: J^T u by
+        autograd through the step, the mixed second derivative by central finite differences of
+        grad_arch L_train at w +- eps J^T u (perturbation of norm 0.01), all in strict fp32 (no
+        TF32, no autocast: the difference of two nearby gradients drowns in their rounding).
+        Returns (gradients like ``arch_params``, L_arch(w')); the weights are restored."""
+        backup = [w.detach().clone() for w in self.weights]
+        with strict_fp32(self):
+            loss_t, _ = self.network_loss(train_batch, drop_refs=drop)
+            g_train = torch.autograd.grad(loss_t, self.weights, allow_unused=True)
+            g_var = [gi.detach().requires_grad_(True) if gi is not None else None for gi in g_train]
+            with torch.enable_grad():
+                step = self._adam_lookahead(g_var)
+            with torch.no_grad():
+                for w, d in zip(self.weights, step):
+                    w.sub_(d)
+            try:
+                loss_v, _ = self.network_loss(arch_batch, drop_refs=drop)
+                grads = torch.autograd.grad(loss_v, self.arch_params + self.weights, allow_unused=True)
+                n_a = len(self.arch_params)
+                d_alpha = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads[:n_a], self.arch_params)]
+                u = [g if g is not None else torch.zeros_like(w) for g, w in zip(grads[n_a:], self.weights)]
+                live = [(s, gv, ui) for s, gv, ui in zip(step, g_var, u) if gv is not None]
+                jt = torch.autograd.grad([s for s, _, _ in live], [gv for _, gv, _ in live],
+                                         grad_outputs=[ui for _, _, ui in live], allow_unused=True)
+                it = iter(jt)
+                z = [(next(it) if gv is not None else None) for gv in g_var]
+                z = [zi if zi is not None else torch.zeros_like(w) for zi, w in zip(z, self.weights)]
+                eps = 0.01 / (torch.nn.utils.get_total_norm(z) + 1e-12)
+                implicit = []
+                for sign in (1.0, -1.0):
+                    with torch.no_grad():
+                        for w, b, zi in zip(self.weights, backup, z):
+                            w.copy_(b + sign * eps * zi)
+                    loss_s, _ = self.network_loss(train_batch, drop_refs=drop)
+                    implicit.append(torch.autograd.grad(loss_s, self.arch_params, allow_unused=True))
+            finally:
+                with torch.no_grad():
+                    for w, b in zip(self.weights, backup):
+                        w.copy_(b)
+        out = []
+        for da, gp, gm in zip(d_alpha, *implicit):
+            hess = ((gp if gp is not None else 0) - (gm if gm is not None else 0)) / (2 * eps)
+            out.append(da - hess)
+        return out, loss_v
 
     def _arch_step_second_order(self, train_batch, arch_batch, drop: bool) -> dict[str, torch.Tensor]:
-        """DARTS' unrolled step with the weight optimiser's own look-ahead:
-        grad_alpha L_arch(w') with w' = w - AdamStep(grad_w L_train(w)), the implicit term by
-        finite differences along the preconditioned direction P * grad_w' L_arch(w')."""
-        backup = [w.detach().clone() for w in self.weights]
-        loss_t, _ = self.network_loss(train_batch, drop_refs=drop)
-        g_train = torch.autograd.grad(loss_t, self.weights, allow_unused=True)
-        step, precond = self._adam_lookahead(list(g_train))
-        with torch.no_grad():
-            for w, d in zip(self.weights, step):
-                w.sub_(d)
-        loss_v, _ = self.network_loss(arch_batch, drop_refs=drop)
-        grads = torch.autograd.grad(loss_v, self.arch_params + self.weights, allow_unused=True)
-        n_a = len(self.arch_params)
-        d_alpha = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads[:n_a], self.arch_params)]
-        u = [(g if g is not None else torch.zeros_like(p)) * pc
-             for g, p, pc in zip(grads[n_a:], self.weights, precond)]
-        eps = 0.01 / (torch.nn.utils.get_total_norm(u) + 1e-12)
-        implicit = []
-        for sign in (1.0, -1.0):
-            with torch.no_grad():
-                for w, b, ui in zip(self.weights, backup, u):
-                    w.copy_(b + sign * eps * ui)
-            loss_s, _ = self.network_loss(train_batch, drop_refs=drop)
-            implicit.append(torch.autograd.grad(loss_s, self.arch_params, allow_unused=True))
-        with torch.no_grad():
-            for w, b in zip(self.weights, backup):
-                w.copy_(b)
+        """DARTS' unrolled step with the weight optimiser's own look-ahead (``second_order_gradient``)."""
+        grads, loss_v = self.second_order_gradient(train_batch, arch_batch, drop)
         self.opt_a.zero_grad(set_to_none=True)
-        for p, da, gp, gm in zip(self.arch_params, d_alpha, *implicit):
-            hess = ((gp if gp is not None else 0) - (gm if gm is not None else 0)) / (2 * eps)
-            p.grad = da - hess
+        for p, g in zip(self.arch_params, grads):
+            p.grad = g
         self._arch_update(loss_v)
         return {"arch_loss": loss_v.detach()}
 

@@ -4,7 +4,7 @@ DARTS keeps each edge's operator with the largest architecture weight. In a shor
 weights hardly move and lag the supernet: on the CPU space they end within 0.1 of uniform, and the
 ones they favour can be the operators whose removal now lowers the loss (docs/RESULTS.md,
 "Choosing by strength"). Strength measures instead: for each operator of each edge, and each
-transition of each trellis node that has a choice, the mean loss over held-out batches with that
+outgoing move of each trellis node that has a choice, the mean loss over held-out batches with that
 one choice masked out of its softmax, minus the mean loss with nothing masked. A large strength
 means the supernet needs that choice. ``nasfe.genotype.derive_from_strength`` reads the genotype
 off the two tables.
@@ -15,22 +15,21 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from nasfe.genotype import node_levels, valid_transitions
+from nasfe.genotype import layer_sources, out_moves
 
 #: an architecture logit that takes a choice out of its softmax (exp underflows to exactly 0)
 MASKED = -1e9
 
 
 def transition_choices(cells: int, levels: int) -> list[tuple[int, int, int]]:
-    """``(layer, level, transition)`` of every trellis node with more than one valid source."""
-    out, prev = [], [0]
+    """``(layer, source level, move)`` of every trellis node with more than one outgoing move
+    (the entries of ``betas`` that are a choice, ``nasfe.genotype.beta_weights``)."""
+    out = []
     for layer in range(cells):
-        here = node_levels(layer, cells, levels)
-        for s in here:
-            valid = valid_transitions(s, prev)
-            if len(valid) > 1:
-                out.extend((layer, s, t) for t in valid)
-        prev = here
+        for src in layer_sources(layer, cells, levels):
+            moves = out_moves(layer, src, cells, levels)
+            if len(moves) > 1:
+                out.extend((layer, src, k) for k in moves)
     return out
 
 

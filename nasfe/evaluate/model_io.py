@@ -58,13 +58,29 @@ def _read_payload(path: Path) -> dict[str, Any]:
     raise CheckpointError(f"{path}: neither a nasfe checkpoint nor a state dict of tensors")
 
 
+#: ``identity.weights`` while a model is built whose checkpoint holds the backbone's weights: a
+#: seeded init that the checkpoint replaces, without the "no weights" warning
+CHECKPOINT_WEIGHTS = "<checkpoint>"
+
+
 def _space_without_missing_weights(space: SpaceConfig, where: str) -> SpaceConfig:
     """The checkpoint carries the frozen backbone's weights, so a backbone weights file that is
     not on this machine is not needed: build the backbone without it and load the checkpoint's."""
+    from nasfe.config import PACKAGED_WEIGHTS
+    from nasfe.data.remote import is_uri
+
     w = space.identity.weights
-    if w and not Path(w).expanduser().is_file():
-        log.info("%s: identity.weights %s is not here; the backbone weights come from the checkpoint", where, w)
-        space = dataclasses.replace(space, identity=dataclasses.replace(space.identity, weights=None))
+    if w and w != PACKAGED_WEIGHTS and not is_uri(w) and not Path(w).expanduser().is_file():
+        if space.identity.backbone == "mobilefacenet":
+            # the packaged MobileFaceNet is that network's real weights: the backbone is built from
+            # them (and the checkpoint's copy, when it has one, replaces them): never a random init
+            log.info("%s: identity.weights %s is not here; the MobileFaceNet backbone starts from the packaged "
+                     "weights", where, w)
+            new = PACKAGED_WEIGHTS
+        else:
+            log.info("%s: identity.weights %s is not here; the backbone weights come from the checkpoint", where, w)
+            new = CHECKPOINT_WEIGHTS
+        space = dataclasses.replace(space, identity=dataclasses.replace(space.identity, weights=new))
     return space
 
 
@@ -103,7 +119,7 @@ def build_and_load(space: SpaceConfig, genotype: Optional[Genotype], state_dict:
     if fill:
         own = {k: v for k, v in model.state_dict().items() if k.startswith(tuple(fill))}
         state_dict = {**own, **state_dict}
-        model.refs_usable = built.identity.weights is not None
+        model.refs_usable = built.identity.weights not in (None, CHECKPOINT_WEIGHTS)
         if not model.refs_usable:
             log.info("%s: the face backbone is not in the file and identity.weights %s is not here: "
                      "the network restores without reference photos only", where, space.identity.weights)

@@ -128,7 +128,7 @@ class VGGFace(FaceBackbone):
     positions is layout-free; it is a weak identity cue, so prefer ``mobilefacenet`` for L_iden.
     """
 
-    def __init__(self, weights: Optional[str] = None, width: float = 1.0, seed: int = 0):
+    def __init__(self, weights: Optional[str] = None, width: float = 1.0, seed: int = 0, warn: bool = True):
         super().__init__()
         self.net = VGGFacePool3(width)
         if weights is not None:
@@ -138,7 +138,7 @@ class VGGFace(FaceBackbone):
         else:
             self.net.seeded_init(seed)
             self.pretrained = False
-            log.warning(
+            (log.warning if warn else log.debug)(
                 "VGGFace has no weights (identity.weights is empty): seeded random init; "
                 "I_iden, the perceptual and the identity losses are not meaningful for faces"
             )
@@ -172,7 +172,8 @@ class MobileFaceNet(FaceBackbone):
     resizes it to 112x112 (``align=False``, for faces already aligned to the template).
     """
 
-    def __init__(self, weights: Optional[str] = None, width: float = 1.0, align: bool = True, seed: int = 0):
+    def __init__(self, weights: Optional[str] = None, width: float = 1.0, align: bool = True, seed: int = 0,
+                 warn: bool = True):
         super().__init__()
         if width <= 0:
             raise ConfigError(f"identity.width must be > 0, got {width}")
@@ -184,7 +185,7 @@ class MobileFaceNet(FaceBackbone):
         else:
             self.net.seeded_init(seed)
             self.pretrained = False
-            log.warning(
+            (log.warning if warn else log.debug)(
                 "MobileFaceNet has no weights (identity.weights is empty): seeded random init; "
                 "identity features and losses are not meaningful for faces"
             )
@@ -217,17 +218,38 @@ class MobileFaceNet(FaceBackbone):
         return self.net(self._normalise(self.to_template(x)))
 
 
+def resolve_weights(weights: Optional[str]) -> Optional[str]:
+    """The local file of ``identity.weights``: ``packaged`` is the MobileFaceNet shipped in
+    ``nasfe/identity/packaged``; a URI (``s3://bucket/key``, as ``data.root``) is fetched once per
+    node into the data cache; a path is returned as given; None stays None."""
+    if weights is None:
+        return None
+    from nasfe.config import PACKAGED_WEIGHTS
+
+    if weights == PACKAGED_WEIGHTS:
+        from nasfe.identity.packaged import MOBILEFACENET
+
+        return str(MOBILEFACENET)
+    from nasfe.data.remote import fetch_file, is_uri
+
+    return str(fetch_file(weights)) if is_uri(weights) else weights
+
+
 def build_backbone(cfg: IdentityConfig) -> FaceBackbone:
     """The frozen backbone named by ``cfg.backbone`` ('vggface' | 'mobilefacenet').
 
-    ``cfg.weights``: path to the weights or None (seeded random init, with a logged warning);
+    ``cfg.weights``: path, URI or ``packaged`` (``resolve_weights``), or None (seeded random init,
+    with a logged warning);
     ``cfg.width``: channel scaling (1.0 for real weights; smaller for fast CPU spaces).
     """
     width = float(getattr(cfg, "width", 1.0))
     if width <= 0:
         raise ConfigError(f"identity.width must be > 0, got {width}")
+    # "<checkpoint>": a checkpoint's state dict will replace the weights (nasfe.evaluate.model_io)
+    from_checkpoint = cfg.weights == "<checkpoint>"
+    weights = None if from_checkpoint else resolve_weights(cfg.weights)
     if cfg.backbone == "vggface":
-        return VGGFace(cfg.weights, width=width)
+        return VGGFace(weights, width=width, warn=not from_checkpoint)
     if cfg.backbone == "mobilefacenet":
-        return MobileFaceNet(cfg.weights, width=width)
+        return MobileFaceNet(weights, width=width, warn=not from_checkpoint)
     raise ConfigError(f"identity.backbone = {cfg.backbone!r}; expected 'vggface' or 'mobilefacenet'")

@@ -133,7 +133,7 @@ class NASFELoss(nn.Module):
                 and (self.lambda_per > 0 or self.lambda_iden > 0):
             log.warning("the identity backbone (%s) has no pretrained weights (identity.weights is empty): "
                         "lambda_per %g and lambda_iden %g set to 0, the loss is L2 only; set identity.weights "
-                        "(e.g. identity.backbone: mobilefacenet with ../shared/models/mobilefacenet/mobilefacenet.pt)",
+                        "(e.g. identity.backbone: mobilefacenet with identity.weights: packaged)",
                         type(backbone).__name__, self.lambda_per, self.lambda_iden)
             self.lambda_per = self.lambda_iden = 0.0
 

@@ -6,12 +6,16 @@ reached from level 0 before layer 0 and can get back to level 0 by the last laye
 level per layer (``nasfe.genotype.node_levels``); the fusion network starts and ends at the
 encoder's resolution, where the decoder reads it.
 
-Search: node (l, s) takes as "previous cell" the beta-weighted sum of its resampled sources
-(transition t: 0 from level s-1 (downsampled), 1 from level s, 2 from level s+1 (upsampled)),
-softmax over the valid transitions only, and runs ONE cell on that sum (Auto-DeepLab runs one
-cell per transition; mixing first costs a third of the memory). Its "previous-previous cell" is
-the layer l-2 node at the nearest level, resampled (the encoder features before layer 1).
-``betas`` has shape (cells, levels, 3); entries of non-existent transitions are unused.
+Search (network level, Auto-DeepLab's beta): ``betas[l, src, k]`` is the logit of the node at
+level ``src`` before layer l (the encoder for l = 0) moving to level ``src + k - 1`` (k: 0 finer,
+1 same, 2 coarser); softmax over each node's outgoing moves that reach a node of the trellis
+(``nasfe.genotype.beta_weights``), so a path's weights multiply to its probability. Node (l, s)
+takes as "previous cell" the sum of its resampled sources, each weighted by the probability that
+the path came from it given that it reaches (l, s), and as "previous-previous cell" the layer l-2
+nodes weighted the same way (the encoder features before layers 0 and 1;
+``nasfe.genotype.node_input_weights``); it runs ONE cell on them (Auto-DeepLab runs one cell per
+transition; mixing first costs a third of the memory). At one-hot beta the nodes of the decoded
+path see exactly the inputs the derived network feeds its cells.
 
 ``model.fusion_skip`` (searched and derived alike): the fusion network's output is its input plus
 the last cell's output, so the encoder features reach the decoder at full resolution whatever the
@@ -30,7 +34,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nasfe.config import ModelConfig
-from nasfe.genotype import Genotype, node_levels, source_level, valid_transitions
+from nasfe.genotype import Genotype, node_input_weights, node_levels
 from nasfe.model.cell import DerivedCell, SearchCell, edge_softmax, num_edges, softmax_ops
 from nasfe.model.ops import Res2Block
 
@@ -87,19 +91,16 @@ class SearchFusion(nn.Module):
         self.cells = nn.ModuleDict()
         self.trans = nn.ModuleDict()
         self.prev_prev = nn.ModuleDict()
-        self._pp_source: dict[str, int] = {}
-        prev, prev2 = [0], [0]
+        # one resampling module per (node, source) that the trellis connects (keys of the weights)
+        w_prev, w_prev2 = node_input_weights(torch.zeros(cells, levels, 3), cells, levels)
         for layer in range(cells):
-            here = node_levels(layer, cells, levels)
-            for s in here:
+            for s in node_levels(layer, cells, levels):
                 key = f"{layer}_{s}"
-                self.cells[key] = SearchCell(c, blocks, cfg.operators, cfg.partial_channels)
-                for t in valid_transitions(s, prev):
-                    self.trans[f"{key}_{t}"] = Resample(c, 1 - t)
-                src = min(prev2, key=lambda p: (abs(p - s), p))
-                self._pp_source[key] = src
-                self.prev_prev[key] = Resample(c, s - src)
-            prev2, prev = prev, here
+                self.cells[key] = SearchCell(c, blocks, cfg.operators, cfg.partial_channels, cfg.stable_cells)
+                for src in w_prev[(layer, s)]:
+                    self.trans[f"{key}_{src - s + 1}"] = Resample(c, s - src)
+                for src2 in w_prev2[(layer, s)]:
+                    self.prev_prev[f"{key}_{src2}"] = Resample(c, s - src2)
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """[alphas, betas], plus the edge-normalisation weights in partial-channel mode."""
@@ -110,17 +111,17 @@ class SearchFusion(nn.Module):
         sizes = _level_sizes(x, cfg.levels)
         op_w = softmax_ops(self.alphas)
         edge_w = edge_softmax(self.edge_gammas, cfg.blocks) if self.edge_gammas is not None else None
+        w_prev, w_prev2 = node_input_weights(self.betas, cfg.cells, cfg.levels)
         prev2, prev = {0: x}, {0: x}
         for layer in range(cfg.cells):
             here = {}
             kind = 0 if cfg.shared_cell else layer
             for s in node_levels(layer, cfg.cells, cfg.levels):
                 key = f"{layer}_{s}"
-                valid = valid_transitions(s, prev)
-                bw = F.softmax(self.betas[layer, s, valid], dim=0)
-                s1 = sum(bw[k] * self.trans[f"{key}_{t}"](prev[source_level(s, t)], sizes[s])
-                         for k, t in enumerate(valid))
-                s0 = self.prev_prev[key](prev2[self._pp_source[key]], sizes[s])
+                s1 = sum(wt * self.trans[f"{key}_{src - s + 1}"](prev[src], sizes[s])
+                         for src, wt in w_prev[(layer, s)].items())
+                s0 = sum(wt * self.prev_prev[f"{key}_{src2}"](prev2[src2], sizes[s])
+                         for src2, wt in w_prev2[(layer, s)].items())
                 here[s] = run_cell(self.cells[key], cfg.checkpoint_cells, s0, s1, op_w[kind],
                                    None if edge_w is None else edge_w[kind])
             prev2, prev = prev, here
@@ -138,7 +139,8 @@ class DerivedFusion(nn.Module):
             raise ValueError(f"genotype path has {len(self.path)} layers, model.cells = {cfg.cells}")
         c = cfg.channels
         levels = [0, 0] + self.path  # the encoder features stand in for layers -2 and -1
-        self.cells = nn.ModuleList(DerivedCell(c, genotype.cell_for_layer(l)) for l in range(cfg.cells))
+        self.cells = nn.ModuleList(DerivedCell(c, genotype.cell_for_layer(l), cfg.stable_cells)
+                                   for l in range(cfg.cells))
         self.trans = nn.ModuleList(Resample(c, levels[l + 2] - levels[l + 1]) for l in range(cfg.cells))
         self.prev_prev = nn.ModuleList(Resample(c, levels[l + 2] - levels[l]) for l in range(cfg.cells))
 

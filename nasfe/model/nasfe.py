@@ -99,6 +99,23 @@ class NASFE(nn.Module):
         _task_index(task)
         return list(self.encoders[task].parameters()) + list(self.pretrain_heads[task].parameters())
 
+    def weight_parts(self) -> dict[str, list[nn.Parameter]]:
+        """``weight_parameters`` by part: encoders, classifier (CN), stem (with the identity
+        projection and the no-identity embedding), fusion, decoder. Per-part gradient clipping
+        (``grad_clip_per_part``) clips each separately."""
+        own = {id(p) for p in self.weight_parameters()}
+        pick = lambda mod: [p for p in mod.parameters() if id(p) in own] if mod is not None else []  # noqa: E731
+        stem = pick(self.stem)
+        if self.identity is not None:
+            stem += pick(self.identity_proj) + [self.no_identity]
+        parts = {"encoders": pick(self.encoders), "classifier": pick(self.classifier), "stem": stem,
+                 "fusion": pick(self.fusion), "decoder": pick(self.decoder)}
+        seen = {id(p) for ps in parts.values() for p in ps}
+        rest = [p for p in self.weight_parameters() if id(p) not in seen]
+        if rest:
+            parts["other"] = rest
+        return {k: v for k, v in parts.items() if v}
+
     def parameter_counts(self) -> dict[str, int]:
         """Learnable parameters by part; ``restoration`` is what Table 6 counts (encoders, stem,
         identity projection, fusion, decoder: no CN, no pre-training heads, no backbone, no alpha/beta)."""

@@ -192,18 +192,22 @@ class FFTOp(nn.Module):
 
 
 class DeveilOp(nn.Module):
-    """Deveiling operator (Fig. 4c): x_out = A * x_in with a learned mask A = 1 + conv2(relu(conv1(x))).
+    """Deveiling operator (Fig. 4c): x_out = A * x_in with a learned mask A = 1 + f(x), f = conv2(relu(conv1(x))).
 
-    The "1 +" starts the operator near identity; A is unbounded because low light needs gains > 1.
+    The "1 +" starts the operator near identity. ``bounded`` (``model.stable_cells``): A = 1 + tanh(f),
+    a gain in (0, 2). Unbounded, A grows with x, so the operator is quadratic in its input and a chain
+    of them squares the scale at every step (non-finite outputs of a 12-block cell at initialisation).
     """
 
-    def __init__(self, c: int):
+    def __init__(self, c: int, bounded: bool = False):
         super().__init__()
+        self.bounded = bounded
         self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=True)
         self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (1.0 + self.conv2(F.relu(self.conv1(x)))) * x
+        f = self.conv2(F.relu(self.conv1(x)))
+        return (1.0 + (torch.tanh(f) if self.bounded else f)) * x
 
 
 #: name -> constructor (C) -> module; exactly the names of ``nasfe.config.PAPER_OPERATORS``.
@@ -220,6 +224,13 @@ OPS: dict[str, Callable[[int], nn.Module]] = {
     "skip_connect": lambda c: Identity(),
     "zero": lambda c: Zero(),
 }
+
+
+def build_op(name: str, c: int, stable: bool = False) -> nn.Module:
+    """Operator ``name`` at width ``c``; ``stable`` (``model.stable_cells``) bounds deveil's gain."""
+    if stable and name == "deveil_op":
+        return DeveilOp(c, bounded=True)
+    return OPS[name](c)
 
 
 def op_param_count(name: str, c: int) -> int:

@@ -1,0 +1,106 @@
+"""The paper space's identity features are real by default: MobileFaceNet's weights ship inside the
+package, ``identity.weights`` takes ``packaged``, a path or a URI, and a restored model never claims
+a random backbone when its weights come from the checkpoint."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from nasfe.config import ConfigError, load_space
+from nasfe.identity.backbones import build_backbone, resolve_weights
+from nasfe.identity.packaged import MOBILEFACENET
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "models" / "mobilefacenet"
+
+
+def test_the_package_ships_mobilefacenet_with_its_licence():
+    here = MOBILEFACENET.parent
+    assert MOBILEFACENET.is_file() and (here / "LICENSE").is_file() and (here / "NOTICE").is_file()
+    assert "Apache License" in (here / "LICENSE").read_text()
+    state = torch.load(MOBILEFACENET, map_location="cpu", weights_only=True)
+    assert len(state) == 307
+    if (SHARED / "mobilefacenet.pt").is_file():  # the same bytes as the source
+        digest = lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest()  # noqa: E731
+        assert digest(MOBILEFACENET) == digest(SHARED / "mobilefacenet.pt")
+
+
+def test_paper_and_its_rehearsal_default_to_the_pretrained_mobilefacenet(caplog):
+    for name in ("paper",):
+        space = load_space(name)
+        assert space.identity.backbone == "mobilefacenet" and space.identity.weights == "packaged"
+        with caplog.at_level(logging.WARNING):
+            bb = build_backbone(space.identity)
+        assert bb.pretrained and "no weights" not in caplog.text
+
+
+# a shipped space whose loss or input uses the face backbone but whose backbone is a random init
+# trains L2 only (NASFELoss switches L_per/L_iden off); tiny is the tests' space (not a paper
+# setting) and bn is the paper's BN row, trained with L_mse only by design
+ALLOWED_RANDOM = {"tiny"}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "search_spaces").glob("*.yaml")), ids=lambda p: p.stem)
+def test_no_shipped_space_silently_trains_l2_only(path):
+    import yaml
+
+    if "phase" in yaml.safe_load(path.read_text()):  # a sweep file, not a space
+        pytest.skip("sweep definition")
+    space = load_space(path)
+    uses_backbone = space.loss.lambda_per > 0 or space.loss.lambda_iden > 0 or space.model.use_identity
+    if not uses_backbone or space.name in ALLOWED_RANDOM:
+        return
+    w = resolve_weights(space.identity.weights)
+    assert w is not None, f"{space.name}: identity.weights is empty: L_per and L_iden would be off"
+    assert Path(w).is_file(), f"{space.name}: identity.weights {w} is not a file"
+
+
+def test_packaged_weights_need_the_mobilefacenet_backbone():
+    with pytest.raises(ConfigError, match="packaged MobileFaceNet"):
+        load_space("paper", overrides={"identity.backbone": "vggface"})
+
+
+def test_weights_given_as_a_uri_are_fetched_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NASFE_DATA_CACHE", str(tmp_path / "cache"))
+    uri = MOBILEFACENET.as_uri()  # file:///...: the same code path as s3://bucket/key
+    local = Path(resolve_weights(uri))
+    assert local.is_file() and str(local).startswith(str(tmp_path / "cache"))
+    assert local.read_bytes() == MOBILEFACENET.read_bytes()
+    assert Path(resolve_weights(uri)) == local
+    space = load_space("paper", overrides={"identity.weights": uri})
+    assert build_backbone(space.identity).pretrained
+    from nasfe.data.remote import DataFetchError
+
+    with pytest.raises(DataFetchError, match="no such file"):
+        resolve_weights((tmp_path / "missing.pt").as_uri())
+
+
+def test_vggface_pool3_stays_available_when_its_weights_are_given(tmp_path):
+    from nasfe.identity.vggface import VGGFacePool3
+
+    net = VGGFacePool3(1.0)
+    path = tmp_path / "vgg.pt"
+    torch.save(net.state_dict(), path)
+    space = load_space("paper", overrides={"identity.backbone": "vggface", "identity.weights": str(path)})
+    bb = build_backbone(space.identity)
+    assert bb.pretrained and bb.feature_channels == 256
+
+
+def test_a_model_whose_backbone_file_is_missing_loads_without_the_random_init_warning(tmp_path, caplog):
+    from nasfe.evaluate.model_io import build_and_load
+    from nasfe.engine.search import build_network
+
+    space = load_space("tiny", overrides={"identity.backbone": "mobilefacenet",
+                                          "identity.weights": str(tmp_path / "not-here.pt"),
+                                          "model.fusion": "res2"})
+    ok = load_space("tiny", overrides={"identity.backbone": "mobilefacenet", "identity.weights": "packaged",
+                                       "model.fusion": "res2"})
+    model, _ = build_network(ok, with_loss=False)
+    with caplog.at_level(logging.INFO):
+        loaded = build_and_load(space, None, model.state_dict(), "model.pt")
+    assert "no weights" not in caplog.text and "seeded random init" not in caplog.text
+    assert loaded.refs_usable

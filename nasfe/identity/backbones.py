@@ -18,6 +18,7 @@ from nasfe.config import ConfigError, IdentityConfig
 from nasfe.identity.align import ARCFACE_SIZE, align_faces
 from nasfe.identity.mobilefacenet import MobileFaceNetNet, load_mobilefacenet_state
 from nasfe.identity.vggface import VGGFACE_MEAN, VGGFacePool3, load_vggface_state
+from nasfe.registry import BACKBONES
 
 log = logging.getLogger(__name__)
 
@@ -217,17 +218,26 @@ class MobileFaceNet(FaceBackbone):
         return self.net(self._normalise(self.to_template(x)))
 
 
+def register_backbone(name: str, factory=None):
+    """Add an ``identity.backbone`` value: ``factory(weights, width) -> FaceBackbone`` (``weights``: a
+    path or None for a seeded random init; ``width``: channel scaling > 0). Usable as a decorator."""
+    return BACKBONES.register(name, factory)
+
+
+register_backbone("vggface", VGGFace)
+register_backbone("mobilefacenet", MobileFaceNet)
+
+
 def build_backbone(cfg: IdentityConfig) -> FaceBackbone:
-    """The frozen backbone named by ``cfg.backbone`` ('vggface' | 'mobilefacenet').
+    """The frozen backbone named by ``cfg.backbone`` (a name of ``nasfe.registry.BACKBONES``:
+    'vggface', 'mobilefacenet' and any registered with :func:`register_backbone`).
 
     ``cfg.weights``: path to the weights or None (seeded random init, with a logged warning);
     ``cfg.width``: channel scaling (1.0 for real weights; smaller for fast CPU spaces).
     """
-    width = float(getattr(cfg, "width", 1.0))
+    width = float(cfg.width)
     if width <= 0:
         raise ConfigError(f"identity.width must be > 0, got {width}")
-    if cfg.backbone == "vggface":
-        return VGGFace(cfg.weights, width=width)
-    if cfg.backbone == "mobilefacenet":
-        return MobileFaceNet(cfg.weights, width=width)
-    raise ConfigError(f"identity.backbone = {cfg.backbone!r}; expected 'vggface' or 'mobilefacenet'")
+    if cfg.backbone not in BACKBONES:
+        raise ConfigError(f"identity.backbone = {cfg.backbone!r}; expected one of {BACKBONES.names()}")
+    return BACKBONES[cfg.backbone](cfg.weights, width=width)

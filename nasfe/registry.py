@@ -134,10 +134,16 @@ def choices(section: str, key: str) -> Optional[list[str]]:
     return None if reg is None else reg.names()
 
 
+def fusion_is_searched(fusion: str) -> bool:
+    """Whether the fusion model ``fusion`` (a ``model.fusion`` value) is searched: a supernet
+    without a genotype, a derived network with one (its ``searched`` flag)."""
+    return bool(FUSIONS.meta(fusion).get("searched"))
+
+
 def param_free_ops() -> tuple[str, ...]:
     """Registered operators without learnable parameters (their ``param_free`` flag)."""
     return tuple(OPERATORS.names(param_free=True))
 
 
 __all__ = ["BACKBONES", "CONFIG_CHOICES", "DEGRADATIONS", "FACE_SOURCES", "FUSIONS", "OPERATORS", "Registry",
-           "choices", "param_free_ops"]
+           "choices", "fusion_is_searched", "param_free_ops"]

@@ -83,17 +83,19 @@ def nasfe_bn(space: SpaceConfig, genotype: Optional[Genotype] = None, identity: 
     return NASFE(space.model, Res2Fusion(space.model), identity_for(space, identity), 2)
 
 
-def register_fusion(name: str, builder=None):
+def register_fusion(name: str, builder=None, *, searched: bool = False):
     """Add a ``model.fusion`` value: ``builder(space, genotype, identity) -> NASFE``.
 
     The builder raises ValueError for a genotype it cannot use and typically returns
     ``NASFE(space.model, MyFusion(space.model), identity_for(space, identity), pad_multiple)``,
-    where the fusion module maps the stem's (N, C, H/2, W/2) map to the same shape. Usable as a decorator.
+    where the fusion module maps the stem's (N, C, H/2, W/2) map to the same shape. ``searched``:
+    it is a supernet without a genotype and a derived network with one (a trained model then
+    needs its genotype); otherwise it never takes one. Usable as a decorator.
     """
-    return FUSIONS.register(name, builder)
+    return FUSIONS.register(name, builder, searched=searched)
 
 
-@register_fusion("nas")
+@register_fusion("nas", searched=True)
 def nas_fusion(space: SpaceConfig, genotype: Optional[Genotype] = None, identity: Optional[nn.Module] = None) -> NASFE:
     """Searched fusion cells: the supernet without a genotype, the derived network with one."""
     return (nasfe_search if genotype is None else nasfe_derived)(space, genotype, identity)

@@ -21,8 +21,10 @@ from typing import Any, Optional
 import yaml
 
 from nasfe.errors import ConfigError
+from nasfe.registry import CONFIG_CHOICES, OPERATORS
 
-#: The ten operators of the paper (section 3.1), in the order of the OPS table.
+#: The ten operators of the paper (section 3.1), in the order of the OPS table; other registered
+#: operators (``nasfe.model.ops.register_operator``) may be searched but are not the paper's.
 PAPER_OPERATORS = [
     "dil_conv_3x3",
     "dil_conv_5x5",
@@ -251,11 +253,10 @@ class SpaceConfig:
 #: ModelConfig fields added after genotypes were first written, with the value that means "absent".
 _LATER_FIELDS = {"global_context": False, "fusion_skip": False, "stable_cells": False}
 
+#: Fields with a fixed set of values; ``model.fusion``, ``identity.backbone`` and ``data.source``
+#: take the names of their registries (``nasfe.registry.CONFIG_CHOICES``).
 _VALID_CHOICES = {
-    ("model", "fusion"): {"nas", "res2"},
-    ("identity", "backbone"): {"vggface", "mobilefacenet"},
     ("loss", "l2"): {"sum", "mean"},
-    ("data", "source"): {"synthetic", "folder", "celeba", "vggface2"},
     ("search", "lr_schedule"): {"constant", "cosine"},
     ("search", "selection"): {"alpha", "strength"},
     ("retrain", "lr_schedule"): {"constant", "cosine"},
@@ -375,16 +376,15 @@ def _ranges(cfg: SpaceConfig) -> list[tuple[str, Any, float, float]]:
 
 def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
     """Check ranges and choices; raise :class:`ConfigError` naming the field."""
-    from nasfe.model.ops import OPS  # local: config must not import torch at module load
-
-    for (section, key), allowed in _VALID_CHOICES.items():
+    choices = [*_VALID_CHOICES.items(), *((field, reg.names()) for field, reg in CONFIG_CHOICES.items())]
+    for (section, key), allowed in choices:
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
             raise ConfigError(f"{where}: {section}.{key} = {value!r}; expected one of {sorted(allowed)}")
     m = cfg.model
-    bad_ops = [o for o in m.operators if o not in OPS]
+    bad_ops = [o for o in m.operators if o not in OPERATORS]
     if bad_ops:
-        raise ConfigError(f"{where}: model.operators has unknown operator(s) {bad_ops}; known: {sorted(OPS)}")
+        raise ConfigError(f"{where}: model.operators has unknown operator(s) {bad_ops}; known: {sorted(OPERATORS)}")
     if len(set(m.operators)) != len(m.operators):
         raise ConfigError(f"{where}: model.operators lists an operator twice")
     if not [o for o in m.operators if o != "zero"]:

@@ -22,12 +22,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 from nasfe.errors import GenotypeError
+from nasfe.registry import OPERATORS, param_free_ops
 
 SCHEMA_VERSION = 1
 
-#: Operators without learnable parameters that a derived cell may hold (``zero`` is never derived).
-#: A search that picks these for most edges has collapsed (DARTS' skip-connection failure).
-PARAM_FREE_OPS = ("skip_connect", "zero")
+
+def __getattr__(name: str) -> Any:
+    # PARAM_FREE_OPS: the registered operators without learnable parameters (``zero`` is never
+    # derived). A search that picks these for most edges has collapsed (DARTS' skip-connection failure).
+    if name == "PARAM_FREE_OPS":
+        return param_free_ops()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -166,9 +171,7 @@ class Genotype:
         ops = data["operators"]
         if not isinstance(ops, list) or not all(isinstance(o, str) for o in ops):
             raise GenotypeError(f"{where}: operators must be a list of names")
-        from nasfe.model.ops import OPS
-
-        unknown_ops = [o for o in ops if o not in OPS]
+        unknown_ops = [o for o in ops if o not in OPERATORS]
         if unknown_ops:
             raise GenotypeError(f"{where}: operators: unknown operator(s) {unknown_ops}")
         blocks = data["blocks"]
@@ -365,7 +368,8 @@ def block_softmax(gammas, blocks: int):
 def param_free_share(genotype: Genotype) -> float:
     """Share of the derived edges whose operator has no parameters (skip connections)."""
     ops = [o for cell in genotype.cells for gene in cell for o in gene.ops]
-    return sum(o in PARAM_FREE_OPS for o in ops) / max(1, len(ops))
+    free = param_free_ops()
+    return sum(o in free for o in ops) / max(1, len(ops))
 
 
 def _mean_norm_entropy(probs_rows) -> float:

@@ -9,8 +9,8 @@ from nasfe.config import PAPER_OPERATORS
 from nasfe.model.ops import FFT_EPS, OPS, FFTOp, op_param_count, wiener_deconvolve
 
 
-def test_ops_table_has_exactly_the_paper_names():
-    assert list(OPS) == PAPER_OPERATORS
+def test_the_built_in_operators_are_the_papers_in_order():
+    assert list(OPS)[:len(PAPER_OPERATORS)] == PAPER_OPERATORS
 
 
 @pytest.mark.parametrize("name", list(OPS))

@@ -13,7 +13,8 @@ Sources:
 * :class:`VGGFace2Faces` ``<root>/<split>/<n######>/*.jpg``, resized + centre-cropped to 224x224
 * :class:`SyntheticFaces` procedural faces (no download), see :mod:`nasfe.data.synthetic`
 
-:func:`open_faces` builds one from a :class:`~nasfe.config.DataConfig`.
+:func:`open_faces` builds one from a :class:`~nasfe.config.DataConfig`; :func:`register_face_source`
+adds a source.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from PIL import Image
 from nasfe.config import DataConfig
 from nasfe.errors import FaceSourceError
 from nasfe.imageio import ImageReadError, fill_placeholder, read_image
+from nasfe.registry import FACE_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -443,63 +445,96 @@ class SyntheticFaces(FaceSource):
         return render_faces(params, self.height, self.width)
 
 
+def register_face_source(name: str, factory=None, check=None):
+    """Add a ``data.source`` value: ``factory(cfg: DataConfig) -> FaceSource``. Usable as a decorator.
+
+    ``check(root: Path)``, optional: a quick look (no full scan) that ``root`` has the layout the
+    source reads, raising :class:`FaceSourceError` naming what is missing (``check_layout``)."""
+    return FACE_SOURCES.register(name, factory, check=check)
+
+
+def data_root(cfg: DataConfig) -> Path:
+    """``cfg.root`` as a path, for sources that read a folder; FaceSourceError when unset, missing otherwise."""
+    if not cfg.root:
+        raise FaceSourceError(f"data.source = {cfg.source!r} needs data.root (the folder of the faces)")
+    root = Path(cfg.root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"data.root {root}: does not exist (data.source = {cfg.source!r})")
+    return root
+
+
 def check_layout(source: str, root: str | os.PathLike) -> None:
-    """A quick look (no full scan) that ``root`` has the layout ``source`` reads, so that a wrong
-    ``--data-source`` is one line before any worker starts: CelebA's image folder and its two
-    lists, VGGFace2's ``train/<identity>/`` folders, a face folder's ``<identity>/<image>``.
-    Raises :class:`FaceSourceError` naming what is missing."""
+    """A quick look that ``root`` has the layout ``source`` reads, so that a wrong ``--data-source``
+    is one line before any worker starts. Raises :class:`FaceSourceError` naming what is missing."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FaceSourceError(f"data.root {root}: not a folder (data.source = {source!r})")
-    if source == "celeba":
-        missing = [n for n in ("img_align_celeba", "identity_CelebA.txt", "list_eval_partition.txt")
-                   if not (root / n).exists()]
-        if missing:
-            raise FaceSourceError(f"data.root {root}: not the official CelebA layout (data.source = 'celeba'): "
-                                  f"missing {', '.join(missing)}")
+    check = FACE_SOURCES.meta(source).get("check")
+    if check is not None:
+        check(root)
+
+
+def _check_identity_folders(root: Path, source: str = "folder") -> None:
+    """A face folder's ``<identity>/<image>`` (or its manifest)."""
+    if (root / FolderFaces.MANIFEST).is_file():
         return
-    if source == "vggface2":
-        if not (root / "train").is_dir():
-            raise FaceSourceError(f"data.root {root}: not the VGGFace2 layout (data.source = 'vggface2'): "
-                                  "missing train/<identity>/*.jpg")
-        root = root / "train"
-    if source in ("folder", "vggface2"):
-        if (root / FolderFaces.MANIFEST).is_file():
-            return
-        with os.scandir(root) as it:
-            for entry in it:
-                if entry.is_dir() and not entry.name.startswith("."):
-                    with os.scandir(entry.path) as inner:
-                        if any(e.is_file() and _is_image_name(e.name) for e in inner):
-                            return
-        raise FaceSourceError(f"data.root {root}: no <identity>/<image> folder with an image in it "
-                              f"(data.source = {source!r})")
+    with os.scandir(root) as it:
+        for entry in it:
+            if entry.is_dir() and not entry.name.startswith("."):
+                with os.scandir(entry.path) as inner:
+                    if any(e.is_file() and _is_image_name(e.name) for e in inner):
+                        return
+    raise FaceSourceError(f"data.root {root}: no <identity>/<image> folder with an image in it "
+                          f"(data.source = {source!r})")
+
+
+def _check_celeba(root: Path) -> None:
+    missing = [n for n in ("img_align_celeba", "identity_CelebA.txt", "list_eval_partition.txt")
+               if not (root / n).exists()]
+    if missing:
+        raise FaceSourceError(f"data.root {root}: not the official CelebA layout (data.source = 'celeba'): "
+                              f"missing {', '.join(missing)}")
+
+
+def _check_vggface2(root: Path) -> None:
+    if not (root / "train").is_dir():
+        raise FaceSourceError(f"data.root {root}: not the VGGFace2 layout (data.source = 'vggface2'): "
+                              "missing train/<identity>/*.jpg")
+    _check_identity_folders(root / "train", "vggface2")
+
+
+@register_face_source("synthetic")
+def _synthetic(cfg: DataConfig) -> FaceSource:
+    return SyntheticFaces(cfg.synthetic_identities, cfg.synthetic_images_per_identity, cfg.height, cfg.width, cfg.seed)
+
+
+@register_face_source("folder", check=_check_identity_folders)
+def _folder(cfg: DataConfig) -> FaceSource:
+    return FolderFaces(data_root(cfg))
+
+
+@register_face_source("celeba", check=_check_celeba)
+def _celeba(cfg: DataConfig) -> FaceSource:
+    return CelebAFaces(data_root(cfg), partition="all")
+
+
+@register_face_source("vggface2", check=_check_vggface2)
+def _vggface2(cfg: DataConfig) -> FaceSource:
+    return VGGFace2Faces(data_root(cfg), split="train")
 
 
 def open_faces(cfg: DataConfig) -> FaceSource:
-    """Build the face source named by ``cfg.source`` ('synthetic', 'folder', 'celeba', 'vggface2').
+    """Build the face source named by ``cfg.source`` (a name of ``nasfe.registry.FACE_SOURCES``:
+    'synthetic', 'folder', 'celeba', 'vggface2' and any registered with :func:`register_face_source`).
 
     Folder, CelebA and VGGFace2 read ``cfg.root`` (an error when it is unset or missing).
     CelebA opens all official partitions (``split_identities`` keeps them apart); VGGFace2 opens
     its ``train`` split. Sizes are the sources' canonical sizes; batches resize to
     ``cfg.height`` x ``cfg.width``.
     """
-    src = cfg.source
-    if src == "synthetic":
-        return SyntheticFaces(cfg.synthetic_identities, cfg.synthetic_images_per_identity,
-                              cfg.height, cfg.width, cfg.seed)
-    if src not in ("folder", "celeba", "vggface2"):
-        raise FaceSourceError(f"data.source = {src!r}; expected one of 'synthetic', 'folder', 'celeba', 'vggface2'")
-    if not cfg.root:
-        raise FaceSourceError(f"data.source = {src!r} needs data.root (the folder of the faces)")
-    root = Path(cfg.root).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(f"data.root {root}: does not exist (data.source = {src!r})")
-    if src == "folder":
-        return FolderFaces(root)
-    if src == "celeba":
-        return CelebAFaces(root, partition="all")
-    return VGGFace2Faces(root, split="train")
+    if cfg.source not in FACE_SOURCES:
+        raise FaceSourceError(f"data.source = {cfg.source!r}; expected one of {FACE_SOURCES.names()}")
+    return FACE_SOURCES[cfg.source](cfg)
 
 
 def identity_counts(source: FaceSource) -> Counter:

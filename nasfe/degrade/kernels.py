@@ -296,7 +296,7 @@ class KernelBank:
         atomically; an unreadable cache file is rebuilt.
         """
         sizes = [int(s) for s in cfg.kernel_sizes]
-        mode = getattr(cfg, "kernel_mode", "centred")
+        mode = cfg.kernel_mode
         key = cls.cache_key(cfg.motion_kernels, cfg.gaussian_kernels, sizes, cfg.bank_seed, mode)
         root = Path(cache_dir or cfg.cache_dir or Path.home() / ".cache" / "nasfe")
         path = root / "kernels" / f"bank-{key}.pt"

@@ -19,14 +19,15 @@ to the images' device, so CPU and GPU give the same degradation for the same see
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from nasfe.degrade.camera import ResponseCurves, demosaic_subgrids, interp_tables, mosaic
 from nasfe.degrade.kernels import KernelBank
+from nasfe.registry import DEGRADATIONS
 
 #: Readings of "multiply r to L ... finally add noise of variance L sigma_s^2 + sigma_c^2" under low light:
 #: 'after-r' (default): L = r f^-1(x); noise variance r L sigma_s^2 + sigma_c^2 (noise of the light that arrives);
@@ -44,7 +45,8 @@ class DegradeParams:
 
     kernel_ids: int64, -1 = no blur; r: float, 1.0 = no low light; sigma_s, sigma_c: float,
     both 0 = no noise; crf_ids: int64, the response curve used (-1 when the camera stage is
-    skipped); kernel_kinds: 'motion' | 'gaussian' | 'none' per sample (None when unknown).
+    skipped); kernel_kinds: 'motion' | 'gaussian' | 'none' per sample (None when unknown);
+    extra: the columns of registered degradations beyond these (name -> tensor of length N).
     """
 
     kernel_ids: torch.Tensor
@@ -53,6 +55,7 @@ class DegradeParams:
     sigma_c: torch.Tensor
     crf_ids: torch.Tensor
     kernel_kinds: Optional[list[str]] = field(default=None)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.kernel_ids.shape[0])
@@ -99,25 +102,127 @@ class DegradeParams:
         """Samples that go through the camera stage (noise or low light)."""
         return self.has_noise() | self.has_lowlight()
 
+    def column(self, name: str) -> torch.Tensor:
+        """The parameter column ``name``: a field above or a registered degradation's extra column."""
+        return self.extra[name] if name in self.extra else getattr(self, name)
+
     def labels(self) -> torch.Tensor:
-        """(N, 3) float class labels c = (b, n, l): 1 where blur / noise / low light is present."""
-        return torch.stack([self.has_blur(), self.has_noise(), self.has_lowlight()], 1).float()
+        """(N, K) float class labels, one column per registered degradation in registration order:
+        c = (b, n, l) for the built-in blur, noise and low light; 1 where it is present."""
+        return torch.stack([d.present(self) for d in DEGRADATIONS.values()], 1).float()
 
     def subset(self, rows) -> "DegradeParams":
         """The parameters of some samples: ``rows`` is a slice or a sequence of indices."""
         idx = list(range(len(self)))[rows] if isinstance(rows, slice) else [int(i) for i in rows]
         t = torch.as_tensor(idx, dtype=torch.int64)
         kinds = None if self.kernel_kinds is None else [self.kernel_kinds[i] for i in idx]
-        return DegradeParams(self.kernel_ids[t], self.r[t], self.sigma_s[t], self.sigma_c[t], self.crf_ids[t], kinds)
+        return DegradeParams(self.kernel_ids[t], self.r[t], self.sigma_s[t], self.sigma_c[t], self.crf_ids[t], kinds,
+                             {k: v[t] for k, v in self.extra.items()})
 
     def records(self) -> list[dict]:
-        """One plain dict per sample: kernel_id, kernel_kind, r, sigma_s, sigma_c, crf_id, c."""
+        """One plain dict per sample: kernel_id, kernel_kind, r, sigma_s, sigma_c, crf_id, the extra
+        columns, c."""
         c = self.labels().int().tolist()
         kinds = self.kernel_kinds or [None if k >= 0 else "none" for k in self.kernel_ids.tolist()]
+        extra = [dict(zip(self.extra, vals)) for vals in zip(*(v.tolist() for v in self.extra.values()))] \
+            if self.extra else [{}] * len(self)
         return [{"kernel_id": int(k), "kernel_kind": kind, "r": float(r), "sigma_s": float(s), "sigma_c": float(n),
-                 "crf_id": int(f), "c": ci}
-                for k, kind, r, s, n, f, ci in zip(self.kernel_ids.tolist(), kinds, self.r.tolist(), self.sigma_s.tolist(),
-                                                   self.sigma_c.tolist(), self.crf_ids.tolist(), c)]
+                 "crf_id": int(f), **e, "c": ci}
+                for k, kind, r, s, n, f, e, ci in zip(self.kernel_ids.tolist(), kinds, self.r.tolist(),
+                                                      self.sigma_s.tolist(), self.sigma_c.tolist(),
+                                                      self.crf_ids.tolist(), extra, c)]
+
+
+@dataclass
+class DegradeContext:
+    """What a stage needs besides the images and their parameters: the kernel bank, the response
+    curves, the sensor noise field of these rows (N, 1, H, W) or None, the noise model, and a CPU
+    generator for stages that draw at apply time (None when degrading with explicit parameters)."""
+
+    bank: Optional[KernelBank]
+    curves: Optional[ResponseCurves]
+    noise: Optional[torch.Tensor] = None
+    noise_model: str = "after-r"
+    generator: Optional[torch.Generator] = None
+
+    def rows(self, idx: torch.Tensor) -> "DegradeContext":
+        """The context of the rows ``idx`` (int64 CPU indices) of this one."""
+        return replace(self, noise=None if self.noise is None else self.noise[idx.to(self.noise.device)])
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the image-formation model, applied to the samples that need it.
+
+    ``columns``: the parameter columns it reads, each with its neutral value (the value of a
+    sample the stage leaves alone). ``sample(n, cfg, ctx, generator)`` draws every column for n
+    samples, whatever is present (so the random stream does not depend on outcomes).
+    ``apply(x, params, ctx, out=None)`` degrades the rows ``x`` (n, 3, H, W) given their params;
+    ``in_range``: its output already lies in [0, 1] (then it may write into ``out``; otherwise the
+    pipeline clamps). Stages run in the order their first degradation was registered.
+    """
+
+    name: str
+    columns: dict[str, float]
+    sample: Callable[..., dict[str, torch.Tensor]]
+    apply: Callable[..., torch.Tensor]
+    in_range: bool = False
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """A degradation: a class label of CN, present in a training sample with ``probability(cfg)``,
+    realised by ``stage`` through the stage columns it owns (``columns``; neutral when absent).
+    ``present(params)`` (default: any owned column differs from its neutral value) is its label."""
+
+    name: str
+    stage: Stage
+    columns: tuple[str, ...]
+    probability: Callable[..., float]
+    present_fn: Optional[Callable[[DegradeParams], torch.Tensor]] = None
+
+    def present(self, params: DegradeParams) -> torch.Tensor:
+        """(N,) bool: the samples of ``params`` that have this degradation."""
+        if self.present_fn is not None:
+            return self.present_fn(params)
+        out = torch.zeros(len(params), dtype=torch.bool)
+        for c in self.columns:
+            if c in params.extra or hasattr(params, c):  # parameters given without the column: absent
+                out |= params.column(c) != self.stage.columns[c]
+        return out
+
+
+def register_degradation(name: str, stage: Stage, columns: Sequence[str], probability: Callable[..., float],
+                         present: Optional[Callable[[DegradeParams], torch.Tensor]] = None) -> Degradation:
+    """Add a degradation (a class label, a column of ``DegradeParams.labels``, one more CN output).
+
+    ``stage``: a new :class:`Stage` of its own, or the stage of a registered degradation (noise and
+    low light share the camera); ``columns``: the stage columns it owns; ``probability(cfg)``: how
+    often a training sample has it (``cfg``: the DegradeConfig). Columns that are not fields of
+    :class:`DegradeParams` travel in ``DegradeParams.extra``.
+    """
+    missing = [c for c in columns if c not in stage.columns]
+    if missing:
+        raise ValueError(f"degradation {name!r}: column(s) {missing} are not columns of stage {stage.name!r}")
+    return DEGRADATIONS.register(name, Degradation(name, stage, tuple(columns), probability, present))
+
+
+def degradation_stages() -> list[Stage]:
+    """The stages of the registered degradations, in the order they run."""
+    stages: list[Stage] = []
+    for d in DEGRADATIONS.values():
+        if all(d.stage is not s for s in stages):
+            stages.append(d.stage)
+    return stages
+
+
+def stage_rows(stage: Stage, params: DegradeParams) -> torch.Tensor:
+    """(N,) bool: the samples that go through ``stage`` (any of its degradations present)."""
+    rows = torch.zeros(len(params), dtype=torch.bool)
+    for d in DEGRADATIONS.values():
+        if d.stage is stage:
+            rows |= d.present(params)
+    return rows
 
 
 def _uniform(n: int, lo_hi: Sequence[float], g: torch.Generator) -> torch.Tensor:
@@ -128,33 +233,40 @@ def _uniform(n: int, lo_hi: Sequence[float], g: torch.Generator) -> torch.Tensor
 def sample_params(n: int, cfg, bank: KernelBank, curves: ResponseCurves, generator: torch.Generator) -> DegradeParams:
     """Draw training parameters for ``n`` samples from a :class:`~nasfe.config.DegradeConfig`.
 
-    Each degradation is present independently with probability p_blur / p_noise / p_lowlight; a
-    sample that drew none gets one of the three, chosen uniformly (every training input is
-    degraded). Kernel ids are uniform over the bank, r, sigma_s, sigma_c uniform over their ranges,
-    the response curve uniform over ``curves``. The number of draws does not depend on the
-    outcomes, so the stream stays aligned.
+    Each registered degradation is present independently with its probability (p_blur / p_noise /
+    p_lowlight for the built-in ones); a sample that drew none gets one of them, chosen uniformly
+    (every training input is degraded). Then each stage draws its columns (kernel ids uniform over
+    the bank; r, sigma_s, sigma_c uniform over their ranges and the response curve uniform over
+    ``curves``), and absent degradations get their neutral values. The number of draws does not
+    depend on the outcomes, so the stream stays aligned.
     """
     g = generator
-    if len(bank) == 0 and cfg.p_blur > 0:
-        raise ValueError("sample_params: the kernel bank is empty but p_blur > 0")
-    u = torch.rand(n, 3, generator=g)
-    present = u < torch.tensor([cfg.p_blur, cfg.p_noise, cfg.p_lowlight])
-    forced = torch.randint(0, 3, (n,), generator=g)
+    degs = list(DEGRADATIONS.values())
+    ctx = DegradeContext(bank, curves, generator=g)
+    u = torch.rand(n, len(degs), generator=g)
+    present = u < torch.tensor([float(d.probability(cfg)) for d in degs])
+    forced = torch.randint(0, len(degs), (n,), generator=g)
     none = ~present.any(1)
     present[none, forced[none]] = True
-    kid = torch.randint(0, max(len(bank), 1), (n,), generator=g)
-    r = _uniform(n, cfg.r_range, g)
-    ss = _uniform(n, cfg.sigma_s_range, g)
-    sc = _uniform(n, cfg.sigma_c_range, g)
-    crf = torch.randint(0, curves.count, (n,), generator=g)
-    kernel_ids = torch.where(present[:, 0], kid, torch.full_like(kid, -1))
-    r = torch.where(present[:, 2], r, torch.ones_like(r))
-    ss = torch.where(present[:, 1], ss, torch.zeros_like(ss))
-    sc = torch.where(present[:, 1], sc, torch.zeros_like(sc))
-    cam = present[:, 1] | present[:, 2]
-    crf = torch.where(cam, crf, torch.full_like(crf, -1))
+    cols: dict[str, torch.Tensor] = {}
+    for stage in degradation_stages():
+        drawn = stage.sample(n, cfg, ctx, g)
+        used = torch.zeros(n, dtype=torch.bool)
+        owned: set[str] = set()
+        for i, d in enumerate(degs):
+            if d.stage is stage:
+                used |= present[:, i]
+                owned.update(d.columns)
+                for c in d.columns:
+                    drawn[c] = torch.where(present[:, i], drawn[c], torch.full_like(drawn[c], stage.columns[c]))
+        for c in stage.columns:
+            if c not in owned:  # a column of the stage itself (the response curve): neutral when unused
+                drawn[c] = torch.where(used, drawn[c], torch.full_like(drawn[c], stage.columns[c]))
+        cols.update(drawn)
+    kernel_ids = cols.pop("kernel_ids")
     kinds = [bank.kinds[i] if i >= 0 else "none" for i in kernel_ids.tolist()]
-    return DegradeParams(kernel_ids, r, ss, sc, crf, kinds)
+    return DegradeParams(kernel_ids, cols.pop("r"), cols.pop("sigma_s"), cols.pop("sigma_c"), cols.pop("crf_ids"),
+                         kinds, cols)
 
 
 def _fft_size(n: int) -> int:
@@ -317,36 +429,71 @@ def degrade(x: torch.Tensor, params: DegradeParams, bank: Optional[KernelBank], 
     for i in range(0, n, chunk):
         rows = slice(i, min(i + chunk, n))
         _degrade_rows(x[rows], params.subset(rows) if chunk < n else params, bank, curves,
-                      None if noise is None else noise[rows], out[rows], noise_model)
+                      None if noise is None else noise[rows], out[rows], noise_model, generator)
     return out
 
 
 def _degrade_rows(x: torch.Tensor, params: DegradeParams, bank: Optional[KernelBank], curves: ResponseCurves,
-                  noise: Optional[torch.Tensor], out: torch.Tensor, noise_model: str = "after-r") -> torch.Tensor:
+                  noise: Optional[torch.Tensor], out: torch.Tensor, noise_model: str = "after-r",
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """The body of :func:`degrade` on validated inputs (``noise`` given when any sample uses the
-    camera), written into ``out`` (contiguous, x's shape)."""
+    camera), written into ``out`` (contiguous, x's shape): each stage in turn on its samples."""
     n = x.shape[0]
-    blurred, cam = params.has_blur(), params.uses_camera()
-    n_blur, n_cam = int(blurred.sum()), int(cam.sum())
-    # Whole-batch fast paths (every sample blurred / every sample through the camera, as in the
-    # benchmark and in most training batches) avoid index copies; mixed batches use index_put.
+    ctx = DegradeContext(bank, curves, noise, noise_model, generator)
+    active = [(stage, rows) for stage in degradation_stages() if (rows := stage_rows(stage, params)).any()]
+    # Whole-batch fast paths (every sample through a stage, as in the benchmark and in most
+    # training batches) avoid index copies; mixed batches use index_put.
     y = x
-    if n_blur == n:
-        y = blur(x, bank.kernels[params.kernel_ids], bank.mode)
-    elif n_blur:
-        idx = blurred.nonzero().squeeze(1)
-        y = x.clone()
-        y[idx.to(x.device)] = blur(x[idx.to(x.device)], bank.kernels[params.kernel_ids[idx]], bank.mode)
-    if n_cam == n:
-        return camera(y, params.r, params.sigma_s, params.sigma_c, params.crf_ids, curves, noise, out=out,
-                      noise_model=noise_model)
+    for i, (stage, rows) in enumerate(active):
+        whole = bool(rows.all())
+        idx = None if whole else rows.nonzero().squeeze(1)
+        di = None if whole else idx.to(x.device)
+        if i == len(active) - 1 and stage.in_range:  # the last stage writes the result
+            if whole:
+                return stage.apply(y, params, ctx, out=out)
+            torch.clamp(y, 0.0, 1.0, out=out)  # rows it skips: an earlier stage's output may leave [0, 1] by rounding
+            out[di] = stage.apply(y[di], params.subset(idx), ctx.rows(idx))
+            return out
+        if whole:
+            y = stage.apply(y, params, ctx)
+        else:
+            y = y.clone()
+            y[di] = stage.apply(y[di], params.subset(idx), ctx.rows(idx))
     torch.clamp(y, 0.0, 1.0, out=out)  # blur output may leave [0, 1] by float rounding
-    if n_cam:
-        idx = cam.nonzero().squeeze(1)
-        di = idx.to(x.device)
-        out[di] = camera(y[di], params.r[idx], params.sigma_s[idx], params.sigma_c[idx], params.crf_ids[idx], curves,
-                         noise[idx.to(noise.device)], noise_model=noise_model)
     return out
+
+
+def _sample_blur(n: int, cfg, ctx: DegradeContext, g: torch.Generator) -> dict[str, torch.Tensor]:
+    if len(ctx.bank) == 0 and cfg.p_blur > 0:
+        raise ValueError("sample_params: the kernel bank is empty but p_blur > 0")
+    return {"kernel_ids": torch.randint(0, max(len(ctx.bank), 1), (n,), generator=g)}
+
+
+def _apply_blur(x: torch.Tensor, params: DegradeParams, ctx: DegradeContext, out=None) -> torch.Tensor:
+    return blur(x, ctx.bank.kernels[params.kernel_ids], ctx.bank.mode)
+
+
+def _sample_camera(n: int, cfg, ctx: DegradeContext, g: torch.Generator) -> dict[str, torch.Tensor]:
+    cols = {"r": _uniform(n, cfg.r_range, g), "sigma_s": _uniform(n, cfg.sigma_s_range, g)}
+    cols["sigma_c"] = _uniform(n, cfg.sigma_c_range, g)
+    cols["crf_ids"] = torch.randint(0, ctx.curves.count, (n,), generator=g)
+    return cols
+
+
+def _apply_camera(x: torch.Tensor, params: DegradeParams, ctx: DegradeContext, out=None) -> torch.Tensor:
+    return camera(x, params.r, params.sigma_s, params.sigma_c, params.crf_ids, ctx.curves, ctx.noise, out=out,
+                  noise_model=ctx.noise_model)
+
+
+#: The blur stage: x_b = k conv x with the sample's bank kernel.
+BLUR_STAGE = Stage("blur", {"kernel_ids": -1}, _sample_blur, _apply_blur)
+#: The camera stage: response curve, mosaic, low light r, sensor noise, demosaic (clipped to [0, 1]).
+CAMERA_STAGE = Stage("camera", {"r": 1.0, "sigma_s": 0.0, "sigma_c": 0.0, "crf_ids": -1}, _sample_camera,
+                     _apply_camera, in_range=True)
+
+register_degradation("blur", BLUR_STAGE, ["kernel_ids"], lambda cfg: cfg.p_blur, DegradeParams.has_blur)
+register_degradation("noise", CAMERA_STAGE, ["sigma_s", "sigma_c"], lambda cfg: cfg.p_noise, DegradeParams.has_noise)
+register_degradation("lowlight", CAMERA_STAGE, ["r"], lambda cfg: cfg.p_lowlight, DegradeParams.has_lowlight)
 
 
 class Degrader:
@@ -378,5 +525,4 @@ class Degrader:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, DegradeParams]:
         params = self.sample(x.shape[0], generator)
-        return degrade(x, params, self.bank, self.curves, generator,
-                       noise_model=getattr(self.cfg, "noise_model", "after-r")), params
+        return degrade(x, params, self.bank, self.curves, generator, noise_model=self.cfg.noise_model), params

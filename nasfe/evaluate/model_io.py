@@ -23,6 +23,7 @@ import torch
 from nasfe.config import SpaceConfig, load_space, space_from_dict
 from nasfe.engine.checkpoint import CheckpointError, load_checkpoint
 from nasfe.genotype import Genotype, GenotypeError
+from nasfe.registry import fusion_is_searched
 
 log = logging.getLogger("nasfe.evaluate")
 
@@ -106,11 +107,12 @@ def build_and_load(space: SpaceConfig, genotype: Optional[Genotype], state_dict:
     is on this machine, else seeded random init, and then ``model.refs_usable`` is False)."""
     from nasfe.engine.search import build_network
 
-    if space.model.fusion == "nas" and genotype is None:
-        raise GenotypeError(f"{where}: the space searches its fusion (model.fusion: nas) but no genotype was "
+    searched = fusion_is_searched(space.model.fusion)
+    if searched and genotype is None:
+        raise GenotypeError(f"{where}: the space searches its fusion (model.fusion: {space.model.fusion}) but no genotype was "
                             "given; pass --genotype genotype.json (or use the model.pt that retrain wrote)")
-    if space.model.fusion == "res2" and genotype is not None:
-        log.info("%s: model.fusion is res2 (BN baseline); the genotype is ignored", where)
+    if not searched and genotype is not None:
+        log.info("%s: model.fusion is %s (not searched); the genotype is ignored", where, space.model.fusion)
         genotype = None
     refuse_non_finite(state_dict, where)
     built = _space_without_missing_weights(space, where)
@@ -171,15 +173,15 @@ def load_trained(path: Optional[str | Path] = None, device: str | torch.device =
         raise CheckpointError(f"{src}: holds no search space; pass --space space.yaml")
 
     geno: Optional[Genotype] = None
-    if cfg.model.fusion == "res2":
+    if not fusion_is_searched(cfg.model.fusion):
         if genotype is not None:
-            log.info("%s: model.fusion is res2 (BN baseline); --genotype is ignored", src)
+            log.info("%s: model.fusion is %s (not searched); --genotype is ignored", src, cfg.model.fusion)
     elif genotype is not None:
         geno = Genotype.from_json(genotype, space=cfg)
     elif isinstance(payload.get("genotype"), dict):
         geno = Genotype.from_dict(payload["genotype"], space=cfg, where=f"{src} (genotype)")
     model = build_and_load(cfg, geno, state, str(src), device, fill=tuple(payload.get("stripped") or ()))
-    return model, cfg, (geno if cfg.model.fusion == "nas" else None)
+    return model, cfg, (geno if fusion_is_searched(cfg.model.fusion) else None)
 
 
 def add_model_arguments(parser) -> None:

@@ -18,6 +18,7 @@ from nasfe.config import ConfigError, IdentityConfig
 from nasfe.identity.align import ARCFACE_SIZE, align_faces
 from nasfe.identity.mobilefacenet import MobileFaceNetNet, load_mobilefacenet_state
 from nasfe.identity.vggface import VGGFACE_MEAN, VGGFacePool3, load_vggface_state
+from nasfe.registry import BACKBONES
 
 log = logging.getLogger(__name__)
 
@@ -235,21 +236,32 @@ def resolve_weights(weights: Optional[str]) -> Optional[str]:
     return str(fetch_file(weights)) if is_uri(weights) else weights
 
 
+def register_backbone(name: str, factory=None):
+    """Add an ``identity.backbone`` value: ``factory(weights, width) -> FaceBackbone`` (``weights``: a
+    path or None for a seeded random init; ``width``: channel scaling > 0; ``warn=False`` is added
+    when a checkpoint's weights will replace the init). Usable as a decorator."""
+    return BACKBONES.register(name, factory)
+
+
+register_backbone("vggface", VGGFace)
+register_backbone("mobilefacenet", MobileFaceNet)
+
+
 def build_backbone(cfg: IdentityConfig) -> FaceBackbone:
-    """The frozen backbone named by ``cfg.backbone`` ('vggface' | 'mobilefacenet').
+    """The frozen backbone named by ``cfg.backbone`` (a name of ``nasfe.registry.BACKBONES``:
+    'vggface', 'mobilefacenet' and any registered with :func:`register_backbone`).
 
     ``cfg.weights``: path, URI or ``packaged`` (``resolve_weights``), or None (seeded random init,
     with a logged warning);
     ``cfg.width``: channel scaling (1.0 for real weights; smaller for fast CPU spaces).
     """
-    width = float(getattr(cfg, "width", 1.0))
+    width = float(cfg.width)
     if width <= 0:
         raise ConfigError(f"identity.width must be > 0, got {width}")
-    # "<checkpoint>": a checkpoint's state dict will replace the weights (nasfe.evaluate.model_io)
-    from_checkpoint = cfg.weights == "<checkpoint>"
-    weights = None if from_checkpoint else resolve_weights(cfg.weights)
-    if cfg.backbone == "vggface":
-        return VGGFace(weights, width=width, warn=not from_checkpoint)
-    if cfg.backbone == "mobilefacenet":
-        return MobileFaceNet(weights, width=width, warn=not from_checkpoint)
-    raise ConfigError(f"identity.backbone = {cfg.backbone!r}; expected 'vggface' or 'mobilefacenet'")
+    if cfg.backbone not in BACKBONES:
+        raise ConfigError(f"identity.backbone = {cfg.backbone!r}; expected one of {BACKBONES.names()}")
+    # "<checkpoint>": a checkpoint's state dict will replace the weights (nasfe.evaluate.model_io),
+    # so the init is quiet
+    if cfg.weights == "<checkpoint>":
+        return BACKBONES[cfg.backbone](None, width=width, warn=False)
+    return BACKBONES[cfg.backbone](resolve_weights(cfg.weights), width=width)

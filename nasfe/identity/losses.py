@@ -116,10 +116,10 @@ class NASFELoss(nn.Module):
 
     def __init__(self, backbone: FaceBackbone, cfg: LossConfig, allow_random_backbone: bool = False):
         super().__init__()
-        mode = getattr(cfg, "perceptual", "l1")
+        mode = cfg.perceptual
         if mode not in PERCEPTUAL_MODES:
             raise ConfigError(f"loss.perceptual = {mode!r}; expected one of {list(PERCEPTUAL_MODES)}")
-        l2_mode = getattr(cfg, "l2", "sum")
+        l2_mode = cfg.l2
         if l2_mode not in L2_MODES:
             raise ConfigError(f"loss.l2 = {l2_mode!r}; expected one of {list(L2_MODES)}")
         if cfg.lambda_per < 0 or cfg.lambda_iden < 0:

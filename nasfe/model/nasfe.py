@@ -50,8 +50,8 @@ class NASFE(nn.Module):
         self.cfg = cfg
         self.pad_multiple = pad_multiple
         e, c = cfg.encoder_channels, cfg.channels
-        prior_ch = 3 if cfg.use_classifier else 0
         self.classifier = DegradationClassifier()
+        prior_ch = self.classifier.classes if cfg.use_classifier else 0
         self.encoders = nn.ModuleDict({t: TaskEncoder(e, cfg.encoder_blocks, prior_ch, cfg.global_context) for t in TASKS})
         self.pretrain_heads = nn.ModuleDict({t: PretrainHead(e) for t in TASKS})
         iden_ch = 0

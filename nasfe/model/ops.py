@@ -1,17 +1,21 @@
 """The candidate operators of a fusion-cell edge (section 3.1) and the ``OPS`` name table.
 
-Every operator maps a (N, C, H, W) feature map to a (N, C, H, W) feature map. ``OPS`` maps each
-name of ``nasfe.config.PAPER_OPERATORS`` to a constructor ``(C) -> nn.Module``, as DARTS does.
+Every operator maps a (N, C, H, W) feature map to a (N, C, H, W) feature map. ``OPS`` (the
+operator registry ``nasfe.registry.OPERATORS``) maps each name to a constructor ``(C) -> nn.Module``,
+as DARTS does; it holds the paper's operators (``nasfe.config.PAPER_OPERATORS``) and any operator
+added with :func:`register_operator`.
 No normalisation layers: restoration networks lose accuracy with batch statistics (EDSR), and
 the mixed operation is already a convex combination (softmax weights sum to one).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from nasfe.registry import OPERATORS
 
 #: Wiener regulariser of the FFT operator (the paper's epsilon, "inverse of the SNR").
 FFT_EPS = 0.01
@@ -210,8 +214,31 @@ class DeveilOp(nn.Module):
         return (1.0 + (torch.tanh(f) if self.bounded else f)) * x
 
 
-#: name -> constructor (C) -> module; exactly the names of ``nasfe.config.PAPER_OPERATORS``.
-OPS: dict[str, Callable[[int], nn.Module]] = {
+def built_param_count(constructor: Callable[[int], nn.Module], c: int) -> int:
+    """Learnable parameters of ``constructor(c)``, built on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in constructor(c).parameters() if p.requires_grad)
+
+
+def register_operator(name: str, constructor: Optional[Callable[[int], nn.Module]] = None, *,
+                      param_count: Optional[Callable[[int], int]] = None):
+    """Add an edge operator: ``constructor(C)`` returns a module mapping (N, C, H, W) to (N, C, H, W).
+
+    ``param_count(C)``, optional, gives its learnable parameters by formula (else
+    :func:`op_param_count` builds it on the meta device). The ``param_free`` flag (what
+    ``nasfe.genotype.param_free_share`` counts as a collapse) is measured here. Usable as a decorator.
+    """
+    if constructor is None:
+        return lambda ctor: register_operator(name, ctor, param_count=param_count)
+    OPERATORS.register(name, constructor, param_count=param_count,
+                       param_free=built_param_count(constructor, 8) == 0)
+    return constructor
+
+
+#: name -> constructor (C) -> module: the operator registry, the paper's operators first.
+OPS = OPERATORS
+
+for _name, _constructor in {
     "dil_conv_3x3": lambda c: DilConv(c, 3),
     "dil_conv_5x5": lambda c: DilConv(c, 5),
     "sep_conv_3x3": lambda c: SepConv(c, 3),
@@ -223,7 +250,9 @@ OPS: dict[str, Callable[[int], nn.Module]] = {
     "deveil_op": lambda c: DeveilOp(c),
     "skip_connect": lambda c: Identity(),
     "zero": lambda c: Zero(),
-}
+}.items():
+    register_operator(_name, _constructor)
+del _name, _constructor
 
 
 def build_op(name: str, c: int, stable: bool = False) -> nn.Module:
@@ -236,8 +265,13 @@ def build_op(name: str, c: int, stable: bool = False) -> nn.Module:
 def op_param_count(name: str, c: int) -> int:
     """Learnable parameters of operator ``name`` at width ``c``, from its formula (not by building it).
 
-    Used to size search spaces and, in tests, as an independent check of the built modules.
+    Used to size search spaces and, in tests, as an independent check of the built modules. An
+    operator registered without a formula is counted by building it on the meta device.
     """
+    formula = OPERATORS.meta(name).get("param_count") if name in OPERATORS else None
+    if formula is not None:
+        return int(formula(c))
+
     def conv(cin: int, cout: int, k: int, bias: bool = True, groups: int = 1) -> int:
         return cout * (cin // groups) * k * k + (cout if bias else 0)
 
@@ -263,4 +297,6 @@ def op_param_count(name: str, c: int) -> int:
         c2 = c - c1 if c > 1 else 1
         half = max(1, -(-c // 2))
         return conv(c1, half, 3) + conv(c2, half, 3) + conv(half, c, 1)
+    if name in OPERATORS:
+        return built_param_count(OPERATORS[name], c)
     raise KeyError(f"unknown operator {name!r}; known: {sorted(OPS)}")

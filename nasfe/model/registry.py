@@ -1,7 +1,8 @@
 """Model registry: named builders and ``create_model``, the one entry point the engine uses.
 
-``create_model`` picks ``nasfe_bn`` when ``model.fusion == "res2"``, else ``nasfe_search``
-without a genotype and ``nasfe_derived`` with one.
+``create_model`` builds the fusion model that ``model.fusion`` names in the fusion registry
+(``nasfe.registry.FUSIONS``): ``nas`` is ``nasfe_search`` without a genotype and ``nasfe_derived``
+with one, ``res2`` is ``nasfe_bn``. :func:`register_fusion` adds a fusion model.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from nasfe.config import SpaceConfig
 from nasfe.genotype import Genotype
 from nasfe.model.fusion import DerivedFusion, Res2Fusion, SearchFusion
 from nasfe.model.nasfe import NASFE, apply_execution_options
+from nasfe.registry import FUSIONS
 
 _MODELS: dict[str, Callable[..., NASFE]] = {}
 
@@ -44,7 +46,9 @@ def default_identity(space: SpaceConfig) -> nn.Module:
     return IdentityInfo(build_backbone(space.identity))
 
 
-def _identity_for(space: SpaceConfig, identity: Optional[nn.Module]) -> Optional[nn.Module]:
+def identity_for(space: SpaceConfig, identity: Optional[nn.Module]) -> Optional[nn.Module]:
+    """The identity module a model of ``space`` gets: None without ``model.use_identity``, else
+    ``identity`` or, when that is None, :func:`default_identity`."""
     if not space.model.use_identity:
         return None
     return identity if identity is not None else default_identity(space)
@@ -59,7 +63,7 @@ def nasfe_search(space: SpaceConfig, genotype: Optional[Genotype] = None, identi
     """The supernet: searchable fusion cells (alpha) on the network-level trellis (beta)."""
     if genotype is not None:
         raise ValueError("nasfe_search builds the supernet; it takes no genotype")
-    return NASFE(space.model, SearchFusion(space.model), _identity_for(space, identity), _nas_pad(space))
+    return NASFE(space.model, SearchFusion(space.model), identity_for(space, identity), _nas_pad(space))
 
 
 @register_model("nasfe_derived")
@@ -68,7 +72,7 @@ def nasfe_derived(space: SpaceConfig, genotype: Optional[Genotype] = None, ident
     if genotype is None:
         raise ValueError("nasfe_derived needs a genotype")
     genotype.check_space(space)
-    return NASFE(space.model, DerivedFusion(space.model, genotype), _identity_for(space, identity), _nas_pad(space))
+    return NASFE(space.model, DerivedFusion(space.model, genotype), identity_for(space, identity), _nas_pad(space))
 
 
 @register_model("nasfe_bn")
@@ -76,16 +80,34 @@ def nasfe_bn(space: SpaceConfig, genotype: Optional[Genotype] = None, identity: 
     """The ablation baseline BN (Table 6): fusion = ``model.res2_blocks`` Res2Blocks."""
     if genotype is not None:
         raise ValueError("nasfe_bn (model.fusion: res2) has no searched architecture; do not pass a genotype")
-    return NASFE(space.model, Res2Fusion(space.model), _identity_for(space, identity), 2)
+    return NASFE(space.model, Res2Fusion(space.model), identity_for(space, identity), 2)
+
+
+def register_fusion(name: str, builder=None, *, searched: bool = False):
+    """Add a ``model.fusion`` value: ``builder(space, genotype, identity) -> NASFE``.
+
+    The builder raises ValueError for a genotype it cannot use and typically returns
+    ``NASFE(space.model, MyFusion(space.model), identity_for(space, identity), pad_multiple)``,
+    where the fusion module maps the stem's (N, C, H/2, W/2) map to the same shape. ``searched``:
+    it is a supernet without a genotype and a derived network with one (a trained model then
+    needs its genotype); otherwise it never takes one. Usable as a decorator.
+    """
+    return FUSIONS.register(name, builder, searched=searched)
+
+
+@register_fusion("nas", searched=True)
+def nas_fusion(space: SpaceConfig, genotype: Optional[Genotype] = None, identity: Optional[nn.Module] = None) -> NASFE:
+    """Searched fusion cells: the supernet without a genotype, the derived network with one."""
+    return (nasfe_search if genotype is None else nasfe_derived)(space, genotype, identity)
+
+
+register_fusion("res2", nasfe_bn)
 
 
 def create_model(space: SpaceConfig, genotype: Optional[Genotype] = None, identity: Optional[nn.Module] = None) -> NASFE:
-    """Build the network ``space`` describes: BN baseline, supernet (no genotype) or derived network."""
-    if space.model.fusion == "res2":
-        name = "nasfe_bn"
-    else:
-        name = "nasfe_search" if genotype is None else "nasfe_derived"
-    return build_model(name, space, genotype, identity)
+    """Build the network ``space`` describes: the fusion model ``model.fusion`` names (BN baseline,
+    supernet without a genotype or derived network with one, or a registered one)."""
+    return apply_execution_options(FUSIONS[space.model.fusion](space, genotype, identity))
 
 
 def build_model(name: str, space: SpaceConfig, genotype: Optional[Genotype] = None,

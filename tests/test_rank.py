@@ -154,3 +154,14 @@ def test_rank_study_on_ray_writes_rank_json_and_resumes(tmp_path, monkeypatch):
         assert info["starts"] == 1, f"{r['label']} was trained twice"
     assert [r["val_psnr"] for r in data["rows"]] == [r["val_psnr"] for r in first["rows"]]
     assert (tmp_path / "runs" / "r" / "rank.md").is_file() and (tmp_path / "runs" / "r" / "rank.png").is_file()
+
+
+def test_model_kind_names_bn_random_draws_and_searched_genotypes():
+    from nasfe.evaluate.model_io import model_kind
+
+    space = load_space("search_spaces/cpu.yaml")
+    drawn = sample_genotypes(space, 3, seed=0)
+    assert [model_kind(space, g) for g in drawn] == ["random #0", "random #1", "random #2"]
+    searched = Genotype.from_dict({**drawn[0].to_dict(), "meta": {"space": "cpu"}}, space=space)
+    assert model_kind(space, searched) == "NASFE"
+    assert model_kind(load_space("search_spaces/cpu.yaml", {"model.fusion": "res2"}), None) == "BN"

@@ -62,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-images", type=int, default=8, help="clean faces of built test sets (default 8)")
     parser.add_argument("--max-images", type=int, help="seeded subsample of each test set")
     parser.add_argument("--out", help="where rank.json/md/png go (default: the study folder)")
+    parser.add_argument("--only-finished", action="store_true",
+                        help="train nothing: report the genotypes whose retraining finished (the rest are listed)")
     parser.add_argument("--no-resume", dest="resume", action="store_false", default=True,
                         help="start over: the earlier study of this name is deleted")
     parser.add_argument("--gpus", default="auto", help="'auto' (default: GPUs when the cluster has them), 'yes'/'no'")
@@ -104,6 +106,18 @@ def build_candidates(space, k: int, seed: int, searched: list[str], hand: list[s
         cands.append({"id": f"hand_{name}", "label": name.upper(), "kind": "hand", "genotype": None,
                       "overrides": dict(HAND_OVERRIDES[name])})
     return cands, nets
+
+
+def absolute_paths(space) -> dict[str, str]:
+    """Overrides making the space's relative local paths (``data.root``, ``identity.weights``)
+    absolute, resolved from this working directory as the space file means them."""
+    from nasfe.data.remote import is_uri
+
+    out = {}
+    for key, value in (("data.root", space.data.root), ("identity.weights", space.identity.weights)):
+        if value and not is_uri(value) and not Path(value).is_absolute():
+            out[key] = str(Path(value).resolve())
+    return out
 
 
 def score_rows(cands: list[dict], nets: list, space) -> None:
@@ -208,6 +222,8 @@ def main(args) -> int:
 
     overrides = dict(args.overrides)
     space = load_space(args.space, overrides)
+    overrides.update(absolute_paths(space))  # Ray workers run in folders of their own
+    space_arg = str(Path(args.space).resolve()) if Path(args.space).is_file() else args.space
     cands, nets = build_candidates(space, args.random, args.sample_seed, list(args.searched), list(args.hand))
     for c in cands:  # every candidate's space loads before Ray starts
         load_space(args.space, {**overrides, **c["overrides"]})
@@ -225,27 +241,30 @@ def main(args) -> int:
         if getattr(args, name) and not Path(getattr(args, name)).is_dir():
             raise CommandError(f"--{name} {getattr(args, name)}: not a folder")
 
-    sweep = SweepSpace(name=run.name, base=args.space, phase="retrain", metric="val_psnr", mode="max",
+    sweep = SweepSpace(name=run.name, base=space_arg, phase="retrain", metric="val_psnr", mode="max",
                        num_samples=len(cands), max_concurrent=args.max_concurrent,
                        workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
                        overrides=overrides)
-    use_gpu = open_cluster(args, args.workers_per_trial)
-    from nasfe.distributed.sweep import default_max_concurrent, sweep_nodes
-
-    max_concurrent = default_max_concurrent(sweep, sweep_nodes(), use_gpu)
-    wandb = None if args.wandb_mode == "disabled" else WandbSettings(project=args.wandb_project, mode=args.wandb_mode)
-    ctx = trial_context(sweep, f"{run.root}/trials", use_gpu, wandb, not args.quiet, args.max_failures)
-    ctx["sweep_name"] = run.name
-    ctx["candidates"] = {c["id"]: {"genotype": c["genotype"], "overrides": c["overrides"]} for c in cands}
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(root / "candidates.json", {"space": args.space, "overrides": overrides,
                                                  "sample_seed": args.sample_seed, "candidates": cands})
+    wandb = None if args.wandb_mode == "disabled" else WandbSettings(project=args.wandb_project, mode=args.wandb_mode)
     done = _trained(root)
-    todo = [c["id"] for c in cands if c["id"] not in done]
+    # the searched and hand-made genotypes first: a study stopped early still compares them
+    order = {"searched": 0, "hand": 1, "random": 2}
+    todo = [c["id"] for c in sorted(cands, key=lambda c: order[c["kind"]]) if c["id"] not in done]
     t0 = time.time()
-    print(f"[nasfe] rank study {run.name!r}: {len(cands)} genotypes ({len(done)} trained before), "
-          f"{max_concurrent} at a time; folder {root}", flush=True)
-    if todo:
+    print(f"[nasfe] rank study {run.name!r}: {len(cands)} genotypes ({len(done)} trained before); "
+          f"folder {root}", flush=True)
+    if todo and not args.only_finished:
+        from nasfe.distributed.sweep import default_max_concurrent, sweep_nodes
+
+        use_gpu = open_cluster(args, args.workers_per_trial)
+        max_concurrent = default_max_concurrent(sweep, sweep_nodes(), use_gpu)
+        ctx = trial_context(sweep, f"{run.root}/trials", use_gpu, wandb, not args.quiet, args.max_failures)
+        ctx["sweep_name"] = run.name
+        ctx["candidates"] = {c["id"]: {"genotype": c["genotype"], "overrides": c["overrides"]} for c in cands}
+        print(f"[nasfe] {len(todo)} to train, {max_concurrent} at a time", flush=True)
         _tuner(ctx, todo, root, max_concurrent).fit()
     done = _trained(root)
 
@@ -297,7 +316,7 @@ def main(args) -> int:
             print(f"[nasfe] W&B rank table ({where})", flush=True)
     print((out / "rank.md").read_text(), flush=True)
     print(f"[nasfe] rank.json, rank.md, rank.png in {out}", flush=True)
-    if missing:
+    if missing and not args.only_finished:
         print(f"nasfe rank: {len(missing)} genotype(s) not trained ({', '.join(missing)}); run the same command "
               f"again to resume", file=sys.stderr, flush=True)
         return 130

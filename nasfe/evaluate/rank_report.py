@@ -64,17 +64,26 @@ def summarize(rows: Sequence[dict[str, Any]], rules: Sequence[str] = ("alpha", "
     ``score_<rule>``, the supernet's score averaged over the searches given).
 
     ``kendall_tau[rule]``: tau between the supernet score and ``metric`` over the rows the supernet
-    scores (random and searched); ``searched_percentile``: the mean over searched rows of their
+    scores (random and searched); ``kendall_tau_test_psnr[rule]``: the same against the mean of
+    Test-BN and Test-BNL PSNR (``test_psnr``); ``searched_percentile``: the mean over searched rows of their
     percentile of ``metric`` among the random rows; ``groups``: mean and std of each column per
     kind, plus the best random row.
     """
     done = [r for r in rows if r.get(metric) is not None]
     randoms = [r[metric] for r in done if r["kind"] == "random"]
-    taus = {}
-    for rule in rules:
-        pairs = [(r[f"score_{rule}"], r[metric]) for r in done
-                 if r["kind"] != "hand" and r.get(f"score_{rule}") is not None]
-        taus[rule] = kendall_tau([p[0] for p in pairs], [p[1] for p in pairs])
+    def taus_against(column: str) -> dict[str, Any]:
+        out = {}
+        for rule in rules:
+            pairs = [(r[f"score_{rule}"], r[column]) for r in done if r["kind"] != "hand"
+                     and r.get(f"score_{rule}") is not None and r.get(column) is not None]
+            out[rule] = kendall_tau([p[0] for p in pairs], [p[1] for p in pairs])
+        return out
+
+    taus = taus_against(metric)
+    for r in done:  # the mean test PSNR over Test-BN and Test-BNL: a second, larger sample than validation
+        if r.get("bn_psnr") is not None and r.get("bnl_psnr") is not None:
+            r["test_psnr"] = (r["bn_psnr"] + r["bnl_psnr"]) / 2
+    taus_test = taus_against("test_psnr")
     pct = [percentile_among(r[metric], randoms) for r in done if r["kind"] == "searched"]
     pct = [p for p in pct if p is not None]
     for r in done:
@@ -90,6 +99,7 @@ def summarize(rows: Sequence[dict[str, Any]], rules: Sequence[str] = ("alpha", "
         groups["best_random"] = {c: best.get(c) for c in ("genotype_id", *cols)}
     quarter = sorted(randoms)[int(math.ceil(0.75 * len(randoms))) - 1] if randoms else None
     return {"kendall_tau": {k: v["tau"] for k, v in taus.items()}, "kendall_tau_ci": taus,
+            "kendall_tau_test_psnr": taus_test,
             "searched_percentile": statistics.fmean(pct) if pct else None, "searched_percentiles": pct,
             "random_top_quarter_threshold": quarter, "groups": groups, "metric": metric}
 
@@ -112,6 +122,9 @@ def render_markdown(summary: dict[str, Any], rows: Sequence[dict[str, Any]], met
     for rule, t in summary["kendall_tau_ci"].items():
         ci = f"[{_fmt(t['ci_low'])}, {_fmt(t['ci_high'])}]" if t["tau"] is not None else "-"
         lines.append(f"| {rule} | {_fmt(t['tau'])} | {ci} | {_fmt(t['p_value'], 3)} | {t['n']} |")
+    for rule, t in summary.get("kendall_tau_test_psnr", {}).items():
+        ci = f"[{_fmt(t['ci_low'])}, {_fmt(t['ci_high'])}]" if t["tau"] is not None else "-"
+        lines.append(f"| {rule}, against mean test PSNR | {_fmt(t['tau'])} | {ci} | {_fmt(t['p_value'], 3)} | {t['n']} |")
     lines += ["", f"Searched percentile among random ({metric}): {_fmt(summary['searched_percentile'], 1)} "
               f"(each: {', '.join(_fmt(p, 1) for p in summary['searched_percentiles']) or '-'})", ""]
     lines += ["| kind | n | " + " | ".join((metric, *TEST_KEYS)) + " |", "|---|---:|" + "---:|" * (1 + len(TEST_KEYS))]

@@ -167,3 +167,20 @@ def test_model_kind_names_bn_random_draws_and_searched_genotypes():
     searched = Genotype.from_dict({**drawn[0].to_dict(), "meta": {"space": "cpu"}}, space=space)
     assert model_kind(space, searched) == "NASFE"
     assert model_kind(load_space("search_spaces/cpu.yaml", {"model.fusion": "res2"}), None) == "BN"
+
+
+def test_a_study_grows_but_refuses_a_changed_candidate(tmp_path):
+    from nasfe.distributed.rank_job import build_candidates, check_same_candidates
+    from nasfe.errors import CommandError
+
+    space = load_space("search_spaces/cpu.yaml")
+    first, _ = build_candidates(space, 2, 0, [], ["bn"])
+    (tmp_path / "candidates.json").write_text(json.dumps({"candidates": first}))
+    grown, _ = build_candidates(space, 3, 0, [], ["bn"])
+    assert [c["id"] for c in check_same_candidates(tmp_path / "candidates.json", grown)] == \
+        ["random_00", "random_01", "random_02", "hand_bn"]
+    other, _ = build_candidates(space, 2, 1, [], ["bn"])  # another draw under the same ids
+    with pytest.raises(CommandError, match="random_00"):
+        check_same_candidates(tmp_path / "candidates.json", other)
+    with pytest.raises(CommandError, match="model.fusion"):
+        build_candidates(load_space("search_spaces/cpu.yaml", {"model.fusion": "res2"}), 2, 0, [], [])

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("nasfe.distributed.search_job", "architecture search on Ray Train (then retrain and evaluate)"),
     "retrain": ("nasfe.distributed.retrain_job", "retrain a derived genotype on Ray Train"),
     "sweep": ("nasfe.distributed.sweep_job", "hyperparameter sweep with Ray Tune + Optuna + ASHA"),
+    "rank": ("nasfe.distributed.rank_job", "retrain random, searched and hand-made genotypes; does the search rank?"),
     "compare": ("nasfe.evaluate.compare", "compare derived architectures (table, diff, cell graphs)"),
     "evaluate": ("nasfe.evaluate.evaluate_cmd", "PSNR/SSIM/recognition of a trained model on test sets"),
     "restore": ("nasfe.evaluate.restore", "restore your own photos with a trained model"),

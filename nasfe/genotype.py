@@ -501,3 +501,48 @@ def node_input_weights(betas, cells: int, levels: int, eps: float = 1e-30) -> tu
                     two[src2] = sum(terms) / denom
             prev_prev[(layer, s)] = two
     return prev, prev_prev
+
+
+def valid_paths(cells: int, levels: int) -> list[list[int]]:
+    """Every network-level path of ``cells`` layers on ``levels`` levels (``check_path`` accepts)."""
+    paths: list[list[int]] = [[]]
+    for layer in range(cells):
+        here = node_levels(layer, cells, levels)
+        paths = [p + [s] for p in paths for s in here if abs(s - (p[-1] if p else 0)) <= 1]
+    return paths
+
+
+def sample_genotypes(space, k: int, seed: int = 0) -> list[Genotype]:
+    """``k`` distinct genotypes drawn uniformly from ``space``'s valid cells and trellis paths.
+
+    Every block draws its two distinct inputs uniformly among the pairs it may read and each input's
+    operator uniformly among the non-``zero`` operators; the path is drawn uniformly among the valid
+    paths. Seeded (a ``random.Random(seed)`` of its own): the same space and seed give the same list.
+    Raises :class:`GenotypeError` when the space holds fewer than ``k`` distinct genotypes.
+    """
+    import itertools
+    import random
+
+    m = space.model
+    live = [o for o in m.operators if o != "zero"]
+    if not live:
+        raise GenotypeError(f"space {space.name!r}: no operator other than 'zero' to sample")
+    paths = valid_paths(m.cells, m.levels)
+    pairs = [list(itertools.combinations(range(i + 2), 2)) for i in range(m.blocks)]
+    per_cell = math.prod(len(p) * len(live) ** 2 for p in pairs)
+    total = per_cell ** (1 if m.shared_cell else m.cells) * len(paths)
+    if k > total:
+        raise GenotypeError(f"space {space.name!r} holds {total} distinct genotypes; {k} asked for")
+    rng = random.Random(seed)
+    out: list[Genotype] = []
+    seen: set[str] = set()
+    while len(out) < k:
+        cells = [[BlockGene(list(rng.choice(pairs[i])), [rng.choice(live), rng.choice(live)])
+                  for i in range(m.blocks)] for _ in range(1 if m.shared_cell else m.cells)]
+        g = Genotype(cells=cells, path=list(rng.choice(paths)), operators=list(m.operators), blocks=m.blocks,
+                     space_hash=space.space_hash(), meta={"space": space.name, "sampled_seed": seed})
+        if g.genotype_id() not in seen:
+            seen.add(g.genotype_id())
+            g.meta["sample_index"] = len(out)
+            out.append(g)
+    return out

@@ -64,7 +64,9 @@ def test_restore_without_a_model_argument_restores_a_photo(tmp_path, capsys):
     clean, photo = _dark_face(tmp_path)
     out = tmp_path / "out"
     assert cli(["restore", "-i", str(photo), "-o", str(out), "--device", "cpu", "--quiet"]) == 0
-    assert "packaged model" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "packaged model" in captured.err and "a BN network" in captured.err
+    assert "network: BN" in captured.out  # the packaged model is the hand-made BN fusion, not a searched one
     restored = read_image(out / "photo.png")
     assert restored.shape == clean.shape
     x = to_tensor(clean)[None]
@@ -82,7 +84,8 @@ def test_evaluate_defaults_to_the_packaged_model(tmp_path, capsys):
                 "--baselines", "input", "--recognizer", "none", "--device", "cpu", "--quiet"]) == 0
     assert "packaged model" in capsys.readouterr().err
     rows = json.loads((out / "results.json").read_text())["summary"]
-    assert [r["method"] for r in rows] == ["input", "NASFE"] and rows[1]["images"] == 4
+    assert [r["method"] for r in rows] == ["input", "BN"] and rows[1]["images"] == 4
+    assert json.loads((out / "results.json").read_text())["settings"]["model_kind"] == "BN"
 
 
 def test_the_packaged_model_is_refused_with_space_or_genotype(tmp_path, capsys):

@@ -216,15 +216,21 @@ def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     from nasfe.imageio import atomic_write_json, atomic_write_text
 
     sampled = {k: config[k] for k in ctx["param_keys"]}
-    space = load_space(ctx["base"], {**ctx["overrides"], **sampled})
+    # a rank study's trial: one candidate genotype (and its overrides) of ctx["candidates"]
+    cand = ctx.get("candidates", {}).get(config.get("candidate"), {})
+    if cand:
+        sampled = {"candidate": config["candidate"]}
+    space = load_space(ctx["base"], {**ctx["overrides"], **cand.get("overrides", {}),
+                                     **{k: v for k, v in sampled.items() if k in ctx["param_keys"]}})
     trial_id = ray.tune.get_context().get_trial_id()
-    name = trial_run_name(trial_id)
+    # a candidate's run is named for it: a later study retraining it resumes its Ray Train checkpoint
+    name = config["candidate"] if cand else trial_run_name(trial_id)
     storage = RunStorage.create(ctx["trials_storage"], name)
     genotype = None
-    if ctx.get("genotype"):
+    if cand.get("genotype") or (ctx.get("genotype") and not cand):
         from nasfe.genotype import Genotype
 
-        genotype = Genotype.from_dict(ctx["genotype"], space=space)
+        genotype = Genotype.from_dict(cand.get("genotype") or ctx["genotype"], space=space)
     # the space and the sampled values travel with the run: `nasfe compare` and resumes read them
     info = storage.read_json("trial.json") or {"starts": 0}
     info.update({"trial_id": trial_id, "sweep": ctx["sweep_name"], "params": sampled,

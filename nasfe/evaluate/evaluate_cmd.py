@@ -400,7 +400,7 @@ def main(args) -> int:
     from nasfe.errors import CommandError
     from nasfe.evaluate.baselines import BASELINES
     from nasfe.data.testsets import check_files, load_manifest
-    from nasfe.evaluate.model_io import load_from_args, load_trained, resolve_device
+    from nasfe.evaluate.model_io import load_from_args, load_trained, model_kind, resolve_device
     from nasfe.imageio import ensure_writable_dir
 
     if args.batch_size < 1 or (args.max_images is not None and args.max_images < 1):
@@ -417,6 +417,7 @@ def main(args) -> int:
     ensure_writable_dir(args.out)  # now, not after all the computing
     device = resolve_device(args.device)
     model, space, genotype = load_from_args(args, device)
+    kind = model_kind(space, genotype)  # the rows name what the network is (BN, NASFE, random #k)
     k = space.identity.refs if args.refs is None else args.refs
     methods = [baseline_method(b) for b in args.baselines]
     for spec in args.extra_models:
@@ -425,19 +426,20 @@ def main(args) -> int:
             raise CommandError(f"--model {spec!r}: expected NAME=PATH")
         methods.append(network_method(name, load_trained(path, device)[0], device, with_refs=bool(args.faces)))
     if args.baseline_model:
-        methods.append(network_method("BN", load_trained(args.baseline_model, device)[0], device, with_refs=bool(args.faces)))
+        methods.append(network_method("BN (--baseline-model)" if kind == "BN" else "BN",
+                                      load_trained(args.baseline_model, device)[0], device, with_refs=bool(args.faces)))
     if space.model.use_identity:
-        methods.append(network_method("NASFE w/o I_iden", model, device, with_refs=False))
+        methods.append(network_method(f"{kind} w/o I_iden", model, device, with_refs=False))
         if args.faces and not getattr(model, "refs_usable", True):
             print(f"note: the face backbone weights ({space.identity.weights}) are not here: no row with references",
                   file=sys.stderr)
         elif args.faces:
-            methods.append(network_method("NASFE", model, device, with_refs=True))
+            methods.append(network_method(kind, model, device, with_refs=True))
         else:
-            print("note: without --faces NASFE runs without identity references (row 'NASFE w/o I_iden')",
+            print(f"note: without --faces {kind} runs without identity references (row '{kind} w/o I_iden')",
                   file=sys.stderr)
     else:
-        methods.append(network_method("NASFE", model, device, with_refs=False))
+        methods.append(network_method(kind, model, device, with_refs=False))
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise CommandError(f"two rows share a name: {names}")
@@ -449,7 +451,8 @@ def main(args) -> int:
     result = evaluate_sets(methods, args.testsets, args.sets, args.faces, k, recognizer, args.max_images,
                            args.batch_size, args.y_channel, args.seed, progress=not args.quiet,
                            ssim_convention=args.ssim_convention)
-    settings = {"model": args.model or args.weights, "space": space.name, "space_hash": space.space_hash(),
+    settings = {"model": args.model or args.weights, "model_kind": kind, "space": space.name,
+                "space_hash": space.space_hash(),
                 "genotype_id": genotype.genotype_id() if genotype is not None else None,
                 "testsets": str(args.testsets), "faces": args.faces, "refs": k if args.faces else 0,
                 "recognizer": rec_spec, "max_images": args.max_images, "seed": args.seed, "device": str(device),

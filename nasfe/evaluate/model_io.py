@@ -184,6 +184,16 @@ def load_trained(path: Optional[str | Path] = None, device: str | torch.device =
     return model, cfg, (geno if fusion_is_searched(cfg.model.fusion) else None)
 
 
+def model_kind(space: SpaceConfig, genotype: Optional[Genotype] = None) -> str:
+    """What a trained network is, for every row and message that names it: ``BN`` (the hand-made
+    Res2Block fusion, no searched cell), ``random #k`` (a genotype drawn by ``nasfe rank``, k its
+    draw index) or ``NASFE`` (a searched genotype)."""
+    if space.model.fusion != "nas":
+        return "BN"
+    index = (genotype.meta or {}).get("sample_index") if genotype is not None else None
+    return f"random #{index}" if isinstance(index, int) and not isinstance(index, bool) else "NASFE"
+
+
 def add_model_arguments(parser) -> None:
     """The shared way commands name a trained model: ``MODEL`` or ``--weights/--space/--genotype``."""
     parser.add_argument("model", nargs="?", default=None,
@@ -209,6 +219,8 @@ def load_from_args(args, device: str | torch.device = "cpu"):
         from nasfe.pretrained import default_model_path
 
         model = default_model_path()
-        print(f"using the packaged model {model} (trained on CelebA: non-commercial research use only)",
-              file=sys.stderr)
+        loaded = load_trained(model, device)
+        print(f"using the packaged model {model}, a {model_kind(loaded[1], loaded[2])} network (trained on "
+              f"CelebA: non-commercial research use only)", file=sys.stderr)
+        return loaded
     return load_trained(model, device, genotype=args.genotype, weights=args.weights, space=args.model_space)

@@ -352,7 +352,7 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     """``nasfe restore``: 0 when every image was restored, 1 when some could not be read."""
     from nasfe.errors import CommandError
-    from nasfe.evaluate.model_io import load_from_args, resolve_device
+    from nasfe.evaluate.model_io import load_from_args, model_kind, resolve_device
 
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -365,7 +365,8 @@ def main(args) -> int:
     plan_outputs(args.input, args.out, args.recursive, args.compare)  # refuse to overwrite inputs before any work
     ensure_writable_dir(args.out)
     device = resolve_device(args.device)
-    model, space, _ = load_from_args(args, device)
+    model, space, genotype = load_from_args(args, device)
+    kind = model_kind(space, genotype)
     refs = None
     if args.refs:
         if not space.model.use_identity:
@@ -386,5 +387,5 @@ def main(args) -> int:
         raise CommandError(f"no images found in {' '.join(args.input)}"
                            + (f" ({result['not_an_image']} non-image file(s))" if result["not_an_image"] else ""))
     print(f"restored {result['restored']} image(s) into {args.out} in {result['seconds']} s; "
-          f"{len(result['failed'])} unreadable; {result['not_an_image']} non-image file(s) in folders ignored")
+          f"{len(result['failed'])} unreadable; {result['not_an_image']} non-image file(s) in folders ignored; network: {kind}")
     return 1 if result["failed"] else 0

@@ -1,0 +1,323 @@
+"""``nasfe rank`` (and ``jobs/rank.py``): does the search beat random architectures of its own space?
+
+Draws K genotypes uniformly from the space's valid cells and trellis paths (seeded,
+:func:`nasfe.genotype.sample_genotypes`), adds the searched genotype of each ``--searched`` run and
+the hand-made BN fusion, and retrains every one at the space's retraining budget as Ray Tune
+trials, each a Ray Train run (the sweep's machinery: :mod:`nasfe.distributed.sweep_trial`), so a
+cluster trains many at once. Running it again with the same ``--name`` resumes: finished trials are
+kept, unfinished ones continue from their last checkpoint. Then each trained network is scored on
+Test-BN and Test-BNL, each genotype by every searched supernet (alpha rule and strength,
+:mod:`nasfe.engine.ranking`), and ``rank.json``, ``rank.md`` and ``rank.png`` are written
+(:mod:`nasfe.evaluate.rank_report`), with a W&B table and scatter plot.
+
+Layout of a study named ``<name>`` in ``<storage>`` (a local folder)::
+
+    <storage>/<name>/                 Tune's experiment folder (its state: resume from here)
+    <storage>/<name>/candidates.json  the genotypes it trains (a resume must train the same)
+    <storage>/<name>/trials/trial_<id>/  each trial's retrain run: model.pt, trial.json, ...
+    <storage>/<name>/rank.json, rank.md, rank.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+log = logging.getLogger("nasfe.rank")
+
+#: Hand-made fusions: the BN row's (Table 6), ``model.res2_blocks`` Res2Blocks in place of the searched cells.
+HAND_OVERRIDES = {"bn": {"model.fusion": "res2"}}
+
+
+def _override(text: str):
+    from nasfe.distributed.search_job import _override as parse
+
+    return parse(text)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``nasfe rank``."""
+    parser.add_argument("--space", default="tiny", help="search space: built-in name or a .yaml file (default tiny)")
+    parser.add_argument("--set", dest="overrides", action="append", type=_override, default=[], metavar="KEY=VALUE",
+                        help="override a space field for every genotype, e.g. --set retrain.epochs=2 (repeatable)")
+    parser.add_argument("--random", type=int, default=12, help="random genotypes to draw (default 12)")
+    parser.add_argument("--sample-seed", type=int, default=0, help="seed of the random draw (default 0)")
+    parser.add_argument("--searched", nargs="*", default=[], metavar="SEARCH_DIR",
+                        help="finished search runs of this space: their genotypes are trained, their supernets score")
+    parser.add_argument("--hand", nargs="*", default=["bn"], choices=sorted(HAND_OVERRIDES),
+                        help="hand-made fusions to train beside them (default bn; none: --hand)")
+    parser.add_argument("--name", help="study name (default rank-<space name>); reuse it to resume")
+    parser.add_argument("--storage", help="folder holding the study (default ./runs)")
+    parser.add_argument("--max-concurrent", type=int, help="trials at a time (default: as many as the CPUs/GPUs hold)")
+    parser.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (default 1)")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each worker asks for (default 1)")
+    parser.add_argument("--max-failures", type=int, default=1, help="worker-group restarts per trial (default 1)")
+    parser.add_argument("--testsets", help="built test sets with Test-BN and Test-BNL (default: build small ones "
+                                           "from the space's test identities)")
+    parser.add_argument("--faces", help="face folder of --testsets (identity references)")
+    parser.add_argument("--test-images", type=int, default=8, help="clean faces of built test sets (default 8)")
+    parser.add_argument("--max-images", type=int, help="seeded subsample of each test set")
+    parser.add_argument("--out", help="where rank.json/md/png go (default: the study folder)")
+    parser.add_argument("--only-finished", action="store_true",
+                        help="train nothing: report the genotypes whose retraining finished (the rest are listed)")
+    parser.add_argument("--no-resume", dest="resume", action="store_false", default=True,
+                        help="start over: the earlier study of this name is deleted")
+    parser.add_argument("--gpus", default="auto", help="'auto' (default: GPUs when the cluster has them), 'yes'/'no'")
+    parser.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS or a cluster on this node, "
+                                          "else start a local one)")
+    parser.add_argument("--wandb-project", default="nasfe", help="W&B project (default nasfe)")
+    parser.add_argument("--wandb-mode", default="auto", choices=["auto", "online", "offline", "disabled"],
+                        help="auto: online with an API key and network, else offline (default)")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines from the trials")
+
+
+# ----- the candidates (plain data, no Ray) ----------------------------------------------------------
+def build_candidates(space, k: int, seed: int, searched: list[str], hand: list[str]) -> tuple[list[dict], list]:
+    """The genotypes to train (``id``, ``label``, ``kind``, ``genotype`` dict or None, ``overrides``)
+    and the supernets of the ``searched`` runs. A searched genotype of another space is refused."""
+    from nasfe.engine.ranking import load_supernet
+    from nasfe.errors import CommandError, GenotypeError
+    from nasfe.genotype import sample_genotypes
+
+    if space.model.fusion != "nas":
+        raise CommandError(f"space {space.name!r}: model.fusion is {space.model.fusion!r}; a rank study draws "
+                           f"searched cells (model.fusion: nas)")
+    if k < 0:
+        raise CommandError(f"--random {k}: need at least 0")
+    cands = [{"id": f"random_{i:02d}", "label": f"random #{i}", "kind": "random", "genotype": g.to_dict(),
+              "overrides": {}} for i, g in enumerate(sample_genotypes(space, k, seed))]
+    nets = []
+    for i, d in enumerate(searched):
+        try:
+            net = load_supernet(d)
+            if net.genotype is None:
+                raise GenotypeError(f"{d}: no genotype.json")
+            net.genotype.check_space(space, where=f"{d}/genotype.json")
+        except GenotypeError as exc:
+            raise CommandError(f"--searched {exc}") from None
+        nets.append(net)
+        cands.append({"id": f"searched_{i:02d}", "label": f"NASFE (search {Path(d).name})", "kind": "searched",
+                      "genotype": net.genotype.to_dict(), "overrides": {}, "search_dir": str(d)})
+    for name in hand:
+        cands.append({"id": f"hand_{name}", "label": name.upper(), "kind": "hand", "genotype": None,
+                      "overrides": dict(HAND_OVERRIDES[name])})
+    return cands, nets
+
+
+def absolute_paths(space) -> dict[str, str]:
+    """Overrides making the space's relative local paths (``data.root``, ``identity.weights``)
+    absolute, resolved from this working directory as the space file means them."""
+    from nasfe.data.remote import is_uri
+
+    out = {}
+    for key, value in (("data.root", space.data.root), ("identity.weights", space.identity.weights)):
+        if value and not is_uri(value) and not Path(value).is_absolute():
+            out[key] = str(Path(value).resolve())
+    return out
+
+
+def score_rows(cands: list[dict], nets: list, space) -> None:
+    """Adds ``score_<rule>`` (mean over the supernets) and ``score_<rule>_by_search`` to each genotype."""
+    from nasfe.engine.ranking import RULES, supernet_scores
+    from nasfe.genotype import Genotype
+
+    for c in cands:
+        if c["genotype"] is None or not nets:
+            continue
+        g = Genotype.from_dict(c["genotype"])
+        per = [supernet_scores(g, n, space) for n in nets]
+        for rule in RULES:
+            vals = [p[rule] for p in per]
+            c[f"score_{rule}_by_search"] = vals
+            c[f"score_{rule}"] = sum(vals) / len(vals) if all(v is not None for v in vals) else None
+
+
+# ----- the trials ----------------------------------------------------------------------------------
+def _tuner(ctx, ids: list[str], root: Path, max_concurrent: int):
+    """A Tune grid over the candidate ids still to train (one trial each) in a Tune folder of its own;
+    each trial's Ray Train run is named for its candidate, so an interrupted one continues from its
+    last checkpoint when a later study trains it again."""
+    from ray import tune
+
+    from nasfe.distributed.sweep import _trainable
+    from nasfe.distributed.sweep_trial import reaper_callback, trial_dirname
+
+    return tune.Tuner(
+        _trainable(ctx), param_space={"candidate": tune.grid_search(ids)},
+        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=max_concurrent,
+                                    trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
+        run_config=tune.RunConfig(name=time.strftime("tune-%Y%m%d-%H%M%S"), storage_path=str(root),
+                                  callbacks=[reaper_callback(root / "trials")],
+                                  failure_config=tune.FailureConfig(max_failures=1), verbose=1))
+
+
+def _trained(root: Path) -> dict[str, Path]:
+    """Candidate id -> its run folder, for the candidates whose retraining finished."""
+    return {d.name: d for d in sorted((root / "trials").glob("*"))
+            if (d / "model.pt").is_file() and (d / "retrain_summary.json").is_file()}
+
+
+def score_trained(run_dir: Path, label: str, testsets: Path, faces: Optional[Path], max_images: Optional[int],
+                  device: str = "cpu") -> dict[str, Any]:
+    """Validation PSNR (the retraining's last epoch) and Test-BN/Test-BNL PSNR/SSIM of one trained
+    network; the test scores are cached in ``rank_scores.json`` beside its ``model.pt``."""
+    import torch
+
+    from nasfe.evaluate.ablation import EVAL_SETS, _cached_scores, _scores, _store_scores
+    from nasfe.evaluate.evaluate_cmd import evaluate_sets, network_method
+    from nasfe.evaluate.model_io import load_trained
+
+    summary = json.loads((run_dir / "retrain_summary.json").read_text())
+    model_pt = run_dir / "model.pt"
+    key = {"testsets": str(Path(testsets).resolve()), "faces": str(faces), "max_images": max_images,
+           "model_mtime_ns": model_pt.stat().st_mtime_ns}
+    scores = _cached_scores(run_dir / "rank_scores.json", key)
+    model, space, _ = load_trained(model_pt, device)
+    if scores is None:
+        method = network_method(label, model, torch.device(device), with_refs=bool(faces))
+        res = evaluate_sets([method], testsets, EVAL_SETS, faces=faces, k_refs=space.identity.refs, recognizer=None,
+                            max_images=max_images, progress=False)
+        scores = _store_scores(run_dir / "rank_scores.json", key, _scores(res))
+    final = summary.get("final") or {}
+    return {"val_psnr": final.get("val_psnr"), "steps": summary.get("steps"),
+            "train_seconds": summary.get("seconds"), "params_M": model.parameter_counts()["restoration"] / 1e6,
+            **{k: scores[k] for k in ("bn_psnr", "bn_ssim", "bnl_psnr", "bnl_ssim", "images")}}
+
+
+def check_same_candidates(path: Path, cands: list[dict]) -> list[dict]:
+    """A candidate id stands for one genotype and its overrides: a study run again with a changed one
+    is refused in one line. Candidates may be added (e.g. another ``--searched`` run); returns the
+    union, earlier candidates first."""
+    from nasfe.errors import CommandError
+
+    if not path.is_file():
+        return cands
+    before = {c["id"]: c for c in json.loads(path.read_text())["candidates"]}
+    changed = [c["id"] for c in cands if c["id"] in before
+               and (before[c["id"]]["genotype"], before[c["id"]]["overrides"]) != (c["genotype"], c["overrides"])]
+    if changed:
+        raise CommandError(f"{path.parent}: {', '.join(changed)} trained other genotypes in this study (another "
+                           f"--space, --set, --sample-seed or --searched); pick another --name or use --no-resume")
+    now = {c["id"] for c in cands}
+    return cands + [c for c in before.values() if c["id"] not in now]
+
+
+def main(args) -> int:
+    """Run ``nasfe rank``: train the candidates, score them, write the report."""
+    import shutil
+
+    from nasfe.distributed.cluster import RunStorage, StorageError
+    from nasfe.distributed.search_job import open_cluster
+    from nasfe.distributed.sweep_space import SweepSpace
+    from nasfe.distributed.sweep_trial import trial_context
+    from nasfe.errors import CommandError
+    from nasfe.config import load_space
+    from nasfe.evaluate.rank_report import write_rank_report
+    from nasfe.imageio import atomic_write_json
+    from nasfe.tracking.wandb_logger import WandbSettings
+
+    overrides = dict(args.overrides)
+    space = load_space(args.space, overrides)
+    overrides.update(absolute_paths(space))  # Ray workers run in folders of their own
+    space_arg = str(Path(args.space).resolve()) if Path(args.space).is_file() else args.space
+    cands, nets = build_candidates(space, args.random, args.sample_seed, list(args.searched), list(args.hand))
+    for c in cands:  # every candidate's space loads before Ray starts
+        load_space(args.space, {**overrides, **c["overrides"]})
+    try:
+        run = RunStorage.create(args.storage, args.name or f"rank-{space.name}")
+    except StorageError as exc:
+        raise CommandError(str(exc)) from None
+    if not run.is_local:
+        raise CommandError(f"--storage {args.storage}: a rank study keeps its trials in a local or shared folder")
+    root = Path(run.root)
+    if not args.resume and root.exists():
+        shutil.rmtree(root)
+    cands = check_same_candidates(root / "candidates.json", cands)
+    for name in ("testsets", "faces"):
+        if getattr(args, name) and not Path(getattr(args, name)).is_dir():
+            raise CommandError(f"--{name} {getattr(args, name)}: not a folder")
+
+    sweep = SweepSpace(name=run.name, base=space_arg, phase="retrain", metric="val_psnr", mode="max",
+                       num_samples=len(cands), max_concurrent=args.max_concurrent,
+                       workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
+                       overrides=overrides)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(root / "candidates.json", {"space": args.space, "overrides": overrides,
+                                                 "sample_seed": args.sample_seed, "candidates": cands})
+    wandb = None if args.wandb_mode == "disabled" else WandbSettings(project=args.wandb_project, mode=args.wandb_mode)
+    done = _trained(root)
+    # the searched and hand-made genotypes first: a study stopped early still compares them
+    order = {"searched": 0, "hand": 1, "random": 2}
+    todo = [c["id"] for c in sorted(cands, key=lambda c: order[c["kind"]]) if c["id"] not in done]
+    t0 = time.time()
+    print(f"[nasfe] rank study {run.name!r}: {len(cands)} genotypes ({len(done)} trained before); "
+          f"folder {root}", flush=True)
+    if todo and not args.only_finished:
+        from nasfe.distributed.sweep import default_max_concurrent, sweep_nodes
+
+        use_gpu = open_cluster(args, args.workers_per_trial)
+        max_concurrent = default_max_concurrent(sweep, sweep_nodes(), use_gpu)
+        ctx = trial_context(sweep, f"{run.root}/trials", use_gpu, wandb, not args.quiet, args.max_failures)
+        ctx["sweep_name"] = run.name
+        ctx["candidates"] = {c["id"]: {"genotype": c["genotype"], "overrides": c["overrides"]} for c in cands}
+        print(f"[nasfe] {len(todo)} to train, {max_concurrent} at a time", flush=True)
+        _tuner(ctx, todo, root, max_concurrent).fit()
+    done = _trained(root)
+
+    testsets, faces = (Path(args.testsets) if args.testsets else None), (Path(args.faces) if args.faces else None)
+    if testsets is None:
+        from nasfe.evaluate.ablation import build_ablation_testsets
+
+        testsets, faces = build_ablation_testsets(args.space, root, args.test_images, overrides=overrides)
+    score_rows(cands, nets, space)
+    rows = []
+    for c in cands:
+        row = {k: v for k, v in c.items() if k not in ("genotype", "overrides")}
+        row["genotype_id"] = None
+        if c["genotype"] is not None:
+            from nasfe.genotype import Genotype
+
+            g = Genotype.from_dict(c["genotype"])
+            row.update(genotype_id=g.genotype_id(), path=g.path)
+        if c["id"] in done:
+            row.update(run_dir=str(done[c["id"]]),
+                       **score_trained(done[c["id"]], c["label"], testsets, faces, args.max_images))
+        rows.append(row)
+    missing = [c["id"] for c in cands if c["id"] not in done]
+    meta = {"space": args.space, "overrides": {k: v for k, v in overrides.items()}, "sample_seed": args.sample_seed,
+            "searched": list(args.searched), "testsets": str(testsets), "max_images": args.max_images,
+            "budget": f"retrain.epochs {space.retrain.epochs} x steps_per_epoch {space.retrain.steps_per_epoch}, "
+                      f"pretrain_steps {space.retrain.pretrain_steps}",
+            "untrained": missing, "seconds": round(time.time() - t0, 1)}
+    if nets:
+        from nasfe.engine.ranking import RULES
+        from nasfe.evaluate.rank_report import kendall_tau
+
+        per = {}
+        for rule in RULES:
+            per[rule] = []
+            for i in range(len(nets)):
+                pairs = [(r[f"score_{rule}_by_search"][i], r["val_psnr"]) for r in rows
+                         if r.get(f"score_{rule}_by_search") and r.get("val_psnr") is not None
+                         and r[f"score_{rule}_by_search"][i] is not None]
+                per[rule].append(kendall_tau([p[0] for p in pairs], [p[1] for p in pairs])["tau"])
+        meta["kendall_tau_by_search"] = per
+    out = Path(args.out) if args.out else root
+    data = write_rank_report(rows, out, meta)
+    if wandb is not None:
+        from nasfe.tracking.wandb_rank import log_rank
+
+        where = log_rank(wandb, run.name, data, out / "rank.png", out)
+        if where:
+            print(f"[nasfe] W&B rank table ({where})", flush=True)
+    print((out / "rank.md").read_text(), flush=True)
+    print(f"[nasfe] rank.json, rank.md, rank.png in {out}", flush=True)
+    if missing and not args.only_finished:
+        print(f"nasfe rank: {len(missing)} genotype(s) not trained ({', '.join(missing)}); run the same command "
+              f"again to resume", file=sys.stderr, flush=True)
+        return 130
+    return 0

@@ -70,7 +70,8 @@ def load_job_space(args, extra: Optional[dict[str, Any]] = None):
     from nasfe.errors import CommandError
     from nasfe.config import load_space
 
-    from nasfe.data.remote import DataFetchError, check_exists, is_uri
+    from nasfe.data.remote import check_exists, is_uri
+    from nasfe.errors import DataFetchError
 
     overrides = dict(args.overrides or [])
     if args.data and is_uri(args.data):  # shared storage: each node fetches it once (nasfe.data.remote)

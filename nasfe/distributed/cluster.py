@@ -26,6 +26,12 @@ log = logging.getLogger("nasfe.distributed")
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+def local_work_dir(name: str, phase: str) -> Path:
+    """Node-local folder where rank 0's engine writes when the run root is remote storage."""
+    base = Path(os.environ.get("NASFE_WORK_DIR", Path.home() / "nasfe-work"))
+    return base / name
+
+
 @dataclass(frozen=True)
 class RunStorage:
     """The storage of one run: its root (local folder or URI) and the Ray paths inside it."""

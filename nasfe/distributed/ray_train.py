@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from nasfe.distributed.cluster import RunStorage
+from nasfe.distributed.cluster import RunStorage, local_work_dir
 from nasfe.engine.callbacks import Callback, ConsoleProgress
 from nasfe.errors import GpuUnavailableError, NasfeError
 
@@ -50,12 +50,6 @@ def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
             continue
         out[k] = float(v) if not math.isnan(v) else None
     return {k: v for k, v in out.items() if v is not None}
-
-
-def local_work_dir(name: str, phase: str) -> Path:
-    """Node-local folder where rank 0's engine writes when the run root is remote storage."""
-    base = Path(os.environ.get("NASFE_WORK_DIR", Path.home() / "nasfe-work"))
-    return base / name
 
 
 class RayReportCallback(Callback):

@@ -235,7 +235,7 @@ def main(args) -> int:
 
 def _search(args, space, phases: tuple[str, ...], storage) -> int:
     from nasfe.distributed.ray_train import finished_phase, fit_retrain, fit_search
-    from nasfe.distributed.retrain_job import evaluate_and_report
+    from nasfe.evaluate.split_eval import evaluate_and_report
     from nasfe.distributed.run_identity import check_job_run
     from nasfe.genotype import Genotype
 

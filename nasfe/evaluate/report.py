@@ -28,7 +28,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from nasfe.imageio import atomic_write_bytes, atomic_write_text, write_png_atomic
+from nasfe.imageio import atomic_write_bytes, atomic_write_text
 
 PathLike = Union[str, Path]
 

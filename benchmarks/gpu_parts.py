@@ -431,7 +431,7 @@ def part_data(ctx, deadline: float) -> list[Row]:
     """c. The degradation pipeline on the device at batch B against the steps it feeds, and the share
     of a real search loop (DataLoader workers, BatchMaker, degradation on the device) spent waiting."""
     from nasfe.degrade.pipeline import Degrader
-    from nasfe.engine.loop import cycle
+    from nasfe.data.batches import cycle
 
     rows: list[Row] = []
     space = ctx.space()
@@ -607,7 +607,7 @@ def part_train(ctx, deadline: float) -> list[Row]:
     """e. Retrain the derived network on the carried real faces until the time box, then PSNR/SSIM
     on Test-BN and Test-BNL built from the test identities, beside input, histeq and classical."""
     from nasfe.data.faces import FolderFaces
-    from nasfe.engine.loop import cycle
+    from nasfe.data.batches import cycle
 
     if ctx.faces_root is None:
         return [Row("e", "retrain on real faces", status="skipped: no --faces folder (see --prepare)")]

@@ -109,6 +109,18 @@ class NonFiniteNetworkError(DivergenceError):
         return (type(self), (self.where, self.phase))
 
 
+class DataFetchError(NasfeError):
+    """The data URI cannot be read (no such prefix, no access)."""
+
+
+class GpuUnavailableError(NasfeError):
+    """A worker was given a GPU by Ray but its torch cannot use CUDA."""
+
+
+class NoRoomError(NasfeError):
+    """The workers found no room in the cluster for ``start_timeout_s`` in a row."""
+
+
 def error_chain(exc: Optional[BaseException]):
     """Every error behind ``exc``, once each: Ray's wrappers (worker failures, ``cause``,
     controller failures), ``__cause__`` and ``__context__``.

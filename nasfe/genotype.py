@@ -177,35 +177,7 @@ class Genotype:
         blocks = data["blocks"]
         if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1:
             raise GenotypeError(f"{where}: blocks must be a positive integer, got {blocks!r}")
-        raw_cells = data["cells"]
-        if not isinstance(raw_cells, list) or not raw_cells:
-            raise GenotypeError(f"{where}: cells must be a non-empty list of cells")
-        cells = []
-        for ci, raw in enumerate(raw_cells):
-            if not isinstance(raw, list) or len(raw) != blocks:
-                raise GenotypeError(f"{where}: cells[{ci}] must list {blocks} blocks")
-            genes = []
-            for bi, g in enumerate(raw):
-                at = f"{where}: cells[{ci}][{bi}]"
-                if not isinstance(g, dict) or set(g) != {"inputs", "ops"}:
-                    raise GenotypeError(f"{at}: expected {{'inputs': [i, j], 'ops': [op, op]}}, got {g!r}")
-                inp, gops = g["inputs"], g["ops"]
-                if (not isinstance(inp, list) or len(inp) != 2
-                        or not all(isinstance(j, int) and not isinstance(j, bool) for j in inp)):
-                    raise GenotypeError(f"{at}.inputs: expected two integers, got {inp!r}")
-                if any(not 0 <= j < bi + 2 for j in inp):
-                    raise GenotypeError(f"{at}.inputs: {inp} out of range [0, {bi + 2}) for block {bi}")
-                if inp[0] == inp[1]:
-                    raise GenotypeError(f"{at}.inputs: the two inputs must differ, got {inp}")
-                if not isinstance(gops, list) or len(gops) != 2 or not all(isinstance(o, str) for o in gops):
-                    raise GenotypeError(f"{at}.ops: expected two operator names, got {gops!r}")
-                if "zero" in gops:
-                    raise GenotypeError(f"{at}.ops: 'zero' is never a derived operator")
-                bad = [o for o in gops if o not in ops]
-                if bad:
-                    raise GenotypeError(f"{at}.ops: {bad} not among the genotype's operators")
-                genes.append(BlockGene(list(inp), list(gops)))
-            cells.append(genes)
+        cells = _cells_from_dict(data["cells"], blocks, ops, where)
         path = data["path"]
         why = check_path(path)
         if why:
@@ -264,6 +236,40 @@ class Genotype:
         blob = json.dumps({"cells": self.to_dict()["cells"], "path": self.path, "blocks": self.blocks},
                           sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
+
+def _cells_from_dict(raw_cells: Any, blocks: int, ops: list[str], where: str) -> list[list[BlockGene]]:
+    """The ``cells`` field of a genotype file: lists of ``blocks`` genes, each checked."""
+    if not isinstance(raw_cells, list) or not raw_cells:
+        raise GenotypeError(f"{where}: cells must be a non-empty list of cells")
+    cells = []
+    for ci, raw in enumerate(raw_cells):
+        if not isinstance(raw, list) or len(raw) != blocks:
+            raise GenotypeError(f"{where}: cells[{ci}] must list {blocks} blocks")
+        cells.append([_gene_from_dict(g, bi, ops, f"{where}: cells[{ci}][{bi}]") for bi, g in enumerate(raw)])
+    return cells
+
+
+def _gene_from_dict(g: Any, bi: int, ops: list[str], at: str) -> BlockGene:
+    """Block ``bi`` of a cell: two distinct earlier inputs, two non-zero operators of ``ops``."""
+    if not isinstance(g, dict) or set(g) != {"inputs", "ops"}:
+        raise GenotypeError(f"{at}: expected {{'inputs': [i, j], 'ops': [op, op]}}, got {g!r}")
+    inp, gops = g["inputs"], g["ops"]
+    if (not isinstance(inp, list) or len(inp) != 2
+            or not all(isinstance(j, int) and not isinstance(j, bool) for j in inp)):
+        raise GenotypeError(f"{at}.inputs: expected two integers, got {inp!r}")
+    if any(not 0 <= j < bi + 2 for j in inp):
+        raise GenotypeError(f"{at}.inputs: {inp} out of range [0, {bi + 2}) for block {bi}")
+    if inp[0] == inp[1]:
+        raise GenotypeError(f"{at}.inputs: the two inputs must differ, got {inp}")
+    if not isinstance(gops, list) or len(gops) != 2 or not all(isinstance(o, str) for o in gops):
+        raise GenotypeError(f"{at}.ops: expected two operator names, got {gops!r}")
+    if "zero" in gops:
+        raise GenotypeError(f"{at}.ops: 'zero' is never a derived operator")
+    bad = [o for o in gops if o not in ops]
+    if bad:
+        raise GenotypeError(f"{at}.ops: {bad} not among the genotype's operators")
+    return BlockGene(list(inp), list(gops))
+
 
 
 def derive_genotype(alphas, betas, space, edge_weights=None) -> Genotype:

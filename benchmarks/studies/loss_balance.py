@@ -66,7 +66,7 @@ def _row(where: str, mode: str, values: dict, norms: dict) -> str:
 def measure(faces: str, weights: str, mode: str, steps: int, batch: int) -> list[str]:
     """Rows for one L2 mode."""
     from nasfe.data.batches import BatchMaker
-    from nasfe.engine.search import build_network
+    from nasfe.engine.network import build_network
     from nasfe.genotype import derive_from_arch
     from nasfe.model.registry import create_model
 

@@ -297,3 +297,18 @@ class BatchMaker:
             y, params = self.degrader(x, gen)
             c = params.labels().to(self.device)
             yield Batch(y=y, x=x, c=c, refs=refs, params=params, identity=item["identity"].to(self.device))
+
+
+def cycle(maker) -> Iterator[Any]:
+    """Endless batches from a batch maker, moving to its next epoch when one runs out."""
+    epoch = 0
+    while True:
+        if hasattr(maker, "set_epoch"):
+            maker.set_epoch(epoch)
+        empty = True
+        for batch in maker:
+            empty = False
+            yield batch
+        if empty:
+            raise RuntimeError("the batch source yields no batches (too few images for one batch?)")
+        epoch += 1

@@ -24,14 +24,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from nasfe.errors import NasfeError
+from nasfe.errors import DataFetchError
 
 MARKER = ".nasfe-fetched.json"
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
-
-class DataFetchError(NasfeError):
-    """The data URI cannot be read (no such prefix, no access)."""
 
 
 def is_uri(root: str | os.PathLike | None) -> bool:

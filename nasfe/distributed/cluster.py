@@ -18,17 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from nasfe.data.remote import is_uri
 from nasfe.errors import StorageError
 
 log = logging.getLogger("nasfe.distributed")
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
-def is_uri(path: str) -> bool:
-    """True for ``scheme://...`` storage (S3, GCS ...), False for a local path."""
-    return bool(_URI.match(str(path)))
+def local_work_dir(name: str, phase: str) -> Path:
+    """Node-local folder where rank 0's engine writes when the run root is remote storage."""
+    base = Path(os.environ.get("NASFE_WORK_DIR", Path.home() / "nasfe-work"))
+    return base / name
 
 
 @dataclass(frozen=True)

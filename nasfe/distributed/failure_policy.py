@@ -166,9 +166,6 @@ def with_failure_policy(trainer_cls):
     return Trainer
 
 
-class NoRoomError(NasfeError):
-    """The workers found no room in the cluster for ``start_timeout_s`` in a row."""
-
 
 def no_room_message(workers: int, demand: str, waited_s: float) -> str:
     """The one line a run ends with when its workers found no room for ``waited_s``."""

@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from nasfe.distributed.cluster import RunStorage
+from nasfe.distributed.cluster import RunStorage, local_work_dir
 from nasfe.engine.callbacks import Callback, ConsoleProgress
-from nasfe.errors import NasfeError
+from nasfe.errors import GpuUnavailableError, NasfeError
 
 log = logging.getLogger("nasfe.distributed")
 
@@ -50,12 +50,6 @@ def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
             continue
         out[k] = float(v) if not math.isnan(v) else None
     return {k: v for k, v in out.items() if v is not None}
-
-
-def local_work_dir(name: str, phase: str) -> Path:
-    """Node-local folder where rank 0's engine writes when the run root is remote storage."""
-    base = Path(os.environ.get("NASFE_WORK_DIR", Path.home() / "nasfe-work"))
-    return base / name
 
 
 class RayReportCallback(Callback):
@@ -308,9 +302,6 @@ class PhaseResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-class GpuUnavailableError(NasfeError):
-    """A worker was given a GPU by Ray but its torch cannot use CUDA."""
-
 
 def require_cuda() -> None:
     """On a worker promised a GPU: stop with one line unless torch can use CUDA there."""
@@ -542,7 +533,8 @@ def start_timeout() -> Optional[float]:
 
 def _run_error(exc: BaseException, trainer) -> BaseException:
     """What a failed ``fit()`` raises: your error, the end of a wait for room, else Ray's error."""
-    from nasfe.distributed.failure_policy import STARTUP, NoRoomError, failure_kind, no_room_message
+    from nasfe.distributed.failure_policy import STARTUP, failure_kind, no_room_message
+    from nasfe.errors import NoRoomError
 
     user = _user_error(exc)
     if user is not None:
@@ -555,7 +547,7 @@ def _run_error(exc: BaseException, trainer) -> BaseException:
 
 def _user_error(exc: BaseException) -> Optional[BaseException]:
     """The user-input error (bad checkpoint, genotype, config, data, a full disk) behind a Ray worker failure."""
-    from nasfe.errors import NasfeError, error_chain
+    from nasfe.errors import error_chain
 
     return next((e for e in error_chain(exc) if isinstance(e, (NasfeError, FileNotFoundError))), None)
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from nasfe.distributed.cluster import RunStorage
+from nasfe.distributed.cluster import RunStorage, local_work_dir
 from nasfe.engine.checkpoint import list_checkpoints, load_checkpoint
 from nasfe.errors import CheckpointError
 from nasfe.locks import FolderLock
@@ -60,8 +60,6 @@ class ResumePlan:
 
 def run_lock(storage: RunStorage) -> FolderLock:
     """The lock of run ``storage.name``: in its folder (local storage), else in this node's work folder."""
-    from nasfe.distributed.ray_train import local_work_dir
-
     if storage.is_local:
         return FolderLock(storage.root, f"run {storage.name!r}")
     return FolderLock(local_work_dir(storage.name, "").parent, f"run {storage.root!r}", name=f".{storage.name}.lock")

@@ -132,7 +132,8 @@ def load_job_space(args, extra: Optional[dict[str, Any]] = None):
     from nasfe.errors import CommandError
     from nasfe.config import load_space
 
-    from nasfe.data.remote import DataFetchError, check_exists, is_uri
+    from nasfe.data.remote import check_exists, is_uri
+    from nasfe.errors import DataFetchError
 
     overrides = dict(args.overrides or [])
     if args.data and is_uri(args.data):  # shared storage: each node fetches it once (nasfe.data.remote)
@@ -306,7 +307,7 @@ def main(args) -> int:
 
 def _search(args, space, phases: tuple[str, ...], storage) -> int:
     from nasfe.distributed.ray_train import finished_phase, fit_retrain, fit_search
-    from nasfe.distributed.retrain_job import evaluate_and_report
+    from nasfe.evaluate.split_eval import evaluate_and_report
     from nasfe.distributed.run_identity import check_job_run
     from nasfe.genotype import Genotype
 

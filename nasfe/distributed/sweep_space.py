@@ -157,15 +157,23 @@ def _parse_param(key: str, raw: Any, where: str) -> ParamSpec:
     if kind not in PARAM_TYPES:
         raise ConfigError(f"{at}.type: expected one of {list(PARAM_TYPES)}, got {kind!r}")
     if kind == "choice":
-        extra = sorted(set(raw) & {"low", "high", "log", "step"})
-        if extra:
-            raise ConfigError(f"{at}: a choice takes 'values' only, not {extra}")
-        values = raw.get("values")
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{at}.values: expected a non-empty list, got {values!r}")
-        if len({repr(v) for v in values}) != len(values):
-            raise ConfigError(f"{at}.values: lists a value twice: {values}")
-        return ParamSpec(key, kind, values=list(values))
+        return _parse_choice(key, raw, at)
+    return _parse_range(key, kind, tp, raw, at)
+
+
+def _parse_choice(key: str, raw: dict, at: str) -> ParamSpec:
+    extra = sorted(set(raw) & {"low", "high", "log", "step"})
+    if extra:
+        raise ConfigError(f"{at}: a choice takes 'values' only, not {extra}")
+    values = raw.get("values")
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{at}.values: expected a non-empty list, got {values!r}")
+    if len({repr(v) for v in values}) != len(values):
+        raise ConfigError(f"{at}.values: lists a value twice: {values}")
+    return ParamSpec(key, "choice", values=list(values))
+
+
+def _parse_range(key: str, kind: str, tp: Any, raw: dict, at: str) -> ParamSpec:
     if "values" in raw:
         raise ConfigError(f"{at}: 'values' belongs to type: choice; a {kind} range takes low/high")
     if tp not in (int, float):
@@ -214,13 +222,7 @@ def _check_values_load(sweep: SweepSpace, where: str) -> None:
                 raise ConfigError(f"{where}: params.{p.key} = {value!r} gives an invalid space: {exc}") from None
 
 
-def sweep_from_dict(data: Any, where: str, default_name: str = "sweep", default_base: Optional[str] = None) -> SweepSpace:
-    """Build and validate a :class:`SweepSpace` from parsed YAML; errors name ``where`` and the key."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping at the top level")
-    unknown = sorted(set(data) - _TOP_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(_TOP_KEYS)}")
+def _resolve_base(data: dict, where: str, default_base: Optional[str]) -> str:
     base = data.get("base", default_base)
     if not isinstance(base, str) or not base:
         raise ConfigError(f"{where}: base: expected the name or path of a search space, got {base!r}")
@@ -233,6 +235,80 @@ def sweep_from_dict(data: Any, where: str, default_name: str = "sweep", default_
         resolve_space_path(base)
     except ConfigError as exc:
         raise ConfigError(f"{where}: base: {exc}") from None
+    return base
+
+
+def _parse_asha(raw_asha: Any, where: str) -> AshaConfig:
+    if not isinstance(raw_asha, dict):
+        raise ConfigError(f"{where}: asha: expected a mapping {{grace_period, reduction_factor, max_t}}")
+    bad = sorted(set(raw_asha) - {"grace_period", "reduction_factor", "max_t"})
+    if bad:
+        raise ConfigError(f"{where}: asha: unknown field(s) {bad}; known: ['grace_period', 'max_t', 'reduction_factor']")
+    asha = AshaConfig(**raw_asha)
+    for key, minimum in (("grace_period", 1), ("reduction_factor", 2), ("max_t", 1)):
+        v = getattr(asha, key)
+        if v is None and key == "max_t":
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ConfigError(f"{where}: asha.{key}: expected an integer >= {minimum}, got {v!r}")
+    return asha
+
+
+def _parse_overrides_and_params(data: dict, where: str) -> tuple[dict, list[ParamSpec]]:
+    raw_over = data.get("overrides") or {}
+    if not isinstance(raw_over, dict):
+        raise ConfigError(f"{where}: overrides: expected a mapping of dotted keys to values")
+    for key in raw_over:
+        try:
+            _field_type(str(key))
+        except KeyError as exc:
+            raise ConfigError(f"{where}: overrides.{key}: {exc.args[0]}") from None
+    raw_params = data.get("params")
+    if not isinstance(raw_params, dict) or not raw_params:
+        raise ConfigError(f"{where}: params: expected a non-empty mapping of dotted config keys to distributions")
+    params = [_parse_param(str(k), v, where) for k, v in raw_params.items()]
+    clash = sorted(set(raw_over) & set(raw_params))
+    if clash:
+        raise ConfigError(f"{where}: {clash} both fixed under overrides and swept under params")
+    return dict(raw_over), params
+
+
+def _fixed_genotype(genotype: str, params: list[ParamSpec], where: str) -> str:
+    """A retrain sweep's genotype file (relative to the sweep file when not found as given)."""
+    model_keys = [p.key for p in params if p.key.startswith("model.")]
+    if model_keys:
+        raise ConfigError(f"{where}: params {model_keys}: a retrain sweep of a fixed genotype cannot change "
+                          f"the architecture space; sweep model.* with phase: search")
+    gpath = Path(genotype)
+    if not gpath.is_absolute() and not gpath.is_file() and (Path(where).parent / gpath).is_file():
+        genotype = str(Path(where).parent / gpath)
+    if not Path(genotype).is_file():
+        raise ConfigError(f"{where}: genotype: file {genotype!r} not found")
+    return genotype
+
+
+def _check_budget(sweep: SweepSpace, where: str) -> None:
+    """ASHA's rungs fit the trials' epochs; a retrain sweep of a NAS space names its genotype."""
+    asha, phase = sweep.asha, sweep.phase
+    epochs = sweep.phase_epochs()
+    if asha.grace_period > sweep.max_t():
+        raise ConfigError(f"{where}: asha.grace_period ({asha.grace_period}) exceeds asha.max_t / "
+                          f"{phase}.epochs ({sweep.max_t()})")
+    if asha.max_t is not None and asha.max_t > epochs:
+        raise ConfigError(f"{where}: asha.max_t ({asha.max_t}) exceeds {phase}.epochs ({epochs}) of the trials")
+    if phase == "retrain" and sweep.genotype is None and sweep.base_space().model.fusion == "nas":
+        raise ConfigError(f"{where}: phase: retrain needs 'genotype: path/to/genotype.json' "
+                          f"(or a base space with model.fusion: res2)")
+
+
+def sweep_from_dict(data: Any, where: str, default_name: str = "sweep", default_base: Optional[str] = None) -> SweepSpace:
+    """Build and validate a :class:`SweepSpace` from parsed YAML; errors name ``where`` and the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level")
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(_TOP_KEYS)}")
+    base = _resolve_base(data, where, default_base)
 
     def typed(key, tp, default, check=None, why=""):
         value = data.get(key, default)
@@ -256,64 +332,18 @@ def sweep_from_dict(data: Any, where: str, default_name: str = "sweep", default_
     study_name = typed("study_name", str, None, bool, "a name or null")
     name = typed("name", str, default_name, bool, "a name")
     genotype = typed("genotype", str, None, bool, "a path to genotype.json or null")
-
-    raw_asha = data.get("asha") or {}
-    if not isinstance(raw_asha, dict):
-        raise ConfigError(f"{where}: asha: expected a mapping {{grace_period, reduction_factor, max_t}}")
-    bad = sorted(set(raw_asha) - {"grace_period", "reduction_factor", "max_t"})
-    if bad:
-        raise ConfigError(f"{where}: asha: unknown field(s) {bad}; known: ['grace_period', 'max_t', 'reduction_factor']")
-    asha = AshaConfig(**raw_asha)
-    for key, minimum in (("grace_period", 1), ("reduction_factor", 2), ("max_t", 1)):
-        v = getattr(asha, key)
-        if v is None and key == "max_t":
-            continue
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise ConfigError(f"{where}: asha.{key}: expected an integer >= {minimum}, got {v!r}")
-
-    raw_over = data.get("overrides") or {}
-    if not isinstance(raw_over, dict):
-        raise ConfigError(f"{where}: overrides: expected a mapping of dotted keys to values")
-    for key in raw_over:
-        try:
-            _field_type(str(key))
-        except KeyError as exc:
-            raise ConfigError(f"{where}: overrides.{key}: {exc.args[0]}") from None
-
-    raw_params = data.get("params")
-    if not isinstance(raw_params, dict) or not raw_params:
-        raise ConfigError(f"{where}: params: expected a non-empty mapping of dotted config keys to distributions")
-    params = [_parse_param(str(k), v, where) for k, v in raw_params.items()]
-    clash = sorted(set(raw_over) & set(raw_params))
-    if clash:
-        raise ConfigError(f"{where}: {clash} both fixed under overrides and swept under params")
-
+    asha = _parse_asha(data.get("asha") or {}, where)
+    overrides, params = _parse_overrides_and_params(data, where)
     if phase == "retrain" and genotype is not None:
-        model_keys = [p.key for p in params if p.key.startswith("model.")]
-        if model_keys:
-            raise ConfigError(f"{where}: params {model_keys}: a retrain sweep of a fixed genotype cannot change "
-                              f"the architecture space; sweep model.* with phase: search")
-        gpath = Path(genotype)
-        if not gpath.is_absolute() and not gpath.is_file() and (Path(where).parent / gpath).is_file():
-            genotype = str(Path(where).parent / gpath)
-        if not Path(genotype).is_file():
-            raise ConfigError(f"{where}: genotype: file {genotype!r} not found")
+        genotype = _fixed_genotype(genotype, params, where)
 
     sweep = SweepSpace(name=name, base=base, phase=phase, metric=metric, mode=mode, num_samples=num_samples,
                        max_concurrent=max_concurrent, workers_per_trial=workers, cpus_per_worker=float(cpus),
                        gpus_per_worker=None if gpus is None else float(gpus), seed=seed, asha=asha,
-                       storage=storage, study_name=study_name, genotype=genotype, overrides=dict(raw_over),
+                       storage=storage, study_name=study_name, genotype=genotype, overrides=overrides,
                        params=params, source=where)
     _check_values_load(sweep, where)
-    epochs = sweep.phase_epochs()
-    if asha.grace_period > sweep.max_t():
-        raise ConfigError(f"{where}: asha.grace_period ({asha.grace_period}) exceeds asha.max_t / "
-                          f"{phase}.epochs ({sweep.max_t()})")
-    if asha.max_t is not None and asha.max_t > epochs:
-        raise ConfigError(f"{where}: asha.max_t ({asha.max_t}) exceeds {phase}.epochs ({epochs}) of the trials")
-    if phase == "retrain" and genotype is None and sweep.base_space().model.fusion == "nas":
-        raise ConfigError(f"{where}: phase: retrain needs 'genotype: path/to/genotype.json' "
-                          f"(or a base space with model.fusion: res2)")
+    _check_budget(sweep, where)
     return sweep
 
 

@@ -14,7 +14,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -69,21 +69,6 @@ def scheduled_lr(settings: PhaseSettings, step: int, total_steps: int) -> float:
         return settings.lr * (step + 1) / warm
     t = min(1.0, (step - warm) / max(1, total_steps - warm))
     return settings.lr_min + 0.5 * (settings.lr - settings.lr_min) * (1.0 + math.cos(math.pi * t))
-
-
-def cycle(maker) -> Iterator[Any]:
-    """Endless batches from a batch maker, moving to its next epoch when one runs out."""
-    epoch = 0
-    while True:
-        if hasattr(maker, "set_epoch"):
-            maker.set_epoch(epoch)
-        empty = True
-        for batch in maker:
-            empty = False
-            yield batch
-        if empty:
-            raise RuntimeError("the batch source yields no batches (too few images for one batch?)")
-        epoch += 1
 
 
 class Phase:

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from nasfe.config import SpaceConfig
+from nasfe.data.batches import cycle
 from nasfe.engine.dist import DistContext
 from nasfe.errors import DivergenceError
 
@@ -67,7 +68,6 @@ def pretrain_parts(model, space: SpaceConfig, make_batches: Callable[[SpaceConfi
 
     ``make_batches(space)`` gives an iterable of batches for a (modified) space on this rank.
     """
-    from nasfe.engine.loop import cycle
     from nasfe.model.classifier import classification_loss
     from nasfe.model.nasfe import encoder_task_loss
 

@@ -10,7 +10,7 @@ from nasfe.config import SpaceConfig
 from nasfe.engine.callbacks import Callback
 from nasfe.engine.dist import DistContext
 from nasfe.engine.loop import Phase, PhaseSettings
-from nasfe.engine.search import build_network
+from nasfe.engine.network import build_network
 
 
 class RetrainPhase(Phase):

@@ -23,25 +23,12 @@ from nasfe.config import SpaceConfig
 from nasfe.engine.callbacks import Callback
 from nasfe.engine.dist import DistContext
 from nasfe.engine.loop import Phase, PhaseSettings
+from nasfe.engine.network import build_network
 
 log = logging.getLogger("nasfe.engine")
 
 #: above this share of parameter-free derived edges the search has likely collapsed (DARTS)
 COLLAPSE_SHARE = 0.5
-
-
-def build_network(space: SpaceConfig, genotype=None, with_loss: bool = True):
-    """The model and its loss sharing one frozen face backbone (loss None without ``with_loss``)."""
-    from nasfe.identity.adain import IdentityInfo
-    from nasfe.identity.backbones import build_backbone
-    from nasfe.identity.losses import NASFELoss
-    from nasfe.model.registry import create_model
-
-    backbone = build_backbone(space.identity)
-    identity = IdentityInfo(backbone) if space.model.use_identity else None
-    model = create_model(space, genotype=genotype, identity=identity)
-    loss = NASFELoss(backbone, space.loss) if with_loss else None
-    return model, loss
 
 
 class strict_fp32:

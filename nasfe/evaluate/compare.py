@@ -26,6 +26,7 @@ from typing import Any, Optional, Sequence
 
 from nasfe.config import ConfigError, SpaceConfig, load_space, space_from_dict
 from nasfe.genotype import Genotype, GenotypeError, diff_genotypes
+from nasfe.evaluate.report import markdown_grid
 from nasfe.imageio import atomic_output
 
 log = logging.getLogger("nasfe.compare")
@@ -293,13 +294,6 @@ def diffs(entries: Sequence[ArchEntry]) -> list[tuple[str, str, list[str]]]:
     return [(ref.label, e.label, diff_genotypes(ref.genotype, e.genotype)) for e in entries[1:]]
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    esc = [[str(v).replace("|", "\\|") for v in r] for r in [header] + rows]
-    lines = ["| " + " | ".join(esc[0]) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in esc[1:]]
-    return "\n".join(lines)
-
-
 def render_markdown(entries: Sequence[ArchEntry], rows, hist, diff_list, images: Optional[dict] = None) -> str:
     """The whole report as Markdown."""
     labels = [e.label for e in entries]
@@ -308,7 +302,7 @@ def render_markdown(entries: Sequence[ArchEntry], rows, hist, diff_list, images:
             + (f", metrics of {' and '.join(e.metrics)} (from {', '.join(f'{p}_summary.json' for p in e.metrics)})"
                if e.metrics else "")
             for e in entries]
-    out += ["", _md_table(["", *labels], [[name, *vals] for name, vals in rows]), ""]
+    out += ["", markdown_grid(["", *labels], [[name, *vals] for name, vals in rows]).rstrip(), ""]
     warning = latency_warning(entries)
     if warning:
         out += [f"**Warning**: {warning}.", ""]
@@ -317,7 +311,8 @@ def render_markdown(entries: Sequence[ArchEntry], rows, hist, diff_list, images:
         out += [f"- {line}" for line in lines] if lines else ["(identical architectures)"]
         out.append("")
     out += ["## Operator histogram", "",
-            _md_table(["operator", *labels, "total"], [[op, *map(str, c), str(sum(c))] for op, c in hist.items()]), ""]
+            markdown_grid(["operator", *labels, "total"],
+                          [[op, *map(str, c), str(sum(c))] for op, c in hist.items()]).rstrip(), ""]
     if images:
         out += ["## Cells", ""]
         for label, paths in images.get("cells", {}).items():

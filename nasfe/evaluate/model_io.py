@@ -105,7 +105,7 @@ def build_and_load(space: SpaceConfig, genotype: Optional[Genotype], state_dict:
     ``fill``: key prefixes the file leaves out on purpose (the frozen face backbone of a packaged
     model): those weights come from the backbone as built here (``identity.weights`` when that file
     is on this machine, else seeded random init, and then ``model.refs_usable`` is False)."""
-    from nasfe.engine.search import build_network
+    from nasfe.engine.network import build_network
 
     searched = fusion_is_searched(space.model.fusion)
     if searched and genotype is None:

@@ -28,7 +28,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from nasfe.imageio import atomic_write_bytes, atomic_write_text, write_png_atomic
+from nasfe.imageio import atomic_write_bytes, atomic_write_text
 
 PathLike = Union[str, Path]
 
@@ -95,20 +95,25 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def markdown_grid(header: Sequence[str], rows: Sequence[Sequence[Any]], aligns: Optional[Sequence[str]] = None) -> str:
+    """A GitHub Markdown table of strings (``|`` and newlines escaped); ``aligns`` like ``"---:"``."""
+    aligns = list(aligns) if aligns is not None else ["---"] * len(header)
+    lines = ["| " + " | ".join(_md_escape(str(h)) for h in header) + " |", "| " + " | ".join(aligns) + " |"]
+    lines += ["| " + " | ".join(_md_escape(str(v)) for v in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     """A GitHub Markdown table of ``rows`` restricted to ``columns`` (formatted, see module doc)."""
     if not columns:
         raise ValueError("markdown_table: no columns given")
-    lines = ["| " + " | ".join(_md_escape(_header(c)) for c in columns) + " |"]
     # Right-align numbers, left-align text: decided by the first non-missing value of a column.
     aligns = []
     for c in columns:
         first = next((r[c] for r in rows if r.get(c) is not None), None)
         aligns.append("---:" if _as_number(first) is not None else ":---")
-    lines.append("| " + " | ".join(aligns) + " |")
-    for r in rows:
-        lines.append("| " + " | ".join(_md_escape(format_value(c, r.get(c))) for c in columns) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_grid([_header(c) for c in columns],
+                         [[format_value(c, r.get(c)) for c in columns] for r in rows], aligns)
 
 
 def _csv_cell(value: Any) -> str:

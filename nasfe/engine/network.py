@@ -1,0 +1,17 @@
+"""The network a phase trains: the model and its loss, sharing one frozen face backbone."""
+from __future__ import annotations
+
+from nasfe.config import SpaceConfig
+from nasfe.identity.adain import IdentityInfo
+from nasfe.identity.backbones import build_backbone
+from nasfe.identity.losses import NASFELoss
+from nasfe.model.registry import create_model
+
+
+def build_network(space: SpaceConfig, genotype=None, with_loss: bool = True):
+    """The model and its loss sharing one frozen face backbone (loss None without ``with_loss``)."""
+    backbone = build_backbone(space.identity)
+    identity = IdentityInfo(backbone) if space.model.use_identity else None
+    model = create_model(space, genotype=genotype, identity=identity)
+    loss = NASFELoss(backbone, space.loss) if with_loss else None
+    return model, loss

@@ -73,7 +73,7 @@ def test_weights_given_as_a_uri_are_fetched_once_into_the_cache(tmp_path, monkey
     assert Path(resolve_weights(uri)) == local
     space = load_space("paper", overrides={"identity.weights": uri})
     assert build_backbone(space.identity).pretrained
-    from nasfe.data.remote import DataFetchError
+    from nasfe.errors import DataFetchError
 
     with pytest.raises(DataFetchError, match="no such file"):
         resolve_weights((tmp_path / "missing.pt").as_uri())
@@ -92,7 +92,7 @@ def test_vggface_pool3_stays_available_when_its_weights_are_given(tmp_path):
 
 def test_a_model_whose_backbone_file_is_missing_loads_without_the_random_init_warning(tmp_path, caplog):
     from nasfe.evaluate.model_io import build_and_load
-    from nasfe.engine.search import build_network
+    from nasfe.engine.network import build_network
 
     space = load_space("tiny", overrides={"identity.backbone": "mobilefacenet",
                                           "identity.weights": str(tmp_path / "not-here.pt"),

@@ -35,7 +35,7 @@ def main() -> int:
     from localcluster import S3Server
 
     from nasfe.config import load_space
-    from nasfe.data import BatchMaker
+    from nasfe.data.batches import BatchMaker
     from nasfe.data import remote
     from nasfe.data.synthetic import synthetic_faces
     from nasfe.imageio import write_png_atomic

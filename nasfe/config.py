@@ -49,6 +49,11 @@ PACKAGED_WEIGHTS = "packaged"
 EXECUTION_FIELDS = ("checkpoint_cells", "channels_last", "compile")
 
 
+#: ``degrade.kernel_mode`` values (nasfe.degrade.kernels)
+KERNEL_MODES = ("centred", "paper-compatible")
+#: ``degrade.noise_model`` values (nasfe.degrade.pipeline)
+NOISE_MODELS = ("after-r", "scene-variance", "before-r", "display-r")
+
 @dataclass
 class ModelConfig:
     """Widths and topology of the NASFE network (section 3, Figure 2)."""
@@ -434,8 +439,6 @@ def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
             raise ConfigError(f"{where}: degrade.{name} must be [low, high] with 0 <= low <= high, got {lo_hi}")
     if any(k % 2 == 0 or k < 3 for k in d.kernel_sizes):
         raise ConfigError(f"{where}: degrade.kernel_sizes must be odd and >= 3, got {d.kernel_sizes}")
-    from nasfe.degrade.kernels import KERNEL_MODES
-    from nasfe.degrade.pipeline import NOISE_MODELS
 
     if d.noise_model not in NOISE_MODELS:
         raise ConfigError(f"{where}: degrade.noise_model must be one of {list(NOISE_MODELS)}, got {d.noise_model!r}")

@@ -23,6 +23,11 @@ from typing import Any, Optional
 
 from nasfe.errors import GenotypeError
 from nasfe.registry import OPERATORS, param_free_ops
+import torch
+from nasfe.imageio import atomic_write_text
+import math as _m
+import itertools
+import random
 
 SCHEMA_VERSION = 1
 
@@ -95,7 +100,6 @@ def beta_weights(betas, cells: int, levels: int, log: bool = False) -> dict:
     of every complete path multiply to a probability and all paths' probabilities sum to one.
     ``log``: log-probabilities (Viterbi). Differentiable in ``betas``.
     """
-    import torch
 
     out = {}
     for layer in range(cells):
@@ -213,7 +217,6 @@ class Genotype:
 
     def to_json(self, path: str | Path) -> Path:
         """Write atomically (temp file in the same folder, then ``os.replace``)."""
-        from nasfe.imageio import atomic_write_text
 
         path = Path(path)
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
@@ -283,7 +286,6 @@ def derive_genotype(alphas, betas, space, edge_weights=None) -> Genotype:
     Network level: Viterbi over ``beta_weights`` (softmax over each node's outgoing moves, as
     Auto-DeepLab), from level 0 before the first cell to level 0 after the last.
     """
-    import torch
 
     m = space.model
     alphas = torch.as_tensor(alphas).detach().float().cpu()
@@ -316,7 +318,6 @@ def derive_from_strength(op_strength, transition_strength, space) -> Genotype:
     Viterbi path with the strengths standing in for beta's logits, so the transitions the loss
     misses most are followed.
     """
-    import torch
 
     m = space.model
     ops = torch.as_tensor(op_strength).detach().float().cpu()
@@ -335,7 +336,6 @@ def derive_from_strength(op_strength, transition_strength, space) -> Genotype:
 
 def _cells_from_scores(scores, m, edge_scale=None) -> list[list[BlockGene]]:
     """Per block, the two incoming edges whose best non-zero operator scores highest, with it."""
-    import torch
 
     live = [i for i, o in enumerate(m.operators) if o != "zero"]
     best_w, best_i = scores[..., live].max(dim=-1)  # (types, edges)
@@ -365,7 +365,6 @@ def derive_from_arch(arch_params, space) -> Genotype:
 
 def block_softmax(gammas, blocks: int):
     """Softmax of edge logits ``(..., edges)`` over the incoming edges of each block separately."""
-    import torch
 
     parts = [torch.softmax(gammas[..., edge_offset(i):edge_offset(i + 1)], dim=-1) for i in range(blocks)]
     return torch.cat(parts, dim=-1)
@@ -380,7 +379,6 @@ def param_free_share(genotype: Genotype) -> float:
 
 def _mean_norm_entropy(probs_rows) -> float:
     """Mean over rows of the entropy divided by log(row length): 1 = uniform, 0 = one-hot."""
-    import math as _m
 
     vals = [-sum(p * _m.log(p) for p in row if p > 0) / _m.log(len(row)) for row in probs_rows if len(row) > 1]
     return sum(vals) / len(vals) if vals else 0.0
@@ -389,7 +387,6 @@ def _mean_norm_entropy(probs_rows) -> float:
 def arch_entropies(arch_params, space) -> dict[str, float]:
     """Normalised entropies (1 = undecided, 0 = decided) of softmax(alpha) per edge, of softmax(beta)
     over each trellis node's outgoing moves, and (PC mode) of each block's edge weights."""
-    import torch
 
     m = space.model
     arch = list(arch_params)
@@ -411,7 +408,6 @@ def viterbi_path(betas, cells: int, levels: int) -> list[int]:
     """Most probable level sequence under ``beta_weights`` (softmax over each node's outgoing
     moves), from level 0 before the first cell to level 0 after the last; only nodes that can
     still return to level 0 exist, so no invalid path is ever scored."""
-    import torch
 
     logp = {k: float(v) for k, v in beta_weights(torch.as_tensor(betas).detach().float(), cells, levels,
                                                   log=True).items()}
@@ -457,7 +453,6 @@ def diff_genotypes(a: Genotype, b: Genotype) -> list[str]:
 def expected_log_prob(betas, path: list[int], cells: int, levels: int) -> float:
     """Log-probability of ``path`` under ``beta_weights`` (what Viterbi maximises); ``-inf`` for a
     path that is not a valid path of the trellis (``check_path``). For reports and tests."""
-    import torch
 
     if check_path(list(path), cells, levels) is not None:
         return -math.inf
@@ -526,8 +521,6 @@ def sample_genotypes(space, k: int, seed: int = 0) -> list[Genotype]:
     paths. Seeded (a ``random.Random(seed)`` of its own): the same space and seed give the same list.
     Raises :class:`GenotypeError` when the space holds fewer than ``k`` distinct genotypes.
     """
-    import itertools
-    import random
 
     m = space.model
     live = [o for o in m.operators if o != "zero"]

@@ -32,6 +32,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from nasfe.errors import ImageReadError, WriteError
+from nasfe.data.remote import fill_placeholder as fill
+from nasfe.errors import CommandError
 
 PathLike = Union[str, os.PathLike]
 
@@ -90,7 +92,6 @@ def fill_placeholder(path: PathLike) -> bool:
     p = Path(path)
     if not p.is_file() or p.stat().st_size:
         return False
-    from nasfe.data.remote import fill_placeholder as fill  # only reached for empty files
 
     return fill(p)
 
@@ -221,7 +222,6 @@ def refuse_inside(out: PathLike, inputs: list[tuple[str, Optional[PathLike]]], w
     """:class:`~nasfe.errors.CommandError` when the output folder ``out`` is one of the input
     folders ``inputs`` ((flag, folder) pairs; None folders skipped) or lies inside one: outputs
     would mix with the inputs (and be read as inputs next time)."""
-    from nasfe.errors import CommandError
 
     o = Path(out).expanduser().resolve()
     for flag, folder in inputs:

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from nasfe.cli import main as cli
-from nasfe.imageio import ImageReadError, read_image, write_png_atomic
+from nasfe.imageio import ImageReadError, read_image
 from conftest import train_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]

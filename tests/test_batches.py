@@ -10,7 +10,7 @@ from PIL import Image
 
 from nasfe.config import SpaceConfig
 from nasfe.data.batches import Batch, BatchMaker, FaceRefDataset, ShardSampler
-from nasfe.data.faces import FaceRecord, FolderFaces, SyntheticFaces
+from nasfe.data.faces import FolderFaces, SyntheticFaces
 
 torch.set_num_threads(1)
 

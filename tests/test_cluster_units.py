@@ -142,7 +142,7 @@ def test_training_starts_from_s3_before_the_faces_are_copied_and_a_node_fills_it
     import time
 
     from nasfe.config import load_space
-    from nasfe.data import BatchMaker
+    from nasfe.data.batches import BatchMaker
     from nasfe.data.remote import MARKER, localize_space
     from nasfe.data.synthetic import synthetic_faces
     from nasfe.imageio import write_png_atomic

@@ -2,7 +2,6 @@
 never what it computes, its parameter names or its space hash."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 import nasfe.model.nasfe as nasfe_mod

@@ -136,7 +136,7 @@ def test_a_registered_face_source_feeds_a_search(tmp_path):
 
 
 def test_a_registered_backbone_drives_identity_and_losses(tmp_path):
-    from nasfe.identity.backbones import FaceBackbone, build_backbone, register_backbone
+    from nasfe.identity.backbones import FaceBackbone, build_backbone
 
     class PoolNet(FaceBackbone):
         """A frozen 3x3 conv at stride 8; embedding = its spatial mean."""

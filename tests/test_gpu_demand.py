@@ -3,7 +3,6 @@ a worker Ray gives a GPU that torch cannot use stops the job with one clear line
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pytest

@@ -1,7 +1,6 @@
 """``search_spaces/rehearsal.yaml`` is paper.yaml with only sizes changed, through ``inherit:``."""
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import nasfe.data.testsets as ts
 from nasfe.cli import main as cli
 from nasfe.config import ConfigError, load_space
 from nasfe.distributed.cluster import RunStorage
-from nasfe.engine.checkpoint import CheckpointError, checkpoint_name, latest_checkpoint, save_checkpoint
+from nasfe.engine.checkpoint import checkpoint_name, latest_checkpoint, save_checkpoint
 from nasfe.imageio import write_png_atomic
 from conftest import train_tiny_model
 

@@ -2,7 +2,6 @@
 L_arch(w - AdamStep(clip(grad_w L_train(w, arch))), arch), and the look-ahead is Adam's real step."""
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch

@@ -22,6 +22,7 @@ from nasfe.config import SpaceConfig
 from nasfe.data.faces import FaceRecord, FaceSource, fit_to_size, open_faces
 from nasfe.data.splits import SPLITS, split_identities
 from nasfe.imageio import ImageReadError, to_tensor
+from nasfe.degrade.pipeline import Degrader
 
 log = logging.getLogger(__name__)
 
@@ -274,8 +275,6 @@ class BatchMaker:
     def degrader(self):
         """The degradation callable (built on first use so that tests can inject their own)."""
         if self._degrader is None:
-            from nasfe.degrade.pipeline import Degrader  # local: the data room does not need it to import
-
             self._degrader = Degrader(self.space.degrade)
         return self._degrader
 

@@ -34,6 +34,8 @@ from nasfe.config import DataConfig
 from nasfe.errors import FaceSourceError
 from nasfe.imageio import ImageReadError, fill_placeholder, read_image
 from nasfe.registry import FACE_SOURCES
+from nasfe.data.synthetic import identity_params
+from nasfe.data.synthetic import image_params, render_faces
 
 log = logging.getLogger(__name__)
 
@@ -392,8 +394,6 @@ class SyntheticFaces(FaceSource):
 
     def __init__(self, identities: int = 24, images_per_identity: int = 6, height: int = 176,
                  width: int = 144, seed: int = 0, cache_bytes: int = 256 * 2**20):
-        from nasfe.data.synthetic import identity_params  # local: keeps import of faces light
-
         if identities < 1 or images_per_identity < 1:
             raise ValueError(f"SyntheticFaces: identities and images_per_identity must be >= 1, "
                              f"got {identities} and {images_per_identity}")
@@ -436,7 +436,6 @@ class SyntheticFaces(FaceSource):
 
     def render(self, records: list[FaceRecord]) -> np.ndarray:
         """Faces of ``records`` as an (N,H,W,3) uint8 array, rendered in one vectorised pass."""
-        from nasfe.data.synthetic import image_params, render_faces
 
         idx = [self._indices(r) for r in records]
         ids = np.array([i for i, _ in idx], dtype=np.int64)

@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Optional
 
 from nasfe.errors import DataFetchError
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+import logging
 
 MARKER = ".nasfe-fetched.json"
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -137,7 +140,6 @@ def _copy(uri: str, dest: Path) -> None:
 
 def localize_space(space):
     """``space`` with ``data.root`` pointing at this node's copy when it is a URI (else unchanged)."""
-    import dataclasses
 
     if not is_uri(space.data.root):
         return space
@@ -278,8 +280,6 @@ def _start_prefetch(dest: Path) -> None:
 
 
 def _prefetch(dest: Path, lock) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
     try:
         meta = json.loads((dest / LAZY).read_text())
         fs, base = _filesystem(meta["uri"])
@@ -292,7 +292,6 @@ def _prefetch(dest: Path, lock) -> None:
                                    "pid": os.getpid(), "time": time.time(), "lazy": True}))
         os.replace(tmp, dest / MARKER)
     except Exception as exc:  # noqa: BLE001  (reads fetch what they need; a later run resumes this)
-        import logging
 
         logging.getLogger("nasfe.data").warning("background fetch into %s stopped: %s", dest, exc)
     finally:

@@ -50,6 +50,13 @@ from nasfe.degrade.camera import ResponseCurves
 from nasfe.degrade.kernels import KERNEL_MODES, KernelBank
 from nasfe.degrade.pipeline import NOISE_MODELS, DegradeParams, degrade
 from nasfe.errors import NasfeError, TestSetError
+from nasfe.data.faces import FolderFaces, SyntheticFaces
+from nasfe.imageio import ImageReadError
+from nasfe.imageio import atomic_write_json, read_image, to_tensor, to_uint8, write_png_atomic
+from nasfe.imageio import ensure_writable_dir
+from nasfe.locks import FolderLock
+from nasfe.imageio import refuse_inside
+from tqdm import tqdm
 
 TEST_SETS = ("Test-B", "Test-N", "Test-L", "Test-BN", "Test-BNL")
 MANIFEST_VERSION = 1
@@ -154,7 +161,6 @@ def _digest(obj) -> str:
 
 def _faces_source(faces: Optional[str], images: int, seed: int):
     """A face source: a folder of <identity>/<image>, or synthetic faces (4 per identity) when None."""
-    from nasfe.data.faces import FolderFaces, SyntheticFaces
 
     if faces is None:
         return SyntheticFaces(identities=max(1, math.ceil(images / 4)), images_per_identity=4, seed=seed)
@@ -178,7 +184,6 @@ def select_faces(source, images: Optional[int], seed: int) -> tuple[list[dict], 
     a seeded draw from the rest of the folder takes its place, so one bad file neither stops a
     scan of thousands nor shrinks the set.
     """
-    from nasfe.imageio import ImageReadError
 
     n = len(source.records)
     chosen = _choose(n, images, seed)
@@ -248,7 +253,6 @@ def _build_face(job: tuple[str, int]) -> list[tuple[str, str]]:
     A file is reused only when the job's journal records it with the sha256 it has on disk: a file
     half written by a crash, or changed since, is rebuilt, never re-hashed into the manifest.
     """
-    from nasfe.imageio import atomic_write_json, read_image, to_tensor, to_uint8, write_png_atomic
 
     name, face = job
     out: Path = _STATE["out"]
@@ -299,8 +303,6 @@ def build_testsets(out: str | os.PathLike, faces: Optional[str] = None, sets: Se
     ``noise_model`` / ``kernel_mode``: protocol readings (docs/DEGRADATION.md), defaults unchanged;
     recorded in build.json and the manifest's settings.
     """
-    from nasfe.imageio import ensure_writable_dir
-    from nasfe.locks import FolderLock
 
     for s in sets:
         if s not in TEST_SETS:
@@ -309,7 +311,6 @@ def build_testsets(out: str | os.PathLike, faces: Optional[str] = None, sets: Se
         raise ValueError(f"--noise-model must be one of {list(NOISE_MODELS)}, got {noise_model!r}")
     if kernel_mode not in KERNEL_MODES:
         raise ValueError(f"--kernel-mode must be one of {list(KERNEL_MODES)}, got {kernel_mode!r}")
-    from nasfe.imageio import refuse_inside
 
     if faces is not None and "://" not in str(faces):
         refuse_inside(out, [("--faces", faces)])  # the sets' images would become faces of the folder
@@ -319,9 +320,7 @@ def build_testsets(out: str | os.PathLike, faces: Optional[str] = None, sets: Se
 
 
 def _build_locked(out: Path, faces, sets, seed, images, crf, workers, progress, noise_model, kernel_mode) -> dict:
-    from tqdm import tqdm
-
-    from nasfe.imageio import atomic_write_json, write_png_atomic
+    pass
 
     settings = _settings(faces, images, seed, crf, sets, noise_model, kernel_mode)
     build_json = out / "build.json"
@@ -505,7 +504,6 @@ def _recreate_and_compare(root: Path, m: dict, names: Sequence[str], seed: int, 
                           curves: ResponseCurves, noise_model: str) -> None:
     """Each clean face's pixels against its ``source_sha256``, and each degraded image against its
     deterministic re-creation from that face (one thread, as the build's workers)."""
-    from nasfe.imageio import read_image, to_tensor, to_uint8
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -558,8 +556,6 @@ class TestSet(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int) -> dict:
-        from nasfe.imageio import read_image, to_tensor
-
         rec = self.records[i]
         return {"y": to_tensor(read_image(self.root / rec["file"])),
                 "x": to_tensor(read_image(self.root / self.clean[rec["clean"]]["file"])),

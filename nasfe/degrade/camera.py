@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+import scipy.io
 
 TABLE_SIZE = 1024
 PARAMETRIC_A_RANGE = (1.5, 43.0)
@@ -80,7 +81,6 @@ class ResponseCurves:
     @classmethod
     def from_dorf(cls, folder: str | os.PathLike) -> "ResponseCurves":
         """The 201 DoRF curves from ``folder/201_CRF_data.mat`` (arrays I and B, 201 x 1024)."""
-        import scipy.io
 
         path = Path(folder) / DORF_FILE if Path(folder).is_dir() else Path(folder)
         if not path.is_file():

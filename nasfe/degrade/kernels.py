@@ -28,6 +28,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
+import io
+from nasfe.config import KERNEL_MODES
+from nasfe.imageio import atomic_write_bytes
 
 #: Bump when the generator changes, so old cached banks are not reused.
 BANK_VERSION = 1
@@ -38,7 +42,6 @@ CHUNK = 1024
 KINDS = ("motion", "gaussian")
 #: How motion paths sit in their kernel: 'centred' (default: centroid on the centre) or
 #: 'paper-compatible' (DeblurGAN's bounding-box placement, off-centre PSFs; docs/DEGRADATION.md).
-KERNEL_MODES = ("centred", "paper-compatible")
 
 
 def _rng(seed: int, *stream: int) -> np.random.Generator:
@@ -268,7 +271,6 @@ class KernelBank:
         parts = []
         chunks = range(0, motion, CHUNK)
         if progress:
-            from tqdm import tqdm
             chunks = tqdm(chunks, desc="motion kernels", unit="chunk")
         for ci, start in enumerate(chunks):
             sz = motion_sizes[start:start + CHUNK]
@@ -316,9 +318,7 @@ class KernelBank:
 
     def save(self, path: str | os.PathLike) -> None:
         """Save as a weights-only-loadable .pt file, atomically."""
-        import io
 
-        from nasfe.imageio import atomic_write_bytes
 
         buf = io.BytesIO()
         torch.save({"kernels": self.kernels.contiguous(), "sizes": self.sizes,

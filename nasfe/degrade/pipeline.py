@@ -25,6 +25,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from nasfe.config import NOISE_MODELS
 from nasfe.degrade.camera import ResponseCurves, demosaic_subgrids, interp_tables, mosaic
 from nasfe.degrade.kernels import KernelBank
 from nasfe.registry import DEGRADATIONS
@@ -36,7 +37,6 @@ from nasfe.registry import DEGRADATIONS
 #:   sigma relative to the darkened signal), clip to [0, r];
 #: 'display-r': Eq. 1 literally: r multiplies the sRGB image (y = r (k*x) + n), then the camera
 #:   noise stage as for r = 1.
-NOISE_MODELS = ("after-r", "scene-variance", "before-r", "display-r")
 
 
 @dataclass

@@ -20,6 +20,11 @@ from typing import Optional
 
 from nasfe.data.remote import is_uri
 from nasfe.errors import StorageError
+import json
+from nasfe.imageio import atomic_write_json
+import subprocess
+import sys
+import yaml
 
 log = logging.getLogger("nasfe.distributed")
 
@@ -76,7 +81,6 @@ class RunStorage:
 
     def read_json(self, rel: str) -> Optional[dict]:
         """``<root>/<rel>`` parsed, or None when absent."""
-        import json
 
         if self.is_local:
             p = Path(self.root) / rel
@@ -91,11 +95,8 @@ class RunStorage:
 
     def write_json(self, rel: str, data: dict) -> None:
         """Write ``<root>/<rel>`` (local: temp file then rename; S3: one PUT)."""
-        import json
 
         if self.is_local:
-            from nasfe.imageio import atomic_write_json
-
             atomic_write_json(Path(self.root) / rel, data)
             return
         fs, path = self._fs()
@@ -305,8 +306,6 @@ for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 0.0)):
 def stop_with_driver() -> None:
     """Tie the local Ray instance this driver started to the driver's life: a driver killed
     (SIGKILL, OOM) leaves no Ray process behind. Linux only (it reads /proc); best effort."""
-    import subprocess
-    import sys
 
     try:
         import ray
@@ -348,7 +347,6 @@ def declared_gpus_per_worker(config: Optional[Path] = None) -> tuple[float, str]
     config = config or cluster_config_path()
     if config is None:
         return 0.0, "no cluster config declares GPU workers"
-    import yaml
 
     data = yaml.safe_load(Path(config).read_text()) or {}
     head = data.get("head_node_type")

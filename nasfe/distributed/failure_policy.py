@@ -24,6 +24,8 @@ import time
 from typing import Optional
 
 from nasfe.errors import NasfeError
+from nasfe.errors import error_chain
+import os
 
 NODE_DIED = ("its node has died", "node has been marked dead", "node died")
 
@@ -36,7 +38,6 @@ OTHER = "other"
 
 def _errors(training_failed_error) -> list[BaseException]:
     """Every error behind a Train failure: worker failures, health-check causes, controller failure."""
-    from nasfe.errors import error_chain
 
     out: list[BaseException] = []
     for e in error_chain(training_failed_error):
@@ -74,7 +75,6 @@ def failure_kind(training_failed_error) -> str:
 def dead_workers_node_is_gone(training_failed_error, wait_s: Optional[float] = None) -> bool:
     """True when a worker that died ran on a node Ray declares dead, now or within ``wait_s``
     (default ``NASFE_NODE_DEATH_WAIT_S``, 30). Needs a connected Ray (the Train controller is)."""
-    import os
 
     import ray
     from ray.exceptions import RayActorError

@@ -26,6 +26,32 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
+from nasfe.distributed.search_job import _override as parse
+from nasfe.engine.ranking import load_supernet
+from nasfe.errors import CommandError, GenotypeError
+from nasfe.genotype import sample_genotypes
+from nasfe.data.remote import is_uri
+from nasfe.engine.ranking import RULES, supernet_scores
+from nasfe.genotype import Genotype
+from nasfe.distributed.sweep import _trainable
+from nasfe.distributed.sweep_trial import reaper_callback, trial_dirname
+import torch
+from nasfe.evaluate.ablation import EVAL_SETS, _cached_scores, _scores, _store_scores
+from nasfe.evaluate.evaluate_cmd import evaluate_sets, network_method
+from nasfe.evaluate.model_io import load_trained
+import shutil
+from nasfe.distributed.cluster import RunStorage, StorageError
+from nasfe.distributed.search_job import open_cluster
+from nasfe.distributed.sweep_space import SweepSpace
+from nasfe.distributed.sweep_trial import trial_context
+from nasfe.config import load_space
+from nasfe.evaluate.rank_report import write_rank_report
+from nasfe.imageio import atomic_write_json
+from nasfe.tracking.wandb_logger import WandbSettings
+from nasfe.distributed.sweep import default_max_concurrent, sweep_nodes
+from nasfe.evaluate.ablation import build_ablation_testsets
+from nasfe.evaluate.rank_report import kendall_tau
+from nasfe.tracking.wandb_rank import log_rank
 
 log = logging.getLogger("nasfe.rank")
 
@@ -34,8 +60,6 @@ HAND_OVERRIDES = {"bn": {"model.fusion": "res2"}}
 
 
 def _override(text: str):
-    from nasfe.distributed.search_job import _override as parse
-
     return parse(text)
 
 
@@ -79,9 +103,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_candidates(space, k: int, seed: int, searched: list[str], hand: list[str]) -> tuple[list[dict], list]:
     """The genotypes to train (``id``, ``label``, ``kind``, ``genotype`` dict or None, ``overrides``)
     and the supernets of the ``searched`` runs. A searched genotype of another space is refused."""
-    from nasfe.engine.ranking import load_supernet
-    from nasfe.errors import CommandError, GenotypeError
-    from nasfe.genotype import sample_genotypes
 
     if space.model.fusion != "nas":
         raise CommandError(f"space {space.name!r}: model.fusion is {space.model.fusion!r}; a rank study draws "
@@ -111,7 +132,6 @@ def build_candidates(space, k: int, seed: int, searched: list[str], hand: list[s
 def absolute_paths(space) -> dict[str, str]:
     """Overrides making the space's relative local paths (``data.root``, ``identity.weights``)
     absolute, resolved from this working directory as the space file means them."""
-    from nasfe.data.remote import is_uri
 
     out = {}
     for key, value in (("data.root", space.data.root), ("identity.weights", space.identity.weights)):
@@ -122,8 +142,6 @@ def absolute_paths(space) -> dict[str, str]:
 
 def score_rows(cands: list[dict], nets: list, space) -> None:
     """Adds ``score_<rule>`` (mean over the supernets) and ``score_<rule>_by_search`` to each genotype."""
-    from nasfe.engine.ranking import RULES, supernet_scores
-    from nasfe.genotype import Genotype
 
     for c in cands:
         if c["genotype"] is None or not nets:
@@ -143,8 +161,6 @@ def _tuner(ctx, ids: list[str], root: Path, max_concurrent: int):
     last checkpoint when a later study trains it again."""
     from ray import tune
 
-    from nasfe.distributed.sweep import _trainable
-    from nasfe.distributed.sweep_trial import reaper_callback, trial_dirname
 
     return tune.Tuner(
         _trainable(ctx), param_space={"candidate": tune.grid_search(ids)},
@@ -165,11 +181,7 @@ def score_trained(run_dir: Path, label: str, testsets: Path, faces: Optional[Pat
                   device: str = "cpu") -> dict[str, Any]:
     """Validation PSNR (the retraining's last epoch) and Test-BN/Test-BNL PSNR/SSIM of one trained
     network; the test scores are cached in ``rank_scores.json`` beside its ``model.pt``."""
-    import torch
 
-    from nasfe.evaluate.ablation import EVAL_SETS, _cached_scores, _scores, _store_scores
-    from nasfe.evaluate.evaluate_cmd import evaluate_sets, network_method
-    from nasfe.evaluate.model_io import load_trained
 
     summary = json.loads((run_dir / "retrain_summary.json").read_text())
     model_pt = run_dir / "model.pt"
@@ -192,7 +204,6 @@ def check_same_candidates(path: Path, cands: list[dict]) -> list[dict]:
     """A candidate id stands for one genotype and its overrides: a study run again with a changed one
     is refused in one line. Candidates may be added (e.g. another ``--searched`` run); returns the
     union, earlier candidates first."""
-    from nasfe.errors import CommandError
 
     if not path.is_file():
         return cands
@@ -208,17 +219,7 @@ def check_same_candidates(path: Path, cands: list[dict]) -> list[dict]:
 
 def main(args) -> int:
     """Run ``nasfe rank``: train the candidates, score them, write the report."""
-    import shutil
 
-    from nasfe.distributed.cluster import RunStorage, StorageError
-    from nasfe.distributed.search_job import open_cluster
-    from nasfe.distributed.sweep_space import SweepSpace
-    from nasfe.distributed.sweep_trial import trial_context
-    from nasfe.errors import CommandError
-    from nasfe.config import load_space
-    from nasfe.evaluate.rank_report import write_rank_report
-    from nasfe.imageio import atomic_write_json
-    from nasfe.tracking.wandb_logger import WandbSettings
 
     overrides = dict(args.overrides)
     space = load_space(args.space, overrides)
@@ -257,8 +258,6 @@ def main(args) -> int:
     print(f"[nasfe] rank study {run.name!r}: {len(cands)} genotypes ({len(done)} trained before); "
           f"folder {root}", flush=True)
     if todo and not args.only_finished:
-        from nasfe.distributed.sweep import default_max_concurrent, sweep_nodes
-
         use_gpu = open_cluster(args, args.workers_per_trial)
         max_concurrent = default_max_concurrent(sweep, sweep_nodes(), use_gpu)
         ctx = trial_context(sweep, f"{run.root}/trials", use_gpu, wandb, not args.quiet, args.max_failures)
@@ -270,8 +269,6 @@ def main(args) -> int:
 
     testsets, faces = (Path(args.testsets) if args.testsets else None), (Path(args.faces) if args.faces else None)
     if testsets is None:
-        from nasfe.evaluate.ablation import build_ablation_testsets
-
         testsets, faces = build_ablation_testsets(args.space, root, args.test_images, overrides=overrides)
     score_rows(cands, nets, space)
     rows = []
@@ -279,8 +276,6 @@ def main(args) -> int:
         row = {k: v for k, v in c.items() if k not in ("genotype", "overrides")}
         row["genotype_id"] = None
         if c["genotype"] is not None:
-            from nasfe.genotype import Genotype
-
             g = Genotype.from_dict(c["genotype"])
             row.update(genotype_id=g.genotype_id(), path=g.path)
         if c["id"] in done:
@@ -294,9 +289,6 @@ def main(args) -> int:
                       f"pretrain_steps {space.retrain.pretrain_steps}",
             "untrained": missing, "seconds": round(time.time() - t0, 1)}
     if nets:
-        from nasfe.engine.ranking import RULES
-        from nasfe.evaluate.rank_report import kendall_tau
-
         per = {}
         for rule in RULES:
             per[rule] = []
@@ -309,8 +301,6 @@ def main(args) -> int:
     out = Path(args.out) if args.out else root
     data = write_rank_report(rows, out, meta)
     if wandb is not None:
-        from nasfe.tracking.wandb_rank import log_rank
-
         where = log_rank(wandb, run.name, data, out / "rank.png", out)
         if where:
             print(f"[nasfe] W&B rank table ({where})", flush=True)

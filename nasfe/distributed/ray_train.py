@@ -33,6 +33,26 @@ from typing import Any, Optional, Sequence
 from nasfe.distributed.cluster import RunStorage, local_work_dir
 from nasfe.engine.callbacks import Callback, ConsoleProgress
 from nasfe.errors import GpuUnavailableError, NasfeError
+from nasfe.engine.checkpoint import CheckpointError, list_checkpoints
+from nasfe.tracking.wandb_logger import WandbLogger, WandbSettings
+import torch
+from nasfe.config import space_from_dict
+from nasfe.engine.dist import DistContext
+from nasfe.data.remote import localize_space
+from nasfe.engine.search import run_search
+from nasfe.engine.retrain import run_retrain
+from nasfe.genotype import Genotype
+import socket
+from nasfe.distributed.failure_policy import with_failure_policy
+import hashlib
+from nasfe.distributed.resume import prepare_phase
+import dataclasses
+import json
+import uuid
+from nasfe.distributed.resume import plan_resume
+from nasfe.distributed.failure_policy import STARTUP, failure_kind, no_room_message
+from nasfe.errors import NoRoomError
+from nasfe.errors import error_chain
 
 log = logging.getLogger("nasfe.distributed")
 
@@ -173,7 +193,6 @@ def _quiet_ray_train_reports() -> None:
     """Raise Ray Train's per-report INFO lines ("Reporting training result ...", "Checkpoint
     successfully created ...", each printed for every report of every rank) to WARNING in this
     worker: nasfe's own progress lines say the same once. Warnings and errors still show."""
-    import logging
 
     for name in list(logging.root.manager.loggerDict):
         flat = name.replace("/", ".").replace("\\", ".")
@@ -189,7 +208,6 @@ def _restore_from_ray(phase: str, work_dir: Path, is_main: bool, scratch: Path) 
     """
     import ray.train
 
-    from nasfe.engine.checkpoint import CheckpointError, list_checkpoints
 
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
@@ -218,8 +236,6 @@ def worker_callbacks(config: dict[str, Any], rank: int, phase: str, storage: Run
     """The engine callbacks of one Train worker, in the order they run."""
     callbacks: list[Callback] = []
     if config.get("wandb") is not None and rank == 0:
-        from nasfe.tracking.wandb_logger import WandbLogger, WandbSettings
-
         settings = WandbSettings(**config["wandb"])
         settings.dir = settings.dir or str(work_dir)
         logger = WandbLogger(settings)
@@ -230,8 +246,6 @@ def worker_callbacks(config: dict[str, Any], rank: int, phase: str, storage: Run
     if rank == 0 and not storage.is_local:
         callbacks.append(GenotypeMirror(storage, work_dir))
     if config.get("progress", True):
-        import logging
-
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         _quiet_ray_train_reports()
         callbacks.append(ConsoleProgress(bar=False, write=logging.getLogger("nasfe.progress").info))
@@ -243,10 +257,7 @@ def train_worker(config: dict[str, Any]) -> None:
     """Per-worker entry point of the TorchTrainer: restore, run the engine phase, report."""
     import ray.train
     import ray.train.torch
-    import torch
 
-    from nasfe.config import space_from_dict
-    from nasfe.engine.dist import DistContext
 
     torch.set_num_threads(max(1, int(config.get("threads") or torch.get_num_threads())))
     ctx = ray.train.get_context()
@@ -254,7 +265,6 @@ def train_worker(config: dict[str, Any]) -> None:
     phase = config["phase"]
     if config.get("need_cuda"):
         require_cuda()
-    from nasfe.data.remote import localize_space
 
     space = localize_space(space_from_dict(config["space"], where=f"space {config['space'].get('name')!r}"))
     storage = RunStorage(config["storage"], config["name"])
@@ -270,14 +280,9 @@ def train_worker(config: dict[str, Any]) -> None:
         dist = DistContext.detect(device=device)
         try:
             if phase == "search":
-                from nasfe.engine.search import run_search
-
                 run_search(space, work_dir, callbacks=callbacks, device=str(device), dist=dist,
                            resume=False, resume_from=resume_from)
             else:
-                from nasfe.engine.retrain import run_retrain
-                from nasfe.genotype import Genotype
-
                 genotype = Genotype.from_dict(config["genotype"], space=space) if config.get("genotype") else None
                 run_retrain(space, genotype, work_dir, callbacks=callbacks, device=str(device), dist=dist,
                             resume=False, resume_from=resume_from)
@@ -305,9 +310,7 @@ class PhaseResult:
 
 def require_cuda() -> None:
     """On a worker promised a GPU: stop with one line unless torch can use CUDA there."""
-    import socket
 
-    import torch
 
     if torch.cuda.is_available():
         return
@@ -366,7 +369,6 @@ def build_trainer(space, run_name: str, storage: Optional[str] = None, num_worke
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from nasfe.distributed.failure_policy import with_failure_policy
 
     if phase not in PHASES:
         raise ValueError(f"phase {phase!r}; expected one of {PHASES}")
@@ -404,8 +406,6 @@ def build_trainer(space, run_name: str, storage: Optional[str] = None, num_worke
 
 
 def _wandb_id(key: str) -> str:
-    import hashlib
-
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -418,7 +418,6 @@ def fit_phase(space, run_name: str, storage: Optional[str] = None, phase: str = 
     checkpoints aside (never deletes them); a resume is planned before Ray starts
     (:func:`nasfe.distributed.resume.prepare_phase`).
     """
-    from nasfe.distributed.resume import prepare_phase
 
     st = storage if isinstance(storage, RunStorage) else RunStorage.create(storage, run_name)
     if resume:
@@ -428,8 +427,6 @@ def fit_phase(space, run_name: str, storage: Optional[str] = None, phase: str = 
     resume_from = prepare_phase(st, phase, resume, space, trainer_kwargs.get("genotype"))
     wandb = trainer_kwargs.get("wandb")
     if wandb is not None and not wandb.run_id:
-        import dataclasses
-
         trainer_kwargs["wandb"] = dataclasses.replace(wandb, run_id=wandb_run_id(st, phase, fresh=not resume))
     trainer_kwargs.setdefault("start_timeout_s", start_timeout())
     trainer = build_trainer(space, run_name, st, phase=phase, resume_from=resume_from, **trainer_kwargs)
@@ -468,8 +465,6 @@ def _published_dir(st: RunStorage, phase: str) -> Path:
 
 
 def _read_summary(local_dir: Path, phase: str) -> dict[str, Any]:
-    import json
-
     summary_file = local_dir / f"{phase}_summary.json"
     return json.loads(summary_file.read_text()) if summary_file.is_file() else {}
 
@@ -494,8 +489,6 @@ def finished_phase(st: RunStorage, phase: str, space) -> Optional[PhaseResult]:
 
 def _config_hash(space) -> str:
     """Hash of every setting of the space (the file it came from aside)."""
-    import hashlib
-    import json
 
     data = {k: v for k, v in space.to_dict().items() if k != "source"}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -504,7 +497,6 @@ def _config_hash(space) -> str:
 def wandb_run_id(st: RunStorage, phase: str, fresh: bool = False) -> str:
     """The W&B run id of ``phase``, kept in ``<root>/wandb_ids.json`` so that every resumed segment
     (same name, any node) continues the same W&B run; ``fresh`` (``--no-resume``) makes a new one."""
-    import uuid
 
     ids = st.read_json("wandb_ids.json") or {}
     if fresh or not ids.get(phase):
@@ -519,7 +511,6 @@ def check_resumable(storage: RunStorage, phase: str, space=None, genotype=None) 
     Raises :class:`~nasfe.engine.checkpoint.CheckpointError` naming the file when no checkpoint
     loads or the checkpoint belongs to another model space; see :mod:`nasfe.distributed.resume`.
     """
-    from nasfe.distributed.resume import plan_resume
 
     plan_resume(storage, phase, space, genotype)
 
@@ -533,8 +524,6 @@ def start_timeout() -> Optional[float]:
 
 def _run_error(exc: BaseException, trainer) -> BaseException:
     """What a failed ``fit()`` raises: your error, the end of a wait for room, else Ray's error."""
-    from nasfe.distributed.failure_policy import STARTUP, failure_kind, no_room_message
-    from nasfe.errors import NoRoomError
 
     user = _user_error(exc)
     if user is not None:
@@ -547,7 +536,6 @@ def _run_error(exc: BaseException, trainer) -> BaseException:
 
 def _user_error(exc: BaseException) -> Optional[BaseException]:
     """The user-input error (bad checkpoint, genotype, config, data, a full disk) behind a Ray worker failure."""
-    from nasfe.errors import error_chain
 
     return next((e for e in error_chain(exc) if isinstance(e, (NasfeError, FileNotFoundError))), None)
 

@@ -34,6 +34,9 @@ from nasfe.distributed.cluster import RunStorage, local_work_dir
 from nasfe.engine.checkpoint import list_checkpoints, load_checkpoint
 from nasfe.errors import CheckpointError
 from nasfe.locks import FolderLock
+from importlib.metadata import PackageNotFoundError, version
+from nasfe.config import space_from_dict
+from nasfe.genotype import Genotype
 
 log = logging.getLogger("nasfe.distributed")
 
@@ -86,8 +89,6 @@ def _snapshot_latest(ray_dir: Path) -> tuple[Optional[str], list[str], Optional[
 
 
 def _ray_version() -> Optional[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("ray")
     except PackageNotFoundError:
@@ -104,8 +105,6 @@ def _loads(path: Path, phase: str) -> dict[str, Any]:
 
 def _check_same_space(path: Path, payload: dict[str, Any], space, genotype) -> None:
     """Refuse to resume a checkpoint of another model space or genotype (it cannot fit the network)."""
-    from nasfe.config import space_from_dict
-    from nasfe.genotype import Genotype
 
     if space is not None and isinstance(payload.get("space"), dict):
         try:

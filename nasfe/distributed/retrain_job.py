@@ -6,11 +6,19 @@ import time
 from pathlib import Path
 
 from nasfe.evaluate.split_eval import evaluate_and_report
+from nasfe.distributed.search_job import add_common_arguments
+from nasfe.errors import CommandError
+from nasfe.genotype import Genotype
+import tempfile
+from nasfe.distributed.resume import run_lock
+from nasfe.distributed.search_job import check_flags, check_workers, job_storage, load_job_space
+from nasfe.distributed.ray_train import fit_retrain
+from nasfe.distributed.search_job import declared_gpus, describe_devices, format_genotype, open_cluster, preflight, wandb_pointer, wandb_settings
+from nasfe.distributed.run_identity import check_job_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``nasfe retrain``."""
-    from nasfe.distributed.search_job import add_common_arguments
 
     add_common_arguments(parser)
     parser.add_argument("--genotype", help="genotype.json to retrain (default: the run's own genotype.json; "
@@ -19,9 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _find_genotype(args, storage, space):
-    from nasfe.errors import CommandError
-    from nasfe.genotype import Genotype
-
     if args.genotype:
         return Genotype.from_json(args.genotype, space=space)
     if space.model.fusion != "nas":
@@ -29,7 +34,6 @@ def _find_genotype(args, storage, space):
     if storage.is_local and (Path(storage.root) / "genotype.json").is_file():
         return Genotype.from_json(Path(storage.root) / "genotype.json", space=space)
     if not storage.is_local:  # the searched run's genotype on S3
-        import tempfile
 
         with tempfile.TemporaryDirectory(prefix="nasfe-genotype-") as tmp:
             if storage.download("genotype.json", tmp):
@@ -39,9 +43,6 @@ def _find_genotype(args, storage, space):
 
 def main(args) -> int:
     """Run ``nasfe retrain``: retrain on Ray Train, evaluate on the test split, print the numbers."""
-    from nasfe.distributed.resume import run_lock
-    from nasfe.distributed.search_job import check_flags, check_workers, job_storage, load_job_space
-    from nasfe.errors import CommandError
 
     check_flags(args)
     space = load_job_space(args, {"retrain.epochs": args.epochs})
@@ -54,12 +55,6 @@ def main(args) -> int:
 
 
 def _retrain(args, space, storage) -> int:
-    from nasfe.distributed.ray_train import fit_retrain
-    from nasfe.distributed.search_job import (
-        declared_gpus, describe_devices, format_genotype, open_cluster, preflight, wandb_pointer, wandb_settings,
-    )
-    from nasfe.distributed.run_identity import check_job_run
-
     check_job_run(storage, space, args.resume)  # a reused name (a searched run's too) with other settings: refused
     genotype = _find_genotype(args, storage, space)
     if genotype is not None:

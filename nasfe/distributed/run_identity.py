@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from nasfe.errors import CommandError
+from nasfe.imageio import atomic_write_json
 
 SETTINGS_FILE = "run_settings.json"
 NEW_RUN_FLAG = "--no-resume"
@@ -56,7 +57,6 @@ def check_run_settings(root: str | Path, settings: dict[str, Any], resume: bool,
 
     With ``resume=False`` the record is replaced (the run starts over).
     """
-    from nasfe.imageio import atomic_write_json
 
     path = Path(root) / SETTINGS_FILE
     if resume and path.is_file():

@@ -12,13 +12,34 @@ import logging
 import time
 from pathlib import Path
 from typing import Any, Optional
+from nasfe.config import ConfigError, parse_override
+from nasfe.errors import CommandError
+import sys
+from nasfe.distributed.cluster import ray_address
+import torch
+import os
+import socket
+from nasfe.config import load_space
+from nasfe.data.remote import check_exists, is_uri
+from nasfe.errors import DataFetchError
+from nasfe.data.faces import check_layout
+from nasfe.distributed.ray_train import check_resumable
+from nasfe.distributed.cluster import declared_gpus_per_worker
+from nasfe.distributed.cluster import StorageError, connect
+from nasfe.distributed.cluster import cluster_gpus
+from nasfe.distributed.cluster import RunStorage
+from nasfe.tracking.wandb_logger import WandbSettings
+from nasfe.distributed.resume import run_lock
+from nasfe.distributed.ray_train import finished_phase, fit_retrain, fit_search
+from nasfe.evaluate.split_eval import evaluate_and_report
+from nasfe.distributed.run_identity import check_job_run
+from nasfe.genotype import Genotype
+from nasfe.imageio import atomic_write_json
 
 log = logging.getLogger("nasfe.distributed")
 
 
 def _override(text: str) -> tuple[str, Any]:
-    from nasfe.config import ConfigError, parse_override
-
     try:
         return parse_override(text)
     except ConfigError as exc:
@@ -78,7 +99,6 @@ def check_flags(args) -> None:
     the cluster config can satisfy, and an ``--address`` that answers within
     :data:`ADDRESS_TIMEOUT_S` seconds. Space fields (``--epochs`` ...) are checked by the space's
     validation."""
-    from nasfe.errors import CommandError
 
     for flag, attr, lo, hi in FLAG_RANGES:
         value = getattr(args, attr, None)
@@ -86,15 +106,12 @@ def check_flags(args) -> None:
             raise CommandError(f"{flag} {value}: must lie in [{lo}, {hi}]")
     gpus, where = declared_gpus(args)
     check_address(getattr(args, "address", None))
-    import sys
 
     connected = "ray" in sys.modules and sys.modules["ray"].is_initialized()  # checked by open_cluster
     if gpus > 0 and not connected and " node type " not in where:  # no autoscaler to start GPU nodes
-        from nasfe.distributed.cluster import ray_address
 
         if ray_address(getattr(args, "address", None)) is not None:  # a cluster to join: checked once joined
             return
-        import torch
 
         if not torch.cuda.is_available():
             raise CommandError(f"{where} asks for GPUs, but this machine has none that torch can use and no cluster "
@@ -106,10 +123,7 @@ def check_address(address: Optional[str]) -> Optional[str]:
     """``--address`` (else ``RAY_ADDRESS``) when it names a host and port: it must answer a TCP
     connection within :data:`ADDRESS_TIMEOUT_S` (Ray itself retries for minutes). Returns it (None
     when neither is set; Ray is not imported here)."""
-    import os
-    import socket
 
-    from nasfe.errors import CommandError
 
     target = address or os.environ.get("RAY_ADDRESS")
     if not target or target in ("auto", "local"):
@@ -129,11 +143,7 @@ def check_address(address: Optional[str]) -> Optional[str]:
 
 def load_job_space(args, extra: Optional[dict[str, Any]] = None):
     """The space of the job: file or name, ``--data``/``--data-source``, ``--set`` and ``extra``."""
-    from nasfe.errors import CommandError
-    from nasfe.config import load_space
 
-    from nasfe.data.remote import check_exists, is_uri
-    from nasfe.errors import DataFetchError
 
     overrides = dict(args.overrides or [])
     if args.data and is_uri(args.data):  # shared storage: each node fetches it once (nasfe.data.remote)
@@ -159,7 +169,6 @@ def load_job_space(args, extra: Optional[dict[str, Any]] = None):
         root = Path(space.data.root or "")
         if not space.data.root or not root.exists():
             raise CommandError(f"data.root {space.data.root!r}: no such folder (data.source = {space.data.source!r})")
-        from nasfe.data.faces import check_layout
 
         check_layout(space.data.source, root)  # the layout the workers will read, before Ray starts
     return space
@@ -167,7 +176,6 @@ def load_job_space(args, extra: Optional[dict[str, Any]] = None):
 
 def check_workers(space, workers: int, phases: tuple[str, ...]) -> None:
     """Batch sizes must split evenly over the workers."""
-    from nasfe.errors import CommandError
 
     if workers < 1:
         raise CommandError(f"--workers {workers}: need at least 1")
@@ -180,7 +188,6 @@ def check_workers(space, workers: int, phases: tuple[str, ...]) -> None:
 
 def preflight(storage, phases: tuple[str, ...], resume: bool, space=None, genotype=None) -> None:
     """Before starting Ray: a checkpoint the run would resume from must load and fit ``space`` (local storage)."""
-    from nasfe.distributed.ray_train import check_resumable
 
     if resume and storage.is_local:
         for phase in phases:
@@ -191,8 +198,6 @@ def declared_gpus(args) -> tuple[float, str]:
     """GPUs per Train worker the job asks for, and why: ``--gpus-per-worker``, ``--gpus no|yes``,
     else what the cluster config declares. Never what is up now: with ``min_workers: 0`` no GPU
     node exists until a job asks for one."""
-    from nasfe.errors import CommandError
-    from nasfe.distributed.cluster import declared_gpus_per_worker
 
     explicit = getattr(args, "gpus_per_worker", None)
     if explicit is not None:
@@ -216,8 +221,6 @@ def declared_gpus(args) -> tuple[float, str]:
 
 def open_cluster(args, workers: int) -> bool:
     """Connect to Ray; returns whether the workers ask for GPUs (as declared, see :func:`declared_gpus`)."""
-    from nasfe.errors import CommandError
-    from nasfe.distributed.cluster import StorageError, connect
 
     gpus, where = declared_gpus(args)  # a bad flag fails before Ray starts
     try:
@@ -225,8 +228,6 @@ def open_cluster(args, workers: int) -> bool:
     except StorageError as exc:
         raise CommandError(str(exc)) from None
     if gpus > 0 and " node type " not in where:
-        from nasfe.distributed.cluster import cluster_gpus
-
         if cluster_gpus() < 1:  # nothing declared that an autoscaler could start: Ray would wait forever
             raise CommandError(f"{where} asks for GPUs, but the Ray cluster has none and its config declares "
                                "no GPU node type; use --gpus no")
@@ -240,8 +241,6 @@ def describe_devices(gpus: float, where: str) -> str:
 
 def job_storage(args, space):
     """The run's :class:`RunStorage` (name defaults to ``<space>-<date>-<time>``)."""
-    from nasfe.errors import CommandError
-    from nasfe.distributed.cluster import RunStorage, StorageError
 
     name = args.name if args.name is not None else f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
@@ -252,7 +251,6 @@ def job_storage(args, space):
 
 def wandb_settings(args, name: str):
     """W&B settings of the job, or None when disabled."""
-    from nasfe.tracking.wandb_logger import WandbSettings
 
     if args.wandb_mode == "disabled":
         return None
@@ -294,7 +292,6 @@ def wandb_pointer(local_dir: Path, storage=None) -> list[str]:
 
 def main(args) -> int:
     """Run ``nasfe search``: search -> derive -> retrain -> evaluate, printing the results."""
-    from nasfe.distributed.resume import run_lock
 
     check_flags(args)
     space = load_job_space(args, {"search.epochs": args.epochs, "retrain.epochs": args.retrain_epochs})
@@ -306,11 +303,6 @@ def main(args) -> int:
 
 
 def _search(args, space, phases: tuple[str, ...], storage) -> int:
-    from nasfe.distributed.ray_train import finished_phase, fit_retrain, fit_search
-    from nasfe.evaluate.split_eval import evaluate_and_report
-    from nasfe.distributed.run_identity import check_job_run
-    from nasfe.genotype import Genotype
-
     check_job_run(storage, space, args.resume)  # a reused name with other settings: refused
     preflight(storage, phases, args.resume, space)
     gpus, gpus_from = declared_gpus(args)
@@ -338,7 +330,6 @@ def _search(args, space, phases: tuple[str, ...], storage) -> int:
         report["test"] = evaluate_and_report(space, genotype, local_dir / "model.pt", args.eval_images, use_gpu)
     report["seconds"] = round(time.time() - t0, 1)
     report["wandb"] = wandb_pointer(local_dir, storage)
-    from nasfe.imageio import atomic_write_json
 
     atomic_write_json(local_dir / "job_summary.json", report)
     storage.upload(local_dir, ["job_summary.json"])

@@ -41,6 +41,18 @@ import yaml
 from nasfe.config import ConfigError
 from nasfe.distributed.sweep_space import SweepSpace
 from nasfe.distributed.sweep_summary import TrialRow
+from nasfe.distributed.cluster import cluster_config_path
+from nasfe.distributed.sweep_trial import trial_driver
+from nasfe.distributed.sweep_optuna import make_searcher, open_storage
+from nasfe.distributed.sweep_trial import stop_diverged, trial_dirname
+import os
+from nasfe.distributed.cluster import RunStorage
+from nasfe.distributed.run_identity import differences, refuse
+from nasfe.distributed.sweep_optuna import fail_running
+from nasfe.distributed.sweep_summary import SweepReport, rows_from_grid, summary_callback, trial_run_name
+from nasfe.distributed.sweep_trial import reap_placement_groups, reaper_callback, trial_context
+from nasfe.imageio import atomic_write_text
+from nasfe.tracking.wandb_sweep import SummaryRun, register_sweep
 
 log = logging.getLogger("nasfe.sweep")
 
@@ -123,7 +135,6 @@ def declared_nodes(config: Optional[Path] = None) -> Optional[list[dict[str, flo
     """Every node the cluster config lets the cluster grow to (the head, then each worker type up to
     its ``max_workers``, all of them together up to the cluster's ``max_workers``), as resource
     dicts; None without a cluster config (a laptop: the nodes up are the cluster)."""
-    from nasfe.distributed.cluster import cluster_config_path
 
     config = config or cluster_config_path()
     if config is None:
@@ -148,7 +159,6 @@ def _trainable(ctx: dict[str, Any]):
     """The Tune trainable: the trial driver with the sweep context, holding no CPU (see module doc)."""
     from ray import tune
 
-    from nasfe.distributed.sweep_trial import trial_driver
 
     return tune.with_resources(tune.with_parameters(trial_driver, ctx=ctx),
                                tune.PlacementGroupFactory([dict(DRIVER_RESOURCES)]))
@@ -160,8 +170,6 @@ def _new_tuner(sweep: SweepSpace, trainable, storage: str, name: str, max_concur
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from nasfe.distributed.sweep_optuna import make_searcher, open_storage
-    from nasfe.distributed.sweep_trial import stop_diverged, trial_dirname
 
     searcher = make_searcher(space=optuna_distributions(sweep), metric=sweep.metric, mode=sweep.mode,
                              sampler=optuna.samplers.TPESampler(seed=sweep.seed),
@@ -203,14 +211,12 @@ TRIAL_FILES = ("genotype.json", "space.yaml", "trial.json", "placement_groups.js
 
 def staging_dir(run) -> Path:
     """The driver's local folder of a sweep whose storage is a URI."""
-    import os
 
     return Path(os.environ.get("NASFE_WORK_DIR", Path.home() / "nasfe-work")) / f"{run.name}-sweep"
 
 
 def mirror_trials(run, local_trials: Path, names: Sequence[str]) -> None:
     """Copy the small files of the trials ``names`` from the sweep's storage into ``local_trials``."""
-    from nasfe.distributed.cluster import RunStorage
 
     trials = RunStorage(f"{run.root}/trials", "x")
     for name in names:
@@ -270,7 +276,6 @@ def check_same_sweep(sweep: SweepSpace, sweep_dir: Path, where: Optional[str] = 
     Only ``max_concurrent`` may change on resume. ``where``: the sweep's storage when ``sweep_dir``
     holds a copy of its ``sweep.yaml``.
     """
-    from nasfe.distributed.run_identity import differences, refuse
 
     saved = Path(sweep_dir) / "sweep.yaml"
     if not saved.is_file():
@@ -287,7 +292,6 @@ def _finish_study(sweep: SweepSpace, name: str) -> None:
     try:
         import optuna
 
-        from nasfe.distributed.sweep_optuna import fail_running
 
         fail_running(optuna.load_study(study_name=sweep.study_name or name, storage=sweep.storage), set())
     except Exception as exc:  # the study is a view of the sweep; it must not fail it
@@ -306,10 +310,6 @@ def run_sweep(sweep: SweepSpace, storage: Optional[str] = None, name: Optional[s
     """
     from ray import tune
 
-    from nasfe.distributed.cluster import RunStorage
-    from nasfe.distributed.sweep_summary import SweepReport, rows_from_grid, summary_callback, trial_run_name
-    from nasfe.distributed.sweep_trial import reap_placement_groups, reaper_callback, trial_context
-    from nasfe.imageio import atomic_write_text
 
     run = RunStorage.create(storage, name or f"sweep-{sweep.name}")
     # on S3 (no shared file system) Tune and every trial write to storage; the table, best trial and
@@ -340,8 +340,6 @@ def run_sweep(sweep: SweepSpace, storage: Optional[str] = None, name: Optional[s
     ctx["sweep_name"] = run.name  # the W&B group: unique per sweep run, not per sweep space
     summary_run = None
     if wandb is not None:
-        from nasfe.tracking.wandb_sweep import SummaryRun, register_sweep
-
         ctx["wandb_sweep_id"] = register_sweep(sweep, run.name, wandb, sweep_dir)
         summary_run = SummaryRun(wandb, sweep, run.name, sweep_dir, ctx["wandb_sweep_id"])
     publish = None if run.is_local else (lambda: run.upload(sweep_dir, [r for r in STAGED if (sweep_dir / r).exists()]))

@@ -9,11 +9,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from nasfe.distributed.search_job import _override as parse
+from nasfe.errors import CommandError
+from nasfe.distributed.sweep_space import sweep_from_dict
+from pathlib import Path
+from nasfe.distributed.cluster import RunStorage, StorageError
+from nasfe.distributed.sweep import check_same_sweep
+import tempfile
+from nasfe.distributed.search_job import open_cluster
+from nasfe.distributed.sweep import run_sweep
+from nasfe.distributed.sweep_space import load_sweep
+from nasfe.tracking.wandb_logger import WandbSettings
 
 
 def _override(text: str):
-    from nasfe.distributed.search_job import _override as parse
-
     return parse(text)
 
 
@@ -49,7 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _apply_cli(sweep, args):
     """Command-line overrides of the sweep space, validated like the YAML."""
-    from nasfe.errors import CommandError
 
     changes = {}
     if args.num_samples is not None:
@@ -61,8 +69,6 @@ def _apply_cli(sweep, args):
             raise CommandError(f"--max-concurrent {args.max_concurrent}: need at least 1")
         changes["max_concurrent"] = args.max_concurrent
     if getattr(args, "overrides", None):
-        from nasfe.distributed.sweep_space import sweep_from_dict
-
         data = {k: v for k, v in sweep.to_dict().items() if k != "source"}
         data["overrides"] = {**data["overrides"], **dict(args.overrides)}
         # a value fixed on the command line is no longer swept
@@ -77,11 +83,7 @@ def _apply_cli(sweep, args):
 
 def preflight(sweep, args) -> None:
     """Before Ray starts: a re-run of a sweep name with other settings is refused (one line)."""
-    from pathlib import Path
 
-    from nasfe.distributed.cluster import RunStorage, StorageError
-    from nasfe.distributed.sweep import check_same_sweep
-    from nasfe.errors import CommandError
 
     try:
         run = RunStorage.create(args.storage, args.name or f"sweep-{sweep.name}")
@@ -90,7 +92,6 @@ def preflight(sweep, args) -> None:
     if args.resume and run.is_local:
         check_same_sweep(sweep, Path(run.root))
     elif args.resume:  # storage on S3: its sweep.yaml, read before Ray starts
-        import tempfile
 
         with tempfile.TemporaryDirectory(prefix="nasfe-sweep-") as tmp:
             if run.download("sweep.yaml", tmp):
@@ -99,10 +100,6 @@ def preflight(sweep, args) -> None:
 
 def main(args) -> int:
     """Run ``nasfe sweep``: print the sweep table, the best trial and where everything is."""
-    from nasfe.distributed.search_job import open_cluster
-    from nasfe.distributed.sweep import run_sweep
-    from nasfe.distributed.sweep_space import load_sweep
-    from nasfe.tracking.wandb_logger import WandbSettings
 
     sweep = _apply_cli(load_sweep(args.sweep), args)
     preflight(sweep, args)
@@ -110,7 +107,6 @@ def main(args) -> int:
     wandb = None if args.wandb_mode == "disabled" else WandbSettings(project=args.wandb_project, mode=args.wandb_mode)
     result = run_sweep(sweep, storage=args.storage, name=args.name, resume=args.resume, use_gpu=use_gpu,
                        wandb=wandb, progress=not args.quiet, max_failures=args.max_failures)
-    from pathlib import Path
 
     table = Path(result.local_dir or result.sweep_dir) / "sweep_table.md"
     if table.is_file():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any, Optional
+from nasfe.config import ConfigError
 
 log = logging.getLogger("nasfe.sweep")
 
@@ -80,7 +81,6 @@ def open_storage(url: Optional[str], where: str) -> Any:
         return None
     import optuna
 
-    from nasfe.config import ConfigError
 
     try:
         return optuna.storages.RDBStorage(url)

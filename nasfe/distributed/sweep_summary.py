@@ -19,6 +19,10 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from nasfe.distributed.sweep_space import SweepSpace
+from nasfe.config import load_space
+from nasfe.genotype import Genotype
+from nasfe.model.registry import create_model
+from nasfe.imageio import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("nasfe.sweep")
 
@@ -56,10 +60,6 @@ def _derived_parameters(run_dir: Path) -> Optional[int]:
     if not gfile.is_file() or not sfile.is_file():
         return None
     try:
-        from nasfe.config import load_space
-        from nasfe.genotype import Genotype
-        from nasfe.model.registry import create_model
-
         space = load_space(sfile)
         model = create_model(space, Genotype.from_json(gfile, space=space))
         return int(sum(p.numel() for p in model.weight_parameters()))
@@ -72,8 +72,6 @@ def _genotype_id(run_dir: Optional[Path]) -> Optional[str]:
     if run_dir is None or not (run_dir / "genotype.json").is_file():
         return None
     try:
-        from nasfe.genotype import Genotype
-
         return Genotype.from_json(run_dir / "genotype.json").genotype_id()
     except Exception:  # an unreadable genotype only leaves the cell empty
         return None
@@ -203,8 +201,6 @@ def render_table(rows: Sequence[TrialRow], sweep: SweepSpace, best: Optional[Tri
 
 def save_best(best: TrialRow, sweep: SweepSpace, out: Path) -> list[Path]:
     """``best/genotype.json``, ``best/config.yaml`` (a loadable space) and ``best/trial.json``."""
-    from nasfe.config import load_space
-    from nasfe.imageio import atomic_write_json, atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     files = []
@@ -239,7 +235,6 @@ class SweepReport:
 
     def update(self, rows: Sequence[TrialRow]) -> tuple[Optional[TrialRow], list[Path]]:
         """Rewrite the summary from ``rows``; returns ``(best, files written)``. Never raises."""
-        from nasfe.imageio import atomic_write_text
 
         best = pick_best(rows, self.sweep.metric, self.sweep.mode)
         files: list[Path] = []

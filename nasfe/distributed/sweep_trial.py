@@ -25,6 +25,15 @@ from typing import Any, Optional
 import yaml
 
 from nasfe.distributed.sweep_summary import trial_run_name
+from nasfe.errors import DivergenceError, error_chain
+from nasfe.tracking.wandb_logger import WandbSettings
+from nasfe.config import load_space
+from nasfe.distributed.cluster import RunStorage
+from nasfe.distributed.ray_train import build_trainer
+from nasfe.imageio import atomic_write_json, atomic_write_text
+from nasfe.genotype import Genotype
+import tempfile
+from dataclasses import asdict
 
 log = logging.getLogger("nasfe.sweep")
 
@@ -39,7 +48,6 @@ def worst_value(mode: str) -> float:
 
 def divergence_reason(exc: Optional[BaseException]) -> Optional[str]:
     """``"non-finite <what> at <phase> step N"`` when ``exc`` (or an error it wraps) is a divergence."""
-    from nasfe.errors import DivergenceError, error_chain
 
     for e in error_chain(exc):
         if isinstance(e, DivergenceError):
@@ -192,8 +200,6 @@ def trial_dirname(trial) -> str:
 
 
 def _wandb_settings(ctx: dict[str, Any], name: str, trial_id: str, sampled: dict[str, Any]):
-    from nasfe.tracking.wandb_logger import WandbSettings
-
     # flat top-level keys named like the sweep's parameters: W&B's sweep page and parallel
     # coordinates chart them; sweep/<key> keeps the earlier name
     extra = {"sweep": ctx["sweep_name"], "trial_id": trial_id, **sampled,
@@ -210,10 +216,6 @@ def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     """
     import ray.tune
 
-    from nasfe.config import load_space
-    from nasfe.distributed.cluster import RunStorage
-    from nasfe.distributed.ray_train import build_trainer
-    from nasfe.imageio import atomic_write_json, atomic_write_text
 
     sampled = {k: config[k] for k in ctx["param_keys"]}
     # a rank study's trial: one candidate genotype (and its overrides) of ctx["candidates"]
@@ -228,14 +230,11 @@ def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     storage = RunStorage.create(ctx["trials_storage"], name)
     genotype = None
     if cand.get("genotype") or (ctx.get("genotype") and not cand):
-        from nasfe.genotype import Genotype
-
         genotype = Genotype.from_dict(cand.get("genotype") or ctx["genotype"], space=space)
     # the space and the sampled values travel with the run: `nasfe compare` and resumes read them
     info = storage.read_json("trial.json") or {"starts": 0}
     info.update({"trial_id": trial_id, "sweep": ctx["sweep_name"], "params": sampled,
                  "phase": ctx["phase"], "starts": info["starts"] + 1})
-    import tempfile
 
     with tempfile.TemporaryDirectory(prefix="nasfe-trial-") as tmp:
         root = Path(storage.root) if storage.is_local else Path(tmp)
@@ -272,12 +271,9 @@ def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
 def trial_context(sweep, trials_storage: str, use_gpu: bool, wandb, progress: bool,
                   max_failures: int) -> dict[str, Any]:
     """Plain data every trial driver needs (it travels to the trial's actor)."""
-    from dataclasses import asdict
 
     genotype = None
     if sweep.genotype:
-        from nasfe.genotype import Genotype
-
         genotype = Genotype.from_json(sweep.genotype).to_dict()
     return {
         "base": sweep.base, "overrides": dict(sweep.overrides), "param_keys": [p.key for p in sweep.params],

@@ -12,6 +12,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from nasfe.distributed.cluster import RunStorage, StorageError
+from nasfe.errors import CommandError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +37,6 @@ def segments(storage, dest: Path) -> list[Path]:
 
 def main(args) -> int:
     """Fetch and sync (or list) the run's W&B folders."""
-    from nasfe.distributed.cluster import RunStorage, StorageError
-    from nasfe.errors import CommandError
 
     try:
         storage = RunStorage.create(args.storage, args.name)

@@ -15,6 +15,7 @@ import numpy as np
 
 from nasfe.config import SpaceConfig
 from nasfe.data.faces import FaceSource
+from nasfe.data.splits import split_identities
 
 
 class SubsetFaces(FaceSource):
@@ -36,7 +37,6 @@ class SubsetFaces(FaceSource):
 def split_for_architecture(faces, space: SpaceConfig) -> tuple[Any, Any, dict[str, int]]:
     """(weight faces, architecture faces, counts): the training split's identities divided in two
     by ``search.arch_fraction`` (seeded by ``data.seed`` and ``search.seed``)."""
-    from nasfe.data.splits import split_identities
 
     train = split_identities(faces, space.data)["train"]
     idents = sorted({r.identity for r in train})

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
+from tqdm.auto import tqdm
 
 
 @dataclass
@@ -97,8 +98,6 @@ class ConsoleProgress(Callback):
             return
         self.t0, self.step0 = time.time(), state.step
         if self.bar_enabled:
-            from tqdm.auto import tqdm
-
             self.bar = tqdm(total=state.total_steps, initial=state.step, desc=state.phase,
                             file=self.stream, dynamic_ncols=True, leave=False)
 

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import torch
 
 from nasfe.errors import CheckpointError
+from nasfe.imageio import atomic_output
 
 log = logging.getLogger("nasfe.engine")
 
@@ -27,7 +28,6 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     An interrupted save (or a full disk: :class:`~nasfe.errors.WriteError`) never leaves a
     truncated file under the final name; the file gets the usual mode (0644 under the usual umask).
     """
-    from nasfe.imageio import atomic_output
 
     path = Path(path)
     payload = {"checkpoint_version": CHECKPOINT_VERSION, **payload}

@@ -15,6 +15,7 @@ from typing import Iterable, Optional
 
 import torch
 import torch.distributed as dist
+import hashlib
 
 
 def group_device(backend: Optional[str] = None) -> torch.device:
@@ -124,7 +125,6 @@ class DistContext:
         """True when every rank holds the same string (compares a hash)."""
         if not self.active:
             return True
-        import hashlib
 
         h = int(hashlib.sha256(text.encode()).hexdigest()[:12], 16)
         t = self._on_device(torch.tensor([h, -h], dtype=torch.float64))

@@ -27,6 +27,11 @@ from nasfe.engine.checkpoint import (
 from nasfe.engine.dist import DistContext
 from nasfe.engine.meter import StepMeter
 from nasfe.errors import DivergenceError
+from nasfe.data.batches import BatchMaker
+from nasfe.evaluate.metrics import psnr, ssim
+from nasfe.engine.preflight import preflight
+from nasfe.engine.pretrain import pretrain_parts
+from nasfe.imageio import atomic_write_json
 
 log = logging.getLogger("nasfe.engine")
 
@@ -148,7 +153,6 @@ class Phase:
     # ----- shared machinery ---------------------------------------------------------------
     def make_batches(self, split: str, seed_offset: int = 0, space: Optional[SpaceConfig] = None, faces=None):
         """A batch maker for ``split`` on this rank (its shard, its share of the global batch)."""
-        from nasfe.data.batches import BatchMaker
 
         return BatchMaker(space or self.space, split, self.local_batch, device=self.device, rank=self.dist.rank,
                           world_size=self.dist.world_size, seed=self.cfg.seed + seed_offset,
@@ -255,7 +259,6 @@ class Phase:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """PSNR/SSIM of restored and of degraded inputs against clean, on the validation split."""
-        from nasfe.evaluate.metrics import psnr, ssim
 
         self.model.eval()
         keys = ("val_psnr", "val_ssim", "input_psnr", "input_ssim", "val_cls_acc")
@@ -362,12 +365,9 @@ class Phase:
         self.state.steps_per_epoch = spe
         resumed = self.maybe_resume()
         if resumed is None:  # a fresh network must be finite before hours of pre-training go into it
-            from nasfe.engine.preflight import preflight
 
             preflight(self.model, self.space.data.height, self.space.data.width, self.device, self.name)
         if resumed is None and self.cfg.pretrain_steps > 0:
-            from nasfe.engine.pretrain import pretrain_parts
-
             pretrain_parts(self.model, self.space, lambda sp: self.weight_batches(3000, space=sp),
                            self.cfg.pretrain_steps, self.cfg.lr, self.dist, self.cfg.grad_clip or 5.0)
         self.callbacks.on_start(self.state, {"phase": self.name, "space": self.space.to_dict(),
@@ -415,8 +415,6 @@ class Phase:
             self.save()
         summary = self.summary(time.time() - t_start)
         if self.dist.is_main:
-            from nasfe.imageio import atomic_write_json
-
             atomic_write_json(self.run_dir / f"{self.name}_summary.json", summary)
         self.callbacks.on_end(self.state, summary)
         return summary

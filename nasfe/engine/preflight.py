@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from nasfe.errors import NonFiniteNetworkError
+from nasfe.genotype import edge_offset
 
 _DERIVED = re.compile(r"^fusion\.cells\.(\d+)\.ops\.(\d+)\.(\d+)(\.|$)")
 _SEARCH = re.compile(r"^fusion\.cells\.(\d+)_(\d+)\.edges\.(\d+)\.ops\.(\d+)(\.|$)")
@@ -22,7 +23,6 @@ _SEARCH = re.compile(r"^fusion\.cells\.(\d+)_(\d+)\.edges\.(\d+)\.ops\.(\d+)(\.|
 def describe_module(model: nn.Module, name: str) -> str:
     """Readable place of submodule ``name`` of a NASFE network: the fusion block and operator when
     it is inside one (derived or supernet cell), else the module's own name."""
-    from nasfe.genotype import edge_offset
 
     fusion = getattr(model, "fusion", None)
     m = _DERIVED.match(name)

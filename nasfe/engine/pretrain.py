@@ -18,6 +18,9 @@ from nasfe.config import SpaceConfig
 from nasfe.data.batches import cycle
 from nasfe.engine.dist import DistContext
 from nasfe.errors import DivergenceError
+from nasfe.engine.meter import StepMeter
+from nasfe.model.classifier import classification_loss
+from nasfe.model.nasfe import encoder_task_loss
 
 log = logging.getLogger("nasfe.engine")
 
@@ -39,7 +42,6 @@ def _train_part(part: str, params, loss_of, batches, steps: int, lr: float, dist
     No host read inside the loop; at the end one read checks that every loss and gradient norm
     was finite and raises :class:`DivergenceError` (phase ``pretrain``) otherwise.
     """
-    from nasfe.engine.meter import StepMeter
 
     meter = StepMeter(params[0].device)
     opt = torch.optim.Adam(params, lr=lr)
@@ -68,8 +70,6 @@ def pretrain_parts(model, space: SpaceConfig, make_batches: Callable[[SpaceConfi
 
     ``make_batches(space)`` gives an iterable of batches for a (modified) space on this rank.
     """
-    from nasfe.model.classifier import classification_loss
-    from nasfe.model.nasfe import encoder_task_loss
 
     if steps <= 0:
         return {}

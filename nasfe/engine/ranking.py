@@ -21,6 +21,7 @@ import torch
 
 from nasfe.errors import GenotypeError
 from nasfe.genotype import Genotype, block_softmax, edge_offset, expected_log_prob, source_level
+from nasfe.engine.checkpoint import load_checkpoint
 
 RULES = ("alpha", "strength")
 
@@ -42,7 +43,6 @@ def load_supernet(search_dir: str | Path) -> Supernet:
     """The tables of the search run in ``search_dir``: alpha/beta from its last checkpoint
     (``checkpoints/search_step_*.pt``, anywhere below), strengths from ``strength.json`` when the
     search selected by strength, and its ``genotype.json``."""
-    from nasfe.engine.checkpoint import load_checkpoint
 
     root = Path(search_dir)
     ckpts = sorted(root.rglob("search_step_*.pt"), key=lambda p: p.name)

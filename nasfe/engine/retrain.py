@@ -11,6 +11,7 @@ from nasfe.engine.callbacks import Callback
 from nasfe.engine.dist import DistContext
 from nasfe.engine.loop import Phase, PhaseSettings
 from nasfe.engine.network import build_network
+from nasfe.engine.checkpoint import save_checkpoint
 
 
 class RetrainPhase(Phase):
@@ -52,7 +53,6 @@ class RetrainPhase(Phase):
         path = super().save()  # runs the divergence guard first: model.pt is never written non-finite
         if self.dist.is_main:
             # a small weights-only file for `nasfe evaluate` / `nasfe restore` / export
-            from nasfe.engine.checkpoint import save_checkpoint
 
             save_checkpoint(self.run_dir / "model.pt", {
                 "step": self.state.step, "model": self.model.state_dict(), "space": self.space.to_dict(),

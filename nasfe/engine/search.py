@@ -24,6 +24,14 @@ from nasfe.engine.callbacks import Callback
 from nasfe.engine.dist import DistContext
 from nasfe.engine.loop import Phase, PhaseSettings
 from nasfe.engine.network import build_network
+from nasfe.data.faces import open_faces
+from nasfe.engine.arch_data import split_for_architecture, whole_split_space
+from nasfe.engine.arch_data import ArchBatches
+from nasfe.genotype import Genotype
+from nasfe.genotype import arch_entropies, derive_from_arch, param_free_share
+from nasfe.engine.selection import choice_strengths
+from nasfe.genotype import derive_from_strength, diff_genotypes
+from nasfe.imageio import atomic_write_json
 
 log = logging.getLogger("nasfe.engine")
 
@@ -86,9 +94,6 @@ class SearchPhase(Phase):
     # ---- data: weights and architecture on disjoint parts of the training identities ----------
     def _split(self):
         if self._parts is None:
-            from nasfe.data.faces import open_faces
-            from nasfe.engine.arch_data import split_for_architecture, whole_split_space
-
             faces = self.faces if self.faces is not None else open_faces(self.space.data)
             w_faces, a_faces, counts = split_for_architecture(faces, self.space)
             self._parts = (w_faces, a_faces, whole_split_space(self.space))
@@ -98,16 +103,12 @@ class SearchPhase(Phase):
         return self._parts
 
     def weight_batches(self, seed_offset: int = 0, space: Optional[SpaceConfig] = None):
-        from nasfe.engine.arch_data import whole_split_space
-
         w_faces, _, whole = self._split()
         return self.make_batches("train", seed_offset, space=whole_split_space(space) if space else whole,
                                  faces=w_faces)
 
     def _arch_batch(self):
         if self._arch_batches is None:
-            from nasfe.engine.arch_data import ArchBatches
-
             _, a_faces, whole = self._split()
             self._arch_batches = ArchBatches(self.make_batches("train", 2000, space=whole, faces=a_faces))
             if self._arch_state is not None:
@@ -123,8 +124,6 @@ class SearchPhase(Phase):
                 "arch_batches": pos}
 
     def load_extra_state(self, payload):
-        from nasfe.genotype import Genotype
-
         if payload.get("genotype"):
             self.genotype = Genotype.from_dict(payload["genotype"])
         if payload.get("arch_batches") is not None:
@@ -270,8 +269,6 @@ class SearchPhase(Phase):
 
     # ---- every epoch: derive, check, report ------------------------------------------------------
     def on_epoch_end_extra(self, metrics: dict[str, Any]):
-        from nasfe.genotype import arch_entropies, derive_from_arch, param_free_share
-
         arch = [p.detach().cpu() for p in self.arch_params]
         genotype = derive_from_arch(arch, self.space)
         if self.space.search.selection == "strength" and self.state.epoch + 1 == self.cfg.epochs:
@@ -301,8 +298,6 @@ class SearchPhase(Phase):
     def _select_by_strength(self, by_alpha, metrics: dict[str, Any]):
         """The final genotype by DARTS-PT strength (``nasfe.engine.selection``); the tables go to
         ``strength.json`` beside the genotype, with the genotype alpha would have given."""
-        from nasfe.engine.selection import choice_strengths
-        from nasfe.genotype import derive_from_strength, diff_genotypes
 
         m, n = self.space.model, self.space.search.selection_batches
         batches = [self._arch_batch() for _ in range(n)]
@@ -316,8 +311,6 @@ class SearchPhase(Phase):
         changed = diff_genotypes(by_alpha, genotype)
         metrics["selection_changes"] = len(changed)
         if self.dist.is_main:
-            from nasfe.imageio import atomic_write_json
-
             log.info("genotype by strength (%d batches): %s; by alpha it would differ in %d place(s)%s",
                      n, genotype.genotype_id(), len(changed), (": " + "; ".join(changed)) if changed else "")
             atomic_write_json(self.run_dir / "strength.json", {

@@ -48,6 +48,30 @@ from typing import Any, Optional, Sequence
 import torch
 
 from nasfe.engine.callbacks import Callback
+import dataclasses
+from nasfe.config import load_space
+from nasfe.engine.retrain import run_retrain
+from nasfe.genotype import derive_from_arch
+from nasfe.model.registry import create_model
+from nasfe.data.faces import open_faces
+from nasfe.data.splits import split_identities
+from nasfe.data.testsets import build_testsets
+from nasfe.imageio import ImageReadError, write_png_atomic
+from nasfe.data.faces import fit_to_size
+from nasfe.engine.search import run_search
+from nasfe.genotype import Genotype
+import json
+from nasfe.evaluate.evaluate_cmd import baseline_method, evaluate_sets
+from nasfe.imageio import atomic_write_json
+from nasfe.engine.callbacks import ConsoleProgress
+from nasfe.evaluate.evaluate_cmd import network_method
+from nasfe.evaluate.model_io import load_trained
+from nasfe.evaluate.report import write_table
+import statistics
+from nasfe.errors import CommandError
+from nasfe.config import resolve_space_path
+from nasfe.evaluate.model_io import resolve_device
+from nasfe.evaluate.baselines import BASELINES
 
 log = logging.getLogger("nasfe.evaluate")
 
@@ -88,7 +112,6 @@ EVAL_SETS = ("Test-BN", "Test-BNL")
 def scale_lambdas(rows: Sequence[AblationRow], factor: float) -> list[AblationRow]:
     """``rows`` with their perceptual and identity loss weights multiplied by ``factor`` (rows with
     zero weights stay zero, so L2-only rows never run the loss backbone)."""
-    import dataclasses
 
     if factor == 1.0:
         return list(rows)
@@ -99,7 +122,6 @@ def scale_lambdas(rows: Sequence[AblationRow], factor: float) -> list[AblationRo
 
 def row_space(base: str, row: AblationRow, schedule: dict[str, Any]):
     """The search space of ``row``: the base space with the row's and the schedule's overrides."""
-    from nasfe.config import load_space
 
     return load_space(base, {**row.overrides, **schedule})
 
@@ -129,7 +151,6 @@ def schedule_for_budget(base: str, rows: Sequence[AblationRow], minutes: float, 
     """Steps per phase so that all ``rows`` take about ``minutes``: three timed retrain steps of the
     most expensive row give seconds per step (the time between step ends, so setup and validation
     are left out); a search step counts twice; two epochs per phase."""
-    from nasfe.engine.retrain import run_retrain
 
     probe = rows[-1]
     space = row_space(base, probe, {**(base_overrides or {}), "retrain.epochs": 1, "retrain.steps_per_epoch": 3,
@@ -149,8 +170,6 @@ def schedule_for_budget(base: str, rows: Sequence[AblationRow], minutes: float, 
 
 def _initial_genotype(space):
     """The genotype of a fresh supernet's (seeded) architecture weights: used only to time a step."""
-    from nasfe.genotype import derive_from_arch
-    from nasfe.model.registry import create_model
 
     with torch.random.fork_rng():
         torch.manual_seed(space.search.seed)
@@ -163,11 +182,6 @@ def build_ablation_testsets(base: str, out: Path, images: int, seed: int = 0,
                             overrides: Optional[dict] = None) -> tuple[Path, Path]:
     """Write the base space's test identities to ``out/test_faces/<identity>/`` (at the training size)
     and build Test-BN and Test-BNL from ``images`` of them in ``out/testsets``; returns both folders."""
-    from nasfe.config import load_space
-    from nasfe.data.faces import open_faces
-    from nasfe.data.splits import split_identities
-    from nasfe.data.testsets import build_testsets
-    from nasfe.imageio import ImageReadError, write_png_atomic
 
     space = load_space(base, overrides)
     faces = open_faces(space.data)
@@ -175,7 +189,6 @@ def build_ablation_testsets(base: str, out: Path, images: int, seed: int = 0,
     if not test:
         raise ValueError(f"space {space.name!r}: its data has no test identities (data.test_fraction)")
     folder = out / "test_faces"
-    from nasfe.data.faces import fit_to_size
 
     written = 0
     for i, rec in enumerate(test):
@@ -197,11 +210,7 @@ def train_row(base: str, row: AblationRow, schedule: dict[str, Any], out: Path, 
               callbacks=()) -> dict[str, Any]:
     """Search (when the row's fusion is searched; shared by rows of the same model section) and
     retrain one row; returns ``{'model_pt', 'space', 'genotype', 'seconds'}`` (a finished row is reused)."""
-    from nasfe.engine.retrain import run_retrain
-    from nasfe.engine.search import run_search
-    from nasfe.genotype import Genotype
 
-    import json
 
     space = row_space(base, row, schedule)
     run = out / "rows" / row.slug
@@ -232,7 +241,6 @@ def evaluate_baselines(names: Sequence[str], testsets: str | Path, max_images: O
                        progress: bool = True) -> list[dict[str, Any]]:
     """Table rows of the classical baselines (``input``, ``histeq``, ``classical`` ...) on the same
     Test-BN/Test-BNL images the rows are measured on (same seeded subsample)."""
-    from nasfe.evaluate.evaluate_cmd import baseline_method, evaluate_sets
 
     table = []
     for name in names:
@@ -248,7 +256,6 @@ def evaluate_baselines(names: Sequence[str], testsets: str | Path, max_images: O
 
 def _cached_scores(path: Path, key: dict) -> Optional[dict]:
     """Scores stored by :func:`_store_scores` for the same ``key`` (and the same model file), or None."""
-    import json
 
     try:
         data = json.loads(path.read_text())
@@ -258,8 +265,6 @@ def _cached_scores(path: Path, key: dict) -> Optional[dict]:
 
 
 def _store_scores(path: Path, key: dict, scores: dict) -> dict:
-    from nasfe.imageio import atomic_write_json
-
     atomic_write_json(path, {"key": key, "scores": scores})
     return scores
 
@@ -280,11 +285,6 @@ def run_ablation(base: str, out: str | Path, rows: Sequence[AblationRow] = ROWS,
     ``baselines``: classical methods measured on the same images, listed first. ``base_overrides``
     (e.g. ``{"data.root": ...}``) apply to the base space everywhere, test sets included.
     """
-    from nasfe.engine.callbacks import ConsoleProgress
-    from nasfe.evaluate.evaluate_cmd import evaluate_sets, network_method
-    from nasfe.evaluate.model_io import load_trained
-    from nasfe.evaluate.report import write_table
-    from nasfe.imageio import atomic_write_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -342,7 +342,6 @@ SCORE_KEYS = ("bn_psnr", "bn_ssim", "bnl_psnr", "bnl_ssim")
 def aggregate_seeds(per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per table row over seeds: mean, sample std (ddof 1; 0 for one seed), min and max of
     every score, the mean training seconds, and the seeds it covers."""
-    import statistics
 
     names: list[str] = []
     for table in per_seed.values():
@@ -378,8 +377,6 @@ def run_seeds(base: str, out: str | Path, seeds: Sequence[int], rows: Sequence[A
     """:func:`run_ablation` once per seed (``search.seed`` and ``retrain.seed``; the data split and
     the test sets stay fixed) in ``out/seed<s>/``, then mean and spread over seeds in
     ``out/ablation_seeds.md/.csv/.json``. Baselines are deterministic: measured once."""
-    from nasfe.evaluate.report import write_table
-    from nasfe.imageio import atomic_write_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -443,9 +440,6 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     """``nasfe ablation``."""
-    from nasfe.errors import CommandError
-    from nasfe.config import resolve_space_path
-    from nasfe.evaluate.model_io import resolve_device
 
     resolve_space_path(args.space)
     explicit = args.search_epochs is not None or args.retrain_epochs is not None
@@ -464,7 +458,6 @@ def main(args) -> int:
         raise CommandError(f"--budget-minutes must be > 0, got {args.budget_minutes}")
     if args.faces and not args.testsets:
         raise CommandError("--faces goes with --testsets (the built test sets come with their own faces)")
-    from nasfe.evaluate.baselines import BASELINES
 
     bad = [b for b in args.baselines if b not in BASELINES]
     if bad:

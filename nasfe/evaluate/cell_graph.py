@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 
 from nasfe.genotype import BlockGene, Genotype
 from nasfe.imageio import atomic_output
+import matplotlib
+import matplotlib.pyplot as plt
 
 
 def input_name(index: int) -> str:
@@ -30,10 +32,8 @@ def _layout(blocks: int) -> dict[int, tuple[float, float]]:
 
 def draw_cell(cell: Sequence[BlockGene], path: str | Path, title: Optional[str] = None, dpi: int = 110) -> Path:
     """Draw one cell (a list of :class:`BlockGene`) and save it as a PNG at ``path``."""
-    import matplotlib
 
     matplotlib.use("Agg", force=False)  # files only; never needs a display
-    import matplotlib.pyplot as plt
 
     blocks = len(cell)
     pos = _layout(blocks)

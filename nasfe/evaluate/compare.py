@@ -28,6 +28,17 @@ from nasfe.config import ConfigError, SpaceConfig, load_space, space_from_dict
 from nasfe.genotype import Genotype, GenotypeError, diff_genotypes
 from nasfe.evaluate.report import markdown_grid
 from nasfe.imageio import atomic_output
+from nasfe.engine.checkpoint import CheckpointError, load_checkpoint
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from nasfe.model.registry import create_model
+from nasfe.evaluate.cell_graph import input_name
+import matplotlib
+import matplotlib.pyplot as plt
+from nasfe.evaluate.cell_graph import draw_genotype_cells
+from nasfe.imageio import atomic_write_text
+from nasfe.errors import CommandError
+from nasfe.imageio import ensure_writable_dir
 
 log = logging.getLogger("nasfe.compare")
 
@@ -62,8 +73,6 @@ def _read_space(run_dir: Path) -> tuple[Optional[SpaceConfig], str]:
                 return None, f"{p} unreadable: {exc}"
     model_pt = run_dir / "model.pt"
     if model_pt.is_file():
-        from nasfe.engine.checkpoint import CheckpointError, load_checkpoint
-
         try:
             payload = load_checkpoint(model_pt, required=("space",))
             return space_from_dict(payload["space"], where=str(model_pt)), str(model_pt)
@@ -154,8 +163,6 @@ def measure_cost(space: SpaceConfig, genotype: Genotype, latency_runs: int = 0, 
     backbone is not counted in the parameters (it does not train) but its FLOPs are, when the
     network uses I_iden.
     """
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     model, y = _build(space, genotype)
     params = sum(p.numel() for p in model.weight_parameters())
@@ -170,9 +177,7 @@ def measure_cost(space: SpaceConfig, genotype: Genotype, latency_runs: int = 0, 
 
 
 def _build(space: SpaceConfig, genotype: Genotype):
-    import torch
-
-    from nasfe.model.registry import create_model
+    pass
 
     torch.manual_seed(0)
     model = create_model(space, genotype).eval()
@@ -187,7 +192,6 @@ def measure_latency(models: Sequence[tuple[Any, Any]], runs: int, warmup: int = 
     timed passes go round-robin over the networks, so a load change on the machine hits them all
     alike instead of whichever ran at that moment.
     """
-    import torch
 
     times: list[list[float]] = [[] for _ in models]
     with torch.no_grad():
@@ -223,7 +227,6 @@ def latency_warning(entries: Sequence["ArchEntry"]) -> Optional[str]:
 
 def edge_rows(entries: Sequence[ArchEntry]) -> list[tuple[str, list[str]]]:
     """One row per (cell type, block, edge): ``op <- input`` for each architecture."""
-    from nasfe.evaluate.cell_graph import input_name
 
     keys: list[tuple[int, int, int]] = []
     for e in entries:
@@ -335,10 +338,8 @@ def render_csv(entries: Sequence[ArchEntry], rows) -> str:
 
 def draw_histogram(hist: dict[str, list[int]], labels: Sequence[str], path: str | Path) -> Path:
     """Stacked bars: how often each operator was chosen, one colour per architecture."""
-    import matplotlib
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
 
     ops = list(hist)
     fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(ops) + 2), 3.8))
@@ -432,8 +433,6 @@ def compare(paths: Sequence[str | Path], space: Optional[str | SpaceConfig] = No
     files: list[Path] = []
     images: dict[str, Any] = {}
     if out_dir is not None:
-        from nasfe.evaluate.cell_graph import draw_genotype_cells
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         images["cells"] = {}
@@ -447,8 +446,6 @@ def compare(paths: Sequence[str | Path], space: Optional[str | SpaceConfig] = No
     markdown = render_markdown(entries, rows, hist, diff_list, images or None)
     text_csv = render_csv(entries, rows)
     if out_dir is not None:
-        from nasfe.imageio import atomic_write_text
-
         for name, text in (("compare.md", markdown), ("compare.csv", text_csv)):
             atomic_write_text(Path(out_dir) / name, text)
             files.append(Path(out_dir) / name)
@@ -475,12 +472,8 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     """Run ``nasfe compare`` and print the Markdown report."""
     if args.latency_runs < 0 or args.latency_warmup < 0:
-        from nasfe.errors import CommandError
-
         raise CommandError("--latency-runs and --latency-warmup must be >= 0")
     if args.out:
-        from nasfe.imageio import ensure_writable_dir
-
         ensure_writable_dir(args.out)  # a file named --out, or an unwritable folder: one line before any work
     report = compare(args.paths, space=args.space, out_dir=args.out,
                      latency_runs=0 if args.no_latency else args.latency_runs, measure=not args.no_measure,

@@ -39,6 +39,22 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
+from nasfe.evaluate.baselines import get_baseline
+from nasfe.imageio import ImageReadError, to_tensor
+from nasfe.data.faces import FolderFaces
+from nasfe.imageio import read_image
+from tqdm import tqdm
+from nasfe.data.testsets import TestSet, TestSetError, check_files, load_manifest
+from nasfe.evaluate.metrics import MetricAccumulator, psnr, ssim
+from nasfe.evaluate.recognition import recognition_topk
+from nasfe.evaluate.report import bar_chart, montage, write_report, write_table
+from nasfe.imageio import atomic_write_json
+from nasfe.errors import CommandError
+from nasfe.evaluate.recognition import OnnxRecognizer, TorchMobileFaceNetRecognizer, load_recognizer
+from nasfe.evaluate.model_io import add_model_arguments
+from nasfe.evaluate.baselines import BASELINES
+from nasfe.evaluate.model_io import load_from_args, load_trained, model_kind, resolve_device
+from nasfe.imageio import ensure_writable_dir
 
 log = logging.getLogger("nasfe.evaluate")
 
@@ -70,7 +86,6 @@ class Method:
 
 def baseline_method(name: str) -> Method:
     """A classical baseline of ``nasfe.evaluate.baselines`` (no references)."""
-    from nasfe.evaluate.baselines import get_baseline
 
     fn = get_baseline(name)
     return Method(name, lambda y, refs, has: fn(y).clamp(0, 1))
@@ -102,7 +117,6 @@ class FaceIndex:
 
     def load(self, rec) -> Optional[torch.Tensor]:
         """The face of ``rec`` as (3,H,W), or None when unreadable (recorded by name, once)."""
-        from nasfe.imageio import ImageReadError, to_tensor
 
         if rec.key not in self.cache:
             try:
@@ -116,7 +130,6 @@ class FaceIndex:
 
 def open_face_index(folder: str | Path, height: int, width: int) -> FaceIndex:
     """Index ``folder`` (``<identity>/<image>``) with faces fitted to ``height`` x ``width``."""
-    from nasfe.data.faces import FolderFaces
 
     faces = FolderFaces(folder, height=height, width=width)
     return FaceIndex(faces, faces.by_identity())
@@ -125,7 +138,6 @@ def open_face_index(folder: str | Path, height: int, width: int) -> FaceIndex:
 def build_gallery(clean: Sequence[dict], root: Path, index: Optional[FaceIndex]):
     """Gallery images (G,3,H,W), their identities, the gallery keys per identity, and the number of
     identities that had to fall back to the test set's own clean images (see the module doc)."""
-    from nasfe.imageio import read_image, to_tensor
 
     test_keys = {c.get("key") for c in clean}
     identities = sorted({str(c["identity"]) for c in clean})
@@ -200,11 +212,7 @@ def evaluate_sets(methods: Sequence[Method], root: str | Path, sets: Optional[Se
     (``nasfe.evaluate.metrics.CONVENTIONS``) beside the RGB one. Raises ``TestSetError`` for a
     broken test-set folder.
     """
-    from tqdm import tqdm
 
-    from nasfe.data.testsets import TestSet, TestSetError, check_files, load_manifest
-    from nasfe.evaluate.metrics import MetricAccumulator, psnr, ssim
-    from nasfe.evaluate.recognition import recognition_topk
 
     root = Path(root)
     manifest = load_manifest(root)
@@ -214,7 +222,6 @@ def evaluate_sets(methods: Sequence[Method], root: str | Path, sets: Optional[Se
         raise TestSetError(f"{root / 'manifest.json'}: has no set(s) {missing} (has {sorted(manifest['sets'])})")
     check_files(root, names, manifest)  # every image as built (sha256) before anything is scored
     clean = manifest["clean"]
-    from nasfe.imageio import read_image
 
     h, w = read_image(root / clean[0]["file"]).shape[:2]
     index = open_face_index(faces, h, w) if faces else None
@@ -309,8 +316,6 @@ def table_columns(rows: Sequence[dict]) -> list[str]:
 def write_outputs(result: dict[str, Any], out_dir: str | Path, settings: dict[str, Any],
                   title: str = "NASFE evaluation") -> Path:
     """results.md/.csv/.json, a montage and a bar chart per test set, and report.md; returns the report path."""
-    from nasfe.evaluate.report import bar_chart, montage, write_report, write_table
-    from nasfe.imageio import atomic_write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -343,8 +348,6 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path, settings: dict[st
 # ---- command ----------------------------------------------------------------------------------------------
 def make_recognizer(spec: Optional[str]):
     """``onnx:PATH``, ``torch:PATH``, a plain path, ``none``, or None (the shared ONNX model when present)."""
-    from nasfe.errors import CommandError
-    from nasfe.evaluate.recognition import OnnxRecognizer, TorchMobileFaceNetRecognizer, load_recognizer
 
     if spec is None:
         default = shared_dir() / DEFAULT_RECOGNIZER
@@ -368,7 +371,6 @@ def make_recognizer(spec: Optional[str]):
 
 def add_arguments(parser) -> None:
     """Arguments of ``nasfe evaluate``."""
-    from nasfe.evaluate.model_io import add_model_arguments
 
     add_model_arguments(parser)
     parser.add_argument("--testsets", required=True, help="folder built by `nasfe testsets` (manifest.json)")
@@ -397,11 +399,6 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     """``nasfe evaluate``."""
-    from nasfe.errors import CommandError
-    from nasfe.evaluate.baselines import BASELINES
-    from nasfe.data.testsets import check_files, load_manifest
-    from nasfe.evaluate.model_io import load_from_args, load_trained, model_kind, resolve_device
-    from nasfe.imageio import ensure_writable_dir
 
     if args.batch_size < 1 or (args.max_images is not None and args.max_images < 1):
         raise CommandError("--batch-size and --max-images must be >= 1")

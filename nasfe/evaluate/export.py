@@ -32,6 +32,11 @@ from torch import nn
 from nasfe.errors import ExportError
 from nasfe.imageio import atomic_write_bytes
 from nasfe.model.ops import FFTOp
+from nasfe.imageio import atomic_write_json
+from nasfe.evaluate.model_io import add_model_arguments
+from nasfe.errors import CommandError
+from nasfe.evaluate.model_io import load_from_args
+from nasfe.imageio import ensure_writable_dir
 
 log = logging.getLogger("nasfe.evaluate")
 
@@ -209,7 +214,6 @@ def export_model(model: nn.Module, out_dir: str | Path, height: int, width: int,
     if bad:
         raise ExportError(f"{out_dir}: exported outputs differ from PyTorch's by more than {limit:.3g}: "
                           + ", ".join(f"{k}={v:.3g}" for k, v in bad.items()) + "; nothing written")
-    from nasfe.imageio import atomic_write_json
 
     for path, data in files.items():
         atomic_write_bytes(path, data)
@@ -261,7 +265,6 @@ def _export_torchscript(wrapper, trace_in, check_in, ref, path: Path) -> dict[st
 # ---- command ---------------------------------------------------------------------------------------
 def add_arguments(parser) -> None:
     """Arguments of ``nasfe export``."""
-    from nasfe.evaluate.model_io import add_model_arguments
 
     add_model_arguments(parser)
     parser.add_argument("--out", required=True, help="output folder for model.onnx, model.ts and export.json")
@@ -277,9 +280,6 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     """``nasfe export``: returns 0 when every exported file matches PyTorch within --atol."""
-    from nasfe.errors import CommandError
-    from nasfe.evaluate.model_io import load_from_args
-    from nasfe.imageio import ensure_writable_dir
 
     for flag, value in (("--height", args.height), ("--width", args.width)):
         if value is not None and not 8 <= value <= MAX_EXPORT_SIDE:

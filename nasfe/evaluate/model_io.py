@@ -24,13 +24,18 @@ from nasfe.config import SpaceConfig, load_space, space_from_dict
 from nasfe.engine.checkpoint import CheckpointError, load_checkpoint
 from nasfe.genotype import Genotype, GenotypeError
 from nasfe.registry import fusion_is_searched
+from nasfe.errors import CommandError
+from nasfe.config import PACKAGED_WEIGHTS
+from nasfe.data.remote import is_uri
+from nasfe.engine.network import build_network
+import sys
+from nasfe.pretrained import default_model_path
 
 log = logging.getLogger("nasfe.evaluate")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
-    from nasfe.errors import CommandError
 
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -67,8 +72,6 @@ CHECKPOINT_WEIGHTS = "<checkpoint>"
 def _space_without_missing_weights(space: SpaceConfig, where: str) -> SpaceConfig:
     """The checkpoint carries the frozen backbone's weights, so a backbone weights file that is
     not on this machine is not needed: build the backbone without it and load the checkpoint's."""
-    from nasfe.config import PACKAGED_WEIGHTS
-    from nasfe.data.remote import is_uri
 
     w = space.identity.weights
     if w and w != PACKAGED_WEIGHTS and not is_uri(w) and not Path(w).expanduser().is_file():
@@ -88,7 +91,6 @@ def _space_without_missing_weights(space: SpaceConfig, where: str) -> SpaceConfi
 def refuse_non_finite(state_dict: dict[str, torch.Tensor], where: str) -> None:
     """Raise ``CommandError`` when a floating tensor of ``state_dict`` holds NaN or infinity (a
     diverged run): restoring with it would only write black or garbage images."""
-    from nasfe.errors import CommandError
 
     bad = [(k, int((~torch.isfinite(v)).sum())) for k, v in state_dict.items()
            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -105,7 +107,6 @@ def build_and_load(space: SpaceConfig, genotype: Optional[Genotype], state_dict:
     ``fill``: key prefixes the file leaves out on purpose (the frozen face backbone of a packaged
     model): those weights come from the backbone as built here (``identity.weights`` when that file
     is on this machine, else seeded random init, and then ``model.refs_usable`` is False)."""
-    from nasfe.engine.network import build_network
 
     searched = fusion_is_searched(space.model.fusion)
     if searched and genotype is None:
@@ -208,15 +209,12 @@ def add_model_arguments(parser) -> None:
 def load_from_args(args, device: str | torch.device = "cpu"):
     """``load_trained`` from the arguments of :func:`add_model_arguments`; with neither MODEL nor
     ``--weights``, the packaged default model (:mod:`nasfe.pretrained`)."""
-    import sys
 
-    from nasfe.errors import CommandError
 
     model = args.model
     if model is None and args.weights is None:
         if args.genotype is not None or args.model_space is not None:
             raise CommandError("--genotype/--space go with MODEL or --weights, not with the packaged default model")
-        from nasfe.pretrained import default_model_path
 
         model = default_model_path()
         loaded = load_trained(model, device)

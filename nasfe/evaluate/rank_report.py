@@ -9,6 +9,12 @@ import math
 import statistics
 from pathlib import Path
 from typing import Any, Optional, Sequence
+import numpy as np
+from scipy.stats import kendalltau
+import matplotlib
+import matplotlib.pyplot as plt
+from nasfe.imageio import atomic_output
+from nasfe.imageio import atomic_write_json, atomic_write_text
 
 #: Test-set columns of a row: PSNR and SSIM on Test-BN and Test-BNL
 TEST_KEYS = ("bn_psnr", "bn_ssim", "bnl_psnr", "bnl_ssim")
@@ -21,8 +27,6 @@ def kendall_tau(x: Sequence[float], y: Sequence[float], confidence: float = 0.95
 
     Fewer than 3 pairs, or a constant side, give ``tau`` None: there is no ranking to compare.
     """
-    import numpy as np
-    from scipy.stats import kendalltau
 
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     out: dict[str, Any] = {"tau": None, "ci_low": None, "ci_high": None, "p_value": None, "n": int(len(x)),
@@ -150,12 +154,9 @@ def scatter_png(rows: Sequence[dict[str, Any]], path: Path, rules: Sequence[str]
                 metric: str = "val_psnr", taus: Optional[dict] = None) -> Optional[Path]:
     """One panel per rule: supernet score (x) against stand-alone ``metric`` (y), by kind; the hand
     row (no supernet score) as a horizontal line. None when nothing is scored."""
-    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    from nasfe.imageio import atomic_output
 
     fig, axes = plt.subplots(1, len(rules), figsize=(5 * len(rules), 4), squeeze=False)
     style = {"random": ("tab:blue", "o"), "searched": ("tab:red", "*")}
@@ -189,7 +190,6 @@ def scatter_png(rows: Sequence[dict[str, Any]], path: Path, rules: Sequence[str]
 def write_rank_report(rows: Sequence[dict[str, Any]], out: str | Path, meta: dict[str, Any],
                       rules: Sequence[str] = ("alpha", "strength"), metric: str = "val_psnr") -> dict[str, Any]:
     """Write ``rank.json``, ``rank.md`` and ``rank.png`` in ``out``; returns what ``rank.json`` holds."""
-    from nasfe.imageio import atomic_write_json, atomic_write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

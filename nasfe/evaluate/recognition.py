@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from nasfe.identity.align import ARCFACE_SIZE, align_faces
 from nasfe.identity.backbones import IMAGENET_MEAN, IMAGENET_STD
+from nasfe.identity.backbones import MobileFaceNet
 
 _MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 _STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -99,8 +100,6 @@ class TorchMobileFaceNetRecognizer(Recognizer):
     """The torch MobileFaceNet (``mobilefacenet.pt``) as a recogniser, in batches."""
 
     def __init__(self, weights_path: str | Path, align: bool = True, device: str = "cpu", batch_size: int = 64):
-        from nasfe.identity.backbones import MobileFaceNet
-
         self.model = MobileFaceNet(str(weights_path), align=align).to(device)
         self.device = device
         self.batch_size = batch_size

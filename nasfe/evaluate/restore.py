@@ -37,6 +37,15 @@ import torch
 import torch.nn.functional as F
 
 from nasfe.imageio import ImageReadError, ensure_writable_dir, read_image, to_tensor, to_uint8, write_png_atomic
+from nasfe.errors import CommandError
+import json
+import hashlib
+from nasfe.imageio import atomic_write_json
+from nasfe.data.faces import fit_to_size
+from tqdm import tqdm
+from nasfe.evaluate.model_io import add_model_arguments
+from nasfe.evaluate.model_io import load_from_args, model_kind, resolve_device
+from nasfe.imageio import refuse_inside
 
 log = logging.getLogger("nasfe.evaluate")
 
@@ -173,7 +182,6 @@ def plan_outputs(inputs: Sequence[str | Path], out_dir: str | Path, recursive: b
     any output path already holding a file that is not one of restore's own earlier outputs
     (:data:`RECORD`): restoring never overwrites a file of the user's.
     """
-    from nasfe.errors import CommandError
 
     out_dir = Path(out_dir).expanduser()
     out_real = out_dir.resolve()
@@ -205,7 +213,6 @@ def plan_outputs(inputs: Sequence[str | Path], out_dir: str | Path, recursive: b
 def read_record(out_dir: Path) -> dict[str, Optional[str]]:
     """restore's record of its outputs in ``out_dir`` (relative POSIX path -> sha256, or None for an
     output planned by a run that stopped before writing it); empty when absent or unreadable."""
-    import json
 
     try:
         data = json.loads((Path(out_dir) / RECORD).read_text())
@@ -216,8 +223,6 @@ def read_record(out_dir: Path) -> dict[str, Optional[str]]:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -236,14 +241,11 @@ def _own_output(record: dict[str, Optional[str]], out_dir: Path, target: Path) -
 
 
 def _write_record(out_dir: Path, record: dict[str, Optional[str]]) -> None:
-    from nasfe.imageio import atomic_write_json
-
     atomic_write_json(Path(out_dir) / RECORD, {"outputs": dict(sorted(record.items()))})
 
 
 def load_refs(items: Sequence[str | Path], height: int, width: int) -> tuple[Optional[torch.Tensor], list[str]]:
     """Reference photos as (k,3,height,width) (fitted to the training size) and the unreadable ones."""
-    from nasfe.data.faces import fit_to_size
 
     files, _ = collect_images(items)
     refs, bad = [], []
@@ -263,7 +265,6 @@ def _same_size_runs(files: Iterable[tuple[Path, Path]], batch_size: int, errors:
             img = read_image(path)
         except ImageReadError as exc:
             errors.append(str(exc))
-            from tqdm import tqdm
 
             tqdm.write(f"nasfe restore: skipped {exc}", file=sys.stderr)  # keeps the progress bar intact
             continue
@@ -293,7 +294,6 @@ def restore_files(model, inputs: Sequence[str | Path], out_dir: str | Path, refs
 
     Returns ``{'restored': n, 'failed': [messages], 'not_an_image': n, 'outputs': [paths], 'seconds': s}``.
     """
-    from tqdm import tqdm
 
     out_dir = Path(out_dir).expanduser()
     jobs, left_out = plan_outputs(inputs, out_dir, recursive, compare)
@@ -332,7 +332,6 @@ def restore_files(model, inputs: Sequence[str | Path], out_dir: str | Path, refs
 # ---- command ---------------------------------------------------------------------------------------
 def add_arguments(parser) -> None:
     """Arguments of ``nasfe restore``."""
-    from nasfe.evaluate.model_io import add_model_arguments
 
     add_model_arguments(parser)
     parser.add_argument("--input", "-i", nargs="+", required=True, help="image files and/or folders to restore")
@@ -351,15 +350,12 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     """``nasfe restore``: 0 when every image was restored, 1 when some could not be read."""
-    from nasfe.errors import CommandError
-    from nasfe.evaluate.model_io import load_from_args, model_kind, resolve_device
 
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.tile < 0 or args.overlap < 0 or (args.tile and args.tile < MIN_SIDE):
         raise CommandError(f"--tile must be 0 or >= {MIN_SIDE} and --overlap >= 0, got {args.tile} and {args.overlap}")
     if args.recursive:  # outputs inside a folder scanned recursively would be read as inputs next time
-        from nasfe.imageio import refuse_inside
 
         refuse_inside(args.out, [("--input", p) for p in args.input if Path(p).expanduser().is_dir()])
     plan_outputs(args.input, args.out, args.recursive, args.compare)  # refuse to overwrite inputs before any work

@@ -19,6 +19,9 @@ from nasfe.identity.align import ARCFACE_SIZE, align_faces
 from nasfe.identity.mobilefacenet import MobileFaceNetNet, load_mobilefacenet_state
 from nasfe.identity.vggface import VGGFACE_MEAN, VGGFacePool3, load_vggface_state
 from nasfe.registry import BACKBONES
+from nasfe.config import PACKAGED_WEIGHTS
+from nasfe.identity.packaged import MOBILEFACENET
+from nasfe.data.remote import fetch_file, is_uri
 
 log = logging.getLogger(__name__)
 
@@ -225,13 +228,9 @@ def resolve_weights(weights: Optional[str]) -> Optional[str]:
     node into the data cache; a path is returned as given; None stays None."""
     if weights is None:
         return None
-    from nasfe.config import PACKAGED_WEIGHTS
 
     if weights == PACKAGED_WEIGHTS:
-        from nasfe.identity.packaged import MOBILEFACENET
-
         return str(MOBILEFACENET)
-    from nasfe.data.remote import fetch_file, is_uri
 
     return str(fetch_file(weights)) if is_uri(weights) else weights
 

@@ -15,6 +15,8 @@ from nasfe.genotype import Genotype
 from nasfe.model.fusion import DerivedFusion, Res2Fusion, SearchFusion
 from nasfe.model.nasfe import NASFE, apply_execution_options
 from nasfe.registry import FUSIONS
+from nasfe.identity.adain import IdentityInfo
+from nasfe.identity.backbones import build_backbone
 
 _MODELS: dict[str, Callable[..., NASFE]] = {}
 
@@ -37,8 +39,7 @@ def list_models() -> list[str]:
 def default_identity(space: SpaceConfig) -> nn.Module:
     """The identity module I_iden of ``space.identity``, from the identity room."""
     try:
-        from nasfe.identity.adain import IdentityInfo
-        from nasfe.identity.backbones import build_backbone
+        pass
     except ImportError as exc:
         raise RuntimeError(
             f"model.use_identity is true but nasfe.identity is not available ({exc}); pass identity= "

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from nasfe.engine.checkpoint import CheckpointError
+from nasfe.engine.checkpoint import load_checkpoint, save_checkpoint
 
 #: the packaged default model and its notice
 DEFAULT_MODEL = Path(__file__).resolve().with_name("cpu_default.pt")
@@ -26,7 +28,6 @@ BACKBONE_PREFIX = "identity.backbone."
 
 def default_model_path() -> Path:
     """The packaged model file (an error naming it when the installation lacks it)."""
-    from nasfe.engine.checkpoint import CheckpointError
 
     if not DEFAULT_MODEL.is_file():
         raise CheckpointError(f"{DEFAULT_MODEL}: the packaged default model is missing from this installation; "
@@ -44,7 +45,6 @@ def pack_model(src: str | Path, dest: str | Path = DEFAULT_MODEL, note: str = ""
     its space and genotype, without the frozen identity backbone (a pretrained face network that the
     loader rebuilds from ``identity.weights``); refuse (ValueError) when the result exceeds
     ``MAX_BYTES``. Returns ``{'path', 'bytes', 'parameters'}``."""
-    from nasfe.engine.checkpoint import load_checkpoint, save_checkpoint
 
     payload = load_checkpoint(src, required=("model", "space"))
     space = payload["space"]

@@ -18,6 +18,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from nasfe.engine.callbacks import Callback
+import matplotlib
+import matplotlib.pyplot as plt
+import torch
+from nasfe.imageio import to_uint8
+from nasfe.imageio import atomic_write_json
+import time
+import struct
 
 log = logging.getLogger("nasfe.tracking")
 
@@ -81,10 +88,8 @@ def resolve_mode(requested: str = "auto") -> str:
 
 def heatmap_figure(matrix, title: str, xlabels: list[str], ylabels: list[str]):
     """A matplotlib figure of a 2-D array (rows = ylabels, columns = xlabels) with values."""
-    import matplotlib
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
 
     rows, cols = matrix.shape
     fig, ax = plt.subplots(figsize=(max(3.0, 0.7 * cols + 1.5), max(2.0, 0.3 * rows + 1.0)), dpi=80)
@@ -99,9 +104,7 @@ def heatmap_figure(matrix, title: str, xlabels: list[str], ylabels: list[str]):
 
 def restoration_grid(panels: dict[str, Any]):
     """uint8 HxWx3 image: one row per sample, columns degraded | restored | clean."""
-    import torch
 
-    from nasfe.imageio import to_uint8
 
     cols = [panels[k].float().clamp(0, 1) for k in ("degraded", "restored", "clean")]
     rows = [torch.cat([c[i] for c in cols], dim=2) for i in range(len(cols[0]))]
@@ -187,7 +190,6 @@ class WandbLogger(Callback):
 
     def write_pointer(self, folder: Path, phase: str) -> None:
         """``wandb_<phase>.json`` in ``folder``: mode, id, local run dir, url (how to find the run)."""
-        from nasfe.imageio import atomic_write_json
 
         atomic_write_json(Path(folder) / f"wandb_{phase}.json", self.describe())
 
@@ -229,8 +231,6 @@ class WandbLogger(Callback):
             self._log_genotype(state, genotype)
 
     def _heatmap(self, key, tensor):
-        import matplotlib.pyplot as plt
-
         t = tensor.detach().float().cpu()
         if key == "alphas":  # (cells, edges, ops): softmax over operators, cell types stacked
             probs = t.softmax(-1).reshape(-1, t.shape[-1]).numpy()
@@ -289,7 +289,6 @@ class WandbLogger(Callback):
         ``timeout`` (default: 5 flush intervals, at least 20 s) bounds the wait; False when it
         passed (or there is no run).
         """
-        import time
 
         path = self.wandb_file()
         if path is None:
@@ -345,7 +344,6 @@ def read_offline_records(path: str | Path) -> list[Any]:
     4 last). Used to inspect offline runs (and by the tests) without a W&B server. A file read
     while W&B still writes it (or copied then) yields the records before its torn tail.
     """
-    import struct
 
     from wandb.proto import wandb_internal_pb2
 

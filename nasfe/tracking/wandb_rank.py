@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any, Optional
+from nasfe.tracking.wandb_logger import resolve_mode
 
 log = logging.getLogger("nasfe.tracking")
 
@@ -19,7 +20,6 @@ def log_rank(settings, name: str, data: dict[str, Any], png: Path, folder: Path)
     try:
         import wandb
 
-        from nasfe.tracking.wandb_logger import resolve_mode
 
         mode = resolve_mode(settings.mode)
         if mode == "disabled":

@@ -20,6 +20,9 @@ import logging
 import secrets
 from pathlib import Path
 from typing import Any, Optional
+from nasfe.imageio import atomic_write_json
+from nasfe.tracking.wandb_logger import resolve_mode
+from nasfe.distributed.run_identity import flatten
 
 log = logging.getLogger("nasfe.tracking")
 
@@ -28,7 +31,6 @@ STATE_FILE = "wandb_sweep.json"
 
 def load_state(sweep_dir: Path) -> dict[str, Any]:
     """``wandb_sweep.json``: the summary run's id and the W&B sweep id (created on first use)."""
-    from nasfe.imageio import atomic_write_json
 
     path = Path(sweep_dir) / STATE_FILE
     state = json.loads(path.read_text()) if path.is_file() else {}
@@ -41,7 +43,6 @@ def load_state(sweep_dir: Path) -> dict[str, Any]:
 
 def save_state(sweep_dir: Path, state: dict[str, Any]) -> None:
     """Write ``wandb_sweep.json``."""
-    from nasfe.imageio import atomic_write_json
 
     atomic_write_json(Path(sweep_dir) / STATE_FILE, state)
 
@@ -69,8 +70,6 @@ def sweep_config(sweep, name: str, project: str) -> dict[str, Any]:
 def register_sweep(sweep, name: str, settings, sweep_dir: Path) -> Optional[str]:
     """The W&B sweep id of this sweep (registered once, online only; None offline or on failure)."""
     try:
-        from nasfe.tracking.wandb_logger import resolve_mode
-
         if resolve_mode(settings.mode) != "online":
             return None
         state = load_state(sweep_dir)
@@ -122,9 +121,7 @@ class SummaryRun:
     def _open(self):
         import wandb
 
-        from nasfe.distributed.run_identity import flatten
 
-        from nasfe.tracking.wandb_logger import resolve_mode
 
         self.mode = resolve_mode(self.settings.mode)
         if self.mode == "disabled":

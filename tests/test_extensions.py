@@ -11,7 +11,7 @@ from torch import nn
 from nasfe.config import PAPER_OPERATORS, ConfigError, load_space
 from nasfe.registry import BACKBONES, DEGRADATIONS, FACE_SOURCES, FUSIONS, OPERATORS, Registry
 
-#: One search step (architecture and weights), batch 2 of 32x32 faces, a small kernel bank.
+#: One search step (architecture and weights) of a one-cell, one-block network, batch 2 of 32x32 faces.
 TINY_RUN = {
     "search.epochs": 1, "search.warmup_epochs": 0, "search.steps_per_epoch": 1, "search.batch_size": 2,
     "search.val_batches": 1, "search.log_every": 1, "search.checkpoint_every": 100,
@@ -19,7 +19,7 @@ TINY_RUN = {
     "retrain.checkpoint_every": 100,
     "data.height": 32, "data.width": 32, "data.synthetic_identities": 6, "data.synthetic_images_per_identity": 3,
     "degrade.motion_kernels": 8, "degrade.gaussian_kernels": 2, "degrade.kernel_sizes": [7, 9],
-    "identity.width": 0.125,
+    "identity.width": 0.125, "model.blocks": 1, "model.cells": 1, "model.levels": 1,
 }
 
 

@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
+from nasfe.registry import fusion_is_searched
 from nasfe.distributed.search_job import _override as parse
 from nasfe.engine.ranking import load_supernet
 from nasfe.errors import CommandError, GenotypeError
@@ -104,7 +105,7 @@ def build_candidates(space, k: int, seed: int, searched: list[str], hand: list[s
     """The genotypes to train (``id``, ``label``, ``kind``, ``genotype`` dict or None, ``overrides``)
     and the supernets of the ``searched`` runs. A searched genotype of another space is refused."""
 
-    if space.model.fusion != "nas":
+    if not fusion_is_searched(space.model.fusion):
         raise CommandError(f"space {space.name!r}: model.fusion is {space.model.fusion!r}; a rank study draws "
                            f"searched cells (model.fusion: nas)")
     if k < 0:

@@ -5,6 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
+from nasfe.registry import fusion_is_searched
 from nasfe.evaluate.split_eval import evaluate_and_report
 from nasfe.distributed.search_job import add_common_arguments
 from nasfe.errors import CommandError
@@ -29,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _find_genotype(args, storage, space):
     if args.genotype:
         return Genotype.from_json(args.genotype, space=space)
-    if space.model.fusion != "nas":
+    if not fusion_is_searched(space.model.fusion):
         return None  # a fixed network (res2 baseline) needs no genotype
     if storage.is_local and (Path(storage.root) / "genotype.json").is_file():
         return Genotype.from_json(Path(storage.root) / "genotype.json", space=space)
@@ -47,7 +48,7 @@ def main(args) -> int:
     check_flags(args)
     space = load_job_space(args, {"retrain.epochs": args.epochs})
     check_workers(space, args.workers, ("retrain",))
-    if args.name is None and not args.genotype and space.model.fusion == "nas":
+    if args.name is None and not args.genotype and fusion_is_searched(space.model.fusion):
         raise CommandError("give --genotype <genotype.json> or --name of a searched run")
     storage = job_storage(args, space)
     with run_lock(storage):  # a second job with this --name refuses in one line instead of mixing checkpoints

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from nasfe.registry import fusion_is_searched
 from nasfe.config import SPACES_DIR, ConfigError, SpaceConfig, builtin_spaces_path, load_space, read_yaml, resolve_space_path
 
 PARAM_TYPES = ("float", "int", "choice")
@@ -296,7 +297,7 @@ def _check_budget(sweep: SweepSpace, where: str) -> None:
                           f"{phase}.epochs ({sweep.max_t()})")
     if asha.max_t is not None and asha.max_t > epochs:
         raise ConfigError(f"{where}: asha.max_t ({asha.max_t}) exceeds {phase}.epochs ({epochs}) of the trials")
-    if phase == "retrain" and sweep.genotype is None and sweep.base_space().model.fusion == "nas":
+    if phase == "retrain" and sweep.genotype is None and fusion_is_searched(sweep.base_space().model.fusion):
         raise ConfigError(f"{where}: phase: retrain needs 'genotype: path/to/genotype.json' "
                           f"(or a base space with model.fusion: res2)")
 

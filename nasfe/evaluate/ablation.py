@@ -47,6 +47,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from nasfe.registry import fusion_is_searched
 from nasfe.engine.callbacks import Callback
 import dataclasses
 from nasfe.config import load_space
@@ -155,7 +156,7 @@ def schedule_for_budget(base: str, rows: Sequence[AblationRow], minutes: float, 
     probe = rows[-1]
     space = row_space(base, probe, {**(base_overrides or {}), "retrain.epochs": 1, "retrain.steps_per_epoch": 3,
                                     "retrain.val_batches": 1})
-    geno = _initial_genotype(space) if space.model.fusion == "nas" else None
+    geno = _initial_genotype(space) if fusion_is_searched(space.model.fusion) else None
     clock = _StepClock()
     run_retrain(space, geno, work_dir / "calibration", callbacks=[clock], device=device, resume=False)
     per_step = max(1e-3, (clock.times[-1] - clock.times[0]) / max(1, len(clock.times) - 1))
@@ -216,7 +217,7 @@ def train_row(base: str, row: AblationRow, schedule: dict[str, Any], out: Path, 
     run = out / "rows" / row.slug
     genotype = None
     summaries = [run / "retrain_summary.json"]
-    if space.model.fusion == "nas":
+    if fusion_is_searched(space.model.fusion):
         sdir = out / "search" / space.space_hash()
         if not (sdir / "search_summary.json").is_file():
             run_search(space, sdir, callbacks=callbacks, device=device)

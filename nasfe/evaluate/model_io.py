@@ -189,7 +189,7 @@ def model_kind(space: SpaceConfig, genotype: Optional[Genotype] = None) -> str:
     """What a trained network is, for every row and message that names it: ``BN`` (the hand-made
     Res2Block fusion, no searched cell), ``random #k`` (a genotype drawn by ``nasfe rank``, k its
     draw index) or ``NASFE`` (a searched genotype)."""
-    if space.model.fusion != "nas":
+    if not fusion_is_searched(space.model.fusion):
         return "BN"
     index = (genotype.meta or {}).get("sample_index") if genotype is not None else None
     return f"random #{index}" if isinstance(index, int) and not isinstance(index, bool) else "NASFE"

@@ -93,3 +93,10 @@ def write_synthetic_faces(folder: Path, identities: int, images_per_identity: in
         p.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(src.load(r)).save(p)
     return folder
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that starts Ray is slow (the fast tier, ``-m "not slow"``, skips it)."""
+    for item in items:
+        if item.get_closest_marker("ray") is not None and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)

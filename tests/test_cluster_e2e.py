@@ -80,7 +80,12 @@ def _submit(cluster, s3, cwd: Path, *args: str, key: str = FAKE_KEY, timeout: fl
             time.sleep(0.5)
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # Ctrl-C
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # keep what the job said: why it did not end is in there
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"the job did not end within {timeout:g} s:\n{out[-3000:]}\n{err[-5000:]}") from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 

@@ -54,11 +54,17 @@ def test_sweep_may_change_max_concurrent_on_resume(tmp_path):
     ("search", "loss.lambda_per=0.5", "space.loss.lambda_per: 0.04 -> 0.5"),
     ("retrain", "retrain.lr=0.5", "space.retrain.lr: 0.0005 -> 0.5"),
 ])
-def test_run_name_rerun_with_other_settings_is_refused(tmp_path, capsys, command, override, diff):
+def test_run_name_rerun_with_other_settings_is_refused(tmp_path, capsys, monkeypatch, command, override, diff):
+    import nasfe.distributed.search_job as sj
+
+    def no_cluster(*_):  # were the check missing, the command would go on to join a cluster
+        raise AssertionError("the job got past its checks to Ray")
+
+    monkeypatch.setattr(sj, "open_cluster", no_cluster)
     run = tmp_path / "r"
     run.mkdir()
     (run / "run_settings.json").write_text(json.dumps({"space": load_space("tiny").to_dict()}))
-    rc = cli_main([command, "--storage", str(tmp_path), "--name", "r", "--set", override, "--address", UNREACHABLE])
+    rc = cli_main([command, "--storage", str(tmp_path), "--name", "r", "--set", override])
     line = _one_line(capsys)
     assert rc == 2 and line.startswith(f"nasfe {command}: error:")
     assert diff in line and "--no-resume" in line

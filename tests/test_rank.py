@@ -116,6 +116,7 @@ def test_percentile_counts_randoms_below_and_ties_as_half():
     assert s["searched_percentile"] == pytest.approx((100.0 + 50.0) / 2)
     assert s["kendall_tau"]["alpha"] > 0.5 and s["kendall_tau"]["strength"] < 0
     assert s["kendall_tau_test_psnr"]["alpha"]["tau"] is None  # no test scores in these rows
+    assert s["searched_percentile_by_column"]["bn_psnr"] is None
     assert s["groups"]["hand"]["val_psnr"]["mean"] == 9.0 and s["groups"]["best_random"]["val_psnr"] == 4.0
 
 

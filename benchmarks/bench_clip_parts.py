@@ -5,9 +5,9 @@ clip per part (docs/MODEL.md, "Gradient clipping per part").
 
 A derived network of the paper space (a random genotype, seed 0; paper widths; the paper's loss:
 summed L2 + perceptual + identity with the packaged MobileFaceNet) on CelebA faces of
-../shared/data/celeba-id degraded by the paper's pipeline. For each setting: the raw gradient norm
-per part, then the share of gradient entries whose magnitude after clipping (grad_clip 5) is below
-1e-8, per part. ``--steps`` Adam steps (global clip) first, to measure later in training.
+../shared/data/celeba-id degraded by the paper's pipeline. Prints the raw gradient norm per part,
+then for each setting the share of each part's gradient entries whose magnitude after clipping
+(grad_clip 5) lies in (0, 1e-8), and the share exactly zero (dead units: no clip changes them). ``--steps`` Adam steps (global clip) first, to measure later in training.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def main() -> None:
     loss, _ = phase.network_loss(batch)
     loss.backward()
     raw = {k: [p.grad.detach().clone() if p.grad is not None else None for p in ps] for k, ps in parts.items()}
-    print(f"loss {float(loss):.4g}; raw gradient norm per part: " + ", ".join(
+    print(f"loss {float(loss.detach()):.4g}; raw gradient norm per part: " + ", ".join(
         f"{k} {torch.linalg.vector_norm(torch.cat([g.flatten() for g in gs if g is not None])):.3g}"
         for k, gs in raw.items()))
     for per_part in (False, True):
@@ -63,12 +63,14 @@ def main() -> None:
             for p, g in zip(ps, raw[k]):
                 p.grad = None if g is None else g.clone()
         phase.clip(phase.weights)
-        shares = {}
+        shares, zeros = {}, {}
         for k, ps in parts.items():
-            flat = torch.cat([p.grad.flatten() for p in ps if p.grad is not None])
-            shares[k] = float((flat.abs() < EPS).float().mean())
-        print(("per part" if per_part else "global  ") + " clip 5: share below eps: "
-              + ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items()), flush=True)
+            flat = torch.cat([p.grad.flatten() for p in ps if p.grad is not None]).abs()
+            zeros[k] = float((flat == 0).float().mean())
+            shares[k] = float(((flat > 0) & (flat < EPS)).float().mean())
+        print(("per part" if per_part else "global  ") + " clip 5: share in (0, eps): "
+              + ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items())
+              + "; exactly zero: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in zeros.items()), flush=True)
 
 
 if __name__ == "__main__":

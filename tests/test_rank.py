@@ -185,3 +185,18 @@ def test_a_study_grows_but_refuses_a_changed_candidate(tmp_path):
         check_same_candidates(tmp_path / "candidates.json", other)
     with pytest.raises(CommandError, match="model.fusion"):
         build_candidates(load_space("search_spaces/cpu.yaml", {"model.fusion": "res2"}), 2, 0, [], [])
+
+
+def test_rank_table_is_logged_to_wandb_offline(tmp_path):
+    pytest.importorskip("wandb")
+    from nasfe.tracking.wandb_logger import WandbSettings
+    from nasfe.tracking.wandb_rank import log_rank
+
+    rows = [{"label": f"random #{i}", "kind": "random", "genotype_id": str(i), "val_psnr": float(i),
+             "score_alpha": float(i), "score_strength": None} for i in range(3)]
+    where = log_rank(WandbSettings(project="nasfe-test", mode="offline"), "r", {"rows": rows, "kendall_tau":
+                     {"alpha": 1.0}, "searched_percentile": None}, tmp_path / "missing.png", tmp_path)
+    assert where is not None and where.startswith("offline")
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    # a broken settings object is a warning, never an error
+    assert log_rank(object(), "r", {"rows": rows}, tmp_path / "x.png", tmp_path) is None

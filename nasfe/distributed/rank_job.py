@@ -12,9 +12,10 @@ Test-BN and Test-BNL, each genotype by every searched supernet (alpha rule and s
 
 Layout of a study named ``<name>`` in ``<storage>`` (a local folder)::
 
-    <storage>/<name>/                 Tune's experiment folder (its state: resume from here)
-    <storage>/<name>/candidates.json  the genotypes it trains (a resume must train the same)
-    <storage>/<name>/trials/trial_<id>/  each trial's retrain run: model.pt, trial.json, ...
+    <storage>/<name>/candidates.json  the genotypes it trains (a rerun may add, never change one)
+    <storage>/<name>/trials/<id>/     each genotype's retrain run (random_00, searched_00, hand_bn):
+                                      model.pt, trial.json, rank_scores.json, ray/retrain/ ...
+    <storage>/<name>/tune-<time>/     the Tune experiment of each invocation that trained
     <storage>/<name>/rank.json, rank.md, rank.png
 """
 from __future__ import annotations

@@ -67,6 +67,8 @@ class SearchPhase(Phase):
     """The architecture search phase."""
 
     name = "search"
+    #: norm of the weight perturbation of the second-order finite difference (DARTS: 0.01)
+    hvp_norm = 0.01
 
     def __init__(self, space: SpaceConfig, run_dir, **kwargs):
         settings = PhaseSettings.from_section(space.search)
@@ -240,7 +242,7 @@ class SearchPhase(Phase):
                 it = iter(jt)
                 z = [(next(it) if gv is not None else None) for gv in g_var]
                 z = [zi if zi is not None else torch.zeros_like(w) for zi, w in zip(z, self.weights)]
-                eps = 0.01 / (torch.nn.utils.get_total_norm(z) + 1e-12)
+                eps = self.hvp_norm / (torch.nn.utils.get_total_norm(z) + 1e-12)
                 implicit = []
                 for sign in (1.0, -1.0):
                     with torch.no_grad():

@@ -150,8 +150,10 @@ def wiener(img: np.ndarray, kernel: np.ndarray, lam: float, iters: int = 80) -> 
     kf = np.zeros((n, m))
     kf[:s, :s] = kernel
     K = np.fft.rfft2(kf)[..., None]
-    dx = np.zeros((n, m)); dx[0, 0], dx[0, 1] = 1, -1
-    dy = np.zeros((n, m)); dy[0, 0], dy[1, 0] = 1, -1
+    dx = np.zeros((n, m))
+    dx[0, 0], dx[0, 1] = 1, -1
+    dy = np.zeros((n, m))
+    dy[0, 0], dy[1, 0] = 1, -1
     D = (np.abs(np.fft.rfft2(dx)) ** 2 + np.abs(np.fft.rfft2(dy)) ** 2)[..., None]
     fft = lambda t: np.fft.rfft2(t, axes=(0, 1))
     ifft = lambda t: np.fft.irfft2(t, s=(n, m), axes=(0, 1))

@@ -35,7 +35,7 @@ def two(tmp_path, space):
     b = genotype(space, [((0, 1), ("sep_conv_3x3", "res_op")), ((1, 2), ("fft_op", "skip_connect"))], [1, 0])
     pa = a.to_json(tmp_path / "alpha.json")
     run_b = tmp_path / "run_b"
-    pb = b.to_json(run_b / "genotype.json")
+    b.to_json(run_b / "genotype.json")
     (run_b / "search_summary.json").write_text(json.dumps(
         {"final": {"val_psnr": 21.5, "val_ssim": 0.61}, "best_val_psnr": 21.75}))
     return pa, run_b

@@ -438,7 +438,6 @@ def _degrade_rows(x: torch.Tensor, params: DegradeParams, bank: Optional[KernelB
                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """The body of :func:`degrade` on validated inputs (``noise`` given when any sample uses the
     camera), written into ``out`` (contiguous, x's shape): each stage in turn on its samples."""
-    n = x.shape[0]
     ctx = DegradeContext(bank, curves, noise, noise_model, generator)
     active = [(stage, rows) for stage in degradation_stages() if (rows := stage_rows(stage, params)).any()]
     # Whole-batch fast paths (every sample through a stage, as in the benchmark and in most

@@ -219,10 +219,37 @@ def check_same_candidates(path: Path, cands: list[dict]) -> list[dict]:
     return cands + [c for c in before.values() if c["id"] not in now]
 
 
+def _candidate_rows(cands, done, testsets, faces, max_images) -> list[dict]:
+    """One report row per candidate: its genotype's id and path, and its scores when it trained."""
+    rows = []
+    for c in cands:
+        row = {k: v for k, v in c.items() if k not in ("genotype", "overrides")}
+        row["genotype_id"] = None
+        if c["genotype"] is not None:
+            g = Genotype.from_dict(c["genotype"])
+            row.update(genotype_id=g.genotype_id(), path=g.path)
+        if c["id"] in done:
+            row.update(run_dir=str(done[c["id"]]),
+                       **score_trained(done[c["id"]], c["label"], testsets, faces, max_images))
+        rows.append(row)
+    return rows
+
+
+def _tau_by_search(rows, searches: int) -> dict[str, list]:
+    """Kendall's tau of each rule's scores by each search's supernet against validation PSNR."""
+    per: dict[str, list] = {}
+    for rule in RULES:
+        per[rule] = []
+        for i in range(searches):
+            pairs = [(r[f"score_{rule}_by_search"][i], r["val_psnr"]) for r in rows
+                     if r.get(f"score_{rule}_by_search") and r.get("val_psnr") is not None
+                     and r[f"score_{rule}_by_search"][i] is not None]
+            per[rule].append(kendall_tau([p[0] for p in pairs], [p[1] for p in pairs])["tau"])
+    return per
+
+
 def main(args) -> int:
     """Run ``nasfe rank``: train the candidates, score them, write the report."""
-
-
     overrides = dict(args.overrides)
     space = load_space(args.space, overrides)
     overrides.update(absolute_paths(space))  # Ray workers run in folders of their own
@@ -273,17 +300,7 @@ def main(args) -> int:
     if testsets is None:
         testsets, faces = build_ablation_testsets(args.space, root, args.test_images, overrides=overrides)
     score_rows(cands, nets, space)
-    rows = []
-    for c in cands:
-        row = {k: v for k, v in c.items() if k not in ("genotype", "overrides")}
-        row["genotype_id"] = None
-        if c["genotype"] is not None:
-            g = Genotype.from_dict(c["genotype"])
-            row.update(genotype_id=g.genotype_id(), path=g.path)
-        if c["id"] in done:
-            row.update(run_dir=str(done[c["id"]]),
-                       **score_trained(done[c["id"]], c["label"], testsets, faces, args.max_images))
-        rows.append(row)
+    rows = _candidate_rows(cands, done, testsets, faces, args.max_images)
     missing = [c["id"] for c in cands if c["id"] not in done]
     meta = {"space": args.space, "overrides": {k: v for k, v in overrides.items()}, "sample_seed": args.sample_seed,
             "searched": list(args.searched), "testsets": str(testsets), "max_images": args.max_images,
@@ -291,15 +308,7 @@ def main(args) -> int:
                       f"pretrain_steps {space.retrain.pretrain_steps}",
             "untrained": missing, "seconds": round(time.time() - t0, 1)}
     if nets:
-        per = {}
-        for rule in RULES:
-            per[rule] = []
-            for i in range(len(nets)):
-                pairs = [(r[f"score_{rule}_by_search"][i], r["val_psnr"]) for r in rows
-                         if r.get(f"score_{rule}_by_search") and r.get("val_psnr") is not None
-                         and r[f"score_{rule}_by_search"][i] is not None]
-                per[rule].append(kendall_tau([p[0] for p in pairs], [p[1] for p in pairs])["tau"])
-        meta["kendall_tau_by_search"] = per
+        meta["kendall_tau_by_search"] = _tau_by_search(rows, len(nets))
     out = Path(args.out) if args.out else root
     data = write_rank_report(rows, out, meta)
     if wandb is not None:

@@ -436,7 +436,7 @@ def fit_phase(space, run_name: str, storage: Optional[str] = None, phase: str = 
         # Ray Train's own Ctrl-C handler aborts the worker group, then leaves through sys.exit(0)
         raise KeyboardInterrupt(f"the {phase} of {run_name!r} was interrupted") from None
     except Exception as exc:
-        raise _run_error(exc, trainer)
+        raise _run_error(exc, trainer)  # noqa: B904 (its own chain: the cause is inside it or is it)
     if result.error is not None:
         raise _run_error(result.error, trainer)
     if result.checkpoint is None:

@@ -370,7 +370,7 @@ def log_wandb(entries: Sequence[ArchEntry], rows, hist, images: Optional[dict] =
     hist_table = wandb.Table(columns=["operator", *[e.label for e in entries]],
                              data=[[op, *c] for op, c in hist.items()])
     payload["compare/op_histogram"] = hist_table
-    for label, paths in (images or {}).get("cells", {}).items():
+    for paths in (images or {}).get("cells", {}).values():
         for p in paths:
             payload[f"compare/cells/{Path(p).stem}"] = wandb.Image(str(p))
     try:

@@ -312,7 +312,7 @@ def restore_files(model, inputs: Sequence[str | Path], out_dir: str | Path, refs
     for run in _same_size_runs(jobs, batch_size, errors):
         y = torch.stack([to_tensor(img) for _, _, img in run]).to(device)
         restored = restore_tiled(model, y, ref_t, tile=tile, overlap=overlap, batch_size=batch_size).cpu()
-        for (path, rel, img), r in zip(run, restored):
+        for (_, rel, img), r in zip(run, restored):
             u8 = to_uint8(r)
             target = out_dir / rel
             write_png_atomic(target, u8)

@@ -321,7 +321,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         tp = hints[key]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, f"{where}.{key}")
         else:
             kwargs[key] = _coerce(value, tp, f"{where}.{key}")
@@ -464,14 +464,14 @@ def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
             raise ConfigError(f"{where}: {name}.lr_min must lie in [0, {name}.lr = {sec.lr}], got {sec.lr_min}")
         if sec.lr_warmup_steps < 0:
             raise ConfigError(f"{where}: {name}.lr_warmup_steps must be >= 0, got {sec.lr_warmup_steps}")
-    d = cfg.data
-    if d.source == "synthetic":
-        n = d.synthetic_identities
-        held = sum(max(1, round(f * n)) if f > 0 else 0 for f in (d.val_fraction, d.test_fraction))
+    data = cfg.data
+    if data.source == "synthetic":
+        n = data.synthetic_identities
+        held = sum(max(1, round(f * n)) if f > 0 else 0 for f in (data.val_fraction, data.test_fraction))
         if n - held < 2:
             raise ConfigError(f"{where}: data.synthetic_identities = {n} leaves {max(0, n - held)} training "
                               f"identities after the validation and test identities (data.val_fraction "
-                              f"{d.val_fraction}, data.test_fraction {d.test_fraction}); the search needs 2: use "
+                              f"{data.val_fraction}, data.test_fraction {data.test_fraction}); the search needs 2: use "
                               f"at least {held + 2}")
     return cfg
 

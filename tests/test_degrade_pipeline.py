@@ -9,7 +9,8 @@ from nasfe.config import DegradeConfig
 from nasfe.degrade.albu import NASFEDegrade
 from nasfe.degrade.camera import ResponseCurves, demosaic, mosaic
 from nasfe.degrade.kernels import KernelBank
-from nasfe.degrade.pipeline import NOISE_MODELS, DegradeParams, Degrader, blur, degrade, sample_params
+from nasfe.degrade.pipeline import (NOISE_MODELS, DegradeContext, DegradeParams, Degrader, blur, degrade,
+                                    sample_params)
 from nasfe.degrade.reference import degrade_image
 
 
@@ -299,3 +300,15 @@ def test_paper_compatible_blur_is_zero_padded_and_min_max_rescaled(x):
                             rec["sigma_s"], rec["sigma_c"], curves, rec["crf_id"], eps=eps[i, 0].numpy(),
                             kernel_mode="paper-compatible")
         assert np.abs(ref - yd[i].permute(1, 2, 0).numpy()).max() < 2e-3, f"sample {i}"
+
+
+def test_stage_without_its_bank_curves_or_noise_names_what_is_missing():
+    ctx = DegradeContext(bank=None, curves=None, noise=None)
+    with pytest.raises(ValueError, match="kernel bank"):
+        ctx.need_bank()
+    with pytest.raises(ValueError, match="response curves"):
+        ctx.need_curves()
+    with pytest.raises(ValueError, match="noise field"):
+        ctx.need_noise()
+    with pytest.raises(ValueError, match="response curves"):
+        degrade_image(np.zeros((4, 4, 3), np.float32), None, 0.5, 0.0, 0.0, None, 0)

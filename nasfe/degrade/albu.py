@@ -45,11 +45,11 @@ class NASFEDegrade(A.ImageOnlyTransform):
         x = (x / 255.0 if is_uint8 else x).permute(2, 0, 1)[None]
         g = torch.Generator().manual_seed(int(self.random_generator.integers(0, 2**62)))
         y, p = self._degrader(x, g)
-        y = y[0].permute(1, 2, 0).numpy()
+        out = y[0].permute(1, 2, 0).numpy()
         self.last_params = p
         if is_uint8:
-            return np.clip(np.round(y * 255.0), 0, 255).astype(np.uint8)
-        return y.astype(img.dtype)
+            return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+        return out.astype(img.dtype)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("cfg",)

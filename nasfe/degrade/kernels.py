@@ -81,7 +81,7 @@ def motion_trajectories(n: int, rng: np.random.Generator, steps: int = TRAJECTOR
     return pos.T.copy()
 
 
-def motion_kernels(sizes: Sequence[int], rng: np.random.Generator, canvas: int = 27,
+def motion_kernels(sizes: Sequence[int] | np.ndarray, rng: np.random.Generator, canvas: int = 27,
                    length_range: tuple[float, float] = (1.5, 4.0),
                    exposure_range: tuple[float, float] = (0.5, 1.0), mode: str = "centred") -> np.ndarray:
     """Motion PSFs, one per entry of ``sizes`` (odd), as (n, canvas, canvas) float64, each sum 1.
@@ -100,15 +100,15 @@ def motion_kernels(sizes: Sequence[int], rng: np.random.Generator, canvas: int =
     """
     if mode not in KERNEL_MODES:
         raise ValueError(f"kernel mode must be one of {KERNEL_MODES}, got {mode!r}")
-    sizes = np.asarray(sizes, dtype=np.int64)
-    n = len(sizes)
+    size_arr = np.asarray(sizes, dtype=np.int64)
+    n = len(size_arr)
     if n == 0:
         return np.zeros((0, canvas, canvas))
-    if np.any(sizes % 2 == 0) or np.any(sizes > canvas) or np.any(sizes < 3):
-        raise ValueError(f"kernel sizes must be odd, >= 3 and <= canvas {canvas}; got {sorted(set(sizes.tolist()))}")
+    if np.any(size_arr % 2 == 0) or np.any(size_arr > canvas) or np.any(size_arr < 3):
+        raise ValueError(f"kernel sizes must be odd, >= 3 and <= canvas {canvas}; got {sorted(set(size_arr.tolist()))}")
     traj = motion_trajectories(n, rng)
     exposure = rng.uniform(*exposure_range, n)
-    length = rng.uniform(*length_range, n) * sizes
+    length = rng.uniform(*length_range, n) * size_arr
     steps = traj.shape[1]
     keep = np.maximum(2, np.round(exposure * steps).astype(np.int64))
     # Points beyond the exposure get weight 0 (kept in the array so shapes stay rectangular).
@@ -119,12 +119,12 @@ def motion_kernels(sizes: Sequence[int], rng: np.random.Generator, canvas: int =
     if mode == "centred":
         centroid = (pts * mask).sum(1) / mask.sum(1)
         pts = pts - centroid[:, None]
-        half = (sizes // 2).astype(np.float64) - 1e-6
+        half = (size_arr // 2).astype(np.float64) - 1e-6
         reach = np.maximum(np.abs(np.where(mask, pts.real, 0)).max(1), np.abs(np.where(mask, pts.imag, 0)).max(1))
         scale = np.minimum(1.0, half / np.maximum(reach, 1e-12))
         pts = pts * scale[:, None] + (c + 1j * c)
     else:
-        pts = _bbox_placement(pts, sizes, canvas)
+        pts = _bbox_placement(pts, size_arr, canvas)
     pts = np.where(mask, pts, c + 1j * c)  # masked points go to the centre with weight 0 below
     psf = splat_psfs(pts, mask.astype(np.float64), canvas)
     psf /= psf.sum(axis=(1, 2), keepdims=True)

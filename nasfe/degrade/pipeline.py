@@ -123,7 +123,7 @@ class DegradeParams:
         """One plain dict per sample: kernel_id, kernel_kind, r, sigma_s, sigma_c, crf_id, the extra
         columns, c."""
         c = self.labels().int().tolist()
-        kinds = self.kernel_kinds or [None if k >= 0 else "none" for k in self.kernel_ids.tolist()]
+        kinds: Sequence[Optional[str]] = self.kernel_kinds or [None if k >= 0 else "none" for k in self.kernel_ids.tolist()]
         extra = [dict(zip(self.extra, vals)) for vals in zip(*(v.tolist() for v in self.extra.values()))] \
             if self.extra else [{}] * len(self)
         return [{"kernel_id": int(k), "kernel_kind": kind, "r": float(r), "sigma_s": float(s), "sigma_c": float(n),
@@ -148,6 +148,24 @@ class DegradeContext:
     def rows(self, idx: torch.Tensor) -> "DegradeContext":
         """The context of the rows ``idx`` (int64 CPU indices) of this one."""
         return replace(self, noise=None if self.noise is None else self.noise[idx.to(self.noise.device)])
+
+    def need_bank(self) -> KernelBank:
+        """The kernel bank, for the blur stage."""
+        if self.bank is None:
+            raise ValueError("the blur stage needs a kernel bank; none was given")
+        return self.bank
+
+    def need_curves(self) -> ResponseCurves:
+        """The response curves, for the camera stage."""
+        if self.curves is None:
+            raise ValueError("the camera stage needs response curves; none were given")
+        return self.curves
+
+    def need_noise(self) -> torch.Tensor:
+        """The sensor noise field of these rows, for the camera stage."""
+        if self.noise is None:
+            raise ValueError("the camera stage needs the sensor noise field; none was given")
+        return self.noise
 
 
 @dataclass(frozen=True)
@@ -444,43 +462,45 @@ def _degrade_rows(x: torch.Tensor, params: DegradeParams, bank: Optional[KernelB
     # training batches) avoid index copies; mixed batches use index_put.
     y = x
     for i, (stage, rows) in enumerate(active):
-        whole = bool(rows.all())
-        idx = None if whole else rows.nonzero().squeeze(1)
-        di = None if whole else idx.to(x.device)
-        if i == len(active) - 1 and stage.in_range:  # the last stage writes the result
-            if whole:
+        writes_out = i == len(active) - 1 and stage.in_range  # the last stage writes the result
+        if bool(rows.all()):
+            if writes_out:
                 return stage.apply(y, params, ctx, out=out)
+            y = stage.apply(y, params, ctx)
+            continue
+        idx = rows.nonzero().squeeze(1)
+        di = idx.to(x.device)
+        if writes_out:
             torch.clamp(y, 0.0, 1.0, out=out)  # rows it skips: an earlier stage's output may leave [0, 1] by rounding
             out[di] = stage.apply(y[di], params.subset(idx), ctx.rows(idx))
             return out
-        if whole:
-            y = stage.apply(y, params, ctx)
-        else:
-            y = y.clone()
-            y[di] = stage.apply(y[di], params.subset(idx), ctx.rows(idx))
+        y = y.clone()
+        y[di] = stage.apply(y[di], params.subset(idx), ctx.rows(idx))
     torch.clamp(y, 0.0, 1.0, out=out)  # blur output may leave [0, 1] by float rounding
     return out
 
 
 def _sample_blur(n: int, cfg, ctx: DegradeContext, g: torch.Generator) -> dict[str, torch.Tensor]:
-    if len(ctx.bank) == 0 and cfg.p_blur > 0:
+    bank = ctx.need_bank()
+    if len(bank) == 0 and cfg.p_blur > 0:
         raise ValueError("sample_params: the kernel bank is empty but p_blur > 0")
-    return {"kernel_ids": torch.randint(0, max(len(ctx.bank), 1), (n,), generator=g)}
+    return {"kernel_ids": torch.randint(0, max(len(bank), 1), (n,), generator=g)}
 
 
 def _apply_blur(x: torch.Tensor, params: DegradeParams, ctx: DegradeContext, out=None) -> torch.Tensor:
-    return blur(x, ctx.bank.kernels[params.kernel_ids], ctx.bank.mode)
+    bank = ctx.need_bank()
+    return blur(x, bank.kernels[params.kernel_ids], bank.mode)
 
 
 def _sample_camera(n: int, cfg, ctx: DegradeContext, g: torch.Generator) -> dict[str, torch.Tensor]:
     cols = {"r": _uniform(n, cfg.r_range, g), "sigma_s": _uniform(n, cfg.sigma_s_range, g)}
     cols["sigma_c"] = _uniform(n, cfg.sigma_c_range, g)
-    cols["crf_ids"] = torch.randint(0, ctx.curves.count, (n,), generator=g)
+    cols["crf_ids"] = torch.randint(0, ctx.need_curves().count, (n,), generator=g)
     return cols
 
 
 def _apply_camera(x: torch.Tensor, params: DegradeParams, ctx: DegradeContext, out=None) -> torch.Tensor:
-    return camera(x, params.r, params.sigma_s, params.sigma_c, params.crf_ids, ctx.curves, ctx.noise, out=out,
+    return camera(x, params.r, params.sigma_s, params.sigma_c, params.crf_ids, ctx.need_curves(), ctx.need_noise(), out=out,
                   noise_model=ctx.noise_model)
 
 

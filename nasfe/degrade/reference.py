@@ -36,7 +36,7 @@ def degrade_image(x: np.ndarray, kernel: Optional[np.ndarray], r: float, sigma_s
     :data:`nasfe.degrade.pipeline.NOISE_MODELS`, written out here from its definition.
     ``kernel_mode`` 'paper-compatible': zero border and min-max rescaling of the blurred image.
     """
-    y = x.astype(np.float32)
+    y: np.ndarray = x.astype(np.float32)
     if kernel is not None:
         # filter2D correlates; flipping the kernel makes it a convolution.
         paper = kernel_mode == "paper-compatible"
@@ -47,6 +47,8 @@ def degrade_image(x: np.ndarray, kernel: Optional[np.ndarray], r: float, sigma_s
         y = np.clip(y, 0.0, 1.0)
     if r >= 1.0 and sigma_s == 0 and sigma_c == 0:
         return y
+    if curves is None:
+        raise ValueError("degrade_image: low light or sensor noise needs the response curves; curves is None")
     grid, inv = curves.numpy_curve(crf_id, inverse=True)
     _, fwd = curves.numpy_curve(crf_id, inverse=False)
     h, w = y.shape[:2]

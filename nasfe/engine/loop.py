@@ -14,7 +14,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,10 @@ from nasfe.evaluate.metrics import psnr, ssim
 from nasfe.engine.preflight import preflight
 from nasfe.engine.pretrain import pretrain_parts
 from nasfe.imageio import atomic_write_json
+
+if TYPE_CHECKING:
+    from nasfe.identity.losses import NASFELoss
+    from nasfe.model.nasfe import NASFE
 
 log = logging.getLogger("nasfe.engine")
 
@@ -81,6 +85,9 @@ class Phase:
 
     name = "phase"
     keep_checkpoints = 3
+    # set by :meth:`build` in each subclass
+    model: NASFE
+    loss_fn: NASFELoss
 
     def __init__(self, space: SpaceConfig, settings: PhaseSettings, run_dir: str | Path,
                  callbacks: Sequence[Callback] = (), device: str | torch.device = "cpu",

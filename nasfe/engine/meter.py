@@ -8,7 +8,7 @@ gradient norm) was not finite, and whether the weights are finite now.
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional
 
 import torch
 
@@ -36,7 +36,7 @@ class StepMeter:
         self.cum = {}
         self._logged = {}
 
-    def add(self, values: dict[str, torch.Tensor | float]) -> None:
+    def add(self, values: Mapping[str, torch.Tensor | float]) -> None:
         """Add one step's scalar metrics: tensors are summed where they are (no host read), plain
         numbers on the host."""
         for k, v in values.items():

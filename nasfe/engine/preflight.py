@@ -28,6 +28,7 @@ def describe_module(model: nn.Module, name: str) -> str:
     m = _DERIVED.match(name)
     if m and hasattr(fusion, "path"):
         layer, block, k = (int(g) for g in m.groups()[:3])
+        assert fusion is not None  # hasattr(None, "path") is false
         cell = fusion.cells[layer]
         op = type(cell.ops[block][k]).__name__
         names = getattr(cell, "op_names", None)
@@ -36,7 +37,7 @@ def describe_module(model: nn.Module, name: str) -> str:
         return (f"fusion layer {layer} (level {fusion.path[layer]}) block {block} operator {op} "
                 f"on input {cell.inputs[block][k]}")
     m = _SEARCH.match(name)
-    if m:
+    if m and fusion is not None:  # a name under fusion.cells comes from a model with a fusion
         layer, level, edge, i = (int(g) for g in m.groups()[:4])
         block = max(b for b in range(edge + 1) if edge_offset(b) <= edge)
         op = fusion.cells[f"{layer}_{level}"].edges[edge].names[i]

@@ -61,6 +61,8 @@ def _train_part(part: str, params, loss_of, batches, steps: int, lr: float, dist
     if problem is not None:
         what, at = problem
         raise DivergenceError(f"{what} ({part})", at if at >= 0 else steps, "pretrain", None)
+    if loss is None:
+        raise ValueError(f"pretraining {part} needs at least one step, got steps = {steps}")
     return loss.detach()
 
 

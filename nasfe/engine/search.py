@@ -73,7 +73,7 @@ class SearchPhase(Phase):
     def __init__(self, space: SpaceConfig, run_dir, **kwargs):
         settings = PhaseSettings.from_section(space.search)
         super().__init__(space, settings, run_dir, **kwargs)
-        self.genotype = None
+        self.genotype: Optional[Genotype] = None
         self._parts = None
         self._arch_batches = None
         self._arch_state: Optional[list[int]] = None  # where a resumed search's arch batches continue
@@ -166,7 +166,7 @@ class SearchPhase(Phase):
             p.grad = None
         return {"arch_loss": loss.detach()}
 
-    def _adam_lookahead(self, grads: list[Optional[torch.Tensor]]) -> list[torch.Tensor]:
+    def _adam_lookahead(self, grads: Sequence[Optional[torch.Tensor]]) -> list[torch.Tensor]:
         """The step the weight optimiser (Adam) would take for the raw gradients ``grads``, as a
         differentiable function of them: clipped as the weight step clips them (per group, the
         coefficient depending on the gradient), each weight's own step count for the bias
@@ -276,8 +276,9 @@ class SearchPhase(Phase):
         if self.space.search.selection == "strength" and self.state.epoch + 1 == self.cfg.epochs:
             genotype = self._select_by_strength(genotype, metrics)
         genotype.meta.update({"epoch": self.state.epoch + 1, "step": self.state.step})
-        metrics["alpha_rank_diff"] = self.dist.max_abs_diff(self.model.alphas)
-        metrics["beta_rank_diff"] = self.dist.max_abs_diff(self.model.betas)
+        alphas, betas = self._alphas_betas()
+        metrics["alpha_rank_diff"] = self.dist.max_abs_diff(alphas)
+        metrics["beta_rank_diff"] = self.dist.max_abs_diff(betas)
         if not self.dist.same_everywhere(str(genotype.to_dict()["cells"]) + str(genotype.path)):
             raise RuntimeError("ranks derived different genotypes: alpha/beta diverged across workers")
         metrics.update(arch_entropies(arch, self.space))
@@ -293,9 +294,16 @@ class SearchPhase(Phase):
             genotype.to_json(self.run_dir / "genotypes" / f"epoch_{self.state.epoch + 1:03d}.json")
         metrics["genotype_id"] = genotype.genotype_id()
         # for trackers (heatmaps); loggers and history keep only numbers, so these stay out of them
-        metrics["alphas"] = self.model.alphas.detach().cpu()
-        metrics["betas"] = self.model.betas.detach().cpu()
+        metrics["alphas"] = alphas.detach().cpu()
+        metrics["betas"] = betas.detach().cpu()
         return genotype
+
+    def _alphas_betas(self) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
+        """The supernet's cell and transition logits (a searched fusion always has both)."""
+        alphas, betas = self.model.alphas, self.model.betas
+        if alphas is None or betas is None:
+            raise RuntimeError(f"fusion {self.space.model.fusion!r} has architecture parameters but no alphas/betas")
+        return alphas, betas
 
     def _select_by_strength(self, by_alpha, metrics: dict[str, Any]):
         """The final genotype by DARTS-PT strength (``nasfe.engine.selection``); the tables go to
@@ -305,7 +313,8 @@ class SearchPhase(Phase):
         batches = [self._arch_batch() for _ in range(n)]
         self.model.eval()
         try:
-            ops, trans = choice_strengths(self.model.alphas, self.model.betas, m.operators, m.cells, m.levels,
+            alphas, betas = self._alphas_betas()
+            ops, trans = choice_strengths(alphas, betas, m.operators, m.cells, m.levels,
                                           lambda b: self.network_loss(b)[0], batches, average=self.dist.average)
         finally:
             self.model.train()

@@ -24,7 +24,7 @@ MASKED = -1e9
 def transition_choices(cells: int, levels: int) -> list[tuple[int, int, int]]:
     """``(layer, source level, move)`` of every trellis node with more than one outgoing move
     (the entries of ``betas`` that are a choice, ``nasfe.genotype.beta_weights``)."""
-    out = []
+    out: list[tuple[int, int, int]] = []
     for layer in range(cells):
         for src in layer_sources(layer, cells, levels):
             moves = out_moves(layer, src, cells, levels)

@@ -9,7 +9,7 @@ connection, which keeps deep supernets trainable; not in the paper).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -120,7 +120,7 @@ class DerivedCell(nn.Module):
     def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
         states = [s0, s1]
         for inputs, ops in zip(self.inputs, self.ops):
-            states.append(block_sum([op(states[j]) for j, op in zip(inputs, ops)], self.scale))
+            states.append(block_sum([op(states[j]) for j, op in zip(inputs, cast(nn.ModuleList, ops))], self.scale))
         return s1 + self.reduce(torch.cat(states[2:], dim=1))
 
 

@@ -8,7 +8,7 @@ Output: (N, E, H/2, W/2), the resolution of fusion level 0.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +30,8 @@ class ResBlock(nn.Module):
         return x + self.conv2(F.relu(self.conv1(x)))
 
 
-def prior_maps(prior: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(N, 3) degradation probabilities -> (N, 3, h, w) constant maps."""
+def prior_maps(prior: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(N, 3) degradation probabilities -> (N, 3, h, w) constant maps; ``size`` is (h, w)."""
     return prior[:, :, None, None].expand(-1, -1, size[0], size[1])
 
 

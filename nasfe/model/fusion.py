@@ -46,6 +46,7 @@ class Resample(nn.Module):
     def __init__(self, c: int, steps: int):
         super().__init__()
         self.steps = steps
+        self.op: nn.Module
         if steps > 0:
             self.op = nn.Sequential(*[m for _ in range(steps)
                                       for m in (nn.ReLU(inplace=False), nn.Conv2d(c, c, 3, stride=2, padding=1))])

@@ -16,7 +16,7 @@ Data flow for a degraded y (N, 3, H, W), any H and W:
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +41,16 @@ def _task_index(task: str) -> int:
     return TASKS.index(task)
 
 
+class ArchSource(Protocol):
+    """What NASFE asks of its fusion module beyond ``nn.Module``."""
+
+    def arch_parameters(self) -> list[nn.Parameter]: ...
+
+
 class NASFE(nn.Module):
     """The whole restoration network around an interchangeable fusion module (search, derived or Res2)."""
+
+    identity: Optional[nn.Module]
 
     def __init__(self, cfg: ModelConfig, fusion: nn.Module, identity: Optional[nn.Module] = None,
                  pad_multiple: int = 2):
@@ -83,7 +91,7 @@ class NASFE(nn.Module):
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """[alphas, betas] (+ PC-DARTS edge weights when partial_channels > 1); [] when derived."""
-        return list(self.fusion.arch_parameters())
+        return list(cast(ArchSource, self.fusion).arch_parameters())
 
     def weight_parameters(self) -> list[nn.Parameter]:
         """Every trainable weight except architecture parameters, the identity module (frozen
@@ -165,6 +173,7 @@ class NASFE(nn.Module):
             has = torch.zeros(n, device=y.device, dtype=y.dtype)
             feat = self.no_identity.to(y.dtype).expand(n, -1, size[0], size[1])
         else:
+            assert self.identity is not None, "identity maps are built only when model.use_identity is true"
             with torch.no_grad():  # the backbone is frozen; nothing upstream needs its gradient
                 if has_refs is not None and has_refs.dim() == 2:  # (N, k) per-reference mask
                     ident = self.identity(y, refs, has_refs)
@@ -227,7 +236,7 @@ def apply_execution_options(model: NASFE) -> NASFE:
     how the network runs. Compiling is lazy: the first forward of each part compiles it.
     """
     if model.cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub omits memory_format
     if model.cfg.compile:
         for part in compile_targets(model):
             part.compile(**COMPILE_KWARGS)

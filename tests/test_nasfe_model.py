@@ -1,7 +1,6 @@
 """The assembled NASFE network: every registered model, shapes, refs handling, gradients, parameter counts."""
 from __future__ import annotations
 
-import builtins
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from nasfe.genotype import derive_genotype
 from nasfe.model import NASFE, create_model, encoder_task_loss, list_models
 from nasfe.model.cell import num_edges
 from nasfe.model.ops import op_param_count
-from nasfe.model.registry import build_model, default_identity
+from nasfe.model.registry import build_model
 from conftest import tiny_identity
 
 
@@ -165,19 +164,6 @@ def test_create_model_dispatch_and_errors(tiny):
         create_model(load_space("tiny", {"model.channels": 12}), g, identity=TinyIdentity())
     no_id = create_model(load_space("tiny", {"model.use_identity": False}))
     assert no_id.identity is None and no_id(torch.rand(1, 3, 16, 16)).restored.shape == (1, 3, 16, 16)
-
-
-def test_missing_identity_room_gives_clear_error(monkeypatch, tiny):
-    real_import = builtins.__import__
-
-    def fake(name, *a, **k):
-        if name.startswith("nasfe.identity"):
-            raise ImportError("not ready")
-        return real_import(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", fake)
-    with pytest.raises(RuntimeError, match="use_identity"):
-        default_identity(tiny)
 
 
 def test_refs_change_the_output_and_flag_masks_them(tiny):

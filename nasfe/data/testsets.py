@@ -320,8 +320,6 @@ def build_testsets(out: str | os.PathLike, faces: Optional[str] = None, sets: Se
 
 
 def _build_locked(out: Path, faces, sets, seed, images, crf, workers, progress, noise_model, kernel_mode) -> dict:
-    pass
-
     settings = _settings(faces, images, seed, crf, sets, noise_model, kernel_mode)
     build_json = out / "build.json"
     old = None

@@ -177,8 +177,6 @@ def measure_cost(space: SpaceConfig, genotype: Genotype, latency_runs: int = 0, 
 
 
 def _build(space: SpaceConfig, genotype: Genotype):
-    pass
-
     torch.manual_seed(0)
     model = create_model(space, genotype).eval()
     y = torch.rand(1, 3, space.data.height, space.data.width, generator=torch.Generator().manual_seed(0))

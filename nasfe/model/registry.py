@@ -38,12 +38,6 @@ def list_models() -> list[str]:
 
 def default_identity(space: SpaceConfig) -> nn.Module:
     """The identity module I_iden of ``space.identity``, from the identity room."""
-    try:
-        pass
-    except ImportError as exc:
-        raise RuntimeError(
-            f"model.use_identity is true but nasfe.identity is not available ({exc}); pass identity= "
-            "to create_model or set model.use_identity: false") from exc
     return IdentityInfo(build_backbone(space.identity))
 
 

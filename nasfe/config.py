@@ -379,8 +379,7 @@ def _ranges(cfg: SpaceConfig) -> list[tuple[str, Any, float, float]]:
     return out
 
 
-def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
-    """Check ranges and choices; raise :class:`ConfigError` naming the field."""
+def _check_choices(cfg: SpaceConfig, where: str) -> None:
     choices = [*_VALID_CHOICES.items(), *((field, reg.names()) for field, reg in CONFIG_CHOICES.items())]
     for (section, key), allowed in choices:
         value = getattr(getattr(cfg, section), key)
@@ -394,6 +393,11 @@ def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
         raise ConfigError(f"{where}: model.operators lists an operator twice")
     if not [o for o in m.operators if o != "zero"]:
         raise ConfigError(f"{where}: model.operators needs at least one operator other than 'zero'")
+
+
+def _check_sizes(cfg: SpaceConfig, where: str) -> None:
+    """Counts at least 1, every number in its range, and the model's and images' shapes consistent."""
+    m = cfg.model
     positive = {
         "model.channels": m.channels, "model.encoder_channels": m.encoder_channels,
         "model.blocks": m.blocks, "model.cells": m.cells, "model.levels": m.levels,
@@ -424,6 +428,9 @@ def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
         raise ConfigError(f"{where}: model.channels ({m.channels}) must be divisible by model.partial_channels ({m.partial_channels})")
     if m.channels % 2:
         raise ConfigError(f"{where}: model.channels must be even (the FFT operator splits it in halves)")
+
+
+def _check_degrade(cfg: SpaceConfig, where: str) -> None:
     d = cfg.degrade
     if d.motion_kernels + d.gaussian_kernels < 1:
         raise ConfigError(f"{where}: degrade.motion_kernels + degrade.gaussian_kernels must be >= 1 (the blur bank)")
@@ -439,11 +446,13 @@ def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
             raise ConfigError(f"{where}: degrade.{name} must be [low, high] with 0 <= low <= high, got {lo_hi}")
     if any(k % 2 == 0 or k < 3 for k in d.kernel_sizes):
         raise ConfigError(f"{where}: degrade.kernel_sizes must be odd and >= 3, got {d.kernel_sizes}")
-
     if d.noise_model not in NOISE_MODELS:
         raise ConfigError(f"{where}: degrade.noise_model must be one of {list(NOISE_MODELS)}, got {d.noise_model!r}")
     if d.kernel_mode not in KERNEL_MODES:
         raise ConfigError(f"{where}: degrade.kernel_mode must be one of {list(KERNEL_MODES)}, got {d.kernel_mode!r}")
+
+
+def _check_phases_and_identity(cfg: SpaceConfig, where: str) -> None:
     if not 0 <= cfg.data.val_fraction < 1 or not 0 <= cfg.data.test_fraction < 1:
         raise ConfigError(f"{where}: data.val_fraction and data.test_fraction must lie in [0, 1)")
     if cfg.search.warmup_epochs > cfg.search.epochs:
@@ -473,6 +482,14 @@ def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
                               f"identities after the validation and test identities (data.val_fraction "
                               f"{data.val_fraction}, data.test_fraction {data.test_fraction}); the search needs 2: use "
                               f"at least {held + 2}")
+
+
+def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
+    """Check ranges and choices; raise :class:`ConfigError` naming the field."""
+    _check_choices(cfg, where)
+    _check_sizes(cfg, where)
+    _check_degrade(cfg, where)
+    _check_phases_and_identity(cfg, where)
     return cfg
 
 

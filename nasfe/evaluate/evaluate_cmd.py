@@ -201,6 +201,35 @@ def subsample(n: int, max_images: Optional[int], seed: int, set_index: int) -> l
     return sorted(np.random.default_rng([seed, 11, set_index]).choice(n, max_images, replace=False).tolist())
 
 
+def _image_metrics(out: torch.Tensor, x: torch.Tensor, y_channel: bool, ssim_convention: str) -> dict:
+    """Per-image PSNR and SSIM (RGB), on Y too with ``y_channel``, and SSIM by another convention."""
+    vals = {"psnr": psnr(out, x), "ssim": ssim(out, x)}
+    if y_channel:
+        vals.update(psnr_y=psnr(out, x, y_channel=True), ssim_y=ssim(out, x, y_channel=True))
+    if ssim_convention != "rgb":
+        vals[f"ssim_{ssim_convention}"] = ssim(out, x, convention=ssim_convention)
+    return vals
+
+
+def _clean_embeddings(recognizer, cids: list[int], x: torch.Tensor, cache: dict[int, torch.Tensor]) -> torch.Tensor:
+    """The recogniser's embedding of each clean face of the batch (each face embedded once, cached)."""
+    need = [c for c in sorted(set(cids)) if c not in cache]
+    if need:
+        for c, e in zip(need, recognizer.embed(torch.stack([x[cids.index(c)] for c in need]))):
+            cache[c] = e
+    return torch.stack([cache[c] for c in cids])
+
+
+def _summary_row(test_set: str, method: str, s: dict) -> dict[str, Any]:
+    """One method's row of one test set: the mean and spread of every metric it has."""
+    row: dict[str, Any] = {"test_set": test_set, "method": method, "images": s["psnr"]["count"]}
+    for key in ("psnr", "ssim", "psnr_y", "ssim_y", "ssim_grey", "identity_cos", "identity_deg"):
+        if key in s:
+            row[key] = s[key]["mean"]
+            row[f"{key}_std"] = s[key]["std"]
+    return row
+
+
 def evaluate_sets(methods: Sequence[Method], root: str | Path, sets: Optional[Sequence[str]] = None,
                   faces: Optional[str | Path] = None, k_refs: int = 3, recognizer=None,
                   max_images: Optional[int] = None, batch_size: int = 8, y_channel: bool = False,
@@ -212,8 +241,6 @@ def evaluate_sets(methods: Sequence[Method], root: str | Path, sets: Optional[Se
     (``nasfe.evaluate.metrics.CONVENTIONS``) beside the RGB one. Raises ``TestSetError`` for a
     broken test-set folder.
     """
-
-
     root = Path(root)
     manifest = load_manifest(root)
     names = list(sets) if sets else list(manifest["sets"])
@@ -249,24 +276,14 @@ def evaluate_sets(methods: Sequence[Method], root: str | Path, sets: Optional[Se
             cids = [int(it["record"]["clean"]) for it in items]
             files = [it["record"]["file"] for it in items]
             refs, has = refs_for_batch(cids, clean, index, gallery_key, k_refs, seed, (h, w))
-            if has is not None:
-                no_refs += int((has == 0).sum())
+            no_refs += 0 if has is None else int((has == 0).sum())
             probe_ids += [str(clean[c]["identity"]) for c in cids]
-            if recognizer is not None:
-                need = [c for c in sorted(set(cids)) if c not in clean_emb]
-                if need:
-                    for c, e in zip(need, recognizer.embed(torch.stack([x[cids.index(c)] for c in need]))):
-                        clean_emb[c] = e
-                ce = torch.stack([clean_emb[c] for c in cids])
+            ce = _clean_embeddings(recognizer, cids, x, clean_emb) if recognizer is not None else None
             if b == 0:
                 panels[name] = {"degraded": y[:MONTAGE_ROWS]}
             for m in methods:
                 out = m.run(y, refs if m.uses_refs else None, has if m.uses_refs else None)
-                vals = {"psnr": psnr(out, x), "ssim": ssim(out, x)}
-                if y_channel:
-                    vals.update(psnr_y=psnr(out, x, y_channel=True), ssim_y=ssim(out, x, y_channel=True))
-                if ssim_convention != "rgb":
-                    vals[f"ssim_{ssim_convention}"] = ssim(out, x, convention=ssim_convention)
+                vals = _image_metrics(out, x, y_channel, ssim_convention)
                 if recognizer is not None:
                     e = recognizer.embed(out)
                     probe_emb[m.name].append(e)
@@ -281,12 +298,7 @@ def evaluate_sets(methods: Sequence[Method], root: str | Path, sets: Optional[Se
         bar.close()
         summary = acc.summary()
         for m in methods:
-            s = summary[f"{name}\t{m.name}"]
-            row = {"test_set": name, "method": m.name, "images": s["psnr"]["count"]}
-            for key in ("psnr", "ssim", "psnr_y", "ssim_y", "ssim_grey", "identity_cos", "identity_deg"):
-                if key in s:
-                    row[key] = s[key]["mean"]
-                    row[f"{key}_std"] = s[key]["std"]
+            row = _summary_row(name, m.name, summary[f"{name}\t{m.name}"])
             if recognizer is not None and probe_emb[m.name]:
                 topk = recognition_topk(torch.cat(probe_emb[m.name]), probe_ids, gallery, gallery_ids, ks=(1, 5))
                 row.update(top1=topk["top1"], top5=topk["top5"], gallery_identities=topk["n_identities"])

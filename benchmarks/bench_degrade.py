@@ -9,6 +9,7 @@ of them, in alternating order), so a shared machine's changing load hits them al
 ``--repeats`` and the median of the per-repeat ratios are printed, with the load average. Also
 times building the 25,000-kernel motion bank (no cache). Prints Markdown.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,16 +63,20 @@ def main() -> None:
         for xi, r, k, e in zip(xs, recs, ks, es):
             degrade_image(xi, k, r["r"], r["sigma_s"], r["sigma_c"], curves, r["crf_id"], eps=e)
 
-    impls = {"batched torch (`nasfe.degrade.degrade`), CPU": lambda: degrade(x, params, bank, curves, noise=eps),
-             # The same code in one pass over the whole batch: what chunking to cache-sized pieces buys.
-             f"batched torch, whole batch in one pass (chunk={args.batch}), CPU":
-                 lambda: degrade(x, params, bank, curves, noise=eps, chunk=args.batch)}
+    impls = {
+        "batched torch (`nasfe.degrade.degrade`), CPU": lambda: degrade(x, params, bank, curves, noise=eps),
+        # The same code in one pass over the whole batch: what chunking to cache-sized pieces buys.
+        f"batched torch, whole batch in one pass (chunk={args.batch}), CPU": lambda: degrade(
+            x, params, bank, curves, noise=eps, chunk=args.batch
+        ),
+    }
     if torch.cuda.is_available():
         xg = x.cuda()
 
         def gpu():
             degrade(xg, params, bank, curves, noise=eps)
             torch.cuda.synchronize()
+
         impls[f"batched torch, GPU ({torch.cuda.get_device_name()})"] = gpu
     ref_name = "per-image NumPy/OpenCV (`nasfe.degrade.reference`), CPU"
     impls[ref_name] = per_image
@@ -82,18 +87,22 @@ def main() -> None:
     times = {name: [] for name in impls}
     names = list(impls)
     for rep in range(args.repeats):
-        for name in (names if rep % 2 == 0 else names[::-1]):
+        for name in names if rep % 2 == 0 else names[::-1]:
             t = time.perf_counter()
             impls[name]()
             times[name].append(time.perf_counter() - t)
     load1 = os.getloadavg()[0]
 
     t_ref = statistics.median(times[ref_name])
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}, {args.threads} threads; load average {load0:.1f} before, {load1:.1f} after; "
-          f"{args.batch} images {args.height}x{args.width}, blur + low light + noise on every image, "
-          f"curves {args.crf}; {args.repeats} interleaved repeats after one warm-up\n")
-    print("| implementation | median s / batch | images / s | vs per-image (ratio of medians) | median of per-repeat ratios |")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__}, {args.threads} threads; load average {load0:.1f} before, {load1:.1f} after; "
+        f"{args.batch} images {args.height}x{args.width}, blur + low light + noise on every image, "
+        f"curves {args.crf}; {args.repeats} interleaved repeats after one warm-up\n"
+    )
+    print(
+        "| implementation | median s / batch | images / s | vs per-image (ratio of medians) | median of per-repeat ratios |"
+    )
     print("|---|---|---|---|---|")
     for name in names:
         t = statistics.median(times[name])
@@ -102,8 +111,10 @@ def main() -> None:
     if args.bank:
         t = time.perf_counter()
         KernelBank.build(args.bank, 8, cfg.kernel_sizes, seed=123)
-        print(f"\nkernel bank: {args.bank} motion + 8 Gaussian kernels built in {time.perf_counter() - t:.1f} s "
-              f"(no cache)")
+        print(
+            f"\nkernel bank: {args.bank} motion + 8 Gaussian kernels built in {time.perf_counter() - t:.1f} s "
+            f"(no cache)"
+        )
 
 
 if __name__ == "__main__":

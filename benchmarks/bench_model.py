@@ -30,6 +30,7 @@ inference (no refs, ``torch.no_grad``; median of ``--infer-repeats`` timed batch
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_model.py --space paper --height 48 --width 40 \\
         --ks 1,4,8 --out benchmarks/out/model_paper.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -146,8 +147,17 @@ def _cell_saved_per_image(model, height: int, width: int, amp: bool = False) -> 
     return saved[1] - saved[0]
 
 
-def measure_search_step(space_name: str, k: int, height: int, width: int, device: str, repeats: int,
-                        time_batch: int, checkpoints=(False, True), amp: bool = False) -> list[dict]:
+def measure_search_step(
+    space_name: str,
+    k: int,
+    height: int,
+    width: int,
+    device: str,
+    repeats: int,
+    time_batch: int,
+    checkpoints=(False, True),
+    amp: bool = False,
+) -> list[dict]:
     """One row per checkpoint setting: activation bytes per image (batch 2 minus batch 1), the
     batch-independent remainder, weight bytes and (``repeats`` > 0) the median seconds per image of
     a forward+backward at ``time_batch``; on CUDA also the allocator's peak per image."""
@@ -193,10 +203,16 @@ def measure_search_step(space_name: str, k: int, height: int, width: int, device
             saved.append(meter.bytes)
             peaks.append(torch.cuda.max_memory_allocated() if cuda else None)
         times = [step(time_batch) for _ in range(repeats)]  # repeats 0: memory only
-        row = {"k": k, "checkpoint_cells": ckpt, "amp": amp, "weights_bytes": weights,
-               "saved_per_image": saved[1] - saved[0],
-               "saved_fixed": max(0, saved[0] - (saved[1] - saved[0])),
-               "s_per_image": statistics.median(times) / time_batch if times else None, "time_batch": time_batch}
+        row = {
+            "k": k,
+            "checkpoint_cells": ckpt,
+            "amp": amp,
+            "weights_bytes": weights,
+            "saved_per_image": saved[1] - saved[0],
+            "saved_fixed": max(0, saved[0] - (saved[1] - saved[0])),
+            "s_per_image": statistics.median(times) / time_batch if times else None,
+            "time_batch": time_batch,
+        }
         if ckpt and not cuda:
             if cell_per_image is None:
                 cell_per_image = _cell_saved_per_image(model, height, width, amp)
@@ -215,12 +231,13 @@ def _module_flops(by_module: dict, name: str) -> int:
     that is never called itself, like a ModuleDict, is the sum of its direct children)."""
     if name in by_module:
         return sum(by_module[name].values())
-    kids = [k for k in by_module if k.startswith(name + ".") and "." not in k[len(name) + 1:]]
+    kids = [k for k in by_module if k.startswith(name + ".") and "." not in k[len(name) + 1 :]]
     return sum(sum(by_module[k].values()) for k in kids)
 
 
-def derived_inference(space_name: str, height: int, width: int, device: str, repeats: int, batch: int,
-                      seeds: int = 1) -> dict:
+def derived_inference(
+    space_name: str, height: int, width: int, device: str, repeats: int, batch: int, seeds: int = 1
+) -> dict:
     """Parameters and FLOPs of the networks derived from the supernet's initial alpha/beta for
     ``seeds`` seeds, and images/s of the first one."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -241,12 +258,21 @@ def derived_inference(space_name: str, height: int, width: int, device: str, rep
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
             model(y)  # refs=None: the inference path (the identity backbone is not run)
         by_module = fc.get_flop_counts()
-        parts = {name: _module_flops(by_module, f"NASFE.{name}")
-                 for name in ("classifier", "encoders", "stem", "identity_proj", "fusion", "decoder")}
-        nets.append({"seed": seed, "genotype_id": g.genotype_id(), "path": list(g.path),
-                     "params": model.parameter_counts(), "flops_per_image": fc.get_total_flops(),
-                     "flops_by_part": parts,
-                     "genotype": g.to_dict()})
+        parts = {
+            name: _module_flops(by_module, f"NASFE.{name}")
+            for name in ("classifier", "encoders", "stem", "identity_proj", "fusion", "decoder")
+        }
+        nets.append(
+            {
+                "seed": seed,
+                "genotype_id": g.genotype_id(),
+                "path": list(g.path),
+                "params": model.parameter_counts(),
+                "flops_per_image": fc.get_total_flops(),
+                "flops_by_part": parts,
+                "genotype": g.to_dict(),
+            }
+        )
         if seed == 0:
             first = model
         else:
@@ -262,8 +288,14 @@ def derived_inference(space_name: str, height: int, width: int, device: str, rep
             if i:
                 times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    return {"size": [height, width], "nets": nets, "batch": batch, "times_s": times,
-            "median_s_per_batch": med, "images_per_s": batch / med}
+    return {
+        "size": [height, width],
+        "nets": nets,
+        "batch": batch,
+        "times_s": times,
+        "median_s_per_batch": med,
+        "images_per_s": batch / med,
+    }
 
 
 def main(argv=None) -> int:
@@ -290,40 +322,66 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    report = {"command": " ".join(sys.argv),
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                         f"threads {torch.get_num_threads()}",
-              "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-              "device": args.device if not args.device.startswith("cuda") else torch.cuda.get_device_name(),
-              "size": [args.height, args.width], "search": []}
+    report = {
+        "command": " ".join(sys.argv),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}",
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "device": args.device if not args.device.startswith("cuda") else torch.cuda.get_device_name(),
+        "size": [args.height, args.width],
+        "search": [],
+    }
     if not args.skip_search:
         scale = (176 * 144) / (args.height * args.width)  # activations grow with the pixel count
         ckpts = tuple(bool(int(v)) for v in args.checkpoint.split(","))
-        runs = [(int(v), False) for v in args.ks.split(",") if v] + [(int(v), True) for v in args.amp_ks.split(",") if v]
+        runs = [(int(v), False) for v in args.ks.split(",") if v] + [
+            (int(v), True) for v in args.amp_ks.split(",") if v
+        ]
         for k, amp in runs:
-            for r in measure_search_step(args.space, k, args.height, args.width, args.device, args.repeats,
-                                         args.time_batch, ckpts, amp):
+            for r in measure_search_step(
+                args.space, k, args.height, args.width, args.device, args.repeats, args.time_batch, ckpts, amp
+            ):
                 per_img = r.get("cuda_peak_per_image", r["saved_per_image"] + r.get("recompute_cell_per_image", 0))
                 per_img *= scale
                 # fixed: weights + grads + Adam moments (4x weights) + batch-independent activations
                 fixed = 4 * r["weights_bytes"] + r["saved_fixed"] * scale
-                row = dict(r, mem_per_image_gb_176x144=per_img / GB,
-                           boundary_gb_176x144=r["saved_per_image"] * scale / GB,
-                           recompute_gb_176x144=r.get("recompute_cell_per_image", 0) * scale / GB,
-                           s_per_image_176x144_est=r["s_per_image"] * scale if r["s_per_image"] else None,
-                           fixed_gb=fixed / GB,
-                           fit_24gb=int((24 * GB - fixed) // per_img), fit_80gb=int((80 * GB - fixed) // per_img),
-                           batch40_gb=(fixed + 40 * per_img) / GB)
+                row = dict(
+                    r,
+                    mem_per_image_gb_176x144=per_img / GB,
+                    boundary_gb_176x144=r["saved_per_image"] * scale / GB,
+                    recompute_gb_176x144=r.get("recompute_cell_per_image", 0) * scale / GB,
+                    s_per_image_176x144_est=r["s_per_image"] * scale if r["s_per_image"] else None,
+                    fixed_gb=fixed / GB,
+                    fit_24gb=int((24 * GB - fixed) // per_img),
+                    fit_80gb=int((80 * GB - fixed) // per_img),
+                    batch40_gb=(fixed + 40 * per_img) / GB,
+                )
                 report["search"].append(row)
                 print(json.dumps(row), flush=True)
     if not args.skip_derived:
-        report["derived"] = d = derived_inference(args.space, args.derived_height, args.derived_width, args.device,
-                                                  args.infer_repeats, args.infer_batch, args.genotypes)
+        report["derived"] = d = derived_inference(
+            args.space,
+            args.derived_height,
+            args.derived_width,
+            args.device,
+            args.infer_repeats,
+            args.infer_batch,
+            args.genotypes,
+        )
         for net in d["nets"]:
-            print(json.dumps({"seed": net["seed"], "genotype_id": net["genotype_id"], "path": net["path"],
-                              "params_restoration": net["params"]["restoration"],
-                              "gflops": net["flops_per_image"] / 1e9,
-                              "gflops_by_part": {k: v / 1e9 for k, v in net["flops_by_part"].items()}}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "seed": net["seed"],
+                        "genotype_id": net["genotype_id"],
+                        "path": net["path"],
+                        "params_restoration": net["params"]["restoration"],
+                        "gflops": net["flops_per_image"] / 1e9,
+                        "gflops_by_part": {k: v / 1e9 for k, v in net["flops_by_part"].items()},
+                    }
+                ),
+                flush=True,
+            )
         print(json.dumps({"images_per_s": d["images_per_s"], "batch": d["batch"], "times_s": d["times_s"]}), flush=True)
     report["total_s"] = time.perf_counter() - t_start
     print(f"total {report['total_s']:.0f} s", flush=True)

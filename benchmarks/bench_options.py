@@ -8,6 +8,7 @@ round-robin (each repeat times every variant, order alternating) so a shared mac
 load hits them alike. Medians and the median of per-repeat ratios to the default are printed.
 On the GPU, ``benchmarks/gpu_check.py`` measures the same options at batch 40 (its part b).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,15 +56,17 @@ def main() -> int:
             phases[name] = (phase, batch)
         times = {n: [] for n in names}
         for rep in range(args.repeats):
-            for name in (names if rep % 2 == 0 else names[::-1]):
+            for name in names if rep % 2 == 0 else names[::-1]:
                 phase, batch = phases[name]
                 t = time.perf_counter()
                 phase.train_step(batch)
                 sync(device)
                 times[name].append(time.perf_counter() - t)
-    print(f"derived paper network {genotype.genotype_id()}, retrain step, batch {args.batch} at "
-          f"{args.height}x{args.width}, {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load average {os.getloadavg()[0]:.1f}; {args.repeats} interleaved repeats\n")
+    print(
+        f"derived paper network {genotype.genotype_id()}, retrain step, batch {args.batch} at "
+        f"{args.height}x{args.width}, {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"load average {os.getloadavg()[0]:.1f}; {args.repeats} interleaved repeats\n"
+    )
     print("| variant | first step s | median step s | speed vs default (median of per-repeat ratios) |")
     print("|---|---|---|---|")
     for name in names:

@@ -11,6 +11,7 @@ step (median), images per second (global batch / step time). Ray's overhead per 
 process, so the difference is what Ray adds (its process, its report calls, the gloo/NCCL group).
 With 2 workers each rank does half the batch and gradients are all-reduced.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,13 @@ def step_times(path: str, skip: int) -> list[float]:
 def bench_space(args):
     from nasfe.config import load_space
 
-    overrides = {"search.epochs": 1, "search.warmup_epochs": 0, "search.steps_per_epoch": args.steps,
-                 "search.checkpoint_every": 0, "search.val_batches": 1}
+    overrides = {
+        "search.epochs": 1,
+        "search.warmup_epochs": 0,
+        "search.steps_per_epoch": args.steps,
+        "search.checkpoint_every": 0,
+        "search.val_batches": 1,
+    }
     if args.batch:
         overrides["search.batch_size"] = args.batch
     for text in args.set:
@@ -83,29 +89,54 @@ def main(argv=None) -> int:
     space = bench_space(args)
     batch = space.search.batch_size
     device = "cuda" if args.gpu else "cpu"
-    results = {"space": space.name, "batch": batch, "steps": args.steps, "skip": args.skip, "device": device,
-               "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-               "load_avg_1m": os.getloadavg()[0], "variants": {}}
+    results = {
+        "space": space.name,
+        "batch": batch,
+        "steps": args.steps,
+        "skip": args.skip,
+        "device": device,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_avg_1m": os.getloadavg()[0],
+        "variants": {},
+    }
     tmp = Path(tempfile.mkdtemp(prefix="nasfe-bench-"))
 
     def record(name, times):
         med = statistics.median(times)
-        results["variants"][name] = {"step_s_median": med, "step_s_mean": statistics.mean(times),
-                                     "images_per_s": batch / med, "n": len(times)}
+        results["variants"][name] = {
+            "step_s_median": med,
+            "step_s_mean": statistics.mean(times),
+            "images_per_s": batch / med,
+            "n": len(times),
+        }
         print(f"{name:>14}: {med:.3f} s/step  {batch / med:7.1f} img/s  (n={len(times)})", flush=True)
 
     clock = tmp / "plain.txt"
     run_search(space, tmp / "plain", callbacks=[StepClock(str(clock))], device=device, resume=False)
     record("plain", step_times(str(clock), args.skip))
 
-    ray.init(num_cpus=max(2, os.cpu_count() or 2), log_to_driver=False, include_dashboard=False,
-             runtime_env={"env_vars": worker_env()})
+    ray.init(
+        num_cpus=max(2, os.cpu_count() or 2),
+        log_to_driver=False,
+        include_dashboard=False,
+        runtime_env={"env_vars": worker_env()},
+    )
     try:
         for n in [int(x) for x in args.workers.split(",")]:
             clock = tmp / f"ray{n}.txt"
-            fit_search(space, f"bench-{n}", str(tmp / "runs"), num_workers=n, use_gpu=args.gpu, progress=False,
-                       max_failures=0, threads_per_worker=max(1, torch.get_num_threads() // n),
-                       extra_callbacks=[StepClock(str(clock))], resume=False)
+            fit_search(
+                space,
+                f"bench-{n}",
+                str(tmp / "runs"),
+                num_workers=n,
+                use_gpu=args.gpu,
+                progress=False,
+                max_failures=0,
+                threads_per_worker=max(1, torch.get_num_threads() // n),
+                extra_callbacks=[StepClock(str(clock))],
+                resume=False,
+            )
             record(f"ray_{n}_worker" + ("s" if n > 1 else ""), step_times(str(clock), args.skip))
     finally:
         ray.shutdown()

@@ -10,6 +10,7 @@ an empty node cache:
 and prints the seconds to the first batch and how many files were local at that moment. The first
 batch is what the first training step needs: ``--batch`` faces, each with the space's references.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,15 +57,26 @@ def main() -> int:
         print(f"{n} faces ({size / 2**20:.0f} MiB) uploaded to moto in {time.time() - t0:.0f}s")
         uri = f"s3://{server.bucket}/faces"
         rows = []
-        paths = (("full copy", remote.fetch_once, "1"), ("on read, no background fetch", remote.open_lazily, "0"),
-                 ("on read", remote.open_lazily, "1"))
+        paths = (
+            ("full copy", remote.fetch_once, "1"),
+            ("on read, no background fetch", remote.open_lazily, "0"),
+            ("on read", remote.open_lazily, "1"),
+        )
         for label, localize, prefetch in paths:
             os.environ["NASFE_DATA_CACHE"] = str(tmp / label.replace(" ", "-").replace(",", ""))
             os.environ["NASFE_DATA_PREFETCH"] = prefetch
             t0 = time.time()
             root = localize(uri)
-            local = load_space("tiny", {"data.source": "folder", "data.root": str(root), "data.height": 176,
-                                        "data.width": 144, "data.workers": 0})
+            local = load_space(
+                "tiny",
+                {
+                    "data.source": "folder",
+                    "data.root": str(root),
+                    "data.height": 176,
+                    "data.width": 144,
+                    "data.workers": 0,
+                },
+            )
             batch = next(iter(BatchMaker(local, "train", args.batch)))
             seconds = time.time() - t0
             have = sum(1 for p in Path(root).rglob("*.png") if p.stat().st_size)

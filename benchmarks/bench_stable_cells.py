@@ -8,6 +8,7 @@ output on a unit-variance SIZE x SIZE input is finite and its std. ``--legacy`` 
 ``model.stable_cells`` off (sums, unbounded deveil); ``--supernet`` also prints the supernet's std
 (slow: minutes on a 2-core CPU).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,17 @@ from nasfe.config import load_space
 from nasfe.genotype import BlockGene, Genotype
 from nasfe.model.fusion import DerivedFusion, SearchFusion
 
-KINDS = ["deveil_op", "fft_op", "skip_connect", "res_op", "res2block", "self_attn", "sep_conv_5x5",
-         "dil_conv_5x5", "random"]
+KINDS = [
+    "deveil_op",
+    "fft_op",
+    "skip_connect",
+    "res_op",
+    "res2block",
+    "self_attn",
+    "sep_conv_5x5",
+    "dil_conv_5x5",
+    "random",
+]
 
 
 def genotype(space, kind: str, path, rng: random.Random) -> Genotype:

@@ -7,6 +7,7 @@ Prints the directional derivative along a random direction: analytic (SearchPhas
 second_order_gradient, its Hessian-vector product by finite differences of norm HVP_NORM) and
 numeric (the objective at arch +- H * direction). docs/MODEL.md records what it gives.
 """
+
 import sys
 import tempfile
 import time
@@ -35,8 +36,10 @@ def main(argv: list[str]) -> None:
                 p.copy_(a + sign * h * di)
         vals.append(float(phase.lookahead_objective(tb, ab)))
     numeric = (vals[0] - vals[1]) / (2 * h)
-    print(f"clip {clip} per_part {per_part}: analytic {analytic:.7g}  numeric {numeric:.7g}  "
-          f"({time.time() - t0:.0f} s)", flush=True)
+    print(
+        f"clip {clip} per_part {per_part}: analytic {analytic:.7g}  numeric {numeric:.7g}  ({time.time() - t0:.0f} s)",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ Parts (Markdown tables on stdout, also written to ``--out``):
   set, each order's two strengths are tuned on faces of the *validation* identities, and the order
   that restores those best is measured on the test faces.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,11 +47,16 @@ from nasfe.evaluate.metrics import CONVENTIONS, psnr, ssim
 #: The paper's input columns (Tables 1, 2, 3, 5) and its NASFE rows (Tables 1-3, Table 6 last row),
 #: CelebA: (PSNR, SSIM). Test-BN's input is not printed in the paper.
 PAPER_INPUT = {"Test-B": (19.64, 0.61), "Test-N": (17.63, 0.50), "Test-L": (8.25, 0.14), "Test-BNL": (8.17, 0.22)}
-PAPER_NASFE = {"Test-B": (27.90, 0.92), "Test-N": (29.23, 0.90), "Test-L": (23.04, 0.80),
-               "Test-BN": (25.57, 0.87), "Test-BNL": (23.80, 0.85)}
+PAPER_NASFE = {
+    "Test-B": (27.90, 0.92),
+    "Test-N": (29.23, 0.90),
+    "Test-L": (23.04, 0.80),
+    "Test-BN": (25.57, 0.87),
+    "Test-BNL": (23.80, 0.85),
+}
 ORDERS = ("denoise-linear", "gain-denoise-deblur", "gain-deblur-denoise")
-H_FACTORS = (0.5, 0.8, 1.2)   # NLM strength h = factor x the true noise std (8-bit units)
-LAMBDA_FACTORS = (0.3, 1.0, 3.0)   # Wiener regularisation = factor x noise variance left / GRAD_VAR
+H_FACTORS = (0.5, 0.8, 1.2)  # NLM strength h = factor x the true noise std (8-bit units)
+LAMBDA_FACTORS = (0.3, 1.0, 3.0)  # Wiener regularisation = factor x noise variance left / GRAD_VAR
 GRAD_VAR = 3e-3  # mean squared horizontal difference of clean 176x144 CelebA faces (validation identities)
 
 
@@ -91,9 +97,9 @@ def ssim_skimage7(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     ma, mb = filt(a), filt(b)
     k = 49 / 48
-    va, vb, cov = k * (filt(a * a) - ma ** 2), k * (filt(b * b) - mb ** 2), k * (filt(a * b) - ma * mb)
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    m = ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2))
+    va, vb, cov = k * (filt(a * a) - ma**2), k * (filt(b * b) - mb**2), k * (filt(a * b) - ma * mb)
+    c1, c2 = 0.01**2, 0.03**2
+    m = ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma**2 + mb**2 + c1) * (va + vb + c2))
     return m.flatten(1).mean(1)
 
 
@@ -108,12 +114,20 @@ def scores(y: torch.Tensor, x: torch.Tensor, extra: bool = False) -> dict[str, t
 
 
 # ---- degraded sets ------------------------------------------------------------------------------------
-def degraded(name: str, faces: list[torch.Tensor], per_face: int, seed: int, bank: KernelBank,
-             curves: ResponseCurves, noise_model: str = "after-r"):
+def degraded(
+    name: str,
+    faces: list[torch.Tensor],
+    per_face: int,
+    seed: int,
+    bank: KernelBank,
+    curves: ResponseCurves,
+    noise_model: str = "after-r",
+):
     """Yield (face index, clean x (3,H,W), degraded y (n,3,H,W) quantised, params) per face."""
     for fi, x in enumerate(faces):
-        y, p, _ = ts.degrade_face(x, name, fi, seed, bank, curves, only=share(name, fi, per_face),
-                                  noise_model=noise_model)
+        y, p, _ = ts.degrade_face(
+            x, name, fi, seed, bank, curves, only=share(name, fi, per_face), noise_model=noise_model
+        )
         yield fi, x, quantise(y), p
 
 
@@ -160,11 +174,11 @@ def wiener(img: np.ndarray, kernel: np.ndarray, lam: float, iters: int = 80) -> 
 
     def normal(x):  # (A^T A + lam D^T D) x
         r = np.zeros_like(x)
-        r[s - 1:hx, s - 1:wx] = ifft(fft(x) * K)[s - 1:hx, s - 1:wx]
+        r[s - 1 : hx, s - 1 : wx] = ifft(fft(x) * K)[s - 1 : hx, s - 1 : wx]
         return ifft(fft(r) * np.conj(K) + lam * D * fft(x))
 
     r0 = np.zeros((n, m, c))
-    r0[s - 1:hx, s - 1:wx] = img
+    r0[s - 1 : hx, s - 1 : wx] = img
     b = ifft(fft(r0) * np.conj(K))
     p = s // 2
     x = np.pad(img, ((p, n - h - p), (p, m - w - p), (0, 0)), mode="edge")
@@ -181,7 +195,7 @@ def wiener(img: np.ndarray, kernel: np.ndarray, lam: float, iters: int = 80) -> 
             break
         d = r + (rr_new / rr) * d
         rr = rr_new
-    return x[p:p + h, p:p + w]
+    return x[p : p + h, p : p + w]
 
 
 def _nlm(img: np.ndarray, sigma: float, factor: float, colored: bool) -> np.ndarray:
@@ -195,9 +209,19 @@ def _nlm(img: np.ndarray, sigma: float, factor: float, colored: bool) -> np.ndar
     return out.astype(np.float64) / 255
 
 
-def oracle(y: np.ndarray, kernel: Optional[np.ndarray], r: float, sigma_s: float, sigma_c: float,
-           curves: Optional[ResponseCurves], crf_id: int, order: str, h_factor: float, lam_factor: float,
-           noise_model: str = "after-r") -> np.ndarray:
+def oracle(
+    y: np.ndarray,
+    kernel: Optional[np.ndarray],
+    r: float,
+    sigma_s: float,
+    sigma_c: float,
+    curves: Optional[ResponseCurves],
+    crf_id: int,
+    order: str,
+    h_factor: float,
+    lam_factor: float,
+    noise_model: str = "after-r",
+) -> np.ndarray:
     """Restore one degraded image ``y`` (H, W, 3) in [0, 1] knowing its true parameters.
 
     The camera stage is undone with the exact curve inverse f^-1 and the exact gain 1/r; noise is
@@ -223,7 +247,7 @@ def oracle(y: np.ndarray, kernel: Optional[np.ndarray], r: float, sigma_s: float
 
     x = y.astype(np.float64)
     noisy = sigma_s > 0 or sigma_c > 0
-    left = 1 / (12 * 255 ** 2)  # noise variance left for the Wiener step: 8-bit quantisation
+    left = 1 / (12 * 255**2)  # noise variance left for the Wiener step: 8-bit quantisation
     if curves is not None and crf_id >= 0:
         finv, f = _curve(curves, crf_id, True), _curve(curves, crf_id, False)
         lin = finv(x)
@@ -245,7 +269,7 @@ def oracle(y: np.ndarray, kernel: Optional[np.ndarray], r: float, sigma_s: float
             if order == "gain-denoise-deblur" or kernel is None:
                 x = _nlm(x, std, h_factor, colored=True)
             else:
-                x = np.clip(wiener(x, kernel, lam_factor * std ** 2 / GRAD_VAR), 0, 1)
+                x = np.clip(wiener(x, kernel, lam_factor * std**2 / GRAD_VAR), 0, 1)
                 return _nlm(x, std, h_factor, colored=True)
     if kernel is not None:
         x = wiener(x, kernel, lam_factor * left / GRAD_VAR)
@@ -258,18 +282,30 @@ def kernel_of(bank: KernelBank, kid: int) -> Optional[np.ndarray]:
         return None
     k = bank.kernels[kid].double().numpy()
     s, c = int(bank.sizes[kid]), bank.canvas // 2
-    return k[c - s // 2:c + s // 2 + 1, c - s // 2:c + s // 2 + 1]
+    return k[c - s // 2 : c + s // 2 + 1, c - s // 2 : c + s // 2 + 1]
 
 
-def oracle_set(name, faces, per_face, seed, bank, curves, order, h_factor, lam_factor,
-               noise_model: str = "after-r") -> dict[str, float]:
+def oracle_set(
+    name, faces, per_face, seed, bank, curves, order, h_factor, lam_factor, noise_model: str = "after-r"
+) -> dict[str, float]:
     acc: dict[str, list] = {}
     for _, x, y, p in degraded(name, faces, per_face, seed, bank, curves, noise_model):
         outs = []
         for i, rec in enumerate(p.records()):
             yi = y[i].permute(1, 2, 0).numpy()
-            o = oracle(yi, kernel_of(bank, rec["kernel_id"]), rec["r"], rec["sigma_s"], rec["sigma_c"],
-                       curves, rec["crf_id"], order, h_factor, lam_factor, noise_model)
+            o = oracle(
+                yi,
+                kernel_of(bank, rec["kernel_id"]),
+                rec["r"],
+                rec["sigma_s"],
+                rec["sigma_c"],
+                curves,
+                rec["crf_id"],
+                order,
+                h_factor,
+                lam_factor,
+                noise_model,
+            )
             outs.append(torch.from_numpy(o).permute(2, 0, 1).float())
         out = quantise(torch.stack(outs))
         for k, v in scores(out, x[None].expand_as(out)).items():
@@ -284,8 +320,8 @@ def tune(name, faces, per_face, seed, bank, curves, order, noise_model="after-r"
     has_noise = name != "Test-B"
     has_blur = name in ("Test-B", "Test-BN", "Test-BNL")
     best = None
-    for hf in (H_FACTORS if has_noise else (1.0,)):
-        for lf in (LAMBDA_FACTORS if has_blur else (1.0,)):
+    for hf in H_FACTORS if has_noise else (1.0,):
+        for lf in LAMBDA_FACTORS if has_blur else (1.0,):
             p = oracle_set(name, faces, per_face, seed, bank, curves, order, hf, lf, noise_model)["psnr"]
             if best is None or p > best[2]:
                 best = (hf, lf, p)
@@ -294,7 +330,9 @@ def tune(name, faces, per_face, seed, bank, curves, order, noise_model="after-r"
 
 # ---- report -------------------------------------------------------------------------------------------
 def table(header: list[str], rows: list[list]) -> str:
-    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) and abs(v) >= 1.5 else (f"{v:.3f}" if isinstance(v, float) else str(v))
+    fmt = lambda v: (
+        f"{v:.2f}" if isinstance(v, float) and abs(v) >= 1.5 else (f"{v:.3f}" if isinstance(v, float) else str(v))
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
@@ -314,8 +352,12 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--parts", nargs="+", default=["inputs", "noise", "kernels", "oracle"])
     ap.add_argument("--sets", nargs="+", default=list(ts.TEST_SETS))
-    ap.add_argument("--oracle-noise-models", nargs="+", default=["after-r", "before-r"],
-                    help="readings to run the oracle on (Test-L and Test-BNL only for readings other than after-r)")
+    ap.add_argument(
+        "--oracle-noise-models",
+        nargs="+",
+        default=["after-r", "before-r"],
+        help="readings to run the oracle on (Test-L and Test-BNL only for readings other than after-r)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="also write the Markdown here")
     args = ap.parse_args(argv)
@@ -331,18 +373,35 @@ def main(argv=None) -> None:
         md.append(text)
         print(text, flush=True)
 
-    emit(f"# Test-set fidelity ({datetime.date.today()})\n\n{len(faces)} test-identity faces of `{args.faces}`, "
-         f"{args.per_face} variants per face and set, curves `{args.crf}`, seed {args.seed}; {platform.node()}, "
-         f"{os.cpu_count()} CPUs, load average at start {os.getloadavg()[0]:.1f}.\n")
+    emit(
+        f"# Test-set fidelity ({datetime.date.today()})\n\n{len(faces)} test-identity faces of `{args.faces}`, "
+        f"{args.per_face} variants per face and set, curves `{args.crf}`, seed {args.seed}; {platform.node()}, "
+        f"{os.cpu_count()} CPUs, load average at start {os.getloadavg()[0]:.1f}.\n"
+    )
     if "inputs" in args.parts:
         rows = []
         for name in args.sets:
             s = mean_scores(name, faces, args.per_face, args.seed, bank, curves, extra=True)
             pp = PAPER_INPUT.get(name)
-            rows.append([name, s["images"], pair(*pp) if pp else "-", f"{s['psnr']:.2f}", f"{s['ssim_rgb']:.3f}",
-                         f"{s['ssim_y']:.3f}", f"{s['ssim_grey']:.3f}", f"{s['ssim_skimage7']:.3f}"])
-        emit("## Input SSIM conventions\n\n" + table(
-            ["set", "images", "paper input", "PSNR (RGB)", "SSIM rgb", "SSIM y", "SSIM grey", "SSIM skimage7"], rows) + "\n")
+            rows.append(
+                [
+                    name,
+                    s["images"],
+                    pair(*pp) if pp else "-",
+                    f"{s['psnr']:.2f}",
+                    f"{s['ssim_rgb']:.3f}",
+                    f"{s['ssim_y']:.3f}",
+                    f"{s['ssim_grey']:.3f}",
+                    f"{s['ssim_skimage7']:.3f}",
+                ]
+            )
+        emit(
+            "## Input SSIM conventions\n\n"
+            + table(
+                ["set", "images", "paper input", "PSNR (RGB)", "SSIM rgb", "SSIM y", "SSIM grey", "SSIM skimage7"], rows
+            )
+            + "\n"
+        )
     if "noise" in args.parts:
         rows = []
         for model in NOISE_MODELS:
@@ -352,9 +411,22 @@ def main(argv=None) -> None:
                 row += [pair(s["psnr"], s["ssim_rgb"]), f"{s['ssim_y']:.3f}", f"{s['ssim_grey']:.3f}"]
             rows.append(row)
         rows.append(["paper", pair(*PAPER_INPUT["Test-L"]), "", "", pair(*PAPER_INPUT["Test-BNL"]), "", ""])
-        emit("## Noise model readings under low light (inputs)\n\n" + table(
-            ["noise model", "Test-L PSNR / SSIM rgb", "SSIM y", "SSIM grey", "Test-BNL PSNR / SSIM rgb", "SSIM y",
-             "SSIM grey"], rows) + "\n")
+        emit(
+            "## Noise model readings under low light (inputs)\n\n"
+            + table(
+                [
+                    "noise model",
+                    "Test-L PSNR / SSIM rgb",
+                    "SSIM y",
+                    "SSIM grey",
+                    "Test-BNL PSNR / SSIM rgb",
+                    "SSIM y",
+                    "SSIM grey",
+                ],
+                rows,
+            )
+            + "\n"
+        )
     if "kernels" in args.parts:
         emit(kernel_part(faces, args))
     if "oracle" in args.parts:
@@ -375,11 +447,33 @@ def main(argv=None) -> None:
                 _, order, hf, lf = best
                 s = oracle_set(name, faces, args.per_face, args.seed, bank, curves, order, hf, lf, model)
                 used = "Wiener only" if name == "Test-B" else order
-                rows.append([name, s["images"], *cells, used, pair(s["psnr"], s["ssim_rgb"]), f"{s['ssim_grey']:.3f}",
-                             pair(*PAPER_NASFE[name])])
-            emit(f"## Oracle restoration (true parameters; noise model {model})\n\n" + table(
-                ["set", "test images", *(f"{o}: tuning PSNR" for o in ORDERS), "order used", "test PSNR / SSIM rgb",
-                 "test SSIM grey", "paper NASFE"], rows) + "\n")
+                rows.append(
+                    [
+                        name,
+                        s["images"],
+                        *cells,
+                        used,
+                        pair(s["psnr"], s["ssim_rgb"]),
+                        f"{s['ssim_grey']:.3f}",
+                        pair(*PAPER_NASFE[name]),
+                    ]
+                )
+            emit(
+                f"## Oracle restoration (true parameters; noise model {model})\n\n"
+                + table(
+                    [
+                        "set",
+                        "test images",
+                        *(f"{o}: tuning PSNR" for o in ORDERS),
+                        "order used",
+                        "test PSNR / SSIM rgb",
+                        "test SSIM grey",
+                        "paper NASFE",
+                    ],
+                    rows,
+                )
+                + "\n"
+            )
     emit(f"Total {time.time() - t0:.0f} s; load average at the end {os.getloadavg()[0]:.1f}.")
     if args.out:
         from nasfe.imageio import atomic_write_text
@@ -391,10 +485,12 @@ def kernel_part(faces, args) -> str:
     """Test-B inputs: centred vs paper-compatible kernels, and each half of the paper-compatible mode
     alone (the off-centre placement; zero padding with min-max rescaling)."""
     banks = {m: ts.test_bank(args.seed, m) for m in ("centred", "paper-compatible")}
-    cases = [("centred (default)", "centred", "centred"),
-             ("centred kernels, zero padding + min-max rescale", "centred", "paper-compatible"),
-             ("off-centre kernels, reflect padding, sum 1", "paper-compatible", "centred"),
-             ("paper-compatible (off-centre + zero padding + min-max)", "paper-compatible", "paper-compatible")]
+    cases = [
+        ("centred (default)", "centred", "centred"),
+        ("centred kernels, zero padding + min-max rescale", "centred", "paper-compatible"),
+        ("off-centre kernels, reflect padding, sum 1", "paper-compatible", "centred"),
+        ("paper-compatible (off-centre + zero padding + min-max)", "paper-compatible", "paper-compatible"),
+    ]
     acc: dict[str, list] = {c[0]: [] for c in cases}
     for fi, x in enumerate(faces):
         kids = share("Test-B", fi, args.per_face * 2)
@@ -404,17 +500,43 @@ def kernel_part(faces, args) -> str:
             acc[what].append(scores(quantise(y), xs))
     # the real path (test-set code) for the two modes, as a check of the rows above
     for m in banks:
-        y, _, _ = ts.degrade_face(faces[0], "Test-B", 0, args.seed, banks[m], ResponseCurves.linear(),
-                                  only=share("Test-B", 0, 2 * args.per_face))
-        assert torch.allclose(quantise(y), quantise(blur(faces[0][None].expand(len(y), -1, -1, -1).contiguous(),
-                                                         banks[m].kernels[share("Test-B", 0, 2 * args.per_face)], m)))
+        y, _, _ = ts.degrade_face(
+            faces[0],
+            "Test-B",
+            0,
+            args.seed,
+            banks[m],
+            ResponseCurves.linear(),
+            only=share("Test-B", 0, 2 * args.per_face),
+        )
+        assert torch.allclose(
+            quantise(y),
+            quantise(
+                blur(
+                    faces[0][None].expand(len(y), -1, -1, -1).contiguous(),
+                    banks[m].kernels[share("Test-B", 0, 2 * args.per_face)],
+                    m,
+                )
+            ),
+        )
     rows = []
     for what, lst in acc.items():
         cat = {k: torch.cat([d[k] for d in lst]) for k in lst[0]}
-        rows.append([what, len(cat["psnr"]), pair(float(cat["psnr"].mean()), float(cat["ssim_rgb"].mean())),
-                     f"{float(cat['ssim_y'].mean()):.3f}", f"{float(cat['ssim_grey'].mean()):.3f}"])
+        rows.append(
+            [
+                what,
+                len(cat["psnr"]),
+                pair(float(cat["psnr"].mean()), float(cat["ssim_rgb"].mean())),
+                f"{float(cat['ssim_y'].mean()):.3f}",
+                f"{float(cat['ssim_grey'].mean()):.3f}",
+            ]
+        )
     rows.append(["paper", "", pair(*PAPER_INPUT["Test-B"]), "", ""])
-    return "## Test-B kernels\n\n" + table(["kernels and blur", "images", "PSNR / SSIM rgb", "SSIM y", "SSIM grey"], rows) + "\n"
+    return (
+        "## Test-B kernels\n\n"
+        + table(["kernels and blur", "images", "PSNR / SSIM rgb", "SSIM y", "SSIM grey"], rows)
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ e. the derived network retrained on the carried real faces for what is left of t
 
 Targets are rows of the same table. ``--out DIR`` also writes gpu_check.md and gpu_check.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,11 +60,23 @@ PARTS = ("a", "b", "c", "d", "compile", "e")
 SEARCH_EPOCHS, SEARCH_FACES = 40, 30_000  # the projection of the issue's target
 
 #: --smoke: the paper space's structure (all operators, partial channels, checkpointed cells) at toy size
-SMOKE_MODEL = {"model.channels": 8, "model.encoder_channels": 8, "model.encoder_blocks": 1,
-               "model.decoder_blocks": 1, "model.blocks": 1, "model.cells": 2, "model.levels": 2,
-               "model.partial_channels": 2, "model.identity_channels": 8, "identity.width": 0.25,
-               "identity.refs": 1, "degrade.motion_kernels": 64, "degrade.gaussian_kernels": 4,
-               "data.height": 24, "data.width": 16}
+SMOKE_MODEL = {
+    "model.channels": 8,
+    "model.encoder_channels": 8,
+    "model.encoder_blocks": 1,
+    "model.decoder_blocks": 1,
+    "model.blocks": 1,
+    "model.cells": 2,
+    "model.levels": 2,
+    "model.partial_channels": 2,
+    "model.identity_channels": 8,
+    "identity.width": 0.25,
+    "identity.refs": 1,
+    "degrade.motion_kernels": 64,
+    "degrade.gaussian_kernels": 4,
+    "data.height": 24,
+    "data.width": 16,
+}
 
 
 class Context:
@@ -95,11 +108,20 @@ class Context:
         from nasfe.config import load_space
 
         over: dict[str, Any] = dict(SMOKE_MODEL) if self.smoke else {}
-        over.update({"degrade.cache_dir": str(self.tmp / "kernels"), "data.workers": self.workers,
-                     "search.warmup_epochs": 10, "search.checkpoint_every": 0, "retrain.checkpoint_every": 0,
-                     "search.batch_size": self.batch, "retrain.batch_size": self.batch,
-                     # no encoder pre-training before d's run_search and e's retraining: not what is timed
-                     "search.pretrain_steps": 0, "retrain.pretrain_steps": 0})
+        over.update(
+            {
+                "degrade.cache_dir": str(self.tmp / "kernels"),
+                "data.workers": self.workers,
+                "search.warmup_epochs": 10,
+                "search.checkpoint_every": 0,
+                "retrain.checkpoint_every": 0,
+                "search.batch_size": self.batch,
+                "retrain.batch_size": self.batch,
+                # no encoder pre-training before d's run_search and e's retraining: not what is timed
+                "search.pretrain_steps": 0,
+                "retrain.pretrain_steps": 0,
+            }
+        )
         over.update(extra or {})
         return load_space("paper", over)
 
@@ -120,9 +142,14 @@ class Context:
         return self._faces
 
 
-RUNNERS = {"a": lambda c, d: parts.part_search(c, d) + parts.part_attention(c, d),
-           "b": parts.part_derived, "c": parts.part_data, "d": parts.part_dist,
-           "compile": parts.part_compile, "e": parts.part_train}
+RUNNERS = {
+    "a": lambda c, d: parts.part_search(c, d) + parts.part_attention(c, d),
+    "b": parts.part_derived,
+    "c": parts.part_data,
+    "d": parts.part_dist,
+    "compile": parts.part_compile,
+    "e": parts.part_train,
+}
 
 
 def run_part(name: str, ctx: Context, deadline: float) -> list[Row]:
@@ -134,15 +161,29 @@ def run_part(name: str, ctx: Context, deadline: float) -> list[Row]:
 
         traceback.print_exc()
         first = (str(exc).strip().splitlines() or [""])[0]
-        return [Row(name if len(name) == 1 else "b", f"part {name}", status=f"FAIL: {type(exc).__name__}: {first[:160]}")]
+        return [
+            Row(name if len(name) == 1 else "b", f"part {name}", status=f"FAIL: {type(exc).__name__}: {first[:160]}")
+        ]
 
 
 def run_compile_child(args: argparse.Namespace, ctx: Context, seconds: float) -> list[Row]:
     """The torch.compile row in a child process killed after ``seconds`` (compiling cannot be
     interrupted from inside)."""
     out = ctx.tmp / "compile"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--only", "compile", "--budget", f"{seconds:.0f}",
-           "--out", str(out), "--test-faces", str(args.test_faces), "--workers", str(args.workers)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--only",
+        "compile",
+        "--budget",
+        f"{seconds:.0f}",
+        "--out",
+        str(out),
+        "--test-faces",
+        str(args.test_faces),
+        "--workers",
+        str(args.workers),
+    ]
     cmd += ["--smoke"] if args.smoke else []
     cmd += ["--compile-backend", ctx.compile_backend] if ctx.compile_backend else []
     cmd += ["--faces", args.faces] if args.faces else []
@@ -171,15 +212,34 @@ def target_rows(ctx: Context) -> list[Row]:
 
     for name in ("fp32", "bf16"):
         got = res.get(f"search_reserved_{name}")
-        rows.append(Row("target", f"batch-{ctx.batch} search step {name}: peak reserved < 70 GB",
-                        judged(None if got is None else got < 70), reserved_gb=got, note=tag))
+        rows.append(
+            Row(
+                "target",
+                f"batch-{ctx.batch} search step {name}: peak reserved < 70 GB",
+                judged(None if got is None else got < 70),
+                reserved_gb=got,
+                note=tag,
+            )
+        )
     share = res.get("degrade_share_search")
-    rows.append(Row("target", "degradation <= 20% of a search step", judged(None if share is None else share <= 0.2),
-                    note=(f"{100 * share:.1f}%" if share is not None else "") + tag))
+    rows.append(
+        Row(
+            "target",
+            "degradation <= 20% of a search step",
+            judged(None if share is None else share <= 0.2),
+            note=(f"{100 * share:.1f}%" if share is not None else "") + tag,
+        )
+    )
     for key, what in (("wait_share_search", "search loop"), ("wait_share_retrain", "retraining loop")):
         w = res.get(key)
-        rows.append(Row("target", f"data waiting < 5% of a step ({what})", judged(None if w is None else w < 0.05),
-                        note=(f"{100 * w:.1f}%" if w is not None else "") + tag))
+        rows.append(
+            Row(
+                "target",
+                f"data waiting < 5% of a step ({what})",
+                judged(None if w is None else w < 0.05),
+                note=(f"{100 * w:.1f}%" if w is not None else "") + tag,
+            )
+        )
     steps = -(-SEARCH_FACES // ctx.batch)
     for name in ("fp32", "bf16"):
         full, warm = res.get(f"search_s_{name}"), res.get(f"warmup_s_{name}")
@@ -187,13 +247,28 @@ def target_rows(ctx: Context) -> list[Row]:
         if full is not None:
             w_ep = 10 if warm is not None else 0  # paper.yaml: 10 warm-up (weights-only) epochs
             hours = steps * (w_ep * (warm or 0) + (SEARCH_EPOCHS - w_ep) * full) / 3600
-        rows.append(Row("target", f"full search {name} ({SEARCH_EPOCHS} epochs x {SEARCH_FACES} faces) <= 8 GPU-hours",
-                        judged(None if hours is None else hours <= 8),
-                        note=(f"{hours:.1f} h projected from the step times (validation not counted)"
-                              if hours is not None else "") + tag))
+        rows.append(
+            Row(
+                "target",
+                f"full search {name} ({SEARCH_EPOCHS} epochs x {SEARCH_FACES} faces) <= 8 GPU-hours",
+                judged(None if hours is None else hours <= 8),
+                note=(
+                    f"{hours:.1f} h projected from the step times (validation not counted)" if hours is not None else ""
+                )
+                + tag,
+            )
+        )
     r = res.get("retrain_s_fp32")
-    rows.append(Row("target", "retraining throughput (stated)", "measured" if r else "not measured",
-                    step_s=r, images_s=ctx.batch / r if r else None, note=tag.strip()))
+    rows.append(
+        Row(
+            "target",
+            "retraining throughput (stated)",
+            "measured" if r else "not measured",
+            step_s=r,
+            images_s=ctx.batch / r if r else None,
+            note=tag.strip(),
+        )
+    )
     return rows
 
 
@@ -209,18 +284,24 @@ def table(rows: list[Row]) -> str:
     head = "| part | configuration | status | peak alloc GB | peak reserved GB | median step s | images/s | notes |"
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.part} | {r.config} | {r.status} | {_fmt(r.alloc_gb)} | {_fmt(r.reserved_gb)} | "
-                     f"{_fmt(r.step_s)} | {_fmt(r.images_s)} | {r.note} |")
+        lines.append(
+            f"| {r.part} | {r.config} | {r.status} | {_fmt(r.alloc_gb)} | {_fmt(r.reserved_gb)} | "
+            f"{_fmt(r.step_s)} | {_fmt(r.images_s)} | {r.note} |"
+        )
     return "\n".join(lines)
 
 
 def header(args: argparse.Namespace, seconds: float) -> str:
-    dev = (f"{torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).total_memory / 1e9:.0f} GB)"
-           if torch.cuda.is_available() and not args.smoke else
-           f"CPU ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f})")
-    return (f"gpu_check on {dev}; torch {torch.__version__}, CUDA {torch.version.cuda}, Python "
-            f"{platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; {seconds:.0f} s; "
-            f"command: python benchmarks/gpu_check.py {' '.join(shlex.quote(a) for a in sys.argv[1:])}")
+    dev = (
+        f"{torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).total_memory / 1e9:.0f} GB)"
+        if torch.cuda.is_available() and not args.smoke
+        else f"CPU ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f})"
+    )
+    return (
+        f"gpu_check on {dev}; torch {torch.__version__}, CUDA {torch.version.cuda}, Python "
+        f"{platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; {seconds:.0f} s; "
+        f"command: python benchmarks/gpu_check.py {' '.join(shlex.quote(a) for a in sys.argv[1:])}"
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -253,8 +334,14 @@ def main(argv=None) -> int:
     if args.prepare:
         from gpu_faces import DEFAULT_SOURCE, prepare_faces
 
-        info = prepare_faces(args.prepare, args.source or DEFAULT_SOURCE, args.train_images, args.test_images,
-                             args.max_mib, weights=None if args.no_weights else parts_weights())
+        info = prepare_faces(
+            args.prepare,
+            args.source or DEFAULT_SOURCE,
+            args.train_images,
+            args.test_images,
+            args.max_mib,
+            weights=None if args.no_weights else parts_weights(),
+        )
         print(json.dumps(info, indent=1))
         return 0
     if not args.smoke and not torch.cuda.is_available():
@@ -273,7 +360,7 @@ def main(argv=None) -> int:
             if name == "e" or len(todo) == 1:
                 part_deadline = deadline
             else:  # this part's share, leaving the later parts theirs
-                later = sum(SHARES.get(n, 0.0) for n in todo[todo.index(name) + 1:]) * args.budget
+                later = sum(SHARES.get(n, 0.0) for n in todo[todo.index(name) + 1 :]) * args.budget
                 part_deadline = min(now + SHARES[name] * args.budget, deadline - later)
             if name == "compile" and len(todo) > 1:  # --smoke: time to start a second interpreter
                 rows += run_compile_child(args, ctx, max(25.0 if args.smoke else 5.0, part_deadline - now))
@@ -288,9 +375,19 @@ def main(argv=None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "gpu_check.md").write_text(text + "\n")
-        (out / "gpu_check.json").write_text(json.dumps(
-            {"header": header(args, seconds), "seconds": seconds, "smoke": args.smoke,
-             "results": ctx.results, "rows": [asdict(r) for r in rows]}, indent=1, default=str))
+        (out / "gpu_check.json").write_text(
+            json.dumps(
+                {
+                    "header": header(args, seconds),
+                    "seconds": seconds,
+                    "smoke": args.smoke,
+                    "results": ctx.results,
+                    "rows": [asdict(r) for r in rows],
+                },
+                indent=1,
+                default=str,
+            )
+        )
     return 0
 
 

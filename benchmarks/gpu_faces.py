@@ -16,6 +16,7 @@ it in ``carry``)::
 
 Files are copied unchanged (JPEG bytes), never re-encoded. The total stays under ``max_mib``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -61,9 +62,15 @@ def _write(records, source, dest: Path) -> int:
     return total
 
 
-def prepare_faces(dest: str | Path, source: str | Path = DEFAULT_SOURCE, train_images: int = 3000,
-                  test_images: int = 100, max_mib: float = 48.0, seed: int = 0,
-                  weights: Optional[str | Path] = DEFAULT_WEIGHTS) -> dict:
+def prepare_faces(
+    dest: str | Path,
+    source: str | Path = DEFAULT_SOURCE,
+    train_images: int = 3000,
+    test_images: int = 100,
+    max_mib: float = 48.0,
+    seed: int = 0,
+    weights: Optional[str | Path] = DEFAULT_WEIGHTS,
+) -> dict:
     """Copy faces of ``source`` (a folder of identities) into ``dest`` for the GPU check (layout above).
 
     Identities are split as the project splits any face folder (``split_identities``, 10 % val,
@@ -81,7 +88,7 @@ def prepare_faces(dest: str | Path, source: str | Path = DEFAULT_SOURCE, train_i
         raise FileExistsError(f"{dest}: not empty; remove it first (the copy is made in one go)")
     faces = FolderFaces(source)
     splits = split_identities(faces, DataConfig(source="folder", root=str(source), seed=seed))
-    budget = int(max_mib * 2 ** 20)
+    budget = int(max_mib * 2**20)
     weights = Path(weights) if weights else None
     if weights is not None and weights.is_file():
         dest.mkdir(parents=True, exist_ok=True)
@@ -111,10 +118,16 @@ def prepare_faces(dest: str | Path, source: str | Path = DEFAULT_SOURCE, train_i
         counts[rec.identity] = counts.get(rec.identity, 0) + 1
     chosen = sorted((r for r in chosen if counts[r.identity] > 1), key=lambda r: (r.identity, r.key))
     train_bytes = _write(chosen, faces, dest / "train")
-    info = {"source": str(source), "seed": seed, "train_images": len(chosen),
-            "train_identities": len({r.identity for r in chosen}), "test_images": len(test),
-            "test_identities": len({r.identity for r in test}), "weights": WEIGHTS_NAME if weights else None,
-            "bytes": train_bytes + test_bytes + (weights.stat().st_size if weights else 0)}
+    info = {
+        "source": str(source),
+        "seed": seed,
+        "train_images": len(chosen),
+        "train_identities": len({r.identity for r in chosen}),
+        "test_images": len(test),
+        "test_identities": len({r.identity for r in test}),
+        "weights": WEIGHTS_NAME if weights else None,
+        "bytes": train_bytes + test_bytes + (weights.stat().st_size if weights else 0),
+    }
     (dest / "prepared.json").write_text(json.dumps(info, indent=1))
     return info
 

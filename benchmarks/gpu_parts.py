@@ -4,6 +4,7 @@ Every part drives the engine's public pieces (``SearchPhase``, ``RetrainPhase``,
 ``DistContext``, ``create_model``, ``Degrader``, ``BatchMaker``), never Ray, W&B or Optuna. A part
 gets a deadline and stops measuring when it passes (at least one timed step is always kept).
 """
+
 from __future__ import annotations
 
 import copy
@@ -107,9 +108,13 @@ def random_batch(n: int, space, device: torch.device, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
     h, w, k = space.data.height, space.data.width, space.identity.refs
     x = torch.rand(n, 3, h, w, generator=g)
-    return Batch(y=torch.rand(n, 3, h, w, generator=g), x=x, c=(torch.rand(n, 3, generator=g) < 0.5).float(),
-                 refs=torch.rand(n, k, 3, h, w, generator=g) if k else None,
-                 identity=torch.zeros(n, dtype=torch.int64)).to(device)
+    return Batch(
+        y=torch.rand(n, 3, h, w, generator=g),
+        x=x,
+        c=(torch.rand(n, 3, generator=g) < 0.5).float(),
+        refs=torch.rand(n, k, 3, h, w, generator=g) if k else None,
+        identity=torch.zeros(n, dtype=torch.int64),
+    ).to(device)
 
 
 class TimedSearch(SearchPhase):
@@ -163,6 +168,7 @@ def initial_genotype(space):
 
 # ---- part a: the supernet search step -------------------------------------------------------------
 
+
 def largest_batch(step: Callable[[int], list[float]], start: int, cap: int, deadline: float, device) -> tuple:
     """Doubling from ``start`` (known to fit), then bisection, until the first OOM is pinned to
     within 1/16 or ``deadline`` (one try at least): (largest fitting batch, its times, its peaks,
@@ -206,15 +212,20 @@ def part_search(ctx, deadline: float) -> list[Row]:
         phase.fixed_arch_batch = batch
         row = Row("a", f"search step {name}, batch {B} (arch + weight step)")
         reset_peak(ctx.device)
-        times = attempt(row, lambda: time_steps(lambda: search_step(phase, batch), ctx.device, ctx.warmup,
-                                                ctx.repeats, until(0.35)))
+        times = attempt(
+            row, lambda: time_steps(lambda: search_step(phase, batch), ctx.device, ctx.warmup, ctx.repeats, until(0.35))
+        )
         rows.append(fill(row, times, B, ctx.device) if times else row)
         if times:
             ctx.results[f"search_s_{name}"] = row.step_s
             ctx.results[f"search_reserved_{name}"] = row.reserved_gb
         warm = Row("a", f"warm-up step {name}, batch {B} (weights only)")
-        times = attempt(warm, lambda: time_steps(lambda: search_step(phase, batch, bilevel=False), ctx.device, 0,
-                                                 ctx.repeats, until(0.45)))
+        times = attempt(
+            warm,
+            lambda: time_steps(
+                lambda: search_step(phase, batch, bilevel=False), ctx.device, 0, ctx.repeats, until(0.45)
+            ),
+        )
         rows.append(fill(warm, times, B, ctx.device) if times else warm)
         if times:
             ctx.results[f"warmup_s_{name}"] = warm.step_s
@@ -238,9 +249,13 @@ def part_search(ctx, deadline: float) -> list[Row]:
         if times:
             fill(big, times, best, ctx.device)
             big.alloc_gb, big.reserved_gb = pk
-        big.note = (f"first OOM at {oom}" if oom else
-                    f"no OOM up to {best} (cap {ctx.max_batch})" if best >= ctx.max_batch else
-                    f"time box reached; >= {best}")
+        big.note = (
+            f"first OOM at {oom}"
+            if oom
+            else f"no OOM up to {best} (cap {ctx.max_batch})"
+            if best >= ctx.max_batch
+            else f"time box reached; >= {best}"
+        )
         rows.append(big)
     phase.cfg.amp = False
     del phase
@@ -306,9 +321,11 @@ def part_attention(ctx, deadline: float) -> list[Row]:
             reset_peak(ctx.device)
             F.scaled_dot_product_attention = spy
             try:
+
                 def once():
                     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
                         op(x).float().square().mean().backward()
+
                 return time_steps(once, ctx.device, 1, ctx.repeats, deadline)
             finally:
                 F.scaled_dot_product_attention = real
@@ -317,8 +334,10 @@ def part_attention(ctx, deadline: float) -> list[Row]:
         if times:
             fill(row, times, B, ctx.device)
             q, k, v = seen[-1]
-            row.note = (f"head {q.shape[-1]} {str(q.dtype).replace('torch.', '')}; {_kernels(q, k, v)}; "
-                        f"the math kernel's matrix alone: {math_gb:.2f} GB")
+            row.note = (
+                f"head {q.shape[-1]} {str(q.dtype).replace('torch.', '')}; {_kernels(q, k, v)}; "
+                f"the math kernel's matrix alone: {math_gb:.2f} GB"
+            )
         rows.append(row)
     reset_peak(ctx.device)
     return rows
@@ -334,11 +353,11 @@ def _kernels(q, k, v) -> str:
         params = SDPAParams(q, k, v, None, 0.0, False, False)
     except TypeError:  # torch < 2.5: no enable_gqa argument
         params = SDPAParams(q, k, v, None, 0.0, False)
-    return (f"efficient={can_use_efficient_attention(params, False)} "
-            f"flash={can_use_flash_attention(params, False)}")
+    return f"efficient={can_use_efficient_attention(params, False)} flash={can_use_flash_attention(params, False)}"
 
 
 # ---- part b: the derived network ------------------------------------------------------------------
+
 
 def part_derived(ctx, deadline: float) -> list[Row]:
     """b. The derived paper network: retraining step at batch B (fp32, bf16, channels_last) and
@@ -355,8 +374,16 @@ def part_derived(ctx, deadline: float) -> list[Row]:
         phase.cfg.amp = amp
         row = Row("b", f"retrain step {name}, batch {B} (genotype {genotype.genotype_id()})")
         reset_peak(ctx.device)
-        times = attempt(row, lambda: time_steps(lambda: phase.train_step(batch), ctx.device, ctx.warmup,
-                                                ctx.repeats, t0 + (deadline - t0) * (0.3 if not amp else 0.5)))
+        times = attempt(
+            row,
+            lambda: time_steps(
+                lambda: phase.train_step(batch),
+                ctx.device,
+                ctx.warmup,
+                ctx.repeats,
+                t0 + (deadline - t0) * (0.3 if not amp else 0.5),
+            ),
+        )
         rows.append(fill(row, times, B, ctx.device) if times else row)
         if times:
             ctx.results[f"retrain_s_{name}"] = row.step_s
@@ -369,9 +396,14 @@ def part_derived(ctx, deadline: float) -> list[Row]:
         def infer():
             with torch.no_grad():
                 model(y)
+
         reset_peak(ctx.device)
-        times = attempt(row, lambda: time_steps(infer, ctx.device, 1, max(3, ctx.repeats),
-                                                t0 + (deadline - t0) * (0.6 if n == 1 else 0.7)))
+        times = attempt(
+            row,
+            lambda: time_steps(
+                infer, ctx.device, 1, max(3, ctx.repeats), t0 + (deadline - t0) * (0.6 if n == 1 else 0.7)
+            ),
+        )
         rows.append(fill(row, times, n, ctx.device) if times else row)
     del phase, model, batch
     reset_peak(ctx.device)
@@ -427,6 +459,7 @@ def part_compile(ctx, deadline: float) -> list[Row]:
 
 # ---- part c: degradation and data waiting -----------------------------------------------------------
 
+
 def part_data(ctx, deadline: float) -> list[Row]:
     """c. The degradation pipeline on the device at batch B against the steps it feeds, and the share
     of a real search loop (DataLoader workers, BatchMaker, degradation on the device) spent waiting."""
@@ -446,8 +479,7 @@ def part_data(ctx, deadline: float) -> list[Row]:
         x = torch.stack([_face(faces, i, space) for i in range(B)]).to(ctx.device)
         g = torch.Generator().manual_seed(0)
         reset_peak(ctx.device)
-        return time_steps(lambda: deg(x, g), ctx.device, 2, max(5, ctx.repeats),
-                          t0 + (deadline - t0) * 0.3)
+        return time_steps(lambda: deg(x, g), ctx.device, 2, max(5, ctx.repeats), t0 + (deadline - t0) * 0.3)
 
     times = attempt(row, degrade_only)
     if times:
@@ -466,8 +498,9 @@ def part_data(ctx, deadline: float) -> list[Row]:
         row.note = "; ".join(notes)
     rows.append(row)
 
-    loop = Row("c", f"search loop fp32 on {faces.name} ({len(faces.records)} faces), batch {B}, "
-                    f"{space.data.workers} workers")
+    loop = Row(
+        "c", f"search loop fp32 on {faces.name} ({len(faces.records)} faces), batch {B}, {space.data.workers} workers"
+    )
 
     def real_loop():
         phase = build_search(space, ctx.tmp / "c", ctx.device, faces=faces)
@@ -506,9 +539,21 @@ def _face(faces, i: int, space) -> torch.Tensor:
 
 # ---- part d: a process group of one ----------------------------------------------------------------
 
-_COLLECTIVES = ("all_reduce", "broadcast", "barrier", "all_gather", "all_gather_into_tensor", "reduce",
-                "reduce_scatter", "reduce_scatter_tensor", "gather", "scatter", "all_gather_object",
-                "broadcast_object_list", "all_to_all")
+_COLLECTIVES = (
+    "all_reduce",
+    "broadcast",
+    "barrier",
+    "all_gather",
+    "all_gather_into_tensor",
+    "reduce",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "gather",
+    "scatter",
+    "all_gather_object",
+    "broadcast_object_list",
+    "all_to_all",
+)
 
 
 class CollectiveCounter:
@@ -533,6 +578,7 @@ class CollectiveCounter:
                 key = f"{_name}({','.join(devs)})" if devs else _name
                 self.calls[key] = self.calls.get(key, 0) + 1
                 return _fn(*args, **kwargs)
+
             setattr(self.dist, name, wrapped)
         return self
 
@@ -579,12 +625,26 @@ def part_dist(ctx, deadline: float) -> list[Row]:
         try:
             forced = copy.copy(DistContext.detect())  # whatever the context holds (rank, size, device ...)
             forced.__class__ = always_collective(type(forced))
-            space = ctx.space({"search.epochs": 1, "search.warmup_epochs": 0, "search.steps_per_epoch": 2,
-                               "search.batch_size": bd, "search.val_batches": 1, "search.checkpoint_every": 0})
+            space = ctx.space(
+                {
+                    "search.epochs": 1,
+                    "search.warmup_epochs": 0,
+                    "search.steps_per_epoch": 2,
+                    "search.batch_size": bd,
+                    "search.val_batches": 1,
+                    "search.checkpoint_every": 0,
+                }
+            )
             t = time.perf_counter()
             with counter:
-                summary = run_search(space, ctx.tmp / "d", device=str(ctx.device), dist=forced, resume=False,
-                                     faces=ctx.train_faces(space))
+                summary = run_search(
+                    space,
+                    ctx.tmp / "d",
+                    device=str(ctx.device),
+                    dist=forced,
+                    resume=False,
+                    faces=ctx.train_faces(space),
+                )
             return time.perf_counter() - t, summary
         finally:
             dist.destroy_process_group()
@@ -593,8 +653,9 @@ def part_dist(ctx, deadline: float) -> list[Row]:
     if got:
         seconds, summary = got
         row.step_s = seconds
-        row.note = (f"whole run_search {seconds:.1f} s; genotype {summary.get('genotype_id')}; "
-                    f"collectives: {counter.summary()}")
+        row.note = (
+            f"whole run_search {seconds:.1f} s; genotype {summary.get('genotype_id')}; collectives: {counter.summary()}"
+        )
     else:
         row.note = f"collectives before the failure: {counter.summary()}"
     reset_peak(ctx.device)
@@ -602,6 +663,7 @@ def part_dist(ctx, deadline: float) -> list[Row]:
 
 
 # ---- part e: a short real training and the test sets ----------------------------------------------
+
 
 def part_train(ctx, deadline: float) -> list[Row]:
     """e. Retrain the derived network on the carried real faces until the time box, then PSNR/SSIM
@@ -611,8 +673,14 @@ def part_train(ctx, deadline: float) -> list[Row]:
 
     if ctx.faces_root is None:
         return [Row("e", "retrain on real faces", status="skipped: no --faces folder (see --prepare)")]
-    over = {"data.source": "folder", "data.root": str(ctx.faces_root / "train"), "data.val_fraction": 0.1,
-            "data.test_fraction": 0.0, "data.max_images": None, "retrain.pretrain_steps": 0}
+    over = {
+        "data.source": "folder",
+        "data.root": str(ctx.faces_root / "train"),
+        "data.val_fraction": 0.1,
+        "data.test_fraction": 0.0,
+        "data.max_images": None,
+        "retrain.pretrain_steps": 0,
+    }
     weights = ctx.faces_root / "mobilefacenet.pt"
     if weights.is_file():  # meaningful identity and perceptual losses (the paper's VGGFace weights are not public)
         over.update({"identity.backbone": "mobilefacenet", "identity.weights": str(weights), "identity.width": 1.0})
@@ -621,8 +689,11 @@ def part_train(ctx, deadline: float) -> list[Row]:
     faces = FolderFaces(ctx.faces_root / "train", height=space.data.height, width=space.data.width)
     genotype = ctx.genotype()
     train_until = deadline - ctx.eval_reserve
-    row = Row("e", f"retrain genotype {genotype.genotype_id()} on {len(faces.records)} real faces, batch {B}, "
-                   f"{space.identity.backbone}")
+    row = Row(
+        "e",
+        f"retrain genotype {genotype.genotype_id()} on {len(faces.records)} real faces, batch {B}, "
+        f"{space.identity.backbone}",
+    )
 
     def train():
         phase = build_retrain(space, genotype, ctx.tmp / "e", ctx.device, faces=faces)
@@ -650,7 +721,7 @@ def part_train(ctx, deadline: float) -> list[Row]:
     share = sum(waits[1:]) / max(sum(totals[1:]), 1e-9)
     ctx.results["wait_share_retrain"] = share
     trend = f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; " if losses else ""
-    row.note = (f"{len(totals)} steps in {seconds:.0f} s; {trend}waiting for data {100 * share:.1f}% of each step")
+    row.note = f"{len(totals)} steps in {seconds:.0f} s; {trend}waiting for data {100 * share:.1f}% of each step"
     rows += evaluate_testsets(ctx, phase.model.eval(), space, deadline)
     return rows
 
@@ -683,7 +754,7 @@ def evaluate_testsets(ctx, model, space, deadline: float) -> list[Row]:
             clean = x[i].expand_as(y).to(ctx.device)
             yd = y.to(ctx.device)
             with torch.no_grad():
-                out = torch.cat([model(yd[j:j + ctx.batch]).restored.float() for j in range(0, len(yd), ctx.batch)])
+                out = torch.cat([model(yd[j : j + ctx.batch]).restored.float() for j in range(0, len(yd), ctx.batch)])
             add("NASFE (retrained above)", out.clamp(0, 1), clean)
             add("input", yd, clean)
             add("histeq", BASELINES["histeq"](y).to(ctx.device), clean)
@@ -691,7 +762,12 @@ def evaluate_testsets(ctx, model, space, deadline: float) -> list[Row]:
                 add("classical", BASELINES["classical"](y).to(ctx.device), clean)
                 add("input, classical's subset", yd, clean)
         for key, (p, s, n) in sums.items():
-            rows.append(Row("e", f"{set_name}: {key}",
-                            note=f"PSNR {p / n:.2f} dB, SSIM {s / n:.4f} ({n} images of "
-                                 f"{len(set(ids[:x.shape[0]]))} test identities)"))
+            rows.append(
+                Row(
+                    "e",
+                    f"{set_name}: {key}",
+                    note=f"PSNR {p / n:.2f} dB, SSIM {s / n:.4f} ({n} images of "
+                    f"{len(set(ids[: x.shape[0]]))} test identities)",
+                )
+            )
     return rows

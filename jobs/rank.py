@@ -5,6 +5,7 @@ The same as ``nasfe rank``: random, searched and hand-made genotypes of a space 
 Tune trials (each a Ray Train run), scored on the test sets and by the supernets. Running it
 again with the same --name resumes an interrupted study.
 """
+
 import sys
 from pathlib import Path
 

@@ -4,6 +4,7 @@
 The same as ``nasfe retrain``: retrain a derived genotype on Ray Train, then evaluate it on the
 held-out test identities.
 """
+
 import sys
 from pathlib import Path
 

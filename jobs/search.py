@@ -4,6 +4,7 @@
 The same as ``nasfe search``: search on Ray Train, derive, retrain, evaluate. With no arguments it
 runs the built-in default (tiny space, synthetic faces, 2 workers) end to end.
 """
+
 import sys
 from pathlib import Path
 

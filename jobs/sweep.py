@@ -4,6 +4,7 @@
 The same as ``nasfe sweep``: Ray Tune over a sweep space (Optuna TPE, ASHA), each trial a Ray
 Train search or retrain run. Running it again with the same --name resumes an interrupted sweep.
 """
+
 import sys
 from pathlib import Path
 

@@ -5,6 +5,7 @@ Every command module exposes ``add_arguments(parser)`` and ``main(args) -> int``
 imported only when their command runs, so ``nasfe --help`` stays fast and a command never pays
 for another's imports (Ray, W&B, onnxruntime).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per available command."""
     parser = argparse.ArgumentParser(
-        prog="nasfe", description="NASFE: network architecture search for face enhancement (blur, noise, low light).",
-        epilog="`nasfe COMMAND --help` shows a command's options.")
+        prog="nasfe",
+        description="NASFE: network architecture search for face enhancement (blur, noise, low light).",
+        epilog="`nasfe COMMAND --help` shows a command's options.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
@@ -86,19 +89,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.parse_args(argv)  # prints usage and exits 2 for an unknown command
         parser.print_help()
         return 0
-    known = argparse.Namespace(command=command, verbose=argv.index(command) > 0 and bool(
-        set(argv[:argv.index(command)]) & {"-v", "--verbose"}))
+    known = argparse.Namespace(
+        command=command,
+        verbose=argv.index(command) > 0 and bool(set(argv[: argv.index(command)]) & {"-v", "--verbose"}),
+    )
     module = importlib.import_module(COMMANDS[known.command][0])
     add_arguments = getattr(module, "add_arguments", None) or getattr(module, f"add_{known.command}_arguments")
     run = getattr(module, "main", None) or getattr(module, f"{known.command}_main")
     sub = argparse.ArgumentParser(prog=f"nasfe {known.command}", description=COMMANDS[known.command][1])
     sub.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     add_arguments(sub)
-    rest = argv[argv.index(known.command) + 1:]
+    rest = argv[argv.index(known.command) + 1 :]
     args = sub.parse_args(rest)
-    logging.basicConfig(level=logging.DEBUG if args.verbose or known.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        handlers=[_StderrHandler()])
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose or known.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[_StderrHandler()],
+    )
     try:
         return int(run(args) or 0)
     except Exception as exc:

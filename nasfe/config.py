@@ -5,6 +5,7 @@ A search space file (``search_spaces/*.yaml``) has one top-level section per dat
 optional and falls back to the dataclass default. Unknown keys and wrong types are errors that
 name the file and the field, so a typo never silently becomes a default.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,6 +54,7 @@ EXECUTION_FIELDS = ("checkpoint_cells", "channels_last", "compile")
 KERNEL_MODES = ("centred", "paper-compatible")
 #: ``degrade.noise_model`` values (nasfe.degrade.pipeline)
 NOISE_MODELS = ("after-r", "scene-variance", "before-r", "display-r")
+
 
 @dataclass
 class ModelConfig:
@@ -138,7 +140,9 @@ class DegradeConfig:
     sigma_s_range: list[float] = field(default_factory=lambda: [0.01, 0.16])
     sigma_c_range: list[float] = field(default_factory=lambda: [0.01, 0.06])
     crf: str = "parametric"  # "parametric" or a path to the DoRF folder (201_CRF_data.mat ...)
-    noise_model: str = "after-r"  # low-light reading: after-r | scene-variance | before-r | display-r (docs/DEGRADATION.md)
+    noise_model: str = (
+        "after-r"  # low-light reading: after-r | scene-variance | before-r | display-r (docs/DEGRADATION.md)
+    )
     kernel_mode: str = "centred"  # centred | paper-compatible (DeblurGAN's off-centre motion PSFs)
     bank_seed: int = 0
     cache_dir: Optional[str] = None  # where kernel banks are cached; None: ~/.cache/nasfe
@@ -348,34 +352,51 @@ def _ranges(cfg: SpaceConfig) -> list[tuple[str, Any, float, float]]:
     """(field, value, low, high) of every bounded number of a space (None values are unset)."""
     m, i, l, dg, d, s, r = cfg.model, cfg.identity, cfg.loss, cfg.degrade, cfg.data, cfg.search, cfg.retrain
     out: list[tuple[str, Any, float, float]] = [
-        ("model.channels", m.channels, 1, MAX_CHANNELS), ("model.encoder_channels", m.encoder_channels, 1, MAX_CHANNELS),
+        ("model.channels", m.channels, 1, MAX_CHANNELS),
+        ("model.encoder_channels", m.encoder_channels, 1, MAX_CHANNELS),
         ("model.identity_channels", m.identity_channels, 1, MAX_CHANNELS),
-        ("model.encoder_blocks", m.encoder_blocks, 0, 64), ("model.decoder_blocks", m.decoder_blocks, 0, 64),
-        ("model.blocks", m.blocks, 1, 64), ("model.cells", m.cells, 1, 64), ("model.levels", m.levels, 1, 8),
+        ("model.encoder_blocks", m.encoder_blocks, 0, 64),
+        ("model.decoder_blocks", m.decoder_blocks, 0, 64),
+        ("model.blocks", m.blocks, 1, 64),
+        ("model.cells", m.cells, 1, 64),
+        ("model.levels", m.levels, 1, 8),
         ("model.res2_blocks", m.res2_blocks, 1, 64),
-        ("identity.refs", i.refs, 1, 64), ("identity.width", i.width, 1e-3, 8.0),
-        ("loss.lambda_per", l.lambda_per, 0.0, math.inf), ("loss.lambda_iden", l.lambda_iden, 0.0, math.inf),
+        ("identity.refs", i.refs, 1, 64),
+        ("identity.width", i.width, 1e-3, 8.0),
+        ("loss.lambda_per", l.lambda_per, 0.0, math.inf),
+        ("loss.lambda_iden", l.lambda_iden, 0.0, math.inf),
         ("loss.lambda_cls", l.lambda_cls, 0.0, math.inf),
         ("degrade.motion_kernels", dg.motion_kernels, 0, MAX_KERNELS),
         ("degrade.gaussian_kernels", dg.gaussian_kernels, 0, MAX_KERNELS),
         ("degrade.bank_seed", dg.bank_seed, 0, 2**32 - 1),
-        ("data.height", d.height, 1, MAX_SIDE), ("data.width", d.width, 1, MAX_SIDE),
+        ("data.height", d.height, 1, MAX_SIDE),
+        ("data.width", d.width, 1, MAX_SIDE),
         ("data.synthetic_identities", d.synthetic_identities, 1, 100_000),
         ("data.synthetic_images_per_identity", d.synthetic_images_per_identity, 1, 10_000),
-        ("data.max_images", d.max_images, 1, MAX_STEPS), ("data.seed", d.seed, 0, 2**32 - 1),
+        ("data.max_images", d.max_images, 1, MAX_STEPS),
+        ("data.seed", d.seed, 0, 2**32 - 1),
         ("data.workers", d.workers, 0, 256),
     ]
     out += [("degrade.kernel_sizes", k, 3, 255) for k in dg.kernel_sizes]
     for name, sec in (("search", s), ("retrain", r)):
-        out += [(f"{name}.epochs", sec.epochs, 1, MAX_STEPS), (f"{name}.steps_per_epoch", sec.steps_per_epoch, 1, MAX_STEPS),
-                (f"{name}.batch_size", sec.batch_size, 1, MAX_BATCH), (f"{name}.lr", sec.lr, 0.0, math.inf),
-                (f"{name}.grad_clip", sec.grad_clip, 0.0, math.inf), (f"{name}.val_batches", sec.val_batches, 1, 100_000),
-                (f"{name}.checkpoint_every", sec.checkpoint_every, 0, MAX_STEPS),
-                (f"{name}.pretrain_steps", sec.pretrain_steps, 0, MAX_STEPS), (f"{name}.seed", sec.seed, 0, 2**32 - 1),
-                (f"{name}.log_every", sec.log_every, 1, MAX_STEPS)]
-    out += [("search.warmup_epochs", s.warmup_epochs, 0, MAX_STEPS), ("search.arch_lr", s.arch_lr, 0.0, math.inf),
-            ("search.arch_weight_decay", s.arch_weight_decay, 0.0, math.inf),
-            ("search.selection_batches", s.selection_batches, 1, 100_000)]
+        out += [
+            (f"{name}.epochs", sec.epochs, 1, MAX_STEPS),
+            (f"{name}.steps_per_epoch", sec.steps_per_epoch, 1, MAX_STEPS),
+            (f"{name}.batch_size", sec.batch_size, 1, MAX_BATCH),
+            (f"{name}.lr", sec.lr, 0.0, math.inf),
+            (f"{name}.grad_clip", sec.grad_clip, 0.0, math.inf),
+            (f"{name}.val_batches", sec.val_batches, 1, 100_000),
+            (f"{name}.checkpoint_every", sec.checkpoint_every, 0, MAX_STEPS),
+            (f"{name}.pretrain_steps", sec.pretrain_steps, 0, MAX_STEPS),
+            (f"{name}.seed", sec.seed, 0, 2**32 - 1),
+            (f"{name}.log_every", sec.log_every, 1, MAX_STEPS),
+        ]
+    out += [
+        ("search.warmup_epochs", s.warmup_epochs, 0, MAX_STEPS),
+        ("search.arch_lr", s.arch_lr, 0.0, math.inf),
+        ("search.arch_weight_decay", s.arch_weight_decay, 0.0, math.inf),
+        ("search.selection_batches", s.selection_batches, 1, 100_000),
+    ]
     return out
 
 
@@ -399,13 +420,20 @@ def _check_sizes(cfg: SpaceConfig, where: str) -> None:
     """Counts at least 1, every number in its range, and the model's and images' shapes consistent."""
     m = cfg.model
     positive = {
-        "model.channels": m.channels, "model.encoder_channels": m.encoder_channels,
-        "model.blocks": m.blocks, "model.cells": m.cells, "model.levels": m.levels,
-        "model.partial_channels": m.partial_channels, "model.res2_blocks": m.res2_blocks,
-        "model.identity_channels": m.identity_channels, "identity.refs": cfg.identity.refs,
-        "search.batch_size": cfg.search.batch_size, "retrain.batch_size": cfg.retrain.batch_size,
+        "model.channels": m.channels,
+        "model.encoder_channels": m.encoder_channels,
+        "model.blocks": m.blocks,
+        "model.cells": m.cells,
+        "model.levels": m.levels,
+        "model.partial_channels": m.partial_channels,
+        "model.res2_blocks": m.res2_blocks,
+        "model.identity_channels": m.identity_channels,
+        "identity.refs": cfg.identity.refs,
+        "search.batch_size": cfg.search.batch_size,
+        "retrain.batch_size": cfg.retrain.batch_size,
         "search.selection_batches": cfg.search.selection_batches,
-        "data.height": cfg.data.height, "data.width": cfg.data.width,
+        "data.height": cfg.data.height,
+        "data.width": cfg.data.width,
     }
     for name, value in positive.items():
         if value < 1:
@@ -413,19 +441,27 @@ def _check_sizes(cfg: SpaceConfig, where: str) -> None:
     for name, value, lo, hi in _ranges(cfg):
         if value is not None and not lo <= value <= hi:
             bound = f"be >= {lo}" if hi == math.inf else f"lie in [{lo}, {hi}]"
-            raise ConfigError(f"{where}: {name} = {value!r} is out of range: it must {bound}"
-                              + (" (larger values exhaust memory)" if value > hi else ""))
+            raise ConfigError(
+                f"{where}: {name} = {value!r} is out of range: it must {bound}"
+                + (" (larger values exhaust memory)" if value > hi else "")
+            )
     if m.partial_channels > m.channels:
-        raise ConfigError(f"{where}: model.partial_channels ({m.partial_channels}) exceeds model.channels ({m.channels})")
+        raise ConfigError(
+            f"{where}: model.partial_channels ({m.partial_channels}) exceeds model.channels ({m.channels})"
+        )
     min_side = min_image_side(cfg.degrade.kernel_sizes)
     for name in ("height", "width"):
         value = getattr(cfg.data, name)
         if value < min_side:
-            raise ConfigError(f"{where}: data.{name} = {value} is too small: faces need at least {min_side} px a side "
-                              f"(SSIM's 11-px window, the face backbone's pooling, blur kernels up to "
-                              f"{max(cfg.degrade.kernel_sizes, default=0)} px)")
+            raise ConfigError(
+                f"{where}: data.{name} = {value} is too small: faces need at least {min_side} px a side "
+                f"(SSIM's 11-px window, the face backbone's pooling, blur kernels up to "
+                f"{max(cfg.degrade.kernel_sizes, default=0)} px)"
+            )
     if m.channels % m.partial_channels:
-        raise ConfigError(f"{where}: model.channels ({m.channels}) must be divisible by model.partial_channels ({m.partial_channels})")
+        raise ConfigError(
+            f"{where}: model.channels ({m.channels}) must be divisible by model.partial_channels ({m.partial_channels})"
+        )
     if m.channels % 2:
         raise ConfigError(f"{where}: model.channels must be even (the FFT operator splits it in halves)")
 
@@ -456,15 +492,19 @@ def _check_phases_and_identity(cfg: SpaceConfig, where: str) -> None:
     if not 0 <= cfg.data.val_fraction < 1 or not 0 <= cfg.data.test_fraction < 1:
         raise ConfigError(f"{where}: data.val_fraction and data.test_fraction must lie in [0, 1)")
     if cfg.search.warmup_epochs > cfg.search.epochs:
-        raise ConfigError(f"{where}: search.warmup_epochs ({cfg.search.warmup_epochs}) exceeds search.epochs ({cfg.search.epochs})")
+        raise ConfigError(
+            f"{where}: search.warmup_epochs ({cfg.search.warmup_epochs}) exceeds search.epochs ({cfg.search.epochs})"
+        )
     if not 0.0 < cfg.search.arch_fraction < 1.0:
         raise ConfigError(f"{where}: search.arch_fraction must lie in (0, 1), got {cfg.search.arch_fraction}")
     if cfg.search.log_every < 1 or cfg.retrain.log_every < 1:
         raise ConfigError(f"{where}: search.log_every and retrain.log_every must be >= 1")
     if cfg.identity.weights == PACKAGED_WEIGHTS and cfg.identity.backbone != "mobilefacenet":
-        raise ConfigError(f"{where}: identity.weights: {PACKAGED_WEIGHTS} names the packaged MobileFaceNet; "
-                          f"identity.backbone is {cfg.identity.backbone!r} (set it to mobilefacenet, or give "
-                          "the path of that backbone's weights)")
+        raise ConfigError(
+            f"{where}: identity.weights: {PACKAGED_WEIGHTS} names the packaged MobileFaceNet; "
+            f"identity.backbone is {cfg.identity.backbone!r} (set it to mobilefacenet, or give "
+            "the path of that backbone's weights)"
+        )
     if not 0.0 <= cfg.identity.drop_refs <= 1.0:
         raise ConfigError(f"{where}: identity.drop_refs must lie in [0, 1]")
     for name in ("search", "retrain"):
@@ -478,10 +518,12 @@ def _check_phases_and_identity(cfg: SpaceConfig, where: str) -> None:
         n = data.synthetic_identities
         held = sum(max(1, round(f * n)) if f > 0 else 0 for f in (data.val_fraction, data.test_fraction))
         if n - held < 2:
-            raise ConfigError(f"{where}: data.synthetic_identities = {n} leaves {max(0, n - held)} training "
-                              f"identities after the validation and test identities (data.val_fraction "
-                              f"{data.val_fraction}, data.test_fraction {data.test_fraction}); the search needs 2: use "
-                              f"at least {held + 2}")
+            raise ConfigError(
+                f"{where}: data.synthetic_identities = {n} leaves {max(0, n - held)} training "
+                f"identities after the validation and test identities (data.val_fraction "
+                f"{data.val_fraction}, data.test_fraction {data.test_fraction}); the search needs 2: use "
+                f"at least {held + 2}"
+            )
 
 
 def validate(cfg: SpaceConfig, where: str = "config") -> SpaceConfig:
@@ -561,8 +603,12 @@ def _no_duplicate_keys(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
         line = key_node.start_mark.line + 1
         if first is not None:
             raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} appears twice in one mapping (lines {first} and {line}); "
-                            f"the second would replace the first", key_node.start_mark)
+                None,
+                None,
+                f"key {key!r} appears twice in one mapping (lines {first} and {line}); "
+                f"the second would replace the first",
+                key_node.start_mark,
+            )
         seen[key] = line
     return loader.construct_mapping(node, deep=deep)
 
@@ -578,8 +624,9 @@ def load_yaml_text(text: str) -> Any:
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             depth += 1
             if depth > MAX_YAML_DEPTH:
-                raise yaml.YAMLError(f"nested more than {MAX_YAML_DEPTH} levels deep (line "
-                                     f"{event.start_mark.line + 1})")
+                raise yaml.YAMLError(
+                    f"nested more than {MAX_YAML_DEPTH} levels deep (line {event.start_mark.line + 1})"
+                )
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             depth -= 1
     return yaml.load(text, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader subclass)
@@ -593,8 +640,10 @@ def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
-                          f"save the {what} as UTF-8") from None
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            f"save the {what} as UTF-8"
+        ) from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: a folder, not a {what}") from None
     except OSError as exc:
@@ -617,7 +666,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         return key.strip(), load_yaml_text(value)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key.strip()}: the value {value!r} is not valid YAML ({exc.problem or exc})") from None
+        raise ConfigError(
+            f"--set {key.strip()}: the value {value!r} is not valid YAML ({exc.problem or exc})"
+        ) from None
 
 
 #: top-level key of a space file naming the space it inherits (a built-in name or a YAML path)

@@ -4,6 +4,7 @@ The command line prints any :class:`NasfeError` as one line and exits with statu
 Each error also keeps the built-in base it had before it moved here (``ValueError``,
 ``RuntimeError``, ``OSError``), so ``except ValueError`` around a library call still catches it.
 """
+
 from __future__ import annotations
 
 import os
@@ -100,9 +101,12 @@ class NonFiniteNetworkError(DivergenceError):
 
     def __init__(self, where: str, phase: str = ""):
         self.where = where
-        NasfeError.__init__(self, f"non-finite network at initialisation: {where} gives non-finite values "
-                                  f"on the pre-flight forward of {phase or 'the run'}; nothing was trained "
-                                  f"(model.stable_cells bounds every block)")
+        NasfeError.__init__(
+            self,
+            f"non-finite network at initialisation: {where} gives non-finite values "
+            f"on the pre-flight forward of {phase or 'the run'}; nothing was trained "
+            f"(model.stable_cells bounds every block)",
+        )
         self.what, self.step, self.phase, self.last_good = f"output of {where}", 0, phase, None
 
     def __reduce__(self):

@@ -12,6 +12,7 @@ JSON form (schema 1)::
      "cells": [[{"inputs": [0, 1], "ops": ["fft_op", "sep_conv_3x3"]}, ...]],
      "path": [0, 1, 0], "meta": {...}}
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -171,7 +172,9 @@ class Genotype:
         if unknown:
             raise GenotypeError(f"{where}: unknown field(s) {unknown}")
         if data["schema_version"] != SCHEMA_VERSION:
-            raise GenotypeError(f"{where}: schema_version = {data['schema_version']!r}; this code reads {SCHEMA_VERSION}")
+            raise GenotypeError(
+                f"{where}: schema_version = {data['schema_version']!r}; this code reads {SCHEMA_VERSION}"
+            )
         ops = data["operators"]
         if not isinstance(ops, list) or not all(isinstance(o, str) for o in ops):
             raise GenotypeError(f"{where}: operators must be a list of names")
@@ -190,9 +193,18 @@ class Genotype:
         if not isinstance(meta, dict):
             raise GenotypeError(f"{where}: meta must be an object")
         if len(cells) not in (1, len(path)):
-            raise GenotypeError(f"{where}: cells has {len(cells)} entries; expected 1 (shared) or one per layer ({len(path)})")
-        g = cls(cells=cells, path=list(path), operators=list(ops), blocks=blocks,
-                space_hash=str(data["space_hash"]), schema_version=SCHEMA_VERSION, meta=meta)
+            raise GenotypeError(
+                f"{where}: cells has {len(cells)} entries; expected 1 (shared) or one per layer ({len(path)})"
+            )
+        g = cls(
+            cells=cells,
+            path=list(path),
+            operators=list(ops),
+            blocks=blocks,
+            space_hash=str(data["space_hash"]),
+            schema_version=SCHEMA_VERSION,
+            meta=meta,
+        )
         if space is not None:
             g.check_space(space, where)
         return g
@@ -201,8 +213,10 @@ class Genotype:
         """Raise :class:`GenotypeError` unless this genotype belongs to ``space`` (a SpaceConfig)."""
         m = space.model
         if self.space_hash != space.space_hash():
-            raise GenotypeError(f"{where}: space_hash {self.space_hash!r} does not match space "
-                                f"{space.name!r} ({space.space_hash()!r}); it was searched in another space")
+            raise GenotypeError(
+                f"{where}: space_hash {self.space_hash!r} does not match space "
+                f"{space.name!r} ({space.space_hash()!r}); it was searched in another space"
+            )
         if self.blocks != m.blocks:
             raise GenotypeError(f"{where}: blocks = {self.blocks}, space has model.blocks = {m.blocks}")
         expected_cells = 1 if m.shared_cell else m.cells
@@ -236,9 +250,11 @@ class Genotype:
 
     def genotype_id(self) -> str:
         """Short hash (10 hex digits) of the architecture (cells, path, blocks), not of meta."""
-        blob = json.dumps({"cells": self.to_dict()["cells"], "path": self.path, "blocks": self.blocks},
-                          sort_keys=True).encode()
+        blob = json.dumps(
+            {"cells": self.to_dict()["cells"], "path": self.path, "blocks": self.blocks}, sort_keys=True
+        ).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
+
 
 def _cells_from_dict(raw_cells: Any, blocks: int, ops: list[str], where: str) -> list[list[BlockGene]]:
     """The ``cells`` field of a genotype file: lists of ``blocks`` genes, each checked."""
@@ -257,8 +273,11 @@ def _gene_from_dict(g: Any, bi: int, ops: list[str], at: str) -> BlockGene:
     if not isinstance(g, dict) or set(g) != {"inputs", "ops"}:
         raise GenotypeError(f"{at}: expected {{'inputs': [i, j], 'ops': [op, op]}}, got {g!r}")
     inp, gops = g["inputs"], g["ops"]
-    if (not isinstance(inp, list) or len(inp) != 2
-            or not all(isinstance(j, int) and not isinstance(j, bool) for j in inp)):
+    if (
+        not isinstance(inp, list)
+        or len(inp) != 2
+        or not all(isinstance(j, int) and not isinstance(j, bool) for j in inp)
+    ):
         raise GenotypeError(f"{at}.inputs: expected two integers, got {inp!r}")
     if any(not 0 <= j < bi + 2 for j in inp):
         raise GenotypeError(f"{at}.inputs: {inp} out of range [0, {bi + 2}) for block {bi}")
@@ -272,7 +291,6 @@ def _gene_from_dict(g: Any, bi: int, ops: list[str], at: str) -> BlockGene:
     if bad:
         raise GenotypeError(f"{at}.ops: {bad} not among the genotype's operators")
     return BlockGene(list(inp), list(gops))
-
 
 
 def derive_genotype(alphas, betas, space, edge_weights=None) -> Genotype:
@@ -303,9 +321,14 @@ def derive_genotype(alphas, betas, space, edge_weights=None) -> Genotype:
         if tuple(gammas.shape) != expect_a[:2]:
             raise GenotypeError(f"edge_weights: shape {tuple(gammas.shape)}, expected {expect_a[:2]}")
         edge_scale = block_softmax(gammas, m.blocks)
-    return Genotype(cells=_cells_from_scores(weights, m, edge_scale), path=viterbi_path(betas, m.cells, m.levels),
-                    operators=list(m.operators), blocks=m.blocks, space_hash=space.space_hash(),
-                    meta={"space": space.name})
+    return Genotype(
+        cells=_cells_from_scores(weights, m, edge_scale),
+        path=viterbi_path(betas, m.cells, m.levels),
+        operators=list(m.operators),
+        blocks=m.blocks,
+        space_hash=space.space_hash(),
+        meta={"space": space.name},
+    )
 
 
 def derive_from_strength(op_strength, transition_strength, space) -> Genotype:
@@ -329,9 +352,14 @@ def derive_from_strength(op_strength, transition_strength, space) -> Genotype:
         raise GenotypeError(f"transition_strength: shape {tuple(trans.shape)}, expected {(m.cells, m.levels, 3)}")
     if not (torch.isfinite(ops).all() and torch.isfinite(trans).all()):
         raise GenotypeError("strengths: not finite; no genotype is derived from them")
-    return Genotype(cells=_cells_from_scores(ops, m), path=viterbi_path(trans, m.cells, m.levels),
-                    operators=list(m.operators), blocks=m.blocks, space_hash=space.space_hash(),
-                    meta={"space": space.name, "selection": "strength"})
+    return Genotype(
+        cells=_cells_from_scores(ops, m),
+        path=viterbi_path(trans, m.cells, m.levels),
+        operators=list(m.operators),
+        blocks=m.blocks,
+        space_hash=space.space_hash(),
+        meta={"space": space.name, "selection": "strength"},
+    )
 
 
 def _cells_from_scores(scores, m, edge_scale=None) -> list[list[BlockGene]]:
@@ -346,7 +374,7 @@ def _cells_from_scores(scores, m, edge_scale=None) -> list[list[BlockGene]]:
         genes = []
         for i in range(m.blocks):
             e0 = edge_offset(i)
-            strength = best_w[t, e0:e0 + i + 2]
+            strength = best_w[t, e0 : e0 + i + 2]
             top = sorted(torch.argsort(strength, descending=True, stable=True)[:2].tolist())
             genes.append(BlockGene(top, [m.operators[live[int(best_i[t, e0 + j])]] for j in top]))
         cells.append(genes)
@@ -358,15 +386,16 @@ def derive_from_arch(arch_params, space) -> Genotype:
     edge weights as a third entry in partial-channel mode, all of which the derivation uses."""
     arch = list(arch_params)
     if len(arch) not in (2, 3):
-        raise GenotypeError(f"arch_parameters: expected [alphas, betas] or [alphas, betas, edge weights], "
-                            f"got {len(arch)} tensors")
+        raise GenotypeError(
+            f"arch_parameters: expected [alphas, betas] or [alphas, betas, edge weights], got {len(arch)} tensors"
+        )
     return derive_genotype(arch[0], arch[1], space, edge_weights=arch[2] if len(arch) == 3 else None)
 
 
 def block_softmax(gammas, blocks: int):
     """Softmax of edge logits ``(..., edges)`` over the incoming edges of each block separately."""
 
-    parts = [torch.softmax(gammas[..., edge_offset(i):edge_offset(i + 1)], dim=-1) for i in range(blocks)]
+    parts = [torch.softmax(gammas[..., edge_offset(i) : edge_offset(i + 1)], dim=-1) for i in range(blocks)]
     return torch.cat(parts, dim=-1)
 
 
@@ -393,13 +422,19 @@ def arch_entropies(arch_params, space) -> dict[str, float]:
     alphas = torch.as_tensor(arch[0]).detach().float().cpu()
     betas = torch.as_tensor(arch[1]).detach().float().cpu()
     out = {"alpha_entropy": _mean_norm_entropy(torch.softmax(alphas, -1).reshape(-1, alphas.shape[-1]).tolist())}
-    rows = [torch.softmax(betas[layer, src, out_moves(layer, src, m.cells, m.levels)], 0).tolist()
-            for layer in range(m.cells) for src in layer_sources(layer, m.cells, m.levels)]
+    rows = [
+        torch.softmax(betas[layer, src, out_moves(layer, src, m.cells, m.levels)], 0).tolist()
+        for layer in range(m.cells)
+        for src in layer_sources(layer, m.cells, m.levels)
+    ]
     out["beta_entropy"] = _mean_norm_entropy(rows)
     if len(arch) == 3:
         g = torch.as_tensor(arch[2]).detach().float().cpu()
-        rows = [torch.softmax(g[t, edge_offset(i):edge_offset(i + 1)], -1).tolist()
-                for t in range(g.shape[0]) for i in range(m.blocks)]
+        rows = [
+            torch.softmax(g[t, edge_offset(i) : edge_offset(i + 1)], -1).tolist()
+            for t in range(g.shape[0])
+            for i in range(m.blocks)
+        ]
         out["edge_entropy"] = _mean_norm_entropy(rows)
     return out
 
@@ -409,8 +444,9 @@ def viterbi_path(betas, cells: int, levels: int) -> list[int]:
     moves), from level 0 before the first cell to level 0 after the last; only nodes that can
     still return to level 0 exist, so no invalid path is ever scored."""
 
-    logp = {k: float(v) for k, v in beta_weights(torch.as_tensor(betas).detach().float(), cells, levels,
-                                                  log=True).items()}
+    logp = {
+        k: float(v) for k, v in beta_weights(torch.as_tensor(betas).detach().float(), cells, levels, log=True).items()
+    }
     score = {0: 0.0}
     back: list[dict[int, int]] = []
     for layer in range(cells):
@@ -488,16 +524,20 @@ def node_input_weights(betas, cells: int, levels: int, eps: float = 1e-30) -> tu
     for layer in range(cells):
         reach[layer] = {}
         for s in node_levels(layer, cells, levels):
-            flows = {src: r * move(layer, src, s) for src, r in reach[layer - 1].items()
-                     if move(layer, src, s) is not None}
+            flows = {
+                src: r * move(layer, src, s) for src, r in reach[layer - 1].items() if move(layer, src, s) is not None
+            }
             total = sum(flows.values())
             denom = total.clamp(min=eps) if hasattr(total, "clamp") else max(total, eps)
             reach[layer][s] = total
             prev[(layer, s)] = {src: f / denom for src, f in flows.items()}
             two = {}
             for src2, r2 in reach[layer - 2].items():
-                terms = [r2 * move(layer - 1, src2, mid) * move(layer, mid, s) for mid in reach[layer - 1]
-                         if move(layer - 1, src2, mid) is not None and move(layer, mid, s) is not None]
+                terms = [
+                    r2 * move(layer - 1, src2, mid) * move(layer, mid, s)
+                    for mid in reach[layer - 1]
+                    if move(layer - 1, src2, mid) is not None and move(layer, mid, s) is not None
+                ]
                 if terms:
                     two[src2] = sum(terms) / denom
             prev_prev[(layer, s)] = two
@@ -536,10 +576,18 @@ def sample_genotypes(space, k: int, seed: int = 0) -> list[Genotype]:
     out: list[Genotype] = []
     seen: set[str] = set()
     while len(out) < k:
-        cells = [[BlockGene(list(rng.choice(pairs[i])), [rng.choice(live), rng.choice(live)])
-                  for i in range(m.blocks)] for _ in range(1 if m.shared_cell else m.cells)]
-        g = Genotype(cells=cells, path=list(rng.choice(paths)), operators=list(m.operators), blocks=m.blocks,
-                     space_hash=space.space_hash(), meta={"space": space.name, "sampled_seed": seed})
+        cells = [
+            [BlockGene(list(rng.choice(pairs[i])), [rng.choice(live), rng.choice(live)]) for i in range(m.blocks)]
+            for _ in range(1 if m.shared_cell else m.cells)
+        ]
+        g = Genotype(
+            cells=cells,
+            path=list(rng.choice(paths)),
+            operators=list(m.operators),
+            blocks=m.blocks,
+            space_hash=space.space_hash(),
+            meta={"space": space.name, "sampled_seed": seed},
+        )
         if g.genotype_id() not in seen:
             seen.add(g.genotype_id())
             g.meta["sample_index"] = len(out)

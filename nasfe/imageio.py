@@ -16,6 +16,7 @@ Writes go to a temporary file in the same folder, then ``os.replace``: an interr
 leaves a half-written file under the final name, and the file gets the usual mode (0644 under the
 usual umask). A full disk or an unwritable folder is a :class:`~nasfe.errors.WriteError` naming the file.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -229,8 +230,10 @@ def refuse_inside(out: PathLike, inputs: list[tuple[str, Optional[PathLike]]], w
             continue
         f = Path(folder).expanduser().resolve()
         if o == f or f in o.parents:
-            raise CommandError(f"{what} {out} lies inside {flag} {folder}: outputs would mix with the inputs; "
-                               f"choose a folder outside it")
+            raise CommandError(
+                f"{what} {out} lies inside {flag} {folder}: outputs would mix with the inputs; "
+                f"choose a folder outside it"
+            )
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:

@@ -5,6 +5,7 @@ kernel drops the ``flock`` when its process dies, however it dies, so a lock lef
 crashed or killed job is never in the way: the next job takes it over. A second job while the
 first runs gets :class:`~nasfe.errors.LockedError`, one line naming the holder.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -47,14 +48,17 @@ class FolderLock:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
-                raise WriteError(f"{self.path}: cannot create the lock of {self.what} "
-                                 f"({exc.strerror or exc})") from None
+                raise WriteError(
+                    f"{self.path}: cannot create the lock of {self.what} ({exc.strerror or exc})"
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise LockedError(f"{self.what} is in use by {self._holder()} (lock {self.path}); wait for that "
-                                  "job to finish or use another name/folder") from None
+                raise LockedError(
+                    f"{self.what} is in use by {self._holder()} (lock {self.path}); wait for that "
+                    "job to finish or use another name/folder"
+                ) from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -62,8 +66,12 @@ class FolderLock:
             if not same:  # we locked a file its holder just removed: try again on the new one
                 os.close(fd)
                 continue
-            info = {"pid": os.getpid(), "host": socket.gethostname(),
-                    "since": time.strftime("%Y-%m-%d %H:%M:%S"), "what": self.what}
+            info = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "what": self.what,
+            }
             os.ftruncate(fd, 0)
             os.write(fd, (json.dumps(info) + "\n").encode())
             self._fd = fd

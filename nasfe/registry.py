@@ -17,6 +17,7 @@ This module is the ground floor: it imports nothing of nasfe, so the configurati
 choices from here without importing torch. Each registry names the module (its room) that
 registers the built-in entries; that module is imported the first time the registry is read.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -145,5 +146,15 @@ def param_free_ops() -> tuple[str, ...]:
     return tuple(OPERATORS.names(param_free=True))
 
 
-__all__ = ["BACKBONES", "CONFIG_CHOICES", "DEGRADATIONS", "FACE_SOURCES", "FUSIONS", "OPERATORS", "Registry",
-           "choices", "fusion_is_searched", "param_free_ops"]
+__all__ = [
+    "BACKBONES",
+    "CONFIG_CHOICES",
+    "DEGRADATIONS",
+    "FACE_SOURCES",
+    "FUSIONS",
+    "OPERATORS",
+    "Registry",
+    "choices",
+    "fusion_is_searched",
+    "param_free_ops",
+]

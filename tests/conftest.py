@@ -1,4 +1,5 @@
 """Shared fixtures: ../shared (skip cleanly when absent), small seeded tensors, thread limits."""
+
 from __future__ import annotations
 
 import os
@@ -79,15 +80,17 @@ def tiny_identity():
     return TinyIdentity()
 
 
-def write_synthetic_faces(folder: Path, identities: int, images_per_identity: int, height: int = 48,
-                          width: int = 40, seed: int = 3) -> Path:
+def write_synthetic_faces(
+    folder: Path, identities: int, images_per_identity: int, height: int = 48, width: int = 40, seed: int = 3
+) -> Path:
     """Synthetic faces saved as ``folder/<identity>/<image>.png`` (a face folder for test sets)."""
     from PIL import Image
 
     from nasfe.data.faces import SyntheticFaces
 
-    src = SyntheticFaces(identities=identities, images_per_identity=images_per_identity, height=height,
-                         width=width, seed=seed)
+    src = SyntheticFaces(
+        identities=identities, images_per_identity=images_per_identity, height=height, width=width, seed=seed
+    )
     for r in src.records:
         p = folder / r.identity / f"{r.key.replace('/', '_')}.png"
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ data in a CPU tensor and every operator on it runs on that CPU tensor. ``strictg
 a collective on a CPU tensor fails with the message NCCL's process group gives ("No backend type
 associated with device type cpu"); device tensors travel through gloo underneath.
 """
+
 from __future__ import annotations
 
 import torch
@@ -119,6 +120,7 @@ def install() -> None:
     lib = torch.library.Library("_", "IMPL")
     lib.fallback(_kernel, "PrivateUse1")
     globals()["_lib"] = lib  # keep the registration alive
-    dist.Backend.register_backend(BACKEND, lambda store, rank, size, timeout:
-                                  StrictGpuGroup(store, rank, size, timeout), devices=[DEVICE])
+    dist.Backend.register_backend(
+        BACKEND, lambda store, rank, size, timeout: StrictGpuGroup(store, rank, size, timeout), devices=[DEVICE]
+    )
     _installed = True

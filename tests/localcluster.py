@@ -4,6 +4,7 @@ Ray cluster of several raylets on this machine, each started here and stopped by
 Ray's processes are found by the cluster's own temp dir, which every one of them names on its
 command line; nothing else on the machine (other Ray clusters included) is touched.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,9 +49,13 @@ class S3Server:
         self.bucket = bucket
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.endpoint,
-                    "AWS_EC2_METADATA_DISABLED": "true"}
+        self.env = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
         self.proc: Optional[subprocess.Popen] = None
 
     def _set_port(self, port: int) -> None:
@@ -64,9 +69,12 @@ class S3Server:
         for attempt in range(attempts):
             if attempt:
                 self._set_port(free_port())
-            self.proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                         env={**os.environ, **self.env})
+            self.proc = subprocess.Popen(
+                [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+            )
             try:
                 _wait_port(self.port, 30, self.proc)
             except TimeoutError:
@@ -81,8 +89,13 @@ class S3Server:
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def keys(self, prefix: str = "") -> list[str]:
         """Every object key under ``prefix``."""
@@ -124,19 +137,25 @@ class RayCluster:
         self.temp_dir = tempfile.mkdtemp(prefix="nr", dir="/tmp")
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "token",
-                    "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+        self.env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
         self.env.pop("RAY_ADDRESS", None)
         self.env.pop("RAY_AUTH_TOKEN_PATH", None)
 
     def _ray(self, *args: str, env: Optional[dict[str, str]] = None) -> None:
-        out = subprocess.run([str(BIN / "ray"), *args], env={**self.env, **(env or {})}, capture_output=True,
-                             text=True, timeout=180)
+        out = subprocess.run(
+            [str(BIN / "ray"), *args], env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=180
+        )
         if out.returncode:
             raise RuntimeError(f"ray {' '.join(args)} failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
 
-    def start_head(self, num_cpus: int = 1, extra: tuple[str, ...] = (), env: Optional[dict] = None,
-                   attempts: int = 3, prepare: Optional[Callable[[str], None]] = None) -> None:
+    def start_head(
+        self,
+        num_cpus: int = 1,
+        extra: tuple[str, ...] = (),
+        env: Optional[dict] = None,
+        attempts: int = 3,
+        prepare: Optional[Callable[[str], None]] = None,
+    ) -> None:
         """``ray start --head``; a start that fails (a port picked free taken by another process
         before Ray bound it, on a machine where other clusters run) is stopped and tried again on
         another port, up to ``attempts`` times. ``prepare(address)`` runs before each try (to write
@@ -148,24 +167,40 @@ class RayCluster:
             if prepare is not None:
                 prepare(self.address)
             try:
-                self._ray("start", "--head", f"--port={self.port}", f"--temp-dir={self.temp_dir}",
-                          "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--num-gpus=0",
-                          "--include-dashboard=true", "--dashboard-port=0", "--disable-usage-stats",
-                          *extra, env=env)
+                self._ray(
+                    "start",
+                    "--head",
+                    f"--port={self.port}",
+                    f"--temp-dir={self.temp_dir}",
+                    "--node-ip-address=127.0.0.1",
+                    f"--num-cpus={num_cpus}",
+                    "--num-gpus=0",
+                    "--include-dashboard=true",
+                    "--dashboard-port=0",
+                    "--disable-usage-stats",
+                    *extra,
+                    env=env,
+                )
                 return
             except (RuntimeError, subprocess.TimeoutExpired):
                 self.stop(keep_temp_dir=True)
                 if attempt == attempts - 1:
                     raise
 
-    def add_node(self, num_cpus: int = 1, resources: str = "{}", env: Optional[dict] = None,
-                 attempts: int = 3) -> None:
+    def add_node(self, num_cpus: int = 1, resources: str = "{}", env: Optional[dict] = None, attempts: int = 3) -> None:
         """``ray start --address``, tried again (up to ``attempts`` times) when it fails."""
         for attempt in range(attempts):
             try:
-                self._ray("start", f"--address={self.address}", "--node-ip-address=127.0.0.1",
-                          f"--num-cpus={num_cpus}", "--num-gpus=0", f"--resources={resources}",
-                          "--disable-usage-stats", env=env)
+                self._ray(
+                    "start",
+                    f"--address={self.address}",
+                    "--node-ip-address=127.0.0.1",
+                    f"--num-cpus={num_cpus}",
+                    "--num-gpus=0",
+                    f"--resources={resources}",
+                    "--disable-usage-stats",
+                    env=env,
+                )
                 return
             except (RuntimeError, subprocess.TimeoutExpired):
                 if attempt == attempts - 1:

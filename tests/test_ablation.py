@@ -1,4 +1,5 @@
 """``nasfe ablation``: two Table 6 rows (BN, BN-NAS) with a minimal budget, then a resumed rerun."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,27 @@ from nasfe.evaluate.ablation import ROWS, row_space, schedule_from_args
 @pytest.fixture(scope="module")
 def ablation(tmp_path_factory):
     out = tmp_path_factory.mktemp("ablation")
-    args = ["ablation", "--out", str(out), "--rows", "bn", "bn_nas", "--search-epochs", "1", "--retrain-epochs", "1",
-            "--steps-per-epoch", "1", "--test-images", "2", "--max-images", "4", "--device", "cpu", "--quiet"]
+    args = [
+        "ablation",
+        "--out",
+        str(out),
+        "--rows",
+        "bn",
+        "bn_nas",
+        "--search-epochs",
+        "1",
+        "--retrain-epochs",
+        "1",
+        "--steps-per-epoch",
+        "1",
+        "--test-images",
+        "2",
+        "--max-images",
+        "4",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     assert cli(args) == 0
     return out, args
 
@@ -22,8 +42,13 @@ def ablation(tmp_path_factory):
 def test_rows_beside_the_paper(ablation):
     out, _ = ablation
     data = json.loads((out / "ablation.json").read_text())
-    assert [r["row"] for r in data["rows"]] == ["input (baseline)", "histeq (baseline)", "classical (baseline)",
-                                                "BN", "BN-NAS"]
+    assert [r["row"] for r in data["rows"]] == [
+        "input (baseline)",
+        "histeq (baseline)",
+        "classical (baseline)",
+        "BN",
+        "BN-NAS",
+    ]
     base = {r["row"].split()[0]: r for r in data["rows"][:3]}
     assert base["input"]["images"] == 4 and base["classical"]["bnl_psnr"] != base["input"]["bnl_psnr"]
     rows = data["rows"][3:]
@@ -81,9 +106,31 @@ def test_a_budget_is_required(tmp_path, capsys):
 
 def test_seeds_give_mean_and_spread(tmp_path):
     out = tmp_path / "seeds"
-    args = ["ablation", "--out", str(out), "--rows", "bn", "--seeds", "0", "1", "--baselines", "input",
-            "--search-epochs", "1", "--retrain-epochs", "1", "--steps-per-epoch", "2", "--test-images", "2",
-            "--max-images", "4", "--device", "cpu", "--quiet"]
+    args = [
+        "ablation",
+        "--out",
+        str(out),
+        "--rows",
+        "bn",
+        "--seeds",
+        "0",
+        "1",
+        "--baselines",
+        "input",
+        "--search-epochs",
+        "1",
+        "--retrain-epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--test-images",
+        "2",
+        "--max-images",
+        "4",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     assert cli(args) == 0
     data = json.loads((out / "ablation_seeds.json").read_text())
     assert data["finished_seeds"] == [0, 1] and [r["row"] for r in data["rows"]] == ["input (baseline)", "BN"]
@@ -93,22 +140,32 @@ def test_seeds_give_mean_and_spread(tmp_path):
     assert bn["bn_psnr"] == pytest.approx(sum(per) / 2) and bn["bn_psnr_std"] > 0
     assert data["rows"][0]["bn_psnr_std"] == 0  # the baseline is measured once, on the same images
     # both seeds were measured on one shared pair of test sets
-    assert {json.loads((out / f"seed{s}" / "ablation.json").read_text())["testsets"] for s in (0, 1)} == \
-        {str(out / "testsets")}
+    assert {json.loads((out / f"seed{s}" / "ablation.json").read_text())["testsets"] for s in (0, 1)} == {
+        str(out / "testsets")
+    }
     assert "bn_psnr_std" in (out / "ablation_seeds.md").read_text()
     # --only-finished tabulates what is there and trains nothing (bn_nas was never trained)
     i = args.index("bn")
-    assert cli(args[:i + 1] + ["bn_nas", "--only-finished"] + args[i + 1:]) == 0
+    assert cli(args[: i + 1] + ["bn_nas", "--only-finished"] + args[i + 1 :]) == 0
     again = json.loads((out / "ablation_seeds.json").read_text())
-    assert [r["row"] for r in again["rows"]] == ["input (baseline)", "BN"] and again["rows"][1]["bn_psnr"] == bn["bn_psnr"]
+    assert [r["row"] for r in again["rows"]] == ["input (baseline)", "BN"] and again["rows"][1]["bn_psnr"] == bn[
+        "bn_psnr"
+    ]
     assert not (out / "seed0" / "rows" / "bn_nas").exists() and not (out / "seed0" / "search").exists()
 
 
 def test_aggregate_seeds():
     from nasfe.evaluate.ablation import aggregate_seeds
 
-    row = lambda v: {"row": "BN", "bn_psnr": v, "bn_ssim": 0.5, "bnl_psnr": v - 1, "bnl_ssim": 0.4,  # noqa: E731
-                     "params_M": 0.1, "train_seconds": 10.0}
+    row = lambda v: {
+        "row": "BN",
+        "bn_psnr": v,
+        "bn_ssim": 0.5,
+        "bnl_psnr": v - 1,
+        "bnl_ssim": 0.4,  # noqa: E731
+        "params_M": 0.1,
+        "train_seconds": 10.0,
+    }
     agg = aggregate_seeds({0: [row(20.0)], 1: [row(22.0)], 2: [row(21.0)]})[0]
     assert agg["seeds"] == [0, 1, 2] and agg["bn_psnr"] == pytest.approx(21.0)
     assert agg["bn_psnr_std"] == pytest.approx(1.0) and (agg["bn_psnr_min"], agg["bn_psnr_max"]) == (20.0, 22.0)

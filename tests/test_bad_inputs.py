@@ -7,6 +7,7 @@ field, or the counted skips of a scan), and afterwards that nothing was left hal
 temporary file, every PNG and checkpoint written reads back whole. Commands run in-process
 through ``nasfe.cli.main``; one representative per command runs as a real subprocess.
 """
+
 from __future__ import annotations
 
 import json
@@ -94,8 +95,12 @@ def bad_image_files() -> dict[str, bytes]:
     good = _png_bytes(40, 32)
     flipped = bytearray(good)
     flipped[len(good) // 2] ^= 0xFF  # a flipped bit inside the compressed pixel data
-    bomb = (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0))
-            + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b""))
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0))
+        + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _chunk(b"IEND", b"")
+    )
     import io
 
     from PIL import Image
@@ -144,6 +149,7 @@ def write_yaml(folder: Path, case: str) -> Path:
 
 def genotype_cases(good: dict) -> dict[str, tuple[bytes, str]]:
     """name -> (content, what the one line says) of genotype files that must be refused."""
+
     def edited(**kw):
         return json.dumps({**good, **kw}).encode()
 
@@ -224,8 +230,16 @@ def world(tmp_path_factory):
     for j in range(3):
         photos.mkdir(exist_ok=True)
         (photos / f"p{j}.png").write_bytes(_png_bytes(40, 32, seed=100 + j))
-    return {"base": base, "space": space, "genotype": genotype, "model": model_pt, "faces": faces,
-            "ts": base / "ts", "photos": photos, "genotype_json": base / "genotype.json"}
+    return {
+        "base": base,
+        "space": space,
+        "genotype": genotype,
+        "model": model_pt,
+        "faces": faces,
+        "ts": base / "ts",
+        "photos": photos,
+        "genotype_json": base / "genotype.json",
+    }
 
 
 @contextmanager
@@ -269,15 +283,60 @@ def _space_args(command: str, world, space_file: Path, tmp_path: Path) -> list:
     return {
         "search": ["search", "--space", space_file, "--storage", tmp_path / "runs", "--wandb-mode", "disabled"],
         "retrain": ["retrain", "--space", space_file, "--genotype", w["genotype_json"], "--storage", tmp_path / "runs"],
-        "restore": ["restore", "--weights", w["model"], "--space", space_file, "--genotype", w["genotype_json"],
-                    "-i", w["photos"], "-o", tmp_path / "restored", "--quiet"],
-        "export": ["export", "--weights", w["model"], "--space", space_file, "--genotype", w["genotype_json"],
-                   "--out", tmp_path / "export"],
-        "evaluate": ["evaluate", "--weights", w["model"], "--space", space_file, "--genotype", w["genotype_json"],
-                     "--testsets", w["ts"], "--out", tmp_path / "eval", "--quiet", "--recognizer", "none"],
+        "restore": [
+            "restore",
+            "--weights",
+            w["model"],
+            "--space",
+            space_file,
+            "--genotype",
+            w["genotype_json"],
+            "-i",
+            w["photos"],
+            "-o",
+            tmp_path / "restored",
+            "--quiet",
+        ],
+        "export": [
+            "export",
+            "--weights",
+            w["model"],
+            "--space",
+            space_file,
+            "--genotype",
+            w["genotype_json"],
+            "--out",
+            tmp_path / "export",
+        ],
+        "evaluate": [
+            "evaluate",
+            "--weights",
+            w["model"],
+            "--space",
+            space_file,
+            "--genotype",
+            w["genotype_json"],
+            "--testsets",
+            w["ts"],
+            "--out",
+            tmp_path / "eval",
+            "--quiet",
+            "--recognizer",
+            "none",
+        ],
         "compare": ["compare", w["genotype_json"], "--space", space_file, "--no-measure"],
-        "ablation": ["ablation", "--space", space_file, "--out", tmp_path / "ablation", "--search-epochs", "1",
-                     "--retrain-epochs", "1", "--quiet"],
+        "ablation": [
+            "ablation",
+            "--space",
+            space_file,
+            "--out",
+            tmp_path / "ablation",
+            "--search-epochs",
+            "1",
+            "--retrain-epochs",
+            "1",
+            "--quiet",
+        ],
     }[command]
 
 
@@ -309,8 +368,9 @@ def test_what_people_write_is_accepted(world, tmp_path, capsys, no_ray):
     takes its file's. --workers 3 stops the job at its first check after the space loaded."""
     p = tmp_path / "mine.yaml"
     p.write_text("search:\n  lr: 1e-3\n  batch_size: 4\nretrain:\n  lr: 2E-4\n")
-    rc, _, err = run(capsys, "search", "--space", p, "--set", "search.arch_lr=1e-4", "--workers", "3",
-                     "--storage", tmp_path / "runs")
+    rc, _, err = run(
+        capsys, "search", "--space", p, "--set", "search.arch_lr=1e-4", "--workers", "3", "--storage", tmp_path / "runs"
+    )
     assert rc == 2
     one_line(err, "search.batch_size 4 is not divisible by --workers 3")
     from nasfe.config import load_space
@@ -326,8 +386,10 @@ def test_broken_genotype(world, tmp_path, capsys, command, no_ray):
             continue  # comparing genotypes of different spaces is what compare is for
         g = tmp_path / f"{case}.json"
         g.write_bytes(blob)
-        argv = {"retrain": ["retrain", "--genotype", g, "--storage", tmp_path / "runs"],
-                "compare": ["compare", g, "--no-measure"]}.get(command)
+        argv = {
+            "retrain": ["retrain", "--genotype", g, "--storage", tmp_path / "runs"],
+            "compare": ["compare", g, "--no-measure"],
+        }.get(command)
         if argv is None:
             argv = _space_args(command, world, Path("tiny"), tmp_path)
             argv[argv.index("--genotype") + 1] = g
@@ -339,15 +401,39 @@ def test_broken_genotype(world, tmp_path, capsys, command, no_ray):
 
 # ---- broken, malicious and non-finite trained models ---------------------------------------------------------
 def _model_args(command: str, world, model: Path, tmp_path: Path) -> list:
-    return {"restore": ["restore", model, "-i", world["photos"], "-o", tmp_path / "restored", "--quiet"],
-            "export": ["export", model, "--out", tmp_path / "export"],
-            "evaluate": ["evaluate", model, "--testsets", world["ts"], "--out", tmp_path / "eval", "--quiet",
-                         "--recognizer", "none"]}[command]
+    return {
+        "restore": ["restore", model, "-i", world["photos"], "-o", tmp_path / "restored", "--quiet"],
+        "export": ["export", model, "--out", tmp_path / "export"],
+        "evaluate": [
+            "evaluate",
+            model,
+            "--testsets",
+            world["ts"],
+            "--out",
+            tmp_path / "eval",
+            "--quiet",
+            "--recognizer",
+            "none",
+        ],
+    }[command]
 
 
 @pytest.mark.parametrize("command", ["restore", "export", "evaluate"])
-@pytest.mark.parametrize("case", ["random", "empty", "truncated", "json", "evil_pickle", "version", "search_phase",
-                                  "no_weights", "wrong_shapes", "non_finite"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "random",
+        "empty",
+        "truncated",
+        "json",
+        "evil_pickle",
+        "version",
+        "search_phase",
+        "no_weights",
+        "wrong_shapes",
+        "non_finite",
+    ],
+)
 def test_broken_model_file(world, tmp_path, capsys, command, case):
     model, needle = checkpoint_cases(tmp_path / "models", world["model"])[case]
     rc, _, err = run(capsys, *_model_args(command, world, model, tmp_path))
@@ -376,8 +462,9 @@ def test_restore_skips_and_counts_every_broken_image(world, tmp_path, capsys):
 def test_restore_with_unreadable_references(world, tmp_path, capsys):
     refs = tmp_path / "refs"
     write_bad_images(refs)
-    rc, _, err = run(capsys, "restore", world["model"], "-i", world["photos"], "-o", tmp_path / "out",
-                     "--refs", refs, "--quiet")
+    rc, _, err = run(
+        capsys, "restore", world["model"], "-i", world["photos"], "-o", tmp_path / "out", "--refs", refs, "--quiet"
+    )
     assert rc == 2
     assert f"none of {len(bad_image_files())} reference file(s) could be read" in err.splitlines()[-1]
     assert "reference skipped" in err
@@ -389,8 +476,20 @@ def test_testsets_skips_and_counts_unreadable_faces(world, tmp_path, capsys):
         (faces / f"id{i}").mkdir(parents=True)
         (faces / f"id{i}" / "ok.png").write_bytes(_png_bytes(48, 40, seed=i))
     write_bad_images(faces / "id9")
-    rc, out, err = run(capsys, "testsets", "--faces", faces, "--out", tmp_path / "ts", "--sets", "Test-N",
-                       "--images", "100", "--seed", "1")
+    rc, out, err = run(
+        capsys,
+        "testsets",
+        "--faces",
+        faces,
+        "--out",
+        tmp_path / "ts",
+        "--sets",
+        "Test-N",
+        "--images",
+        "100",
+        "--seed",
+        "1",
+    )
     assert rc == 0 and "Test-N: 18 images" in out
     m = json.loads((tmp_path / "ts" / "manifest.json").read_text())
     assert len(m["clean"]) == 3 and len(m["skipped_faces"]) == len(bad_image_files())
@@ -414,8 +513,24 @@ def test_evaluate_counts_unreadable_faces_of_its_face_folder(world, tmp_path, ca
     faces = tmp_path / "faces"
     shutil.copytree(world["faces"], faces)
     write_bad_images(faces / "id0")
-    rc, _, _ = run(capsys, "evaluate", world["model"], "--testsets", world["ts"], "--faces", faces, "--out",
-                   tmp_path / "eval", "--quiet", "--recognizer", "none", "--max-images", "4", "--baselines", "input")
+    rc, _, _ = run(
+        capsys,
+        "evaluate",
+        world["model"],
+        "--testsets",
+        world["ts"],
+        "--faces",
+        faces,
+        "--out",
+        tmp_path / "eval",
+        "--quiet",
+        "--recognizer",
+        "none",
+        "--max-images",
+        "4",
+        "--baselines",
+        "input",
+    )
     assert rc == 0
     info = json.loads((tmp_path / "eval" / "results.json").read_text())["info"]
     # faces are read when a gallery image or reference needs them: each one that failed is listed
@@ -448,8 +563,18 @@ def test_testsets_manifest_and_build_files_broken(world, tmp_path, capsys):
         rc, _, err = run(capsys, "testsets", "--verify", "--out", d)
         assert rc == 2, (what, err)
         one_line(err, needle)
-        rc, _, err = run(capsys, "evaluate", world["model"], "--testsets", d, "--out", tmp_path / "eval",
-                         "--quiet", "--recognizer", "none")
+        rc, _, err = run(
+            capsys,
+            "evaluate",
+            world["model"],
+            "--testsets",
+            d,
+            "--out",
+            tmp_path / "eval",
+            "--quiet",
+            "--recognizer",
+            "none",
+        )
         if what == "manifest":
             assert rc == 2
             one_line(err, "manifest.json")
@@ -463,11 +588,25 @@ def test_testsets_manifest_and_build_files_broken(world, tmp_path, capsys):
 
 def test_two_builds_into_one_folder_at_once(world, tmp_path):
     out = tmp_path / "ts"
-    argv = [sys.executable, "-m", "nasfe.cli", "testsets", "--faces", str(world["faces"]), "--out", str(out),
-            "--images", "2", "--seed", "1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "nasfe.cli",
+        "testsets",
+        "--faces",
+        str(world["faces"]),
+        "--out",
+        str(out),
+        "--images",
+        "2",
+        "--seed",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = {s: subprocess.Popen(argv + ["--sets", s], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True) for s in ("Test-N", "Test-L")}
+    procs = {
+        s: subprocess.Popen(argv + ["--sets", s], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for s in ("Test-N", "Test-L")
+    }
     done = {s: (p.wait(timeout=300), p.stderr.read()) for s, p in procs.items()}
     built = {s for s, (rc, _) in done.items() if rc == 0}
     for rc, err in done.values():
@@ -496,8 +635,18 @@ def _search_checkpoint(space, step=2) -> bytes:
     import io
 
     buf = io.BytesIO()
-    torch.save({"checkpoint_version": 1, "phase": "search", "step": step, "epoch": 1, "model": {}, "optimizers": {},
-                "space": space.to_dict()}, buf)
+    torch.save(
+        {
+            "checkpoint_version": 1,
+            "phase": "search",
+            "step": step,
+            "epoch": 1,
+            "model": {},
+            "optimizers": {},
+            "space": space.to_dict(),
+        },
+        buf,
+    )
     return buf.getvalue()
 
 
@@ -509,14 +658,26 @@ def test_runs_that_cannot_resume_say_so_before_ray(world, tmp_path, capsys, no_r
     ok = _search_checkpoint(tiny)
     cases = {
         "garbage": ({"checkpoint_a/search_step_00000002.pt": b"garbage"}, None, "not a readable nasfe checkpoint"),
-        "evil": ({"checkpoint_a/search_step_00000002.pt": pickle.dumps(Evil(tmp_path / "PWNED"))}, None,
-                 "not a readable nasfe checkpoint"),
-        "other_space": ({"checkpoint_a/search_step_00000002.pt": _search_checkpoint(other)}, None,
-                        "made for model space"),
-        "record_points_at_garbage": ({"checkpoint_a/search_step_00000002.pt": b"garbage"},
-                                     json.dumps({"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_a"}],
-                                                 "latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_a"}}),
-                                     "not a readable nasfe checkpoint"),
+        "evil": (
+            {"checkpoint_a/search_step_00000002.pt": pickle.dumps(Evil(tmp_path / "PWNED"))},
+            None,
+            "not a readable nasfe checkpoint",
+        ),
+        "other_space": (
+            {"checkpoint_a/search_step_00000002.pt": _search_checkpoint(other)},
+            None,
+            "made for model space",
+        ),
+        "record_points_at_garbage": (
+            {"checkpoint_a/search_step_00000002.pt": b"garbage"},
+            json.dumps(
+                {
+                    "checkpoint_results": [{"checkpoint_dir_name": "checkpoint_a"}],
+                    "latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_a"},
+                }
+            ),
+            "not a readable nasfe checkpoint",
+        ),
     }
     for name, (files, snap, needle) in cases.items():
         _run_folder(tmp_path, name, files, snap)
@@ -527,10 +688,16 @@ def test_runs_that_cannot_resume_say_so_before_ray(world, tmp_path, capsys, no_r
     # resumable ones get past every check (Ray would start next): a truncated record, a half-written copy
     for name, files, snap in [
         ("truncated_record", {"checkpoint_a/search_step_00000002.pt": ok}, '{"checkpoint_results": [{"che'),
-        ("half_written_newest", {"checkpoint_a/search_step_00000002.pt": ok,
-                                 "checkpoint_b/search_step_00000004.pt": ok[:500]},
-         json.dumps({"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_a"}],
-                     "latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_a"}})),
+        (
+            "half_written_newest",
+            {"checkpoint_a/search_step_00000002.pt": ok, "checkpoint_b/search_step_00000004.pt": ok[:500]},
+            json.dumps(
+                {
+                    "checkpoint_results": [{"checkpoint_dir_name": "checkpoint_a"}],
+                    "latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_a"},
+                }
+            ),
+        ),
     ]:
         _run_folder(tmp_path, name, files, snap)
         with pytest.raises(StopBeforeRay):
@@ -544,8 +711,17 @@ def test_read_only_output_folder(world, readonly_dir, tmp_path, capsys, no_ray):
     cases = {
         "restore": ["restore", w["model"], "-i", w["photos"], "-o", ro / "out", "--quiet"],
         "testsets": ["testsets", "--faces", w["faces"], "--out", ro / "ts", "--images", "2", "--sets", "Test-N"],
-        "evaluate": ["evaluate", w["model"], "--testsets", w["ts"], "--out", ro / "eval", "--quiet",
-                     "--recognizer", "none"],
+        "evaluate": [
+            "evaluate",
+            w["model"],
+            "--testsets",
+            w["ts"],
+            "--out",
+            ro / "eval",
+            "--quiet",
+            "--recognizer",
+            "none",
+        ],
         "export": ["export", w["model"], "--out", ro / "export"],
         "compare": ["compare", w["genotype_json"], "--no-measure", "--out", ro / "cmp"],
         "search": ["search", "--storage", ro, "--name", "x", "--wandb-mode", "disabled"],
@@ -572,8 +748,9 @@ def test_full_disk(world, full_dir, tmp_path, capsys):
     for p in list(full_dir.rglob("*")):
         if p.is_file():
             p.unlink()
-    rc, _, err = run(capsys, "testsets", "--faces", world["faces"], "--out", full_dir / "ts", "--images", "2",
-                     "--sets", "Test-B")
+    rc, _, err = run(
+        capsys, "testsets", "--faces", world["faces"], "--out", full_dir / "ts", "--images", "2", "--sets", "Test-B"
+    )
     assert rc == 2
     one_line(err, "No space left on device")
     assert not (full_dir / "ts" / "manifest.json").exists()
@@ -616,13 +793,23 @@ def test_one_bad_input_per_command_in_a_real_process(world, tmp_path):
         "evaluate": ([bad_pt, "--testsets", world["ts"], "--out", tmp_path / "e"], "not a readable nasfe checkpoint"),
         "restore": ([bad_pt, "-i", world["photos"], "-o", tmp_path / "r"], "not a readable nasfe checkpoint"),
         "export": ([bad_pt, "--out", tmp_path / "x"], "not a readable nasfe checkpoint"),
-        "ablation": (["--space", latin1, "--out", tmp_path / "a", "--search-epochs", "1", "--retrain-epochs", "1"],
-                     "not UTF-8"),
+        "ablation": (
+            ["--space", latin1, "--out", tmp_path / "a", "--search-epochs", "1", "--retrain-epochs", "1"],
+            "not UTF-8",
+        ),
     }
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = {c: subprocess.Popen([sys.executable, "-m", "nasfe.cli", c, *map(str, a)], env=env, cwd=tmp_path,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for c, (a, _) in cases.items()}
+    procs = {
+        c: subprocess.Popen(
+            [sys.executable, "-m", "nasfe.cli", c, *map(str, a)],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for c, (a, _) in cases.items()
+    }
     for command, p in procs.items():
         _, err = p.communicate(timeout=300)
         assert p.returncode == 2, (command, err)
@@ -643,8 +830,17 @@ def test_restore_never_replaces_a_file_it_did_not_write(world, tmp_path, capsys)
     _jpeg(d / "a.jpg")
     (d / "a.png").write_bytes(b"the user's own a.png, nothing to do with a.jpg")
     before = {p.name: p.read_bytes() for p in d.iterdir()}
-    args = ["restore", world["model"], "--space", world["space"].source, "--genotype", world["genotype_json"],
-            "--device", "cpu", "--quiet"]
+    args = [
+        "restore",
+        world["model"],
+        "--space",
+        world["space"].source,
+        "--genotype",
+        world["genotype_json"],
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     rc, _, err = run(capsys, *args, "-i", d / "a.jpg", "-o", d)
     assert rc == 2
     one_line(err, "nasfe restore: error:", str(d / "a.png"), "already exists")
@@ -662,12 +858,19 @@ def test_restore_never_replaces_a_file_it_did_not_write(world, tmp_path, capsys)
     assert (out / "p1.png").read_bytes() == edited
 
 
-@pytest.mark.parametrize("override, field", [
-    ("model.channels=1000000000000", "model.channels"), ("data.height=100000", "data.height"),
-    ("degrade.motion_kernels=-5", "degrade.motion_kernels"), ("search.steps_per_epoch=0", "search.steps_per_epoch"),
-    ("loss.lambda_per=-1", "loss.lambda_per"), ("data.synthetic_identities=0", "data.synthetic_identities"),
-    ("data.synthetic_identities=1", "data.synthetic_identities"), ("retrain.epochs=-1", "retrain.epochs"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("model.channels=1000000000000", "model.channels"),
+        ("data.height=100000", "data.height"),
+        ("degrade.motion_kernels=-5", "degrade.motion_kernels"),
+        ("search.steps_per_epoch=0", "search.steps_per_epoch"),
+        ("loss.lambda_per=-1", "loss.lambda_per"),
+        ("data.synthetic_identities=0", "data.synthetic_identities"),
+        ("data.synthetic_identities=1", "data.synthetic_identities"),
+        ("retrain.epochs=-1", "retrain.epochs"),
+    ],
+)
 def test_space_numbers_out_of_range_are_one_line_before_ray(tmp_path, capsys, override, field, no_ray):
     rc, _, err = run(capsys, "search", "--set", override, "--storage", tmp_path, "--wandb-mode", "disabled")
     assert rc == 2
@@ -682,11 +885,14 @@ def test_epochs_minus_one_is_one_line_before_ray(world, tmp_path, capsys, comman
     one_line(err, f"nasfe {command}: error:", "epochs = -1")
 
 
-@pytest.mark.parametrize("case, text, says", [
-    ("duplicate_key", "model:\n  channels: 8\nsearch:\n  epochs: 2\nmodel:\n  blocks: 2\n", "appears twice"),
-    ("nested_5000", "model: " + "[" * 5000 + "]" * 5000 + "\n", "nested more than"),
-    ("nested_mappings", "".join("  " * i + f"k{i}:\n" for i in range(3000)), "nested more than"),
-])
+@pytest.mark.parametrize(
+    "case, text, says",
+    [
+        ("duplicate_key", "model:\n  channels: 8\nsearch:\n  epochs: 2\nmodel:\n  blocks: 2\n", "appears twice"),
+        ("nested_5000", "model: " + "[" * 5000 + "]" * 5000 + "\n", "nested more than"),
+        ("nested_mappings", "".join("  " * i + f"k{i}:\n" for i in range(3000)), "nested more than"),
+    ],
+)
 def test_yaml_with_a_repeated_key_or_nested_too_deep_is_one_line(tmp_path, capsys, case, text, says, no_ray):
     space = tmp_path / f"{case}.yaml"
     space.write_text(text)
@@ -695,13 +901,16 @@ def test_yaml_with_a_repeated_key_or_nested_too_deep_is_one_line(tmp_path, capsy
     one_line(err, "nasfe search: error:", str(space), says)
 
 
-@pytest.mark.parametrize("flags, says", [
-    (["--name", ""], "run name ''"),
-    (["--max-failures", "-1"], "--max-failures -1"),
-    (["--eval-images", "-1"], "--eval-images -1"),
-    (["--workers", "100000"], "--workers 100000"),
-    (["--address", "127.0.0.1:1"], "--address 127.0.0.1:1"),
-])
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--name", ""], "run name ''"),
+        (["--max-failures", "-1"], "--max-failures -1"),
+        (["--eval-images", "-1"], "--eval-images -1"),
+        (["--workers", "100000"], "--workers 100000"),
+        (["--address", "127.0.0.1:1"], "--address 127.0.0.1:1"),
+    ],
+)
 def test_job_flags_are_checked_before_ray(tmp_path, capsys, flags, says, no_ray):
     import time
 
@@ -725,19 +934,41 @@ def test_gpus_yes_without_a_gpu_or_a_cluster_that_declares_one_is_one_line(tmp_p
     one_line(err, "nasfe search: error:", "--gpus yes asks for GPUs")
 
 
-@pytest.mark.parametrize("source, says", [("celeba", "not the official CelebA layout"),
-                                          ("vggface2", "not the VGGFace2 layout")])
+@pytest.mark.parametrize(
+    "source, says", [("celeba", "not the official CelebA layout"), ("vggface2", "not the VGGFace2 layout")]
+)
 def test_a_face_folder_of_another_layout_is_one_line_before_ray(world, tmp_path, capsys, source, says, no_ray):
-    rc, _, err = run(capsys, "search", "--data", world["faces"], "--data-source", source, "--storage", tmp_path,
-                     "--wandb-mode", "disabled")
+    rc, _, err = run(
+        capsys,
+        "search",
+        "--data",
+        world["faces"],
+        "--data-source",
+        source,
+        "--storage",
+        tmp_path,
+        "--wandb-mode",
+        "disabled",
+    )
     assert rc == 2
     one_line(err, "nasfe search: error:", str(world["faces"]), says)
 
 
 def test_export_height_zero_is_one_line_and_writes_nothing(world, tmp_path, capsys):
     out = tmp_path / "export"
-    rc, _, err = run(capsys, "export", world["model"], "--space", world["space"].source, "--genotype",
-                     world["genotype_json"], "--out", out, "--height", "0")
+    rc, _, err = run(
+        capsys,
+        "export",
+        world["model"],
+        "--space",
+        world["space"].source,
+        "--genotype",
+        world["genotype_json"],
+        "--out",
+        out,
+        "--height",
+        "0",
+    )
     assert rc == 2
     one_line(err, "nasfe export: error:", "--height 0")
     assert not out.exists() or not [p for p in out.iterdir() if not p.name.startswith(".")]
@@ -746,13 +977,35 @@ def test_export_height_zero_is_one_line_and_writes_nothing(world, tmp_path, caps
 def test_a_failed_export_leaves_no_model_file(world, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "export"
-    rc, _, err = run(capsys, "export", world["model"], "--space", world["space"].source, "--genotype",
-                     world["genotype_json"], "--out", out, "--atol", "1e-30")  # no float32 export is this close
+    rc, _, err = run(
+        capsys,
+        "export",
+        world["model"],
+        "--space",
+        world["space"].source,
+        "--genotype",
+        world["genotype_json"],
+        "--out",
+        out,
+        "--atol",
+        "1e-30",
+    )  # no float32 export is this close
     assert rc == 2
     one_line(err, "nasfe export: error:", "differ from PyTorch")
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == []  # no model.onnx, model.ts
-    rc, _, err = run(capsys, "export", world["model"], "--space", world["space"].source, "--genotype",
-                     world["genotype_json"], "--out", out, "--atol", "-2.47")
+    rc, _, err = run(
+        capsys,
+        "export",
+        world["model"],
+        "--space",
+        world["space"].source,
+        "--genotype",
+        world["genotype_json"],
+        "--out",
+        out,
+        "--atol",
+        "-2.47",
+    )
     assert rc == 2
     one_line(err, "nasfe export: error:", "--atol -2.47")
 
@@ -770,16 +1023,28 @@ def test_an_out_that_is_a_file_or_inside_an_input_is_one_line(world, tmp_path, c
 
     shutil.copytree(world["faces"], faces)
     before = sorted(p.relative_to(faces) for p in faces.rglob("*"))
-    rc, _, err = run(capsys, "testsets", "--faces", faces, "--out", faces / "sets", "--sets", "Test-N",
-                     "--images", "2")
+    rc, _, err = run(capsys, "testsets", "--faces", faces, "--out", faces / "sets", "--sets", "Test-N", "--images", "2")
     assert rc == 2
     one_line(err, "nasfe testsets: error:", "inside --faces")
     assert sorted(p.relative_to(faces) for p in faces.rglob("*")) == before
 
     photos = tmp_path / "photos"
     shutil.copytree(world["photos"], photos)
-    rc, _, err = run(capsys, "restore", world["model"], "--space", world["space"].source, "--genotype",
-                     world["genotype_json"], "-i", photos, "-o", photos / "restored", "--recursive", "--quiet")
+    rc, _, err = run(
+        capsys,
+        "restore",
+        world["model"],
+        "--space",
+        world["space"].source,
+        "--genotype",
+        world["genotype_json"],
+        "-i",
+        photos,
+        "-o",
+        photos / "restored",
+        "--recursive",
+        "--quiet",
+    )
     assert rc == 2
     one_line(err, "nasfe restore: error:", "inside --input")
     assert not (photos / "restored").exists()
@@ -803,8 +1068,7 @@ def test_verify_finds_an_image_swapped_for_another_with_its_checksum_updated(wor
     b.write_bytes(a_bytes)
     import hashlib
 
-    rows[0]["sha256"], rows[-1]["sha256"] = (hashlib.sha256(b_bytes).hexdigest(),
-                                             hashlib.sha256(a_bytes).hexdigest())
+    rows[0]["sha256"], rows[-1]["sha256"] = (hashlib.sha256(b_bytes).hexdigest(), hashlib.sha256(a_bytes).hexdigest())
     (ts / "manifest.json").write_text(json.dumps(m))
     rc, _, err = run(capsys, "testsets", "--verify", "--out", ts)
     assert rc == 2
@@ -826,8 +1090,23 @@ def test_evaluate_checks_every_checksum_before_it_scores(world, tmp_path, capsys
     victim = ts / m["sets"]["Test-N"][1]["file"]
     victim.write_bytes(_png_bytes(48, 40, seed=99))  # a readable image, not the one the manifest lists
     out = tmp_path / "eval"
-    rc, _, err = run(capsys, "evaluate", "--weights", world["model"], "--space", world["space"].source, "--genotype",
-                     world["genotype_json"], "--testsets", ts, "--out", out, "--quiet", "--recognizer", "none")
+    rc, _, err = run(
+        capsys,
+        "evaluate",
+        "--weights",
+        world["model"],
+        "--space",
+        world["space"].source,
+        "--genotype",
+        world["genotype_json"],
+        "--testsets",
+        ts,
+        "--out",
+        out,
+        "--quiet",
+        "--recognizer",
+        "none",
+    )
     assert rc == 2
     one_line(err, "nasfe evaluate: error:", str(victim), "checksum does not match")
     assert not (out / "results.json").exists()
@@ -880,15 +1159,33 @@ def test_a_killed_driver_leaves_no_ray_process(tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="nk", dir="/tmp")  # short: Ray's socket paths; and no other cluster in it
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
     env.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
-    driver = subprocess.Popen([sys.executable, "-m", "nasfe.cli", "search", "--no-retrain", "--workers", "1",
-                               "--storage", str(tmp_path / "runs"), "--name", "killed", "--wandb-mode", "disabled"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nasfe.cli",
+            "search",
+            "--no-retrain",
+            "--workers",
+            "1",
+            "--storage",
+            str(tmp_path / "runs"),
+            "--name",
+            "killed",
+            "--wandb-mode",
+            "disabled",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 300
         while True:  # the local instance is up and its watchdog started (it names the session folder too)
             procs = _ray_processes(ray_tmp)
-            if any("raylet" in c for c in procs.values()) and any("stops the local Ray instance" in c
-                                                                  for c in procs.values()):
+            if any("raylet" in c for c in procs.values()) and any(
+                "stops the local Ray instance" in c for c in procs.values()
+            ):
                 break
             assert driver.poll() is None, "the driver ended before its Ray instance was up"
             assert time.monotonic() < deadline, "no local Ray instance after 300 s"

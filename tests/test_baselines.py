@@ -1,4 +1,5 @@
 """Classical baselines: behaviour on images degraded here (a simple model written in this test)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -111,7 +112,11 @@ def test_classical_on_real_faces():
 
     folder = shared_path("data", "celeba-id")
     files = sorted(folder.glob("*/*.jpg"))[:3]
-    x = torch.stack([torch.from_numpy(cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
-                     for f in files]).float() / 255
+    x = (
+        torch.stack(
+            [torch.from_numpy(cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB)).permute(2, 0, 1) for f in files]
+        ).float()
+        / 255
+    )
     y = _degrade(x, blur=1.5, r=0.2, sigma=0.03)
     assert psnr(BASELINES["classical"](y), x).mean() > psnr(y, x).mean() + 2.0

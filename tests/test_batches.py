@@ -1,4 +1,5 @@
 """FaceRefDataset (x + k refs of the same identity), ShardSampler, Batch and BatchMaker."""
+
 from __future__ import annotations
 
 from collections import Counter

@@ -1,4 +1,5 @@
 """The engine's callback interface and console progress."""
+
 from __future__ import annotations
 
 import io

@@ -1,12 +1,12 @@
 """Mixed operations and fusion cells: Eq. 4-6, partial channels, derived cells."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from nasfe.genotype import BlockGene
-from nasfe.model.cell import (DerivedCell, MixedOp, SearchCell, channel_shuffle, edge_offset, edge_softmax,
-                              num_edges)
+from nasfe.model.cell import DerivedCell, MixedOp, SearchCell, channel_shuffle, edge_offset, edge_softmax, num_edges
 from nasfe.model.ops import OPS, op_param_count
 
 OPS_SMALL = ["sep_conv_3x3", "fft_op", "deveil_op", "skip_connect", "zero"]
@@ -71,7 +71,7 @@ def test_edge_softmax_normalises_per_block():
     g = torch.randn(num_edges(4))
     w = edge_softmax(g, 4)
     for i in range(4):
-        assert w[edge_offset(i):edge_offset(i + 1)].sum().item() == pytest.approx(1.0, abs=1e-6)
+        assert w[edge_offset(i) : edge_offset(i + 1)].sum().item() == pytest.approx(1.0, abs=1e-6)
 
 
 def test_derived_cell_wiring_and_params():

@@ -1,12 +1,18 @@
 """Checkpoints: atomic writes, weights_only loads, clear errors, pruning."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from nasfe.engine.checkpoint import (
-    CheckpointError, checkpoint_name, latest_checkpoint, list_checkpoints, load_checkpoint,
-    prune_checkpoints, save_checkpoint,
+    CheckpointError,
+    checkpoint_name,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
 )
 
 
@@ -56,6 +62,9 @@ def test_latest_and_prune(tmp_path):
     save_checkpoint(tmp_path / checkpoint_name("retrain", 99), {"step": 99})
     assert latest_checkpoint(tmp_path, "search").name == checkpoint_name("search", 30)
     prune_checkpoints(tmp_path, "search", keep=2)
-    assert [p.name for p in list_checkpoints(tmp_path, "search")] == [checkpoint_name("search", 20), checkpoint_name("search", 30)]
+    assert [p.name for p in list_checkpoints(tmp_path, "search")] == [
+        checkpoint_name("search", 20),
+        checkpoint_name("search", 30),
+    ]
     assert latest_checkpoint(tmp_path, "retrain") is not None
     assert latest_checkpoint(tmp_path / "nothing", "search") is None

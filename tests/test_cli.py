@@ -1,4 +1,5 @@
 """The `nasfe` command line: every command is reachable and user errors are one clear line."""
+
 from __future__ import annotations
 
 import subprocess
@@ -34,8 +35,12 @@ def test_unknown_command_exits_2(capsys):
 def test_user_error_is_one_line_without_traceback(tmp_path):
     bad = tmp_path / "manifest-less"
     bad.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "nasfe.cli", "testsets", "--verify", "--out", str(bad)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nasfe.cli", "testsets", "--verify", "--out", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert str(bad) in proc.stderr

@@ -1,4 +1,5 @@
 """cluster.yaml is a valid Ray cluster-launcher config (Ray's own schema) and installs nasfe."""
+
 from __future__ import annotations
 
 import copy
@@ -38,8 +39,7 @@ def test_cluster_yaml_has_gpu_spot_workers_and_cpu_head(raw):
 def test_cluster_yaml_ships_and_installs_the_project(raw):
     mounts = raw["file_mounts"]
     # the parts pip and the jobs need, each its own mount under ~/nasfe (never the whole checkout)
-    needed = {"nasfe", "jobs", "scripts", "search_spaces", "pyproject.toml", "setup.py", "README.md",
-              "constraints.txt"}
+    needed = {"nasfe", "jobs", "scripts", "search_spaces", "pyproject.toml", "setup.py", "README.md", "constraints.txt"}
     shipped = {Path(v).name: k for k, v in mounts.items() if k.startswith("/home/ubuntu/nasfe/")}
     assert needed <= set(shipped), needed - set(shipped)
     assert all(shipped[n] == f"/home/ubuntu/nasfe/{n}" for n in needed)
@@ -75,8 +75,13 @@ def _torch_install(raw) -> tuple[str, str, str]:
     setup = "\n".join(raw["setup_commands"])
     m = re.search(r"NASFE_TORCH=(\S+)", setup)
     assert m, "setup_commands must pick the CUDA torch with NASFE_TORCH=<version>+<cuda tag>"
-    out = subprocess.run(["bash", str(REPO / "scripts" / "setup.sh"), "--torch-command"], capture_output=True,
-                         text=True, env={"PATH": "/usr/bin:/bin", "NASFE_TORCH": m.group(1)}, check=True).stdout
+    out = subprocess.run(
+        ["bash", str(REPO / "scripts" / "setup.sh"), "--torch-command"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "NASFE_TORCH": m.group(1)},
+        check=True,
+    ).stdout
     spec = re.search(r"torch==(\S+)\s+--index-url\s+(\S+)", out)
     version, tag = spec.group(1).split("+")
     return version, tag, spec.group(2)
@@ -107,8 +112,13 @@ def test_worker_types_declare_their_gpus(raw):
 def _run_node_env(home: Path):
     import subprocess
 
-    return subprocess.run(["bash", str(REPO / "scripts" / "node_env.sh")], env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
-                          capture_output=True, text=True, check=True)
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "node_env.sh")],
+        env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
 
 
 def test_setup_commands_are_idempotent_and_install_the_wandb_login(raw, tmp_path):
@@ -158,8 +168,13 @@ def _checkout(dest: Path) -> Path:
     import shutil
     import subprocess
 
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for rel in files:
         if (REPO / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -274,23 +289,39 @@ def test_setup_lends_the_amis_torch_instead_of_downloading_it(tmp_path):
     checkout = _checkout(tmp_path / "checkout")
     base = tmp_path / "opt-pytorch"  # the Deep Learning AMI's PyTorch environment, torch only
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(base)], check=True)
-    site = Path(subprocess.run([str(base / "bin" / "python"), "-c",
-                                "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(base / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     (site / "torch").mkdir()
     (site / "torch" / "__init__.py").write_text('__version__ = "2.8.0+cu128"\n')
     info = site / "torch-2.8.0+cu128.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.8.0+cu128\n")
-    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path), "PIP_NO_INDEX": "1",
-           "PIP_FIND_LINKS": "", "NASFE_TORCH": "2.8.0+cu128", "NASFE_BASE_PYTHON": str(base / "bin" / "python"),
-           "PYTHON": sys.executable}
-    out = subprocess.run(["bash", "scripts/setup.sh", "--torch-only"], cwd=checkout, env=env, capture_output=True,
-                         text=True, timeout=300)
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": "",
+        "NASFE_TORCH": "2.8.0+cu128",
+        "NASFE_BASE_PYTHON": str(base / "bin" / "python"),
+        "PYTHON": sys.executable,
+    }
+    out = subprocess.run(
+        ["bash", "scripts/setup.sh", "--torch-only"], cwd=checkout, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stdout + out.stderr  # no download was tried (PIP_NO_INDEX)
     assert "torch 2.8.0+cu128 from" in out.stdout
-    got = subprocess.run([str(checkout / ".venv" / "bin" / "python"), "-c", "import torch; print(torch.__version__)"],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    got = subprocess.run(
+        [str(checkout / ".venv" / "bin" / "python"), "-c", "import torch; print(torch.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert got == "2.8.0+cu128"
     del sysconfig
 
@@ -326,15 +357,22 @@ def test_iam_policies_cover_what_the_autoscaler_and_the_runs_call(raw):
     head = _actions(pol["nasfe-head"])
     # the EC2 calls Ray's AWS node provider makes from the head, by their IAM action names
     src = (Path(ray.__file__).parent / "autoscaler" / "_private" / "aws" / "node_provider.py").read_text()
-    calls = {"create_instances": "ec2:RunInstances", "create_tags": "ec2:CreateTags",
-             "terminate_instances": "ec2:TerminateInstances", "instances.filter": "ec2:DescribeInstances",
-             "describe_instance_types": "ec2:DescribeInstanceTypes"}
+    calls = {
+        "create_instances": "ec2:RunInstances",
+        "create_tags": "ec2:CreateTags",
+        "terminate_instances": "ec2:TerminateInstances",
+        "instances.filter": "ec2:DescribeInstances",
+        "describe_instance_types": "ec2:DescribeInstanceTypes",
+    }
     for call, action in calls.items():
         assert call in src, f"Ray's AWS provider no longer calls {call}: revisit the policy"
         assert action in head, action
     passrole = [st for st in pol["nasfe-head"]["Statement"] if "iam:PassRole" in st["Action"]]
-    assert passrole and all(re.search(r"role/nasfe-worker$", r) for st in passrole for r in
-                            ([st["Resource"]] if isinstance(st["Resource"], str) else st["Resource"]))
+    assert passrole and all(
+        re.search(r"role/nasfe-worker$", r)
+        for st in passrole
+        for r in ([st["Resource"]] if isinstance(st["Resource"], str) else st["Resource"])
+    )
     for name in ("nasfe-head", "nasfe-worker"):
         assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket", "s3:DeleteObject"} <= _actions(pol[name])
     assert not any(a.startswith(("ec2:", "iam:")) for a in _actions(pol["nasfe-worker"]))
@@ -359,17 +397,26 @@ def test_a_jobs_eight_gpu_workers_are_launched_in_one_wave(raw):
         def internal_ip(self, node):
             return "10.0.0.1"
 
-    sched = ResourceDemandScheduler(Provider(), cfg["available_node_types"], cfg["max_workers"], head,
-                                    float(cfg["upscaling_speed"]))
-    group = PlacementGroupTableData(strategy=PlacementStrategy.PACK, state=PlacementGroupTableData.PENDING,
-                                    bundles=[Bundle(unit_resources={"GPU": 1.0}) for _ in range(8)])
+    sched = ResourceDemandScheduler(
+        Provider(), cfg["available_node_types"], cfg["max_workers"], head, float(cfg["upscaling_speed"])
+    )
+    group = PlacementGroupTableData(
+        strategy=PlacementStrategy.PACK,
+        state=PlacementGroupTableData.PENDING,
+        bundles=[Bundle(unit_resources={"GPU": 1.0}) for _ in range(8)],
+    )
     idle = {"10.0.0.1": {"CPU": 0.0}}
 
     def launch(**demand):
-        return sched.get_nodes_to_launch(["head"], {}, unused_resources_by_ip=idle, max_resources_by_ip=idle,
-                                         ensure_min_cluster_size=[],
-                                         node_availability_summary=NodeAvailabilitySummary(node_availabilities={}),
-                                         **demand)[0]
+        return sched.get_nodes_to_launch(
+            ["head"],
+            {},
+            unused_resources_by_ip=idle,
+            max_resources_by_ip=idle,
+            ensure_min_cluster_size=[],
+            node_availability_summary=NodeAvailabilitySummary(node_availabilities={}),
+            **demand,
+        )[0]
 
     worker = next(n for n in cfg["available_node_types"] if n != head)
     assert launch(resource_demands=[], pending_placement_groups=[group]) == {worker: 8}

@@ -1,6 +1,7 @@
 """The cluster path with real parts: two raylets on this machine, runs and faces on a local S3 server
 (moto), the job script run as ``ray submit`` runs it; and Ray's fake multi-node autoscaler starting
 GPU nodes from zero for a job's declared demand. Slow (minutes): CI runs them too."""
+
 from __future__ import annotations
 
 import json
@@ -49,31 +50,48 @@ def s3():
 def cluster(s3, tmp_path_factory):
     """Head (1 CPU) + a second raylet (1 CPU): one Train worker each; per-node data caches."""
     nodes = tmp_path_factory.mktemp("nodes")
-    env = {**s3.env, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "PYTHONPATH": str(REPO)}
+    env = {**s3.env, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(REPO)}
     c = RayCluster(env)
     try:
-        c.start_head(num_cpus=1, env={"NASFE_DATA_CACHE": str(nodes / "a" / "cache"),
-                                      "NASFE_WORK_DIR": str(nodes / "a" / "work")})
-        c.add_node(num_cpus=1, env={"NASFE_DATA_CACHE": str(nodes / "b" / "cache"),
-                                    "NASFE_WORK_DIR": str(nodes / "b" / "work")})
+        c.start_head(
+            num_cpus=1,
+            env={"NASFE_DATA_CACHE": str(nodes / "a" / "cache"), "NASFE_WORK_DIR": str(nodes / "a" / "work")},
+        )
+        c.add_node(
+            num_cpus=1,
+            env={"NASFE_DATA_CACHE": str(nodes / "b" / "cache"), "NASFE_WORK_DIR": str(nodes / "b" / "work")},
+        )
         c.nodes_dir = nodes
         yield c
     finally:
         c.stop()
 
 
-def _submit(cluster, s3, cwd: Path, *args: str, key: str = FAKE_KEY, timeout: float = 1500,
-            interrupt_when=None) -> subprocess.CompletedProcess:
+def _submit(
+    cluster, s3, cwd: Path, *args: str, key: str = FAKE_KEY, timeout: float = 1500, interrupt_when=None
+) -> subprocess.CompletedProcess:
     """``python search.py -- ARGS`` from a folder holding only the script, as ``ray submit`` does."""
     script = cwd / "search.py"
     if not script.exists():
         script.write_bytes((REPO / "jobs" / "search.py").read_bytes())
-    env = {**os.environ, **s3.env, **cluster.driver_env(), "WANDB_API_KEY": key, "WANDB_MODE": "offline",
-           "PYTHONPATH": str(REPO), "NASFE_DATA_CACHE": str(cwd / "driver-cache"),
-           "NASFE_WORK_DIR": str(cwd / "driver-work")}
-    proc = subprocess.Popen([sys.executable, str(script), "--", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        **s3.env,
+        **cluster.driver_env(),
+        "WANDB_API_KEY": key,
+        "WANDB_MODE": "offline",
+        "PYTHONPATH": str(REPO),
+        "NASFE_DATA_CACHE": str(cwd / "driver-cache"),
+        "NASFE_WORK_DIR": str(cwd / "driver-work"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--", *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     if interrupt_when is not None:
         deadline = time.time() + timeout
         while proc.poll() is None and not interrupt_when() and time.time() < deadline:
@@ -110,14 +128,34 @@ def test_search_on_two_raylets_with_runs_and_faces_on_s3(cluster, s3, tmp_path):
     # 6 epochs of 2 steps: the interrupt at the first checkpoint (step 2) lands with 10 steps to go
     # however fast the machine, so the resumed segment always has history to log
     epochs = 6
-    args = ("--space", "tiny", "--data", f"s3://{s3.bucket}/faces", "--storage", storage, "--name", "e2e",
-            "--workers", "2", "--no-retrain", "--max-failures", "0", "--epochs", str(epochs))
+    args = (
+        "--space",
+        "tiny",
+        "--data",
+        f"s3://{s3.bucket}/faces",
+        "--storage",
+        storage,
+        "--name",
+        "e2e",
+        "--workers",
+        "2",
+        "--no-retrain",
+        "--max-failures",
+        "0",
+        "--epochs",
+        str(epochs),
+    )
     home = tmp_path / "home"  # the script alone, as `ray submit` leaves it
     home.mkdir()
 
     # 1. interrupted (Ctrl-C) once the first checkpoint is on S3
-    first = _submit(cluster, s3, home, *args,
-                    interrupt_when=lambda: any("/ray/search/checkpoint_" in k for k in s3.keys("runs/e2e/")))
+    first = _submit(
+        cluster,
+        s3,
+        home,
+        *args,
+        interrupt_when=lambda: any("/ray/search/checkpoint_" in k for k in s3.keys("runs/e2e/")),
+    )
     assert first.returncode == 130, first.stdout[-2000:] + first.stderr[-3000:]
     ours = [line for line in first.stderr.splitlines() if line.startswith("nasfe search:")]
     assert ours == ["nasfe search: interrupted; run the same command again to resume"], first.stderr[-3000:]
@@ -158,9 +196,25 @@ def test_search_on_two_raylets_with_runs_and_faces_on_s3(cluster, s3, tmp_path):
     assert sorted(set(steps[0]) | set(steps[1])) == reads, steps
 
     # one command fetches every segment from S3 for `wandb sync`
-    sync = subprocess.run([sys.executable, "-m", "nasfe.cli", "wandb-sync", "--name", "e2e", "--storage", storage,
-                           "--dest", str(tmp_path / "sync"), "--dry-run"], env={**os.environ, **s3.env,
-                          "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    sync = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nasfe.cli",
+            "wandb-sync",
+            "--name",
+            "e2e",
+            "--storage",
+            storage,
+            "--dest",
+            str(tmp_path / "sync"),
+            "--dry-run",
+        ],
+        env={**os.environ, **s3.env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert sync.returncode == 0, sync.stderr
     listed = [line.strip() for line in sync.stdout.splitlines()[1:]]
     assert [Path(p).name for p in listed] == folders and all(Path(p, f"run-{run_id}.wandb").is_file() for p in listed)
@@ -221,10 +275,17 @@ worker_start_ray_commands: []
 
 
 def _nodes(cluster) -> list[dict]:
-    code = ("import json, ray; ray.init(address='auto', logging_level='ERROR'); "
-            "print(json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]))")
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **cluster.driver_env()},
-                         capture_output=True, text=True, timeout=120)
+    code = (
+        "import json, ray; ray.init(address='auto', logging_level='ERROR'); "
+        "print(json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **cluster.driver_env()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("[")]
     assert lines, f"no node list in stdout: {out.stdout[-1000:]!r}; stderr: {out.stderr[-1000:]!r}"
@@ -232,22 +293,49 @@ def _nodes(cluster) -> list[dict]:
 
 
 def test_the_autoscaler_starts_gpu_nodes_from_zero_for_a_declared_demand(tmp_path):
-    c = RayCluster({"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "RAY_FAKE_CLUSTER": "1",
-                    "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
+    c = RayCluster(
+        {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    )
     config = tmp_path / "fake_cluster.yaml"
     try:
-        c.start_head(num_cpus=0, extra=(f"--autoscaling-config={config}",),
-                     prepare=lambda gcs: config.write_text(FAKE_CONFIG.format(gcs=gcs)))
+        c.start_head(
+            num_cpus=0,
+            extra=(f"--autoscaling-config={config}",),
+            prepare=lambda gcs: config.write_text(FAKE_CONFIG.format(gcs=gcs)),
+        )
         assert [n.get("GPU", 0) for n in _nodes(c)] == [0]  # just the head: no GPU anywhere
         home = tmp_path / "home"
         home.mkdir()
         (home / "search.py").write_bytes((REPO / "jobs" / "search.py").read_bytes())
-        env = {**os.environ, **c.driver_env(), "PYTHONPATH": str(REPO), "NASFE_CLUSTER_CONFIG": str(config),
-               "WANDB_MODE": "disabled"}
+        env = {
+            **os.environ,
+            **c.driver_env(),
+            "PYTHONPATH": str(REPO),
+            "NASFE_CLUSTER_CONFIG": str(config),
+            "WANDB_MODE": "disabled",
+        }
         env.pop("NASFE_GPUS_PER_WORKER", None)
-        out = subprocess.run([sys.executable, "search.py", "--", "--space", "tiny", "--workers", "2", "--no-retrain",
-                              "--storage", str(tmp_path / "runs"), "--max-failures", "0"], cwd=home, env=env,
-                             capture_output=True, text=True, timeout=480)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "search.py",
+                "--",
+                "--space",
+                "tiny",
+                "--workers",
+                "2",
+                "--no-retrain",
+                "--storage",
+                str(tmp_path / "runs"),
+                "--max-failures",
+                "0",
+            ],
+            cwd=home,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=480,
+        )
         # the job asked for GPUs the cluster declared (no flag), one per worker, and the autoscaler
         # started one 2-GPU node for the two workers
         assert "1 GPU per worker" in out.stdout and "gpu_worker" in out.stdout, out.stdout[-2000:]
@@ -256,8 +344,11 @@ def test_the_autoscaler_starts_gpu_nodes_from_zero_for_a_declared_demand(tmp_pat
         # torch here is a CPU build: the workers Ray gave a GPU stop the job with one line
         assert out.returncode == 2, out.stderr[-3000:]
         ours = [line for line in out.stderr.splitlines() if line.startswith("nasfe search:")]
-        assert len(ours) == 1 and re.match(r"nasfe search: error: a Train worker on .* was given GPU \[.*\] by Ray "
-                                           r"but torch .* cannot see CUDA", ours[0]), out.stderr[-3000:]
+        assert len(ours) == 1 and re.match(
+            r"nasfe search: error: a Train worker on .* was given GPU \[.*\] by Ray "
+            r"but torch .* cannot see CUDA",
+            ours[0],
+        ), out.stderr[-3000:]
     finally:
         c.stop()
 
@@ -283,10 +374,27 @@ params:
 def test_a_sweep_on_two_raylets_keeps_everything_on_s3_and_resumes_from_it(cluster, s3, tmp_path):
     space = tmp_path / "sweep_s3.yaml"
     space.write_text(SWEEP)
-    env = {**os.environ, **s3.env, **cluster.driver_env(), "PYTHONPATH": str(REPO), "WANDB_MODE": "offline",
-           "NASFE_WORK_DIR": str(tmp_path / "driver-work")}
-    cmd = [sys.executable, "-m", "nasfe.cli", "sweep", "--sweep", str(space), "--storage", f"s3://{s3.bucket}/sweeps",
-           "--name", "s3sweep", "--quiet"]
+    env = {
+        **os.environ,
+        **s3.env,
+        **cluster.driver_env(),
+        "PYTHONPATH": str(REPO),
+        "WANDB_MODE": "offline",
+        "NASFE_WORK_DIR": str(tmp_path / "driver-work"),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "nasfe.cli",
+        "sweep",
+        "--sweep",
+        str(space),
+        "--storage",
+        f"s3://{s3.bucket}/sweeps",
+        "--name",
+        "s3sweep",
+        "--quiet",
+    ]
     first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     keys = s3.keys("sweeps/s3sweep/")
@@ -302,8 +410,14 @@ def test_a_sweep_on_two_raylets_keeps_everything_on_s3_and_resumes_from_it(clust
     table = s3.read("sweeps/s3sweep/sweep_table.md").decode()
     assert table.count("| COMPLETED |") == 2 and "genotype_id" in table, table
     # the same command again: resumed from S3, finished trials kept, nothing re-run
-    second = subprocess.run(cmd, cwd=tmp_path, env={**env, "NASFE_WORK_DIR": str(tmp_path / "other-driver")},
-                            capture_output=True, text=True, timeout=600)
+    second = subprocess.run(
+        cmd,
+        cwd=tmp_path,
+        env={**env, "NASFE_WORK_DIR": str(tmp_path / "other-driver")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "Started training worker group" not in second.stdout + second.stderr
     assert s3.read("sweeps/s3sweep/sweep_table.md").decode().count("| COMPLETED |") == 2

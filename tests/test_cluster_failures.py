@@ -2,6 +2,7 @@
 local S3 server (moto). A node that vanishes (its raylet and every process under it killed, then a
 fresh raylet joining as the autoscaler's replacement would) is retried however often it happens; a
 divergence ends the run after its first attempt with its one line. Slow (minutes): CI runs them too."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,11 @@ if not Path("/proc/self/cmdline").exists():
 REPO = Path(__file__).resolve().parents[1]
 #: the GCS declares a vanished node dead within about 10 s (defaults: about 30 s), with room for a
 #: loaded machine's slow answers
-FAST_HEALTH = {"RAY_health_check_period_ms": "2000", "RAY_health_check_timeout_ms": "3000",
-               "RAY_health_check_failure_threshold": "4"}
+FAST_HEALTH = {
+    "RAY_health_check_period_ms": "2000",
+    "RAY_health_check_timeout_ms": "3000",
+    "RAY_health_check_failure_threshold": "4",
+}
 
 
 def _faces(folder: Path) -> Path:
@@ -77,8 +81,10 @@ def s3():
 def _add_node(cluster, nodes: Path, label: str) -> list[int]:
     """A 1-CPU raylet with its own data cache; returns the pids it started (raylet and helpers)."""
     before = set(cluster.pids())
-    cluster.add_node(num_cpus=1, env={"NASFE_DATA_CACHE": str(nodes / label / "cache"),
-                                      "NASFE_WORK_DIR": str(nodes / label / "work")})
+    cluster.add_node(
+        num_cpus=1,
+        env={"NASFE_DATA_CACHE": str(nodes / label / "cache"), "NASFE_WORK_DIR": str(nodes / label / "work")},
+    )
     return sorted(set(cluster.pids()) - before)
 
 
@@ -86,12 +92,20 @@ def _add_node(cluster, nodes: Path, label: str) -> list[int]:
 def cluster(s3, tmp_path_factory):
     """A 1-CPU head and one 1-CPU worker raylet: one Train worker each."""
     nodes = tmp_path_factory.mktemp("nodes")
-    env = {**s3.env, **FAST_HEALTH, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "PYTHONPATH": str(REPO)}
+    env = {
+        **s3.env,
+        **FAST_HEALTH,
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "PYTHONPATH": str(REPO),
+    }
     c = RayCluster(env)
     try:
-        c.start_head(num_cpus=1, env={"NASFE_DATA_CACHE": str(nodes / "head" / "cache"),
-                                      "NASFE_WORK_DIR": str(nodes / "head" / "work")})
+        c.start_head(
+            num_cpus=1,
+            env={"NASFE_DATA_CACHE": str(nodes / "head" / "cache"), "NASFE_WORK_DIR": str(nodes / "head" / "work")},
+        )
         c.nodes_dir = nodes
         c.worker = _add_node(c, nodes, "n0")
         yield c
@@ -103,9 +117,17 @@ def _driver(cluster, s3, tmp_path: Path) -> tuple[Path, dict]:
     home = tmp_path / "home"  # the script alone, as `ray submit` leaves it
     home.mkdir()
     (home / "search.py").write_bytes((REPO / "jobs" / "search.py").read_bytes())
-    env = {**os.environ, **s3.env, **cluster.driver_env(), "PYTHONPATH": str(REPO), "WANDB_MODE": "offline",
-           "NASFE_DATA_CACHE": str(home / "cache"), "NASFE_WORK_DIR": str(home / "work"),
-           "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "20", "RAY_DEDUP_LOGS": "0"}
+    env = {
+        **os.environ,
+        **s3.env,
+        **cluster.driver_env(),
+        "PYTHONPATH": str(REPO),
+        "WANDB_MODE": "offline",
+        "NASFE_DATA_CACHE": str(home / "cache"),
+        "NASFE_WORK_DIR": str(home / "work"),
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "20",
+        "RAY_DEDUP_LOGS": "0",
+    }
     return home, env
 
 
@@ -114,12 +136,31 @@ def test_a_run_survives_three_lost_nodes_under_the_default_max_failures(cluster,
     s3.upload_dir(_faces(tmp_path / "faces"), "faces")
     home, driver_env = _driver(cluster, s3, tmp_path)
     epochs = 6  # a checkpoint per epoch: one before each of the 3 losses, work left after the last
-    args = ["--space", "tiny", "--data", f"s3://{s3.bucket}/faces", "--storage", f"s3://{s3.bucket}/runs",
-            "--name", "spot", "--workers", "2", "--no-retrain", "--epochs", str(epochs)]  # --max-failures: 2
+    args = [
+        "--space",
+        "tiny",
+        "--data",
+        f"s3://{s3.bucket}/faces",
+        "--storage",
+        f"s3://{s3.bucket}/runs",
+        "--name",
+        "spot",
+        "--workers",
+        "2",
+        "--no-retrain",
+        "--epochs",
+        str(epochs),
+    ]  # --max-failures: 2
     log = tmp_path / "job.log"
     with open(log, "w") as sink:
-        proc = subprocess.Popen([sys.executable, "search.py", "--", *args], cwd=home, env=driver_env,
-                                text=True, stdout=sink, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "search.py", "--", *args],
+            cwd=home,
+            env=driver_env,
+            text=True,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     node, kills = cluster.worker, 0
     try:
         seen: set[str] = set()
@@ -150,10 +191,33 @@ def test_a_divergence_ends_after_one_attempt_whatever_max_failures_says(cluster,
     import re
 
     home, driver_env = _driver(cluster, s3, tmp_path)
-    div = subprocess.run([sys.executable, "search.py", "--", "--space", "tiny", "--storage", f"s3://{s3.bucket}/runs",
-                          "--name", "diverge", "--workers", "2", "--no-retrain", "--max-failures", "3",
-                          "--set", "search.lr=1.0e12", "--set", "search.arch_lr=1.0e12"],
-                         cwd=home, env=driver_env, capture_output=True, text=True, timeout=800)
+    div = subprocess.run(
+        [
+            sys.executable,
+            "search.py",
+            "--",
+            "--space",
+            "tiny",
+            "--storage",
+            f"s3://{s3.bucket}/runs",
+            "--name",
+            "diverge",
+            "--workers",
+            "2",
+            "--no-retrain",
+            "--max-failures",
+            "3",
+            "--set",
+            "search.lr=1.0e12",
+            "--set",
+            "search.arch_lr=1.0e12",
+        ],
+        cwd=home,
+        env=driver_env,
+        capture_output=True,
+        text=True,
+        timeout=800,
+    )
     assert div.returncode == 2, div.stdout[-3000:] + div.stderr[-3000:]
     ours = [ln for ln in div.stderr.splitlines() if ln.startswith("nasfe search:")]
     assert len(ours) == 1 and ours[0].startswith("nasfe search: error: non-finite "), div.stderr[-3000:]

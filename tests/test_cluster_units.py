@@ -1,5 +1,6 @@
 """Fast checks of the cluster path's parts: no secret in the workers' runtime_env, data fetched once
 per node, the W&B run id kept in the run's storage, finished phases, a W&B run closed after a failure."""
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,14 @@ def test_data_from_a_uri_is_fetched_once_per_node_and_reused(tmp_path, monkeypat
         t.join()
     assert len(calls) == 1 and len(set(got)) == 1
     local = got[0]
-    assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*.png")) == \
-        ["a/0.png", "a/1.png", "a/2.png", "b/0.png", "b/1.png", "b/2.png"]
+    assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*.png")) == [
+        "a/0.png",
+        "a/1.png",
+        "a/2.png",
+        "b/0.png",
+        "b/1.png",
+        "b/2.png",
+    ]
     assert json.loads((local / remote.MARKER).read_text())["files"] == 6
     assert remote.fetch_once(uri) == local and len(calls) == 1  # a later run reuses it
     assert remote.fetch_once(str(src)) == src  # local paths unchanged
@@ -137,8 +144,9 @@ def s3_server():
     server.stop()
 
 
-def test_training_starts_from_s3_before_the_faces_are_copied_and_a_node_fills_its_cache(tmp_path, monkeypatch,
-                                                                                       s3_server):
+def test_training_starts_from_s3_before_the_faces_are_copied_and_a_node_fills_its_cache(
+    tmp_path, monkeypatch, s3_server
+):
     import time
 
     from nasfe.config import load_space
@@ -156,8 +164,9 @@ def test_training_starts_from_s3_before_the_faces_are_copied_and_a_node_fills_it
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("NASFE_DATA_CACHE", str(tmp_path / "node-a"))
     monkeypatch.setenv("NASFE_DATA_PREFETCH", "0")
-    space = load_space("tiny", {"data.source": "folder", "data.root": f"s3://{s3_server.bucket}/lazy/faces",
-                                "data.workers": 0})
+    space = load_space(
+        "tiny", {"data.source": "folder", "data.root": f"s3://{s3_server.bucket}/lazy/faces", "data.workers": 0}
+    )
     local = Path(localize_space(space).data.root)
     pngs = sorted(local.rglob("*.png"))
     assert len(pngs) == 200 and not [p for p in pngs if p.stat().st_size]  # listed, nothing copied yet
@@ -178,9 +187,15 @@ def test_training_starts_from_s3_before_the_faces_are_copied_and_a_node_fills_it
 
 def _ray_layout(write, listed=("checkpoint_000001",), folders=("checkpoint_000001", "checkpoint_000002")):
     """A phase's Ray folder: the record lists ``listed``; ``folders`` exist (the rest: cut short)."""
-    write("ray/search/checkpoint_manager_snapshot.json", json.dumps(
-        {"checkpoint_results": [{"checkpoint_dir_name": n} for n in listed],
-         "latest_checkpoint_result": {"checkpoint_dir_name": listed[-1]}}))
+    write(
+        "ray/search/checkpoint_manager_snapshot.json",
+        json.dumps(
+            {
+                "checkpoint_results": [{"checkpoint_dir_name": n} for n in listed],
+                "latest_checkpoint_result": {"checkpoint_dir_name": listed[-1]},
+            }
+        ),
+    )
     for name in folders:
         write(f"ray/search/{name}/search_step_00000004.pt", "partial" if name not in listed else "whole")
 
@@ -221,9 +236,11 @@ def test_the_wandb_folder_printed_at_the_end_is_the_copy_in_the_runs_storage(tmp
     from nasfe.distributed.search_job import wandb_pointer
 
     worker_dir = "/home/ubuntu/nasfe-work/p1/wandb/offline-run-20261207_040000-abcd1234"  # on a spot worker
-    (tmp_path / "wandb_search.json").write_text(json.dumps(
-        {"mode": "offline", "id": "abcd1234", "dir": worker_dir, "url": None, "sync": f"wandb sync {worker_dir}"}))
-    line, = wandb_pointer(tmp_path, RunStorage.create("s3://bucket/runs", "p1"))
+    (tmp_path / "wandb_search.json").write_text(
+        json.dumps(
+            {"mode": "offline", "id": "abcd1234", "dir": worker_dir, "url": None, "sync": f"wandb sync {worker_dir}"}
+        )
+    )
+    (line,) = wandb_pointer(tmp_path, RunStorage.create("s3://bucket/runs", "p1"))
     assert "s3://bucket/runs/p1/wandb/offline-run-20261207_040000-abcd1234" in line
     assert "/home/ubuntu" not in line and "nasfe wandb-sync --name p1 --storage s3://bucket/runs" in line
-

@@ -1,4 +1,5 @@
 """``nasfe compare``: side-by-side table, exact diff, cell PNGs, histogram, W&B table, errors."""
+
 from __future__ import annotations
 
 import csv
@@ -23,9 +24,14 @@ def space():
 
 
 def genotype(space, cell, path):
-    return Genotype(cells=[[BlockGene(list(i), list(o)) for i, o in cell]], path=path,
-                    operators=list(space.model.operators), blocks=space.model.blocks,
-                    space_hash=space.space_hash(), meta={"space": space.name})
+    return Genotype(
+        cells=[[BlockGene(list(i), list(o)) for i, o in cell]],
+        path=path,
+        operators=list(space.model.operators),
+        blocks=space.model.blocks,
+        space_hash=space.space_hash(),
+        meta={"space": space.name},
+    )
 
 
 @pytest.fixture
@@ -36,16 +42,18 @@ def two(tmp_path, space):
     pa = a.to_json(tmp_path / "alpha.json")
     run_b = tmp_path / "run_b"
     b.to_json(run_b / "genotype.json")
-    (run_b / "search_summary.json").write_text(json.dumps(
-        {"final": {"val_psnr": 21.5, "val_ssim": 0.61}, "best_val_psnr": 21.75}))
+    (run_b / "search_summary.json").write_text(
+        json.dumps({"final": {"val_psnr": 21.5, "val_ssim": 0.61}, "best_val_psnr": 21.75})
+    )
     return pa, run_b
 
 
 def test_diff_reports_exactly_the_differences(two, tmp_path):
     report = compare(list(two), out_dir=tmp_path / "out", measure=False)
     assert [e.label for e in report.entries] == ["alpha", "run_b"]
-    assert report.diffs == [("alpha", "run_b", ["cell 0 block 1 input 2: deveil_op -> skip_connect",
-                                                 "path: [0, 0] -> [1, 0]"])]
+    assert report.diffs == [
+        ("alpha", "run_b", ["cell 0 block 1 input 2: deveil_op -> skip_connect", "path: [0, 0] -> [1, 0]"])
+    ]
     rows = dict(report.rows)
     metric_rows = {"search val PSNR (dB)", "search val SSIM", "search best val PSNR (dB)"}
     differing = sorted(k for k, (va, vb) in rows.items() if va != vb and k not in metric_rows)
@@ -68,8 +76,13 @@ def test_outputs_csv_pngs_and_histogram(two, tmp_path):
     assert (out / "compare.md").read_text() == report.markdown
     for png in ("cells/alpha_cell0.png", "cells/run_b_cell0.png", "op_histogram.png"):
         assert (out / png).read_bytes()[:8] == PNG, png
-    assert report.histogram == {"fft_op": [1, 1], "res_op": [1, 1], "sep_conv_3x3": [1, 1],
-                                "deveil_op": [1, 0], "skip_connect": [0, 1]}
+    assert report.histogram == {
+        "fft_op": [1, 1],
+        "res_op": [1, 1],
+        "sep_conv_3x3": [1, 1],
+        "deveil_op": [1, 0],
+        "skip_connect": [0, 1],
+    }
 
 
 def test_parameters_flops_latency_measured(two, space):
@@ -95,8 +108,9 @@ def test_logs_a_wandb_table_when_a_run_is_active(two, monkeypatch):
         def __init__(self, columns, data):
             self.columns, self.data = columns, data
 
-    fake = types.SimpleNamespace(Table=Table, Image=lambda p: ("image", p),
-                                 run=types.SimpleNamespace(log=logged.append))
+    fake = types.SimpleNamespace(
+        Table=Table, Image=lambda p: ("image", p), run=types.SimpleNamespace(log=logged.append)
+    )
     monkeypatch.setitem(sys.modules, "wandb", fake)
     report = compare(list(two), measure=False)
     assert report.wandb_logged
@@ -164,8 +178,25 @@ def test_latency_median_and_spread_over_repeats_or_left_out(two, capsys, monkeyp
 def test_unsteady_latency_is_flagged(two, monkeypatch):
     from nasfe.evaluate import compare as cmp
 
-    monkeypatch.setattr(cmp, "measure_latency", lambda models, runs, warmup=3: [
-        {"latency_ms": 20.0, "latency_q1_ms": 19.0, "latency_q3_ms": 21.0, "latency_runs": runs, "latency_warmup": 3},
-        {"latency_ms": 40.0, "latency_q1_ms": 20.0, "latency_q3_ms": 380.0, "latency_runs": runs, "latency_warmup": 3}])
+    monkeypatch.setattr(
+        cmp,
+        "measure_latency",
+        lambda models, runs, warmup=3: [
+            {
+                "latency_ms": 20.0,
+                "latency_q1_ms": 19.0,
+                "latency_q3_ms": 21.0,
+                "latency_runs": runs,
+                "latency_warmup": 3,
+            },
+            {
+                "latency_ms": 40.0,
+                "latency_q1_ms": 20.0,
+                "latency_q3_ms": 380.0,
+                "latency_runs": runs,
+                "latency_warmup": 3,
+            },
+        ],
+    )
     report = compare([two[0], two[0]], space="tiny", latency_runs=5)
     assert "**Warning**: latency unsteady for alpha-2" in report.markdown

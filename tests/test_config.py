@@ -1,4 +1,5 @@
 """Typed configuration: YAML loading, overrides, validation messages, hashing."""
+
 from __future__ import annotations
 
 import re
@@ -37,17 +38,26 @@ def test_overrides_apply_dotted_keys(tmp_path):
     assert cfg.loss.lambda_per == 0.1 and cfg.model.blocks == 5
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("search.lr=0.001", ("search.lr", 0.001)),
-    (" model.operators = [res_op, zero]", ("model.operators", ["res_op", "zero"])),
-    ("data.root=a=b", ("data.root", "a=b")),  # only the first '=' splits
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("search.lr=0.001", ("search.lr", 0.001)),
+        (" model.operators = [res_op, zero]", ("model.operators", ["res_op", "zero"])),
+        ("data.root=a=b", ("data.root", "a=b")),  # only the first '=' splits
+    ],
+)
 def test_parse_override(text, expected):
     assert parse_override(text) == expected
 
 
-@pytest.mark.parametrize("text, needle", [("search.lr", "expects KEY=VALUE"), ("=1", "expects KEY=VALUE"),
-                                          ("a.b={x", "a.b: the value '{x' is not valid YAML")])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("search.lr", "expects KEY=VALUE"),
+        ("=1", "expects KEY=VALUE"),
+        ("a.b={x", "a.b: the value '{x' is not valid YAML"),
+    ],
+)
 def test_parse_override_refuses_with_the_text(text, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):
         parse_override(text)
@@ -58,24 +68,27 @@ def test_int_accepted_where_float_expected(tmp_path):
     assert isinstance(cfg.loss.lambda_per, float)
 
 
-@pytest.mark.parametrize("data, needle", [
-    ({"model": {"blokcs": 3}}, "model: unknown field(s) ['blokcs']"),
-    ({"model": {"blocks": "many"}}, "model.blocks: expected an integer"),
-    ({"model": {"blocks": 0}}, "model.blocks must be >= 1"),
-    ({"model": {"operators": ["sep_conv_3x3", "warp_drive"]}}, "unknown operator(s) ['warp_drive']"),
-    ({"model": {"operators": ["zero"]}}, "other than 'zero'"),
-    ({"model": {"fusion": "magic"}}, "model.fusion = 'magic'"),
-    ({"degrade": {"p_blur": 1.5}}, "degrade.p_blur must lie in [0, 1]"),
-    ({"degrade": {"r_range": [0.5, 0.1]}}, "degrade.r_range"),
-    ({"degrade": {"kernel_sizes": [12]}}, "kernel_sizes must be odd"),
-    ({"search": {"epochs": 2, "warmup_epochs": 5}}, "warmup_epochs (5) exceeds"),
-    ({"data": {"source": "imagenet"}}, "data.source"),
-    ({"model": {"channels": 10, "partial_channels": 4}}, "divisible"),
-    ({"model": [1, 2]}, "model: expected a mapping"),
-    ({"retrain": {"lr_schedule": "step"}}, "retrain.lr_schedule = 'step'"),
-    ({"search": {"lr": 1e-3, "lr_min": 1e-2}}, "search.lr_min must lie in [0, search.lr"),
-    ({"retrain": {"lr_warmup_steps": -1}}, "retrain.lr_warmup_steps must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        ({"model": {"blokcs": 3}}, "model: unknown field(s) ['blokcs']"),
+        ({"model": {"blocks": "many"}}, "model.blocks: expected an integer"),
+        ({"model": {"blocks": 0}}, "model.blocks must be >= 1"),
+        ({"model": {"operators": ["sep_conv_3x3", "warp_drive"]}}, "unknown operator(s) ['warp_drive']"),
+        ({"model": {"operators": ["zero"]}}, "other than 'zero'"),
+        ({"model": {"fusion": "magic"}}, "model.fusion = 'magic'"),
+        ({"degrade": {"p_blur": 1.5}}, "degrade.p_blur must lie in [0, 1]"),
+        ({"degrade": {"r_range": [0.5, 0.1]}}, "degrade.r_range"),
+        ({"degrade": {"kernel_sizes": [12]}}, "kernel_sizes must be odd"),
+        ({"search": {"epochs": 2, "warmup_epochs": 5}}, "warmup_epochs (5) exceeds"),
+        ({"data": {"source": "imagenet"}}, "data.source"),
+        ({"model": {"channels": 10, "partial_channels": 4}}, "divisible"),
+        ({"model": [1, 2]}, "model: expected a mapping"),
+        ({"retrain": {"lr_schedule": "step"}}, "retrain.lr_schedule = 'step'"),
+        ({"search": {"lr": 1e-3, "lr_min": 1e-2}}, "search.lr_min must lie in [0, search.lr"),
+        ({"retrain": {"lr_warmup_steps": -1}}, "retrain.lr_warmup_steps must be >= 0"),
+    ],
+)
 def test_validation_names_the_field(tmp_path, data, needle):
     p = write(tmp_path, data)
     with pytest.raises(ConfigError) as exc:

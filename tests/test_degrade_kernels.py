@@ -1,4 +1,5 @@
 """Blur kernels: normalisation, centring, support, Gaussian shape, seeded bank and its cache."""
+
 import math
 
 import numpy as np
@@ -30,7 +31,7 @@ def _assert_inside_supports(bank):
     for i, s in enumerate(bank.sizes.tolist()):
         h = s // 2
         inside = np.zeros_like(k[i], dtype=bool)
-        inside[c - h:c + h + 1, c - h:c + h + 1] = True
+        inside[c - h : c + h + 1, c - h : c + h + 1] = True
         assert k[i][~inside].sum() == 0, f"kernel {i} of size {s} leaks outside its support"
 
 
@@ -54,8 +55,8 @@ def test_gaussian_kernel_has_requested_axes():
     xx, yy = np.meshgrid(ax, ax)
     u = math.cos(th) * xx + math.sin(th) * yy
     v = -math.sin(th) * xx + math.cos(th) * yy
-    assert (k * u * u).sum() == pytest.approx(s1 ** 2, rel=0.03)
-    assert (k * v * v).sum() == pytest.approx(s2 ** 2, rel=0.03)
+    assert (k * u * u).sum() == pytest.approx(s1**2, rel=0.03)
+    assert (k * v * v).sum() == pytest.approx(s2**2, rel=0.03)
     assert abs((k * u * v).sum()) < 1e-3
 
 
@@ -126,8 +127,9 @@ def test_paper_compatible_bank_stays_in_support_and_is_cached_apart(tmp_path):
     default_key = KernelBank.cache_key(16, 4, [13, 27], 5)
     assert default_key == KernelBank.cache_key(16, 4, [13, 27], 5, "centred")
     assert default_key != KernelBank.cache_key(16, 4, [13, 27], 5, "paper-compatible")
-    cfg = DegradeConfig(motion_kernels=16, gaussian_kernels=4, kernel_mode="paper-compatible", bank_seed=5,
-                        cache_dir=str(tmp_path))
+    cfg = DegradeConfig(
+        motion_kernels=16, gaussian_kernels=4, kernel_mode="paper-compatible", bank_seed=5, cache_dir=str(tmp_path)
+    )
     again = KernelBank.load_or_build(cfg)
     assert torch.equal(again.kernels, bank.kernels) and again.mode == "paper-compatible"
     bank.save(tmp_path / "b.pt")

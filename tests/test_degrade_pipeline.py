@@ -1,4 +1,5 @@
 """The batched degradation: blur, camera stage, noise statistics, labels, seeding, reference cross-check."""
+
 import albumentations as A
 import numpy as np
 import pytest
@@ -9,8 +10,7 @@ from nasfe.config import DegradeConfig
 from nasfe.degrade.albu import NASFEDegrade
 from nasfe.degrade.camera import ResponseCurves, demosaic, mosaic
 from nasfe.degrade.kernels import KernelBank
-from nasfe.degrade.pipeline import (NOISE_MODELS, DegradeContext, DegradeParams, Degrader, blur, degrade,
-                                    sample_params)
+from nasfe.degrade.pipeline import NOISE_MODELS, DegradeContext, DegradeParams, Degrader, blur, degrade, sample_params
 from nasfe.degrade.reference import degrade_image
 
 
@@ -31,7 +31,7 @@ def test_blur_is_a_true_convolution_with_reflect_padding(x, bank):
     y = blur(x, k)
     p = k.shape[-1] // 2
     xp = F.pad(x, (p, p, p, p), mode="reflect")
-    ref = torch.cat([F.conv2d(xp[i:i + 1], k[i].flip(0, 1).expand(3, 1, -1, -1), groups=3) for i in range(4)])
+    ref = torch.cat([F.conv2d(xp[i : i + 1], k[i].flip(0, 1).expand(3, 1, -1, -1), groups=3) for i in range(4)])
     assert torch.allclose(y, ref, atol=1e-5)
 
 
@@ -67,7 +67,7 @@ def test_noise_has_the_stated_variance():
     for i, (r, ss, sc) in enumerate([(1.0, 0.1, 0.05), (0.5, 0.1, 0.02)]):
         L = level * r
         assert red[i].mean().item() == pytest.approx(L, abs=0.01)
-        assert red[i].std().item() == pytest.approx(np.sqrt(L * ss ** 2 + sc ** 2), rel=0.1)
+        assert red[i].std().item() == pytest.approx(np.sqrt(L * ss**2 + sc**2), rel=0.1)
 
 
 def test_lowlight_darkens_through_the_curve(x):
@@ -83,7 +83,9 @@ def test_labels_and_records(bank):
     p = DegradeParams.explicit([3, -1, 18], [1.0, 0.2, 0.4], [0.0, 0.1, 0.0], [0.0, 0.05, 0.0], [-1, 2, 1], bank=bank)
     assert p.labels().tolist() == [[1, 0, 0], [0, 1, 1], [1, 0, 1]]
     recs = p.records()
-    assert recs[0]["kernel_kind"] == "motion" and recs[2]["kernel_kind"] == "gaussian" and recs[1]["kernel_kind"] == "none"
+    assert (
+        recs[0]["kernel_kind"] == "motion" and recs[2]["kernel_kind"] == "gaussian" and recs[1]["kernel_kind"] == "none"
+    )
     assert recs[1]["r"] == pytest.approx(0.2) and recs[1]["crf_id"] == 2 and recs[1]["c"] == [0, 1, 1]
     with pytest.raises(ValueError, match="r must"):
         DegradeParams.explicit([-1], [1.5], [0], [0], [-1])
@@ -125,28 +127,41 @@ def test_degrader_is_reproducible_and_device_independent(x, bank):
 
 @pytest.mark.parametrize("size", [(40, 32), (39, 31)], ids=["even", "odd"])
 def test_reference_matches_batched(x, bank, size):
-    x = x[..., :size[0], :size[1]].contiguous()
+    x = x[..., : size[0], : size[1]].contiguous()
     curves = ResponseCurves.parametric()
-    p = DegradeParams.explicit([2, -1, 17, 9], [0.3, 1.0, 1.0, 0.1], [0.1, 0.05, 0.0, 0.16], [0.05, 0.1, 0.0, 0.06],
-                               [3, 0, -1, 20])
+    p = DegradeParams.explicit(
+        [2, -1, 17, 9], [0.3, 1.0, 1.0, 0.1], [0.1, 0.05, 0.0, 0.16], [0.05, 0.1, 0.0, 0.06], [3, 0, -1, 20]
+    )
     eps = torch.randn(4, 1, *size, generator=torch.Generator().manual_seed(0))
     y = degrade(x, p, bank, curves, noise=eps)
     for i, rec in enumerate(p.records()):
         k = bank.kernels[rec["kernel_id"]].numpy() if rec["kernel_id"] >= 0 else None
-        ref = degrade_image(x[i].permute(1, 2, 0).numpy(), k, rec["r"], rec["sigma_s"], rec["sigma_c"], curves,
-                            rec["crf_id"], eps=eps[i, 0].numpy())
+        ref = degrade_image(
+            x[i].permute(1, 2, 0).numpy(),
+            k,
+            rec["r"],
+            rec["sigma_s"],
+            rec["sigma_c"],
+            curves,
+            rec["crf_id"],
+            eps=eps[i, 0].numpy(),
+        )
         assert np.abs(ref - y[i].permute(1, 2, 0).numpy()).max() < 2e-3, f"sample {i}"
 
 
 @pytest.mark.parametrize("size", [(40, 32), (39, 31)], ids=["even", "odd"])
 def test_result_does_not_depend_on_chunking(x, bank, size):
     """CPU batches run a few images at a time; any chunk size gives the whole-batch result."""
-    x = torch.cat([x, x.flip(-1)])[..., :size[0], :size[1]].contiguous()  # 8 samples
+    x = torch.cat([x, x.flip(-1)])[..., : size[0], : size[1]].contiguous()  # 8 samples
     curves = ResponseCurves.parametric()
     everything = DegradeParams.explicit([3] * 8, [0.2] * 8, [0.1] * 8, [0.05] * 8, [4] * 8)
-    mixed = DegradeParams.explicit([2, -1, 17, 9, -1, 0, 5, -1], [0.3, 1.0, 1.0, 0.1, 0.5, 1.0, 0.05, 1.0],
-                                   [0.1, 0.05, 0.0, 0.16, 0.0, 0.0, 0.02, 0.0], [0.05, 0.1, 0.0, 0.06, 0.0, 0.0, 0.01, 0.0],
-                                   [3, 0, -1, 20, 1, -1, 7, -1])
+    mixed = DegradeParams.explicit(
+        [2, -1, 17, 9, -1, 0, 5, -1],
+        [0.3, 1.0, 1.0, 0.1, 0.5, 1.0, 0.05, 1.0],
+        [0.1, 0.05, 0.0, 0.16, 0.0, 0.0, 0.02, 0.0],
+        [0.05, 0.1, 0.0, 0.06, 0.0, 0.0, 0.01, 0.0],
+        [3, 0, -1, 20, 1, -1, 7, -1],
+    )
     eps = torch.randn(8, 1, *size, generator=torch.Generator().manual_seed(3))
     for p in (everything, mixed):
         whole = degrade(x, p, bank, curves, noise=eps, chunk=8)
@@ -157,8 +172,13 @@ def test_result_does_not_depend_on_chunking(x, bank, size):
 
 
 def test_params_subset_keeps_rows(bank):
-    p = sample_params(6, DegradeConfig(motion_kernels=16, gaussian_kernels=4), bank, ResponseCurves.parametric(),
-                      torch.Generator().manual_seed(0))
+    p = sample_params(
+        6,
+        DegradeConfig(motion_kernels=16, gaussian_kernels=4),
+        bank,
+        ResponseCurves.parametric(),
+        torch.Generator().manual_seed(0),
+    )
     assert p.subset(slice(2, 5)).records() == p.records()[2:5]
     assert p.subset([5, 0]).records() == [p.records()[5], p.records()[0]]
 
@@ -170,7 +190,9 @@ def test_degrade_rejects_bad_input(x, bank):
     with pytest.raises(ValueError, match="shape"):
         degrade(x[:, :1], p, bank, ResponseCurves.linear())
     with pytest.raises(ValueError, match="crf_ids"):
-        degrade(x, DegradeParams.explicit([-1] * 4, [0.5] * 4, [0] * 4, [0] * 4, [5] * 4), bank, ResponseCurves.linear())
+        degrade(
+            x, DegradeParams.explicit([-1] * 4, [0.5] * 4, [0] * 4, [0] * 4, [5] * 4), bank, ResponseCurves.linear()
+        )
 
 
 def test_albumentations_wrapper(bank):
@@ -210,10 +232,12 @@ def _closed_form(model: str, c: float, r: float, ss: float, sc: float, curves: R
     grid, inv = curves.numpy_curve(crf, inverse=True)
     _, fwd = curves.numpy_curve(crf)
     L0 = float(np.interp(c, grid, inv))  # the irradiance before r
-    raw = {"after-r": r * L0 + np.sqrt(r * L0 * ss ** 2 + sc ** 2),
-           "scene-variance": r * L0 + np.sqrt(L0 * ss ** 2 + sc ** 2),
-           "before-r": r * min(1.0, L0 + np.sqrt(L0 * ss ** 2 + sc ** 2)),
-           "display-r": (lambda L: L + np.sqrt(L * ss ** 2 + sc ** 2))(float(np.interp(r * c, grid, inv)))}[model]
+    raw = {
+        "after-r": r * L0 + np.sqrt(r * L0 * ss**2 + sc**2),
+        "scene-variance": r * L0 + np.sqrt(L0 * ss**2 + sc**2),
+        "before-r": r * min(1.0, L0 + np.sqrt(L0 * ss**2 + sc**2)),
+        "display-r": (lambda L: L + np.sqrt(L * ss**2 + sc**2))(float(np.interp(r * c, grid, inv))),
+    }[model]
     return float(np.interp(min(raw, 1.0), grid, fwd))
 
 
@@ -224,16 +248,22 @@ def test_noise_models_follow_their_definition(model):
     curves = ResponseCurves.parametric()
     cases = [(0.6, 0.2, 0.10, 0.05, 3), (0.4, 0.5, 0.15, 0.02, 17), (0.5, 1.0, 0.10, 0.05, 8)]
     x = torch.cat([torch.full((1, 3, 12, 10), c) for c, *_ in cases])
-    p = DegradeParams.explicit([-1] * 3, [r for _, r, *_ in cases], [s for *_, s, _, _ in cases],
-                               [c for *_, c, _ in cases], [f for *_, f in cases])
+    p = DegradeParams.explicit(
+        [-1] * 3,
+        [r for _, r, *_ in cases],
+        [s for *_, s, _, _ in cases],
+        [c for *_, c, _ in cases],
+        [f for *_, f in cases],
+    )
     eps = torch.ones(3, 1, 12, 10)
     y = degrade(x, p, None, curves, noise=eps, noise_model=model)
     y_default = degrade(x, p, None, curves, noise=eps)
     for i, (c, r, ss, sc, crf) in enumerate(cases):
         want = _closed_form(model, c, r, ss, sc, curves, crf)
         assert y[i].min().item() == pytest.approx(want, abs=2e-3) and y[i].max().item() == pytest.approx(want, abs=2e-3)
-        ref = degrade_image(x[i].permute(1, 2, 0).numpy(), None, r, ss, sc, curves, crf, eps=eps[i, 0].numpy(),
-                            noise_model=model)
+        ref = degrade_image(
+            x[i].permute(1, 2, 0).numpy(), None, r, ss, sc, curves, crf, eps=eps[i, 0].numpy(), noise_model=model
+        )
         assert np.abs(ref - y[i].permute(1, 2, 0).numpy()).max() < 2e-3
     assert torch.equal(y[2], y_default[2])  # r = 1
     if model != "after-r":
@@ -246,8 +276,10 @@ def test_before_r_noise_scales_with_r():
     x = torch.full((2, 3, 64, 64), 0.5)
     p = DegradeParams.explicit([-1, -1], [1.0, 0.25], [0.1, 0.1], [0.05, 0.05], [0, 0])
     eps = torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(2)).expand(2, -1, -1, -1).contiguous()
-    red = {m: degrade(x, p, None, ResponseCurves.linear(), noise=eps, noise_model=m)[:, 0, 0::2, 0::2]
-           for m in ("before-r", "after-r")}
+    red = {
+        m: degrade(x, p, None, ResponseCurves.linear(), noise=eps, noise_model=m)[:, 0, 0::2, 0::2]
+        for m in ("before-r", "after-r")
+    }
     assert red["before-r"][1].std().item() == pytest.approx(0.25 * red["before-r"][0].std().item(), rel=0.02)
     assert red["after-r"][1].std().item() > 1.5 * red["before-r"][1].std().item()
 
@@ -289,16 +321,25 @@ def test_paper_compatible_blur_is_zero_padded_and_min_max_rescaled(x):
         assert y[i].min().item() == pytest.approx(0, abs=1e-6) and y[i].max().item() == pytest.approx(1, abs=1e-6)
     assert torch.allclose(blur(x, 3 * k, "paper-compatible"), y, atol=1e-5)
     assert not torch.allclose(blur(x, k), y, atol=1e-2)  # the default stays reflect-padded, not rescaled
-    p = DegradeParams.explicit([0, 3, 9, 5], [1.0, 0.3, 1.0, 0.5], [0.0, 0.1, 0.05, 0.0], [0.0, 0.05, 0.1, 0.0],
-                               [-1, 2, 7, 4], bank=bank)
+    p = DegradeParams.explicit(
+        [0, 3, 9, 5], [1.0, 0.3, 1.0, 0.5], [0.0, 0.1, 0.05, 0.0], [0.0, 0.05, 0.1, 0.0], [-1, 2, 7, 4], bank=bank
+    )
     eps = torch.randn(4, 1, 40, 32, generator=torch.Generator().manual_seed(5))
     curves = ResponseCurves.parametric()
     yd = degrade(x, p, bank, curves, noise=eps)
     assert torch.allclose(yd[0], y[0].clamp(0, 1), atol=1e-6)
     for i, rec in enumerate(p.records()):
-        ref = degrade_image(x[i].permute(1, 2, 0).numpy(), bank.kernels[rec["kernel_id"]].numpy(), rec["r"],
-                            rec["sigma_s"], rec["sigma_c"], curves, rec["crf_id"], eps=eps[i, 0].numpy(),
-                            kernel_mode="paper-compatible")
+        ref = degrade_image(
+            x[i].permute(1, 2, 0).numpy(),
+            bank.kernels[rec["kernel_id"]].numpy(),
+            rec["r"],
+            rec["sigma_s"],
+            rec["sigma_c"],
+            curves,
+            rec["crf_id"],
+            eps=eps[i, 0].numpy(),
+            kernel_mode="paper-compatible",
+        )
         assert np.abs(ref - yd[i].permute(1, 2, 0).numpy()).max() < 2e-3, f"sample {i}"
 
 

@@ -1,5 +1,6 @@
 """DistContext's collectives run on the process group's device: a backend that, like NCCL, takes
 device tensors only and rejects CPU ones (tests/fakegpu.py), two processes."""
+
 from __future__ import annotations
 
 import json

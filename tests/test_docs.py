@@ -3,6 +3,7 @@
 Each test runs the script on a copy of scripts/ and docs/bench_parts/ in a temporary folder, so the
 repository's files are never rewritten.
 """
+
 from __future__ import annotations
 
 import re
@@ -24,8 +25,9 @@ def _tree(tmp_path: Path) -> Path:
 
 
 def _assemble(tree: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(tree / "scripts" / "assemble_benchmarks.sh"), *args],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["bash", str(tree / "scripts" / "assemble_benchmarks.sh"), *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def _without_heading_marks(text: str) -> str:
@@ -50,7 +52,8 @@ def test_committed_benchmarks_is_what_the_parts_assemble_to(tmp_path):
     assert done.returncode == 0, done.stderr
     assembled = (tree / "docs" / "BENCHMARKS.md").read_text()
     assert assembled == COMMITTED.read_text(), (
-        "docs/BENCHMARKS.md differs from its parts: run `bash scripts/assemble_benchmarks.sh` and commit it")
+        "docs/BENCHMARKS.md differs from its parts: run `bash scripts/assemble_benchmarks.sh` and commit it"
+    )
 
 
 def test_every_part_appears_whole_in_the_assembled_file(tmp_path):

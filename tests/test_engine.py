@@ -1,4 +1,5 @@
 """The plain-PyTorch engine on the tiny space: search, derive, resume, retrain (no Ray, no W&B)."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,17 @@ from nasfe.engine.search import run_search
 
 
 def tiny(**overrides):
-    base = {"search.epochs": 2, "search.warmup_epochs": 1, "search.steps_per_epoch": 2,
-            "search.val_batches": 1, "search.checkpoint_every": 1, "search.log_every": 1,
-            "retrain.epochs": 1, "retrain.steps_per_epoch": 2, "retrain.val_batches": 1}
+    base = {
+        "search.epochs": 2,
+        "search.warmup_epochs": 1,
+        "search.steps_per_epoch": 2,
+        "search.val_batches": 1,
+        "search.checkpoint_every": 1,
+        "search.log_every": 1,
+        "retrain.epochs": 1,
+        "retrain.steps_per_epoch": 2,
+        "retrain.val_batches": 1,
+    }
     base.update(overrides)
     return load_space("tiny", base)
 
@@ -119,8 +128,15 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_second_order_and_pretraining_run(tmp_path):
-    space = tiny(**{"search.second_order": True, "search.epochs": 1, "search.warmup_epochs": 0,
-                    "search.steps_per_epoch": 1, "search.pretrain_steps": 1})
+    space = tiny(
+        **{
+            "search.second_order": True,
+            "search.epochs": 1,
+            "search.warmup_epochs": 0,
+            "search.steps_per_epoch": 1,
+            "search.pretrain_steps": 1,
+        }
+    )
     summary = run_search(space, tmp_path)
     assert summary["steps"] == 1 and "genotype" in summary
 
@@ -140,15 +156,23 @@ def test_bf16_autocast_search_step_is_finite(tmp_path):
     space = tiny(**{"search.amp": True, "search.epochs": 1, "search.warmup_epochs": 0, "search.steps_per_epoch": 1})
     rec = Recorder()
     run_search(space, tmp_path, callbacks=[rec])
-    (_, metrics), = rec.steps
+    ((_, metrics),) = rec.steps
     assert torch.isfinite(torch.tensor([metrics["loss"], metrics["arch_loss"]])).all()
 
 
 def test_cosine_schedule_warms_up_decays_and_leaves_alpha_alone():
     from nasfe.engine.loop import PhaseSettings, scheduled_lr
 
-    s = PhaseSettings.from_section(tiny(**{"retrain.lr": 1e-3, "retrain.lr_schedule": "cosine",
-                                           "retrain.lr_min": 1e-5, "retrain.lr_warmup_steps": 4}).retrain)
+    s = PhaseSettings.from_section(
+        tiny(
+            **{
+                "retrain.lr": 1e-3,
+                "retrain.lr_schedule": "cosine",
+                "retrain.lr_min": 1e-5,
+                "retrain.lr_warmup_steps": 4,
+            }
+        ).retrain
+    )
     lrs = [scheduled_lr(s, i, 104) for i in range(104)]
     assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
     assert lrs[4] == pytest.approx(1e-3) and lrs[54] == pytest.approx((1e-3 + 1e-5) / 2)
@@ -171,12 +195,22 @@ def test_phase_follows_the_schedule_for_weights_only_and_across_resume(tmp_path,
     from nasfe.engine.retrain import RetrainPhase
     from nasfe.engine.search import SearchPhase
 
-    space = tiny(**{f"{phase_name}.lr_schedule": "cosine", f"{phase_name}.lr": 1e-3,
-                    f"{phase_name}.lr_min": 1e-4, f"{phase_name}.epochs": 2,
-                    f"{phase_name}.steps_per_epoch": 3, f"{phase_name}.checkpoint_every": 100})
+    space = tiny(
+        **{
+            f"{phase_name}.lr_schedule": "cosine",
+            f"{phase_name}.lr": 1e-3,
+            f"{phase_name}.lr_min": 1e-4,
+            f"{phase_name}.epochs": 2,
+            f"{phase_name}.steps_per_epoch": 3,
+            f"{phase_name}.checkpoint_every": 100,
+        }
+    )
     cls = SearchPhase if phase_name == "search" else RetrainPhase
-    make = (lambda cbs: SearchPhase(space, tmp_path, callbacks=cbs)) if cls is SearchPhase else \
-        (lambda cbs: RetrainPhase(space, None, tmp_path, callbacks=cbs))
+    make = (
+        (lambda cbs: SearchPhase(space, tmp_path, callbacks=cbs))
+        if cls is SearchPhase
+        else (lambda cbs: RetrainPhase(space, None, tmp_path, callbacks=cbs))
+    )
     ref = [None]
     rec = LrRecorder(ref)
     ref[0] = ph = make([rec])
@@ -194,7 +228,10 @@ def test_phase_follows_the_schedule_for_weights_only_and_across_resume(tmp_path,
     assert first, ckpts
     ref2 = [None]
     rec2 = LrRecorder(ref2)
-    ref2[0] = ph2 = cls(space, None, tmp_path / "again", callbacks=[rec2], resume_from=first[0]) \
-        if cls is RetrainPhase else cls(space, tmp_path / "again", callbacks=[rec2], resume_from=first[0])
+    ref2[0] = ph2 = (
+        cls(space, None, tmp_path / "again", callbacks=[rec2], resume_from=first[0])
+        if cls is RetrainPhase
+        else cls(space, tmp_path / "again", callbacks=[rec2], resume_from=first[0])
+    )
     ph2.run()
     assert [lrs[0] for lrs in rec2.lrs] == pytest.approx(want[3:])

@@ -1,4 +1,5 @@
 """``nasfe evaluate`` on a tiny trained network and small test sets built from a face folder."""
+
 from __future__ import annotations
 
 import json
@@ -27,15 +28,35 @@ def setup(tmp_path_factory):
 
 def _evaluate(setup, out, *extra):
     model_pt, faces, ts = setup
-    return cli(["evaluate", str(model_pt), "--testsets", str(ts), "--out", str(out), "--max-images", "6",
-                "--batch-size", "4", "--device", "cpu", "--quiet", *extra])
+    return cli(
+        [
+            "evaluate",
+            str(model_pt),
+            "--testsets",
+            str(ts),
+            "--out",
+            str(out),
+            "--max-images",
+            "6",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def test_table_json_and_figures(setup, tmp_path):
     model_pt, faces, ts = setup
     out = tmp_path / "ev"
-    assert _evaluate(setup, out, "--faces", str(faces), "--recognizer", "none", "--y-channel",
-                     "--baseline-model", str(model_pt)) == 0
+    assert (
+        _evaluate(
+            setup, out, "--faces", str(faces), "--recognizer", "none", "--y-channel", "--baseline-model", str(model_pt)
+        )
+        == 0
+    )
     data = json.loads((out / "results.json").read_text())
     methods = [r["method"] for r in data["summary"]]
     assert methods == ["input", "histeq", "classical", "BN", "NASFE w/o I_iden", "NASFE"]
@@ -99,8 +120,10 @@ def test_references_exclude_the_probe_and_the_gallery_image(setup):
 def test_recognition_with_the_shared_recogniser(setup, tmp_path):
     onnx_path = shared_path("models", "mobilefacenet", "MobileFaceNet.onnx")
     out = tmp_path / "rec"
-    assert _evaluate(setup, out, "--faces", str(setup[1]), "--recognizer", f"onnx:{onnx_path}",
-                     "--baselines", "input") == 0
+    assert (
+        _evaluate(setup, out, "--faces", str(setup[1]), "--recognizer", f"onnx:{onnx_path}", "--baselines", "input")
+        == 0
+    )
     data = json.loads((out / "results.json").read_text())
     n_ids = len({c["identity"] for c in json.loads((setup[2] / "manifest.json").read_text())["clean"]})
     for r in data["summary"]:
@@ -108,22 +131,55 @@ def test_recognition_with_the_shared_recogniser(setup, tmp_path):
         assert 0 <= r["top1"] <= r["top5"] <= 1
         assert r["gallery_identities"] == n_ids
     per = [r for r in data["per_image"] if r["method"] == "input"]
-    assert all(np.isclose(np.degrees(np.arccos(np.clip(r["identity_cos"], -1, 1))), r["identity_deg"], atol=1e-3)
-               for r in per)
+    assert all(
+        np.isclose(np.degrees(np.arccos(np.clip(r["identity_cos"], -1, 1))), r["identity_deg"], atol=1e-3) for r in per
+    )
 
 
 def test_bad_arguments_are_one_line_errors(setup, tmp_path, capsys):
     model_pt, _, ts = setup
     assert cli(["evaluate", str(model_pt), "--testsets", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     assert "--testsets" in capsys.readouterr().err
-    assert cli(["evaluate", str(model_pt), "--testsets", str(ts), "--out", str(tmp_path / "o"),
-                "--baselines", "bm3d"]) == 2
+    assert (
+        cli(["evaluate", str(model_pt), "--testsets", str(ts), "--out", str(tmp_path / "o"), "--baselines", "bm3d"])
+        == 2
+    )
     assert "bm3d" in capsys.readouterr().err
-    assert cli(["evaluate", str(model_pt), "--testsets", str(ts), "--out", str(tmp_path / "o"),
-                "--recognizer", "none", "--model", "nameonly"]) == 2
+    assert (
+        cli(
+            [
+                "evaluate",
+                str(model_pt),
+                "--testsets",
+                str(ts),
+                "--out",
+                str(tmp_path / "o"),
+                "--recognizer",
+                "none",
+                "--model",
+                "nameonly",
+            ]
+        )
+        == 2
+    )
     assert "NAME=PATH" in capsys.readouterr().err
-    assert cli(["evaluate", str(model_pt), "--testsets", str(ts), "--out", str(tmp_path / "o"),
-                "--recognizer", "none", "--sets", "Test-X"]) == 2
+    assert (
+        cli(
+            [
+                "evaluate",
+                str(model_pt),
+                "--testsets",
+                str(ts),
+                "--out",
+                str(tmp_path / "o"),
+                "--recognizer",
+                "none",
+                "--sets",
+                "Test-X",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "Test-X" in err and "Traceback" not in err
 

@@ -1,5 +1,6 @@
 """model.channels_last and model.compile: execution settings that change how the network runs,
 never what it computes, its parameter names or its space hash."""
+
 from __future__ import annotations
 
 import torch

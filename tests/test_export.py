@@ -1,4 +1,5 @@
 """ONNX and TorchScript export of a trained tiny network: outputs equal PyTorch's within 1e-4."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,13 @@ import pytest
 import torch
 
 from nasfe.cli import main as cli
-from nasfe.evaluate.export import (ExportError, MatmulFFTOp, check_deterministic, exportable_fft,
-                                   matmul_wiener_deconvolve)
+from nasfe.evaluate.export import (
+    ExportError,
+    MatmulFFTOp,
+    check_deterministic,
+    exportable_fft,
+    matmul_wiener_deconvolve,
+)
 from nasfe.evaluate.model_io import load_trained
 from nasfe.model.nasfe import NASFEOutput
 from nasfe.model.ops import FFTOp, wiener_deconvolve
@@ -73,8 +79,24 @@ def test_onnx_and_torchscript_equal_pytorch(model_pt, tmp_path):
 
 def test_onnx_with_reference_input(model_pt, tmp_path):
     out = tmp_path / "exp_refs"
-    assert cli(["export", str(model_pt), "--out", str(out), "--height", str(H), "--width", str(W),
-                "--refs", "2", "--no-torchscript"]) == 0
+    assert (
+        cli(
+            [
+                "export",
+                str(model_pt),
+                "--out",
+                str(out),
+                "--height",
+                str(H),
+                "--width",
+                str(W),
+                "--refs",
+                "2",
+                "--no-torchscript",
+            ]
+        )
+        == 0
+    )
     model, _, _ = load_trained(model_pt)
     g = torch.Generator().manual_seed(6)
     y, refs = torch.rand(1, 3, H, W, generator=g), torch.rand(1, 2, 3, H, W, generator=g)

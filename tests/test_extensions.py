@@ -1,6 +1,7 @@
 """Each extension kind is one function or class plus one registration, made here from the test module:
 an operator, a face source, an identity backbone, a fusion model and a degradation, each run in a
 tiny search or retraining and removed again afterwards."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,13 +14,29 @@ from nasfe.registry import BACKBONES, DEGRADATIONS, FACE_SOURCES, FUSIONS, OPERA
 
 #: One search step (architecture and weights) of a one-cell, one-block network, batch 2 of 32x32 faces.
 TINY_RUN = {
-    "search.epochs": 1, "search.warmup_epochs": 0, "search.steps_per_epoch": 1, "search.batch_size": 2,
-    "search.val_batches": 1, "search.log_every": 1, "search.checkpoint_every": 100,
-    "retrain.epochs": 1, "retrain.steps_per_epoch": 1, "retrain.batch_size": 2, "retrain.val_batches": 1,
+    "search.epochs": 1,
+    "search.warmup_epochs": 0,
+    "search.steps_per_epoch": 1,
+    "search.batch_size": 2,
+    "search.val_batches": 1,
+    "search.log_every": 1,
+    "search.checkpoint_every": 100,
+    "retrain.epochs": 1,
+    "retrain.steps_per_epoch": 1,
+    "retrain.batch_size": 2,
+    "retrain.val_batches": 1,
     "retrain.checkpoint_every": 100,
-    "data.height": 32, "data.width": 32, "data.synthetic_identities": 6, "data.synthetic_images_per_identity": 3,
-    "degrade.motion_kernels": 8, "degrade.gaussian_kernels": 2, "degrade.kernel_sizes": [7, 9],
-    "identity.width": 0.125, "model.blocks": 1, "model.cells": 1, "model.levels": 1,
+    "data.height": 32,
+    "data.width": 32,
+    "data.synthetic_identities": 6,
+    "data.synthetic_images_per_identity": 3,
+    "degrade.motion_kernels": 8,
+    "degrade.gaussian_kernels": 2,
+    "degrade.kernel_sizes": [7, 9],
+    "identity.width": 0.125,
+    "model.blocks": 1,
+    "model.cells": 1,
+    "model.levels": 1,
 }
 
 
@@ -275,8 +292,10 @@ def test_config_module_and_registries_load_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys, nasfe.config, nasfe.registry;"
-            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]; assert not bad, bad")
+    code = (
+        "import sys, nasfe.config, nasfe.registry;"
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

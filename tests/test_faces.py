@@ -1,4 +1,5 @@
 """Face sources (folder, CelebA, VGGFace2, synthetic), open_faces, and identity-disjoint splits."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,15 @@ from PIL import Image
 
 from conftest import shared_path
 from nasfe.config import DataConfig
-from nasfe.data.faces import (CelebAFaces, FaceRecord, FolderFaces, SyntheticFaces, VGGFace2Faces, fit_to_size,
-                              open_faces)
+from nasfe.data.faces import (
+    CelebAFaces,
+    FaceRecord,
+    FolderFaces,
+    SyntheticFaces,
+    VGGFace2Faces,
+    fit_to_size,
+    open_faces,
+)
 from nasfe.data.splits import split_identities
 from nasfe.data.synthetic import synthetic_faces
 from nasfe.imageio import ImageReadError, read_image
@@ -36,6 +44,7 @@ def _folder(root, counts, h=40, w=32):
 
 
 # --------------------------------------------------------------------------- FolderFaces
+
 
 def test_folder_scan_load_and_counts(tmp_path):
     root = _folder(tmp_path / "faces", {"bob": 3, "amy": 2})
@@ -89,12 +98,20 @@ def test_folder_manifest(tmp_path):
         "d2/img0.png,bert,0.8\n"
         "d2/gone.png,bert,0.8\n"
         ",bert,0.1\n"
-        "d1/img0.png,alice,0.9\n")
+        "d1/img0.png,alice,0.9\n"
+    )
     f = FolderFaces(root)
     assert [(r.identity, r.key) for r in f.records] == [
-        ("alice", "d1/img0.png"), ("alice", "d1/img1.png"), ("bert", "d2/img0.png")]
-    assert f.skipped == {"listed_but_missing": 1, "bad_manifest_row": 1, "duplicate_manifest_row": 1,
-                         "not_in_manifest": 1}
+        ("alice", "d1/img0.png"),
+        ("alice", "d1/img1.png"),
+        ("bert", "d2/img0.png"),
+    ]
+    assert f.skipped == {
+        "listed_but_missing": 1,
+        "bad_manifest_row": 1,
+        "duplicate_manifest_row": 1,
+        "not_in_manifest": 1,
+    }
 
 
 def test_folder_manifest_errors(tmp_path):
@@ -126,6 +143,7 @@ def test_fit_to_size_covers_and_centres():
 
 # --------------------------------------------------------------------------- CelebA / VGGFace2
 
+
 def _celeba(root, table):
     """table: list of (file, identity, partition code)."""
     img = root / "img_align_celeba"
@@ -137,9 +155,16 @@ def _celeba(root, table):
 
 
 def test_celeba_partitions_and_crop(tmp_path):
-    table = [("000001.jpg", "10", 0), ("000002.jpg", "10", 0), ("000003.jpg", "11", 0),
-             ("000004.jpg", "11", 0), ("000005.jpg", "12", 1), ("000006.jpg", "12", 1),
-             ("000007.jpg", "13", 2), ("000008.jpg", "13", 2)]
+    table = [
+        ("000001.jpg", "10", 0),
+        ("000002.jpg", "10", 0),
+        ("000003.jpg", "11", 0),
+        ("000004.jpg", "11", 0),
+        ("000005.jpg", "12", 1),
+        ("000006.jpg", "12", 1),
+        ("000007.jpg", "13", 2),
+        ("000008.jpg", "13", 2),
+    ]
     root = _celeba(tmp_path / "celeba", table)
     all_ = CelebAFaces(root, "all")
     assert len(all_) == 8 and (all_.height, all_.width) == (176, 144)
@@ -189,6 +214,7 @@ def test_vggface2_layout(tmp_path):
 
 # --------------------------------------------------------------------------- synthetic
 
+
 def test_synthetic_deterministic_and_identity_stable():
     a = SyntheticFaces(3, 2, 48, 40, seed=5)
     b = SyntheticFaces(3, 2, 48, 40, seed=5)
@@ -231,6 +257,7 @@ def test_open_faces_dispatch_and_errors(tmp_path):
 
 # --------------------------------------------------------------------------- splits
 
+
 def test_split_disjoint_deterministic_and_drops_singletons():
     src = SyntheticFaces(20, 3, 16, 16, seed=0)
     src.records = [r for r in src.records if not (r.identity in ("syn0001", "syn0002") and not r.key.endswith("/0"))]
@@ -260,8 +287,7 @@ def test_split_max_images_and_too_few_identities():
 
 
 def test_split_celeba_keeps_official_partition(tmp_path):
-    table = [(f"{n:06d}.jpg", str((n - 1) // 2), p) for n, p in
-             zip(range(1, 13), [0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2])]
+    table = [(f"{n:06d}.jpg", str((n - 1) // 2), p) for n, p in zip(range(1, 13), [0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2])]
     # identity "2" (files 5, 6) straddles train and val: it goes to one split only (tie: train)
     src = CelebAFaces(_celeba(tmp_path / "celeba", table), "all")
     s = split_identities(src, DataConfig(val_fraction=0.5, test_fraction=0.0))  # fractions ignored
@@ -271,6 +297,7 @@ def test_split_celeba_keeps_official_partition(tmp_path):
 
 
 # --------------------------------------------------------------------------- ../shared
+
 
 def test_shared_celeba_id():
     root = shared_path("data", "celeba-id")

@@ -1,6 +1,7 @@
 """Which Ray Train failures are retried: your errors and divergence never, a lost node without a
 limit, a wait for room up to a bound, anything else up to ``max_failures``. The policy is checked
 here on Ray's own error types; tests/test_cluster_failures.py runs it on several raylets."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,8 +37,10 @@ def _workers(*errors) -> WorkerGroupError:
 def _node_lost() -> WorkerGroupError:
     died = RayActorError(error_msg="The actor died because its node has died. Node Id: 0123abcd")
     # the surviving rank fails with a collective error; the lost node decides
-    return _workers(RuntimeError("Connection closed by peer [127.0.0.1]:4242"),
-                    WorkerHealthCheckFailedError("worker health check failed", died))
+    return _workers(
+        RuntimeError("Connection closed by peer [127.0.0.1]:4242"),
+        WorkerHealthCheckFailedError("worker health check failed", died),
+    )
 
 
 def test_failures_are_sorted_into_user_node_startup_and_other():
@@ -92,5 +95,5 @@ def test_the_wait_for_room_is_bounded_and_said(capsys, monkeypatch):
     # a start after a node loss waits from zero again
     assert policy.make_decision(_node_lost()) == RETRY and policy.make_decision(startup) == RETRY
     unbounded = make_policy(FailureConfig(), start_timeout_s=None)
-    now[0] += 10 ** 6
+    now[0] += 10**6
     assert unbounded.make_decision(startup) == RETRY

@@ -11,6 +11,7 @@ below (the shared metric's 2-D float64 filter is ~30x slower on CPU), checked ag
 Readings that cannot reach a paper figure are marked xfail(strict) with the reason; see
 docs/DEGRADATION.md for the numbers.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -28,15 +29,15 @@ FACES = 30
 STRIDE = {"Test-N": 3, "Test-B": 26, "Test-L": 8, "Test-BNL": 52}
 MISSES = {
     "Test-B": "centred kernels limited to 27 px and Gaussians sigma<=3 cannot blur CelebA faces down to 19.64 dB "
-              "(a straight 27 px line gives 20.8 dB, a Gaussian sigma 3 gives 24.3 dB; zero instead of reflect "
-              "padding only reaches 23.2 dB); we land near 24 dB; --kernel-mode paper-compatible reaches it",
+    "(a straight 27 px line gives 20.8 dB, a Gaussian sigma 3 gives 24.3 dB; zero instead of reflect "
+    "padding only reaches 23.2 dB); we land near 24 dB; --kernel-mode paper-compatible reaches it",
 }
 
 
 def _fast_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image SSIM, same convention as nasfe.evaluate.metrics.ssim, with a separable window."""
     t = torch.arange(-5, 6, dtype=torch.float32)
-    g = torch.exp(-t ** 2 / (2 * 1.5 ** 2))
+    g = torch.exp(-(t**2) / (2 * 1.5**2))
     g = g / g.sum()
     c = a.shape[1]
 
@@ -44,10 +45,10 @@ def _fast_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         v = F.conv2d(v, g.view(1, 1, 1, 11).expand(c, 1, 1, 11), groups=c)
         return F.conv2d(v, g.view(1, 1, 11, 1).expand(c, 1, 11, 1), groups=c)
 
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    c1, c2 = 0.01**2, 0.03**2
     ma, mb = filt(a), filt(b)
-    va, vb, cov = filt(a * a) - ma ** 2, filt(b * b) - mb ** 2, filt(a * b) - ma * mb
-    m = ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2))
+    va, vb, cov = filt(a * a) - ma**2, filt(b * b) - mb**2, filt(a * b) - ma * mb
+    m = ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma**2 + mb**2 + c1) * (va + vb + c2))
     return m.flatten(1).mean(1)
 
 
@@ -93,8 +94,10 @@ def scores():
     return out
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=MISSES[n])) if n in MISSES else n for n in PAPER])
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=MISSES[n])) if n in MISSES else n for n in PAPER],
+)
 def test_input_psnr_near_paper(scores, name):
     ours, paper = scores[name][0], PAPER[name][0]
     assert abs(ours - paper) <= 1.5, f"{name}: input PSNR {ours:.2f} dB vs paper {paper:.2f} dB"

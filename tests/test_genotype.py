@@ -1,4 +1,5 @@
 """Genotypes: DARTS derivation, Viterbi path, JSON round trip, validation errors, diff."""
+
 from __future__ import annotations
 
 import itertools
@@ -8,8 +9,17 @@ import pytest
 import torch
 
 from nasfe.config import load_space
-from nasfe.genotype import (BlockGene, Genotype, GenotypeError, check_path, derive_genotype, diff_genotypes,
-                            expected_log_prob, node_levels, viterbi_path)
+from nasfe.genotype import (
+    BlockGene,
+    Genotype,
+    GenotypeError,
+    check_path,
+    derive_genotype,
+    diff_genotypes,
+    expected_log_prob,
+    node_levels,
+    viterbi_path,
+)
 from nasfe.model.cell import edge_offset, num_edges
 
 
@@ -34,8 +44,13 @@ def _hand_alphas(space, picks):
 
 def test_derivation_picks_intended_ops_and_never_zero(tiny):
     # tiny: blocks 2 -> block 0 edges 0,1 (inputs 0,1); block 1 edges 2,3,4 (inputs 0,1,2)
-    picks = {0: ("fft_op", 3.0), 1: ("deveil_op", 2.0), 2: ("res_op", 1.0), 3: ("sep_conv_3x3", 4.0),
-             4: ("skip_connect", 5.0)}
+    picks = {
+        0: ("fft_op", 3.0),
+        1: ("deveil_op", 2.0),
+        2: ("res_op", 1.0),
+        3: ("sep_conv_3x3", 4.0),
+        4: ("skip_connect", 5.0),
+    }
     a = _hand_alphas(tiny, picks)
     betas = torch.zeros(2, 2, 3)
     g = derive_genotype(a, betas, tiny)
@@ -72,9 +87,10 @@ def test_viterbi_follows_hand_set_betas():
     path = viterbi_path(b, cells, levels)
     assert path == [1, 2, 1, 0]
     # brute force over every valid path agrees
-    best = max((list(p) for p in itertools.product(range(levels), repeat=cells)
-                if check_path(list(p), cells, levels) is None),
-               key=lambda p: expected_log_prob(b, p, cells, levels))
+    best = max(
+        (list(p) for p in itertools.product(range(levels), repeat=cells) if check_path(list(p), cells, levels) is None),
+        key=lambda p: expected_log_prob(b, p, cells, levels),
+    )
     assert best == path
 
 
@@ -112,16 +128,19 @@ def _write(tmp_path, data):
     return p
 
 
-@pytest.mark.parametrize("mutate, field", [
-    (lambda d: d.update(schema_version=99), "schema_version"),
-    (lambda d: d["cells"][0][0].update(ops=["zero", "fft_op"]), "cells[0][0].ops"),
-    (lambda d: d["cells"][0][0].update(ops=["nope", "fft_op"]), "cells[0][0].ops"),
-    (lambda d: d["cells"][0][1].update(inputs=[0, 3]), "cells[0][1].inputs"),
-    (lambda d: d["cells"][0][1].update(inputs=[1, 1]), "cells[0][1].inputs"),
-    (lambda d: d.update(path=[0, 2]), "path"),
-    (lambda d: d.pop("blocks"), "missing"),
-    (lambda d: d.update(operators=["fft_op", "warp"]), "operators"),
-])
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda d: d.update(schema_version=99), "schema_version"),
+        (lambda d: d["cells"][0][0].update(ops=["zero", "fft_op"]), "cells[0][0].ops"),
+        (lambda d: d["cells"][0][0].update(ops=["nope", "fft_op"]), "cells[0][0].ops"),
+        (lambda d: d["cells"][0][1].update(inputs=[0, 3]), "cells[0][1].inputs"),
+        (lambda d: d["cells"][0][1].update(inputs=[1, 1]), "cells[0][1].inputs"),
+        (lambda d: d.update(path=[0, 2]), "path"),
+        (lambda d: d.pop("blocks"), "missing"),
+        (lambda d: d.update(operators=["fft_op", "warp"]), "operators"),
+    ],
+)
 def test_validation_errors_name_file_and_field(tmp_path, tiny, mutate, field):
     g = derive_genotype(torch.randn(1, 5, 6), torch.randn(2, 2, 3), tiny)
     d = g.to_dict()
@@ -150,11 +169,14 @@ def test_diff(tiny):
     g = derive_genotype(torch.randn(1, 5, 6), torch.zeros(2, 2, 3), tiny)
     assert diff_genotypes(g, g) == []
     h = Genotype.from_dict(g.to_dict())
-    h.cells[0][1] = BlockGene(list(g.cells[0][1].inputs), ["fft_op" if g.cells[0][1].ops[0] != "fft_op" else "res_op",
-                                                           g.cells[0][1].ops[1]])
+    h.cells[0][1] = BlockGene(
+        list(g.cells[0][1].inputs), ["fft_op" if g.cells[0][1].ops[0] != "fft_op" else "res_op", g.cells[0][1].ops[1]]
+    )
     h.path = [0, 0] if g.path != [0, 0] else [1, 0]
     lines = diff_genotypes(g, h)
-    assert lines[0] == f"cell 0 block 1 input {g.cells[0][1].inputs[0]}: {g.cells[0][1].ops[0]} -> {h.cells[0][1].ops[0]}"
+    assert (
+        lines[0] == f"cell 0 block 1 input {g.cells[0][1].inputs[0]}: {g.cells[0][1].ops[0]} -> {h.cells[0][1].ops[0]}"
+    )
     assert lines[-1] == f"path: {g.path} -> {h.path}"
     assert len(lines) == 2
     assert edge_offset(1) == 2

@@ -1,5 +1,6 @@
 """GPU demand is declared (flag or cluster config), never detected from what is up at submit time;
 a worker Ray gives a GPU that torch cannot use stops the job with one clear line."""
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,7 @@ def test_the_trainer_declares_the_gpus_it_needs():
     from nasfe.config import load_space
     from nasfe.distributed.ray_train import build_trainer
 
-    trainer = build_trainer(load_space("tiny"), "demand", "/tmp/nasfe-demand-unused", num_workers=2,
-                            gpus_per_worker=1)
+    trainer = build_trainer(load_space("tiny"), "demand", "/tmp/nasfe-demand-unused", num_workers=2, gpus_per_worker=1)
     sc = trainer.scaling_config
     assert sc.use_gpu and sc.num_workers == 2 and sc.resources_per_worker["GPU"] == 1
     assert trainer.backend_config.backend == "nccl"
@@ -63,11 +63,28 @@ def test_a_worker_promised_a_gpu_without_cuda_stops_with_one_line(tmp_path, caps
     from nasfe.distributed.cluster import worker_env
 
     # fake GPUs: Ray hands them out, torch (a CPU build here) cannot use them
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": worker_env()})
+    ray.init(
+        num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": worker_env()}
+    )
     try:
-        rc = main(["search", "--gpus-per-worker", "1", "--workers", "2", "--storage", str(tmp_path),
-                   "--name", "nocuda", "--wandb-mode", "disabled", "--max-failures", "0", "--no-retrain"])
+        rc = main(
+            [
+                "search",
+                "--gpus-per-worker",
+                "1",
+                "--workers",
+                "2",
+                "--storage",
+                str(tmp_path),
+                "--name",
+                "nocuda",
+                "--wandb-mode",
+                "disabled",
+                "--max-failures",
+                "0",
+                "--no-retrain",
+            ]
+        )
     finally:
         ray.shutdown()
     err = capsys.readouterr().err.strip().splitlines()

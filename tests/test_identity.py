@@ -1,4 +1,5 @@
 """Identity room: alignment, backbones (VGGFace, MobileFaceNet), AdaIN (Eq. 7) and I_iden."""
+
 from __future__ import annotations
 
 import logging
@@ -57,8 +58,14 @@ def test_align_faces_matches_opencv_warp_and_is_differentiable():
     cv2 = pytest.importorskip("cv2")
     rng = np.random.default_rng(0)
     img = rng.random((176, 144, 3)).astype(np.float32)
-    ref = cv2.warpAffine(img, alignment_matrix(176, 144), (112, 112), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    ref = cv2.warpAffine(
+        img,
+        alignment_matrix(176, 144),
+        (112, 112),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
     x = torch.from_numpy(img).permute(2, 0, 1)[None].requires_grad_()
     out = align_faces(x)
     assert out.shape == (1, 3, 112, 112)
@@ -96,8 +103,11 @@ def test_vggface_loads_dag_state_dict_by_name_and_normalises(tmp_path):
     # Independent computation: 0-255 RGB minus the VGGFace mean, conv+ReLU, 2x2 max pools.
     h = x * 255 - torch.tensor([129.186, 104.762, 93.594]).view(1, 3, 1, 1)
     for name, _ in VGG_POOL3_LAYOUT:
-        h = nn.functional.max_pool2d(h, 2) if name == "pool" else torch.relu(
-            nn.functional.conv2d(h, sd[f"{name}.weight"], sd[f"{name}.bias"], padding=1))
+        h = (
+            nn.functional.max_pool2d(h, 2)
+            if name == "pool"
+            else torch.relu(nn.functional.conv2d(h, sd[f"{name}.weight"], sd[f"{name}.bias"], padding=1))
+        )
     f = net.features(x)
     assert f.shape == (2, 256, 5, 4) and net.feature_channels == 256
     torch.testing.assert_close(f, h, rtol=1e-4, atol=1e-3)
@@ -184,7 +194,7 @@ def test_mobilefacenet_weights_match_onnx_export():
     with torch.no_grad():
         ours = bb.embedding(x).numpy()
         inp = bb._normalise(bb.to_template(x)).numpy()
-    theirs = np.concatenate([sess.run(None, {"input0": inp[i:i + 1]})[0] for i in range(2)])
+    theirs = np.concatenate([sess.run(None, {"input0": inp[i : i + 1]})[0] for i in range(2)])
     cos = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
     assert cos.min() > 0.9999
     np.testing.assert_allclose(ours, theirs, atol=1e-3)
@@ -220,7 +230,12 @@ def test_adain_matches_eq7():
                 np.testing.assert_allclose(out[n, i, c].numpy(), expect, rtol=1e-4, atol=1e-5)
     # The re-styled features carry y's per-channel statistics.
     torch.testing.assert_close(out.mean((-2, -1)), y.mean((-2, -1)).unsqueeze(1).expand(2, 3, 4), atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.std((-2, -1), unbiased=False), y.std((-2, -1), unbiased=False).unsqueeze(1).expand(2, 3, 4), atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(
+        out.std((-2, -1), unbiased=False),
+        y.std((-2, -1), unbiased=False).unsqueeze(1).expand(2, 3, 4),
+        atol=1e-3,
+        rtol=1e-3,
+    )
     # 4-D reference works the same as a single-reference 5-D one.
     torch.testing.assert_close(adain(ref[:, 0], y), out[:, 0])
     # bf16 features (autocast) keep their dtype; statistics are taken in float32.
@@ -244,7 +259,9 @@ def test_identity_info_is_mean_of_adain_and_handles_no_refs_and_masks():
     assert info(y, None) is None  # restoring without references
     mask = torch.tensor([[True, False, True], [False, False, False]])
     masked = info(y, refs, mask)
-    torch.testing.assert_close(masked[0], (adain(bb.features(refs[0, [0, 2]]), f_y[:1].expand(2, -1, -1, -1))).mean(0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        masked[0], (adain(bb.features(refs[0, [0, 2]]), f_y[:1].expand(2, -1, -1, -1))).mean(0), rtol=1e-4, atol=1e-4
+    )
     assert torch.count_nonzero(masked[1]) == 0
     # References of another size are resized to y's feature map.
     assert info(y, torch.rand(2, 2, 3, 64, 48, generator=g)).shape == (2, 32, 4, 3)

@@ -1,6 +1,7 @@
 """The paper space's identity features are real by default: MobileFaceNet's weights ship inside the
 package, ``identity.weights`` takes ``packaged``, a path or a URI, and a restored model never claims
 a random backbone when its weights come from the checkpoint."""
+
 from __future__ import annotations
 
 import hashlib
@@ -94,11 +95,17 @@ def test_a_model_whose_backbone_file_is_missing_loads_without_the_random_init_wa
     from nasfe.evaluate.model_io import build_and_load
     from nasfe.engine.network import build_network
 
-    space = load_space("tiny", overrides={"identity.backbone": "mobilefacenet",
-                                          "identity.weights": str(tmp_path / "not-here.pt"),
-                                          "model.fusion": "res2"})
-    ok = load_space("tiny", overrides={"identity.backbone": "mobilefacenet", "identity.weights": "packaged",
-                                       "model.fusion": "res2"})
+    space = load_space(
+        "tiny",
+        overrides={
+            "identity.backbone": "mobilefacenet",
+            "identity.weights": str(tmp_path / "not-here.pt"),
+            "model.fusion": "res2",
+        },
+    )
+    ok = load_space(
+        "tiny", overrides={"identity.backbone": "mobilefacenet", "identity.weights": "packaged", "model.fusion": "res2"}
+    )
     model, _ = build_network(ok, with_loss=False)
     with caplog.at_level(logging.INFO):
         loaded = build_and_load(space, None, model.state_dict(), "model.pt")

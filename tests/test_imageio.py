@@ -1,4 +1,5 @@
 """nasfe.imageio: reading any image to HxWx3 uint8 RGB, bad files, atomic writes, tensor conversion."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,16 @@ import torch
 from PIL import Image
 
 from nasfe import imageio
-from nasfe.imageio import (ImageReadError, atomic_write_bytes, atomic_write_json, atomic_write_text, read_image,
-                           to_tensor, to_uint8, write_png_atomic)
+from nasfe.imageio import (
+    ImageReadError,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_image,
+    to_tensor,
+    to_uint8,
+    write_png_atomic,
+)
 
 
 def _rgb(h=12, w=10, seed=0):

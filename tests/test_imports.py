@@ -4,6 +4,7 @@ A function-local import is allowed only for an optional heavy dependency (Ray, W
 onnxruntime, onnx, boto3, pyarrow): a library user without a cluster never pays for them, and the
 CLI starts without them.
 """
+
 from __future__ import annotations
 
 import ast

@@ -1,4 +1,5 @@
 """`nasfe search` / `nasfe retrain` / jobs/*.py: bad input gives one clear line, never a traceback."""
+
 from __future__ import annotations
 
 import subprocess
@@ -69,11 +70,14 @@ def test_bad_run_name_and_override(capsys, tmp_path):
     _one_clear_line(err, "unknown field(s) ['no_such_knob']")
 
 
-@pytest.mark.parametrize("command, value, needle", [
-    # a value that is not YAML was a traceback (yaml's error is not one argparse reports)
-    ("search", "search.lr=[1e-3", "--set search.lr: the value '[1e-3' is not valid YAML"),
-    ("retrain", "=3", "--set expects KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "command, value, needle",
+    [
+        # a value that is not YAML was a traceback (yaml's error is not one argparse reports)
+        ("search", "search.lr=[1e-3", "--set search.lr: the value '[1e-3' is not valid YAML"),
+        ("retrain", "=3", "--set expects KEY=VALUE"),
+    ],
+)
 def test_bad_set_flag_is_a_usage_error(capsys, tmp_path, command, value, needle):
     with pytest.raises(SystemExit) as exc:
         main([command, "--set", value, "--storage", str(tmp_path)])
@@ -85,7 +89,12 @@ def test_bad_set_flag_is_a_usage_error(capsys, tmp_path, command, value, needle)
 
 @pytest.mark.parametrize("script", ["search", "retrain"])
 def test_job_scripts_run_outside_the_cli(tmp_path, script):
-    out = subprocess.run([sys.executable, str(REPO / "jobs" / f"{script}.py"), "--", "--space", "nope.yaml",
-                          "--storage", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / f"{script}.py"), "--", "--space", "nope.yaml", "--storage", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert out.returncode == 2
     _one_clear_line(out.stderr, "nope.yaml: search space file not found")

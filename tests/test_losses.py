@@ -1,4 +1,5 @@
 """Losses of section 3.3: L2, perceptual (Eq. 10), identity (Eq. 8) and L_final (Eq. 9)."""
+
 from __future__ import annotations
 
 import math

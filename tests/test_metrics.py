@@ -1,4 +1,5 @@
 """PSNR / SSIM conventions against closed forms and an independent NumPy/SciPy SSIM."""
+
 from __future__ import annotations
 
 import math
@@ -22,10 +23,10 @@ def _ssim_reference(a: np.ndarray, b: np.ndarray, data_range=1.0) -> float:
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     f = lambda t: ndimage.gaussian_filter(t, sigma=1.5, truncate=5 / 1.5, mode="reflect")
     mu_a, mu_b = f(a), f(b)
-    var_a = f(a * a) - mu_a ** 2
-    var_b = f(b * b) - mu_b ** 2
+    var_a = f(a * a) - mu_a**2
+    var_b = f(b * b) - mu_b**2
     cov = f(a * b) - mu_a * mu_b
-    m = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    m = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return float(m[5:-5, 5:-5].mean())
 
 

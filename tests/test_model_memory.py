@@ -1,4 +1,5 @@
 """Activation checkpointing of the fusion cells (``model.checkpoint_cells``): same results, less saved memory."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The assembled NASFE network: every registered model, shapes, refs handling, gradients, parameter counts."""
+
 from __future__ import annotations
 
 
@@ -64,7 +65,8 @@ def test_gradients_reach_every_weight_alpha_and_beta(name, tiny):
     y, x = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     out = m(y, torch.rand(2, 2, 3, 32, 32), has_refs=torch.tensor([True, False]))
     loss = (out.restored - x).square().mean() + nn.functional.binary_cross_entropy_with_logits(
-        out.class_logits, torch.ones(2, 3))
+        out.class_logits, torch.ones(2, 3)
+    )
     loss.backward()
     for p in m.weight_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0
@@ -93,6 +95,7 @@ def test_betas_get_gradient_at_every_node_with_a_choice_of_moves():
     m = create_model(sp, identity=TinyIdentity())
     m(torch.rand(1, 3, 32, 32)).restored.mean().backward()
     from nasfe.genotype import layer_sources, out_moves
+
     for layer in range(4):
         for src in layer_sources(layer, 4, 3):
             moves = out_moves(layer, src, 4, 3)
@@ -160,6 +163,7 @@ def test_create_model_dispatch_and_errors(tiny):
     with pytest.raises(ValueError, match="genotype"):
         create_model(bn_space, g, identity=TinyIdentity())
     from nasfe.genotype import GenotypeError
+
     with pytest.raises(GenotypeError, match="space_hash"):
         create_model(load_space("tiny", {"model.channels": 12}), g, identity=TinyIdentity())
     no_id = create_model(load_space("tiny", {"model.use_identity": False}))
@@ -288,9 +292,20 @@ def test_fusion_skip_adds_the_full_resolution_input(searched):
         torch.manual_seed(0)
         if searched:
             return SearchFusion(space.model)
-        cells = [[{"inputs": [0, 1], "ops": ["res_op", "fft_op"]}, {"inputs": [1, 2], "ops": ["deveil_op", "sep_conv_3x3"]}]]
-        g = Genotype.from_dict({"schema_version": 1, "space_hash": space.space_hash(), "blocks": 2,
-                                "operators": list(space.model.operators), "cells": cells, "path": [1, 0]}, space=space)
+        cells = [
+            [{"inputs": [0, 1], "ops": ["res_op", "fft_op"]}, {"inputs": [1, 2], "ops": ["deveil_op", "sep_conv_3x3"]}]
+        ]
+        g = Genotype.from_dict(
+            {
+                "schema_version": 1,
+                "space_hash": space.space_hash(),
+                "blocks": 2,
+                "operators": list(space.model.operators),
+                "cells": cells,
+                "path": [1, 0],
+            },
+            space=space,
+        )
         return DerivedFusion(space.model, g)
 
     x = torch.randn(2, 8, 12, 10)

@@ -1,4 +1,5 @@
 """The operator table: shapes, the FFT operator against NumPy, parameter formulas, gradients."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,7 @@ from nasfe.model.ops import FFT_EPS, OPS, FFTOp, op_param_count, wiener_deconvol
 
 
 def test_the_built_in_operators_are_the_papers_in_order():
-    assert list(OPS)[:len(PAPER_OPERATORS)] == PAPER_OPERATORS
+    assert list(OPS)[: len(PAPER_OPERATORS)] == PAPER_OPERATORS
 
 
 @pytest.mark.parametrize("name", list(OPS))
@@ -67,8 +68,11 @@ def test_wiener_inverts_a_circular_blur():
     k[0, 0], k[0, 1], k[1, 0] = 0.6, 0.2, 0.2
     blurred = np.real(np.fft.ifft2(np.fft.fft2(s) * np.fft.fft2(k)))
     kn = k * 16  # ortho FFT: FFT(k conv s) = sqrt(HW) K S, so the "kernel" map is sqrt(HW) k
-    out = wiener_deconvolve(torch.tensor(blurred, dtype=torch.float32)[None, None],
-                            torch.tensor(kn, dtype=torch.float32)[None, None], FFT_EPS)[0, 0].numpy()
+    out = wiener_deconvolve(
+        torch.tensor(blurred, dtype=torch.float32)[None, None],
+        torch.tensor(kn, dtype=torch.float32)[None, None],
+        FFT_EPS,
+    )[0, 0].numpy()
     assert np.abs(out - s).mean() < 0.1 * np.abs(s).mean()
 
 
@@ -77,12 +81,16 @@ def test_fft_op_uses_both_halves_and_eq2():
     op = FFTOp(6)
     x = torch.randn(1, 6, 8, 8)
     x1, x2 = op.conv1(x[:, :3]), op.conv2(x[:, 3:])
-    want = op.out(torch.tensor(_numpy_wiener(x1.detach().double().numpy(), x2.detach().double().numpy(), FFT_EPS),
-                               dtype=torch.float32))
+    want = op.out(
+        torch.tensor(
+            _numpy_wiener(x1.detach().double().numpy(), x2.detach().double().numpy(), FFT_EPS), dtype=torch.float32
+        )
+    )
     torch.testing.assert_close(op(x), want, rtol=1e-4, atol=1e-4)
 
 
 # ---- self-attention: a head size every fused CUDA kernel accepts ---------------------------------
+
 
 def _attention_widths() -> list[int]:
     """Every width self_attn sees in the paper space: C, C/K of paper.yaml, and the other K the

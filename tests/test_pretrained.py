@@ -1,5 +1,6 @@
 """The packaged default model (nasfe/pretrained): under 1 MiB, with its NOTICE, the default of
 ``nasfe restore`` and ``nasfe evaluate``, and ``pack_model`` refusing what does not fit."""
+
 from __future__ import annotations
 
 import json
@@ -80,8 +81,27 @@ def test_evaluate_defaults_to_the_packaged_model(tmp_path, capsys):
     faces = write_synthetic_faces(tmp_path / "faces", identities=2, images_per_identity=2)
     build_testsets(tmp_path / "ts", faces=str(faces), sets=["Test-BNL"], images=2, progress=False)
     out = tmp_path / "ev"
-    assert cli(["evaluate", "--testsets", str(tmp_path / "ts"), "--out", str(out), "--max-images", "4",
-                "--baselines", "input", "--recognizer", "none", "--device", "cpu", "--quiet"]) == 0
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--testsets",
+                str(tmp_path / "ts"),
+                "--out",
+                str(out),
+                "--max-images",
+                "4",
+                "--baselines",
+                "input",
+                "--recognizer",
+                "none",
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "packaged model" in capsys.readouterr().err
     rows = json.loads((out / "results.json").read_text())["summary"]
     assert [r["method"] for r in rows] == ["input", "BN"] and rows[1]["images"] == 4
@@ -140,6 +160,22 @@ def test_pack_leaves_the_face_backbone_out(tmp_path, capsys):
     assert model.refs_usable is False  # tiny has no identity.weights: the rebuilt backbone is not the real one
     photo = tmp_path / "p.png"
     Image.fromarray(np.zeros((48, 40, 3), np.uint8)).save(photo)
-    assert cli(["restore", str(tmp_path / "packed.pt"), "-i", str(photo), "-o", str(tmp_path / "o"),
-                "--refs", str(photo), "--device", "cpu", "--quiet"]) == 2
+    assert (
+        cli(
+            [
+                "restore",
+                str(tmp_path / "packed.pt"),
+                "-i",
+                str(photo),
+                "-o",
+                str(tmp_path / "o"),
+                "--refs",
+                str(photo),
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "backbone" in capsys.readouterr().err

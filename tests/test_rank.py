@@ -1,5 +1,6 @@
 """``nasfe rank``: the genotype sampler, the supernet's scores, tau and percentile, and one tiny
 study through Ray (Tune trials, each a Ray Train retraining) that writes rank.json."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,12 +15,28 @@ from nasfe.config import load_space
 from nasfe.genotype import Genotype, check_path, sample_genotypes, valid_paths
 
 #: a shrunken tiny space: every phase a step or two
-TINY = {"search.epochs": 2, "search.warmup_epochs": 1, "search.steps_per_epoch": 1, "search.batch_size": 4,
-        "search.val_batches": 1, "search.checkpoint_every": 0, "search.selection": "strength",
-        "search.selection_batches": 1, "retrain.epochs": 1, "retrain.steps_per_epoch": 2, "retrain.batch_size": 4,
-        "retrain.val_batches": 1, "retrain.checkpoint_every": 0, "identity.refs": 1, "data.height": 32,
-        "data.width": 32, "model.channels": 4, "model.encoder_channels": 4, "model.identity_channels": 4,
-        "identity.width": 0.25}
+TINY = {
+    "search.epochs": 2,
+    "search.warmup_epochs": 1,
+    "search.steps_per_epoch": 1,
+    "search.batch_size": 4,
+    "search.val_batches": 1,
+    "search.checkpoint_every": 0,
+    "search.selection": "strength",
+    "search.selection_batches": 1,
+    "retrain.epochs": 1,
+    "retrain.steps_per_epoch": 2,
+    "retrain.batch_size": 4,
+    "retrain.val_batches": 1,
+    "retrain.checkpoint_every": 0,
+    "identity.refs": 1,
+    "data.height": 32,
+    "data.width": 32,
+    "model.channels": 4,
+    "model.encoder_channels": 4,
+    "model.identity_channels": 4,
+    "identity.width": 0.25,
+}
 
 
 def test_sampled_genotypes_are_valid_distinct_and_seeded():
@@ -77,11 +94,21 @@ def test_supernet_scores_follow_alpha_beta_and_strength():
     net = Supernet("x", alphas, betas, op_strength=op_strength, transition_strength=trans)
 
     def geno(op, path):
-        return Genotype.from_dict({"schema_version": 1, "space_hash": space.space_hash(), "blocks": 2,
-                                   "operators": ops, "path": path,
-                                   "cells": [[{"inputs": [0, 1], "ops": [op, op]}, {"inputs": [0, 2], "ops": [op, op]}]]})
+        return Genotype.from_dict(
+            {
+                "schema_version": 1,
+                "space_hash": space.space_hash(),
+                "blocks": 2,
+                "operators": ops,
+                "path": path,
+                "cells": [[{"inputs": [0, 1], "ops": [op, op]}, {"inputs": [0, 2], "ops": [op, op]}]],
+            }
+        )
 
-    res, sep = supernet_scores(geno("res_op", [0, 0]), net, space), supernet_scores(geno("sep_conv_3x3", [0, 0]), net, space)
+    res, sep = (
+        supernet_scores(geno("res_op", [0, 0]), net, space),
+        supernet_scores(geno("sep_conv_3x3", [0, 0]), net, space),
+    )
     assert res["alpha"] > sep["alpha"] and sep["strength"] == 8.0 and res["strength"] == 0.0
     p = torch.softmax(alphas[0, 0], -1)[ops.index("res_op")].item()
     # four edges of log p; the path: layer 0 has one source (log 1), layer 1 two (log 1/2 at beta = 0)
@@ -109,9 +136,11 @@ def test_percentile_counts_randoms_below_and_ties_as_half():
     assert percentile_among(0.0, [1.0, 2.0]) == 0.0
     assert percentile_among(2.0, [1.0, 2.0, 3.0, 4.0]) == 37.5
     rows = [{"kind": "random", "val_psnr": v, "score_alpha": v, "score_strength": -v} for v in (1.0, 2.0, 3.0, 4.0)]
-    rows += [{"kind": "searched", "val_psnr": 4.5, "score_alpha": 9.0, "score_strength": 0.0},
-             {"kind": "searched", "val_psnr": 2.5, "score_alpha": 0.0, "score_strength": 0.0},
-             {"kind": "hand", "val_psnr": 9.0}]
+    rows += [
+        {"kind": "searched", "val_psnr": 4.5, "score_alpha": 9.0, "score_strength": 0.0},
+        {"kind": "searched", "val_psnr": 2.5, "score_alpha": 0.0, "score_strength": 0.0},
+        {"kind": "hand", "val_psnr": 9.0},
+    ]
     s = summarize(rows)
     assert s["searched_percentile"] == pytest.approx((100.0 + 50.0) / 2)
     assert s["kendall_tau"]["alpha"] > 0.5 and s["kendall_tau"]["strength"] < 0
@@ -130,14 +159,42 @@ def test_rank_study_on_ray_writes_rank_json_and_resumes(tmp_path, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     search = tmp_path / "search"
     run_search(load_space("tiny", TINY), search, device="cpu")
-    argv = ["--space", "tiny", "--random", "1", "--searched", str(search), "--storage", str(tmp_path / "runs"),
-            "--name", "r", "--test-images", "2", "--max-images", "4", "--wandb-mode", "offline", "--quiet"]
+    argv = [
+        "--space",
+        "tiny",
+        "--random",
+        "1",
+        "--searched",
+        str(search),
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "r",
+        "--test-images",
+        "2",
+        "--max-images",
+        "4",
+        "--wandb-mode",
+        "offline",
+        "--quiet",
+    ]
     parser = argparse.ArgumentParser()
     rank_job.add_arguments(parser)
     args = parser.parse_args(argv + [a for kv in TINY.items() for a in ("--set", f"{kv[0]}={json.dumps(kv[1])}")])
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1", "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
-                                       "WANDB_SILENT": "true"}})
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={
+            "env_vars": {
+                "RAY_TRAIN_V2_ENABLED": "1",
+                "OMP_NUM_THREADS": "1",
+                "WANDB_MODE": "offline",
+                "WANDB_SILENT": "true",
+            }
+        },
+    )
     try:
         assert rank_job.main(args) == 0
         first = json.loads((tmp_path / "runs" / "r" / "rank.json").read_text())
@@ -178,8 +235,12 @@ def test_a_study_grows_but_refuses_a_changed_candidate(tmp_path):
     first, _ = build_candidates(space, 2, 0, [], ["bn"])
     (tmp_path / "candidates.json").write_text(json.dumps({"candidates": first}))
     grown, _ = build_candidates(space, 3, 0, [], ["bn"])
-    assert [c["id"] for c in check_same_candidates(tmp_path / "candidates.json", grown)] == \
-        ["random_00", "random_01", "random_02", "hand_bn"]
+    assert [c["id"] for c in check_same_candidates(tmp_path / "candidates.json", grown)] == [
+        "random_00",
+        "random_01",
+        "random_02",
+        "hand_bn",
+    ]
     other, _ = build_candidates(space, 2, 1, [], ["bn"])  # another draw under the same ids
     with pytest.raises(CommandError, match="random_00"):
         check_same_candidates(tmp_path / "candidates.json", other)
@@ -192,10 +253,24 @@ def test_rank_table_is_logged_to_wandb_offline(tmp_path):
     from nasfe.tracking.wandb_logger import WandbSettings
     from nasfe.tracking.wandb_rank import log_rank
 
-    rows = [{"label": f"random #{i}", "kind": "random", "genotype_id": str(i), "val_psnr": float(i),
-             "score_alpha": float(i), "score_strength": None} for i in range(3)]
-    where = log_rank(WandbSettings(project="nasfe-test", mode="offline"), "r", {"rows": rows, "kendall_tau":
-                     {"alpha": 1.0}, "searched_percentile": None}, tmp_path / "missing.png", tmp_path)
+    rows = [
+        {
+            "label": f"random #{i}",
+            "kind": "random",
+            "genotype_id": str(i),
+            "val_psnr": float(i),
+            "score_alpha": float(i),
+            "score_strength": None,
+        }
+        for i in range(3)
+    ]
+    where = log_rank(
+        WandbSettings(project="nasfe-test", mode="offline"),
+        "r",
+        {"rows": rows, "kendall_tau": {"alpha": 1.0}, "searched_percentile": None},
+        tmp_path / "missing.png",
+        tmp_path,
+    )
     assert where is not None and where.startswith("offline")
     assert list((tmp_path / "wandb").glob("offline-run-*"))
     # a broken settings object is a warning, never an error

@@ -1,5 +1,6 @@
 """The real engine on Ray Train (2 CPU workers, tiny space): genotype, alpha equal across ranks,
 resume after an interruption, and surviving a lost worker through FailureConfig."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,10 @@ class Probe(Callback):
             fh.write(f"{state.step}\n")
 
     def on_epoch_end(self, state, metrics, genotype=None):
-        torch.save({"alphas": metrics["alphas"], "betas": metrics["betas"], "genotype": genotype.genotype_id()},
-                   os.path.join(self.out, f"arch_r{state.rank}_e{state.epoch}.pt"))
+        torch.save(
+            {"alphas": metrics["alphas"], "betas": metrics["betas"], "genotype": genotype.genotype_id()},
+            os.path.join(self.out, f"arch_r{state.rank}_e{state.epoch}.pt"),
+        )
 
     def on_step(self, state, metrics):
         marker = Path(self.out) / f"failed_r{state.rank}"
@@ -77,13 +80,26 @@ def test_search_on_two_workers_resumes_after_an_interruption(tmp_path):
     out.mkdir()
     kwargs = dict(num_workers=2, threads_per_worker=1, progress=False)
     with pytest.raises(Exception, match="interrupted by the test"):
-        fit_search(space, "interrupted", tmp_path / "runs", max_failures=0,
-                   extra_callbacks=[Probe(str(out), fail_at=5)], **kwargs)
+        fit_search(
+            space,
+            "interrupted",
+            tmp_path / "runs",
+            max_failures=0,
+            extra_callbacks=[Probe(str(out), fail_at=5)],
+            **kwargs,
+        )
     root = tmp_path / "runs" / "interrupted"
     assert 4 in _ray_steps(root, "search")  # the step-4 checkpoint made it to storage
 
-    res = fit_search(space, "interrupted", tmp_path / "runs", max_failures=0,
-                     extra_callbacks=[Probe(str(out))], wandb=WandbSettings(mode="offline"), **kwargs)
+    res = fit_search(
+        space,
+        "interrupted",
+        tmp_path / "runs",
+        max_failures=0,
+        extra_callbacks=[Probe(str(out))],
+        wandb=WandbSettings(mode="offline"),
+        **kwargs,
+    )
     # the second run continued from step 4 on both ranks and finished the 6 steps
     assert _starts(out, 0) == [0, 4] and _starts(out, 1) == [0, 4]
     assert res.summary["steps"] == 6 and res.summary["epochs"] == 3 and res.summary["world_size"] == 2
@@ -114,8 +130,16 @@ def test_a_lost_worker_is_replaced_and_the_run_continues(tmp_path):
     space = load_space("tiny", {"search.epochs": 2})
     out = tmp_path / "probe"
     out.mkdir()
-    res = fit_search(space, "spot", tmp_path / "runs", num_workers=2, threads_per_worker=1, progress=False,
-                     max_failures=1, extra_callbacks=[Probe(str(out), fail_at=3, fail_rank=1, hard=True)])
+    res = fit_search(
+        space,
+        "spot",
+        tmp_path / "runs",
+        num_workers=2,
+        threads_per_worker=1,
+        progress=False,
+        max_failures=1,
+        extra_callbacks=[Probe(str(out), fail_at=3, fail_rank=1, hard=True)],
+    )
     assert res.summary["steps"] == 4
     assert _starts(out, 0) == [0, 2]  # the new worker group started from the step-2 checkpoint
     assert (tmp_path / "runs" / "spot" / "genotype.json").is_file()
@@ -148,8 +172,9 @@ def test_a_truncated_ray_record_resumes_from_the_newest_checkpoint_that_loads(tm
 
     out = tmp_path / "probe"
     out.mkdir()
-    kwargs = dict(num_workers=1, threads_per_worker=1, progress=False, max_failures=0,
-                  extra_callbacks=[Probe(str(out))])
+    kwargs = dict(
+        num_workers=1, threads_per_worker=1, progress=False, max_failures=0, extra_callbacks=[Probe(str(out))]
+    )
     fit_search(load_space("tiny", {"search.epochs": 2}), "cut", tmp_path / "runs", **kwargs)
     ray_dir = tmp_path / "runs" / "cut" / "ray" / "search"
     snap = ray_dir / "checkpoint_manager_snapshot.json"

@@ -1,4 +1,5 @@
 """Face recognition for evaluation: Top-k protocol, cosine/angle, ONNX and torch recognisers."""
+
 from __future__ import annotations
 
 import math

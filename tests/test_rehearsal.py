@@ -1,4 +1,5 @@
 """``search_spaces/rehearsal.yaml`` is paper.yaml with only sizes changed, through ``inherit:``."""
+
 from __future__ import annotations
 
 
@@ -11,10 +12,25 @@ from nasfe.config import ConfigError, load_space
 SIZE_FIELDS = {
     "model": {"channels", "encoder_channels", "identity_channels"},
     "data": "*",
-    "search": {"epochs", "warmup_epochs", "steps_per_epoch", "batch_size", "pretrain_steps", "val_batches",
-               "checkpoint_every", "log_every"},
-    "retrain": {"epochs", "steps_per_epoch", "batch_size", "pretrain_steps", "val_batches", "checkpoint_every",
-                "log_every"},
+    "search": {
+        "epochs",
+        "warmup_epochs",
+        "steps_per_epoch",
+        "batch_size",
+        "pretrain_steps",
+        "val_batches",
+        "checkpoint_every",
+        "log_every",
+    },
+    "retrain": {
+        "epochs",
+        "steps_per_epoch",
+        "batch_size",
+        "pretrain_steps",
+        "val_batches",
+        "checkpoint_every",
+        "log_every",
+    },
 }
 
 
@@ -44,7 +60,7 @@ def test_the_rehearsal_is_the_paper_space_except_sizes():
 
 
 def test_a_change_to_the_inherited_space_reaches_the_child(tmp_path):
-    base = (tmp_path / "base.yaml")
+    base = tmp_path / "base.yaml"
     base.write_text("model: {blocks: 5, channels: 8}\nsearch: {epochs: 30}\n")
     (tmp_path / "child.yaml").write_text("inherit: base.yaml\nmodel: {channels: 4}\n")
     child = load_space(tmp_path / "child.yaml")

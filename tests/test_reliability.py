@@ -3,6 +3,7 @@
 Each test is named after the case it holds (docs/RELIABILITY.md maps promises to these tests).
 The corpus of broken inputs run through every command is tests/test_bad_inputs.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,9 @@ def faces(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(4):
         for j in range(2):
-            write_png_atomic(root / f"id{i}" / f"{j}.png",
-                             rng.integers(0, 256, (6, 5, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1))
+            write_png_atomic(
+                root / f"id{i}" / f"{j}.png", rng.integers(0, 256, (6, 5, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+            )
     return root
 
 
@@ -139,9 +141,16 @@ def _ray_run(tmp_path, name="r", cut=True, snapshot=True):
         newer.write_bytes(newer.read_bytes()[:300])
     if snapshot:
         latest = {"checkpoint_dir_name": good.name, "metrics": {"step": 2}}
-        (root / "ray" / "search" / "checkpoint_manager_snapshot.json").write_text(json.dumps(
-            {"ray_version": "2.60.0", "checkpoint_results": [latest], "checkpoint_report_indices": [0],
-             "latest_checkpoint_result": latest}))
+        (root / "ray" / "search" / "checkpoint_manager_snapshot.json").write_text(
+            json.dumps(
+                {
+                    "ray_version": "2.60.0",
+                    "checkpoint_results": [latest],
+                    "checkpoint_report_indices": [0],
+                    "latest_checkpoint_result": latest,
+                }
+            )
+        )
     return space, RunStorage.create(str(tmp_path / "runs"), name), good
 
 
@@ -199,10 +208,21 @@ def test_case04_two_searches_with_one_name_the_second_refuses(tmp_path, capsys, 
     import nasfe.distributed.search_job as sj
 
     monkeypatch.setattr(sj, "open_cluster", lambda *a: (_ for _ in ()).throw(_Stop()))  # never start Ray here
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys; from nasfe.locks import FolderLock; FolderLock(sys.argv[1], 'run').acquire(); "
-        "print('held', flush=True); sys.stdin.read()"), str(tmp_path / "runs" / "same")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys; from nasfe.locks import FolderLock; FolderLock(sys.argv[1], 'run').acquire(); "
+                "print('held', flush=True); sys.stdin.read()"
+            ),
+            str(tmp_path / "runs" / "same"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         rc = cli(["search", "--name", "same", "--storage", str(tmp_path / "runs"), "--wandb-mode", "disabled"])
@@ -292,8 +312,19 @@ def test_case10b_resuming_with_another_model_space_is_refused_before_ray(tmp_pat
 
     monkeypatch.setattr(sj, "open_cluster", lambda *a: (_ for _ in ()).throw(_Stop()))  # never start Ray here
     _ray_run(tmp_path, name="grown", cut=False)
-    rc = cli(["search", "--name", "grown", "--storage", str(tmp_path / "runs"), "--set", "model.channels=32",
-              "--wandb-mode", "disabled"])
+    rc = cli(
+        [
+            "search",
+            "--name",
+            "grown",
+            "--storage",
+            str(tmp_path / "runs"),
+            "--set",
+            "model.channels=32",
+            "--wandb-mode",
+            "disabled",
+        ]
+    )
     assert rc == 2
     _one_line(capsys.readouterr().err, "made for model space")
 

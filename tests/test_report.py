@@ -1,4 +1,5 @@
 """Tables, montage, bar chart and the Markdown report: files, formats, sizes, links."""
+
 from __future__ import annotations
 
 import csv
@@ -9,8 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from nasfe.evaluate.report import (bar_chart, format_value, markdown_table, montage, montage_size,
-                                   write_report, write_table)
+from nasfe.evaluate.report import (
+    bar_chart,
+    format_value,
+    markdown_table,
+    montage,
+    montage_size,
+    write_report,
+    write_table,
+)
 
 ROWS = [
     {"method": "input", "psnr": 8.17123456789, "ssim": 0.2234567, "top1": 0.385, "n": 100},
@@ -73,10 +81,11 @@ def test_montage_size_and_pixels(tmp_path):
     assert im.shape == (h, w, 3)
     # The first clean tile is copied unresampled (integer enlargement, nearest neighbour).
     from nasfe.evaluate import report
+
     s = max(1, report.MONTAGE_MIN_TILE_W // 18)
     x0 = report.MONTAGE_PAD + 2 * (s * 18 + report.MONTAGE_PAD)
     y0 = report.MONTAGE_TITLE_H
-    tile = im[y0: y0 + 22 * s: s, x0: x0 + 18 * s: s]
+    tile = im[y0 : y0 + 22 * s : s, x0 : x0 + 18 * s : s]
     want = clean[0].mul(255).round().byte().permute(1, 2, 0).numpy()
     assert np.abs(tile.astype(int) - want.astype(int)).max() <= 1
     # The title band has dark text pixels on white.
@@ -92,15 +101,22 @@ def test_montage_rejects_mismatched_panels(tmp_path):
 
 
 def test_bar_chart_and_report_links(tmp_path):
-    results = {"input": {"psnr": 8.2, "ssim": 0.22}, "classical": {"psnr": 15.1, "ssim": 0.41, "psnr_std": 1.2},
-               "identical": {"psnr": math.inf, "ssim": 1.0}}
+    results = {
+        "input": {"psnr": 8.2, "ssim": 0.22},
+        "classical": {"psnr": 15.1, "ssim": 0.41, "psnr_std": 1.2},
+        "identical": {"psnr": math.inf, "ssim": 1.0},
+    }
     chart = bar_chart(results, tmp_path / "figs" / "bars.png", "Test-BNL")
     assert Image.open(chart).format == "PNG" and Image.open(chart).size[0] >= 600
     with pytest.raises(ValueError, match="lacks"):
         bar_chart({"x": {"psnr": 1.0}}, tmp_path / "bad.png")
     md, _ = write_table(ROWS, COLS, tmp_path / "t.md", tmp_path / "t.csv")
-    rep = write_report(tmp_path, {"Test-BNL": md, "inline": ([{"psnr": 1.234}], ["psnr"])},
-                       {"PSNR and SSIM": chart}, notes="Synthetic faces.")
+    rep = write_report(
+        tmp_path,
+        {"Test-BNL": md, "inline": ([{"psnr": 1.234}], ["psnr"])},
+        {"PSNR and SSIM": chart},
+        notes="Synthetic faces.",
+    )
     text = rep.read_text()
     assert rep == tmp_path / "report.md"
     assert "![PSNR and SSIM](figs/bars.png)" in text

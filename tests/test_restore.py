@@ -1,4 +1,5 @@
 """``nasfe restore`` on a tiny trained network: odd sizes, gray, RGBA, corrupt files, tiles, refs."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,16 +42,40 @@ def photos(tmp_path):
     (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (d / "empty.png").write_bytes(b"")
     (d / "notes.txt").write_text("not an image")
-    expected = {"face_png.png": (48, 40), "face_jpg.png": (48, 40), "gray.png": (37, 51),
-                "gray_as_rgb.png": (37, 51), "rgba.png": (21, 13), "tall.png": (150, 33)}
+    expected = {
+        "face_png.png": (48, 40),
+        "face_jpg.png": (48, 40),
+        "gray.png": (37, 51),
+        "gray_as_rgb.png": (37, 51),
+        "rgba.png": (21, 13),
+        "tall.png": (150, 33),
+    }
     return d, expected
 
 
 def test_restore_folder_reports_bad_files_and_keeps_going(model_pt, photos, tmp_path, capsys):
     src, expected = photos
     out = tmp_path / "out"
-    rc = cli(["restore", str(model_pt), "-i", str(src), "-o", str(out), "--tile", "64", "--overlap", "8",
-              "--batch-size", "3", "--compare", "--device", "cpu", "--quiet"])
+    rc = cli(
+        [
+            "restore",
+            str(model_pt),
+            "-i",
+            str(src),
+            "-o",
+            str(out),
+            "--tile",
+            "64",
+            "--overlap",
+            "8",
+            "--batch-size",
+            "3",
+            "--compare",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 1  # two files could not be read
     assert "broken.jpg" in captured.err and "empty.png" in captured.err
@@ -70,8 +95,12 @@ def test_restore_folder_reports_bad_files_and_keeps_going(model_pt, photos, tmp_
 def test_batched_equals_one_by_one(model_pt, photos, tmp_path):
     src, _ = photos
     files = [str(src / "face.png"), str(src / "face.jpg")]
-    assert cli(["restore", str(model_pt), "-i", *files, "-o", str(tmp_path / "b2"), "--batch-size", "2", "--quiet"]) == 0
-    assert cli(["restore", str(model_pt), "-i", *files, "-o", str(tmp_path / "b1"), "--batch-size", "1", "--quiet"]) == 0
+    assert (
+        cli(["restore", str(model_pt), "-i", *files, "-o", str(tmp_path / "b2"), "--batch-size", "2", "--quiet"]) == 0
+    )
+    assert (
+        cli(["restore", str(model_pt), "-i", *files, "-o", str(tmp_path / "b1"), "--batch-size", "1", "--quiet"]) == 0
+    )
     for name in ("face_png.png", "face_jpg.png"):
         a = read_image(tmp_path / "b2" / name).astype(int)
         b = read_image(tmp_path / "b1" / name).astype(int)
@@ -82,14 +111,43 @@ def test_refs_change_the_result(model_pt, photos, tmp_path, capsys):
     src, _ = photos
     face = str(src / "face.png")
     assert cli(["restore", str(model_pt), "-i", face, "-o", str(tmp_path / "plain"), "--quiet"]) == 0
-    assert cli(["restore", str(model_pt), "-i", face, "-o", str(tmp_path / "refs"), "--quiet",
-                "--refs", str(src / "face.jpg"), str(src / "broken.jpg")]) == 0
+    assert (
+        cli(
+            [
+                "restore",
+                str(model_pt),
+                "-i",
+                face,
+                "-o",
+                str(tmp_path / "refs"),
+                "--quiet",
+                "--refs",
+                str(src / "face.jpg"),
+                str(src / "broken.jpg"),
+            ]
+        )
+        == 0
+    )
     assert "broken.jpg" in capsys.readouterr().err  # an unreadable reference is named, the others used
     a = read_image(tmp_path / "plain" / "face.png")
     b = read_image(tmp_path / "refs" / "face.png")
     assert not np.array_equal(a, b)
-    assert cli(["restore", str(model_pt), "-i", face, "-o", str(tmp_path / "x"), "--quiet",
-                "--refs", str(src / "broken.jpg")]) == 2
+    assert (
+        cli(
+            [
+                "restore",
+                str(model_pt),
+                "-i",
+                face,
+                "-o",
+                str(tmp_path / "x"),
+                "--quiet",
+                "--refs",
+                str(src / "broken.jpg"),
+            ]
+        )
+        == 2
+    )
     assert "none of 1 reference" in capsys.readouterr().err
 
 

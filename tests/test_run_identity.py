@@ -1,4 +1,5 @@
 """A reused run/sweep name with other settings is refused in one line naming the fields (before Ray starts)."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,9 @@ def test_sweep_name_rerun_with_other_settings_is_refused(tmp_path, capsys):
     saved = tmp_path / "s"
     saved.mkdir()
     (saved / "sweep.yaml").write_text(yaml.safe_dump(load_sweep("tiny").to_dict(), sort_keys=False))
-    rc = cli_main(["sweep", "--storage", str(tmp_path), "--name", "s", "--set", "loss.lambda_per=0.5",
-                   "--address", UNREACHABLE])
+    rc = cli_main(
+        ["sweep", "--storage", str(tmp_path), "--name", "s", "--set", "loss.lambda_per=0.5", "--address", UNREACHABLE]
+    )
     line = _one_line(capsys)
     assert rc == 2 and line.startswith("nasfe sweep: error:")
     assert "overrides.loss.lambda_per: '(unset)' -> 0.5" in line and "--no-resume" in line
@@ -40,8 +42,15 @@ def test_sweep_may_change_max_concurrent_on_resume(tmp_path):
     sweep = load_sweep("tiny")
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "sweep.yaml").write_text(yaml.safe_dump(sweep.to_dict(), sort_keys=False))
-    args = argparse.Namespace(num_samples=None, max_concurrent=3, optuna_storage=None, overrides=[],
-                              storage=str(tmp_path), name="s", resume=True)
+    args = argparse.Namespace(
+        num_samples=None,
+        max_concurrent=3,
+        optuna_storage=None,
+        overrides=[],
+        storage=str(tmp_path),
+        name="s",
+        resume=True,
+    )
     changed = _apply_cli(sweep, args)
     assert changed.max_concurrent == 3
     preflight(changed, args)  # not refused
@@ -50,10 +59,13 @@ def test_sweep_may_change_max_concurrent_on_resume(tmp_path):
 
 # `nasfe retrain --name X` reuses a searched run's storage: with another retrain.lr it used to
 # resume X's finished retrain and report its old model as if trained with the new setting
-@pytest.mark.parametrize("command, override, diff", [
-    ("search", "loss.lambda_per=0.5", "space.loss.lambda_per: 0.04 -> 0.5"),
-    ("retrain", "retrain.lr=0.5", "space.retrain.lr: 0.0005 -> 0.5"),
-])
+@pytest.mark.parametrize(
+    "command, override, diff",
+    [
+        ("search", "loss.lambda_per=0.5", "space.loss.lambda_per: 0.04 -> 0.5"),
+        ("retrain", "retrain.lr=0.5", "space.retrain.lr: 0.0005 -> 0.5"),
+    ],
+)
 def test_run_name_rerun_with_other_settings_is_refused(tmp_path, capsys, monkeypatch, command, override, diff):
     import nasfe.distributed.search_job as sj
 

@@ -10,6 +10,7 @@
 plus: search health in the epoch metrics, host reads once per logging interval, the references'
 backbone pass once per step, and nasfe.genotype importing no torch.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,10 +27,17 @@ from tests.test_identity import load_celeba_id
 
 
 def tiny(**overrides):
-    base = {"search.epochs": 1, "search.warmup_epochs": 0, "search.steps_per_epoch": 2,
-            "search.val_batches": 1, "search.checkpoint_every": 1,
-            "retrain.epochs": 1, "retrain.steps_per_epoch": 2, "retrain.val_batches": 1,
-            "search.pretrain_steps": 0}
+    base = {
+        "search.epochs": 1,
+        "search.warmup_epochs": 0,
+        "search.steps_per_epoch": 2,
+        "search.val_batches": 1,
+        "search.checkpoint_every": 1,
+        "retrain.epochs": 1,
+        "retrain.steps_per_epoch": 2,
+        "retrain.val_batches": 1,
+        "search.pretrain_steps": 0,
+    }
     base.update(overrides)
     return load_space("tiny", base)
 
@@ -55,8 +63,11 @@ def test_weighted_l2_dominates_at_the_papers_lambdas_with_real_face_features():
         _, parts = loss(restored, x, refs)
         l2, per, iden = parts["l2"].item(), 0.04 * parts["per"].item(), 0.003 * parts["iden"].item()
         assert l2 > 10 * per and l2 > 10 * iden, (sigma, l2, per, iden)
-        terms = {"l2": lambda r: l2_loss(r, x), "per": lambda r: 0.04 * perceptual_loss(bb, r, x),
-                 "iden": lambda r: 0.003 * identity_loss(bb, r, refs)}
+        terms = {
+            "l2": lambda r: l2_loss(r, x),
+            "per": lambda r: 0.04 * perceptual_loss(bb, r, x),
+            "iden": lambda r: 0.003 * identity_loss(bb, r, refs),
+        }
         grads = {}
         for name, term in terms.items():
             r = (x + noise).requires_grad_()
@@ -129,7 +140,7 @@ def test_pc_search_derives_with_the_learned_edge_weights(pc_search):
 def test_search_health_in_epoch_metrics(pc_search):
     """Deliver 5: entropies and the parameter-free share per epoch; a warning above one half."""
     _, _, _, rec = pc_search
-    (_, (state, metrics, genotype)), = [r for r in rec if r[0] == "on_epoch_end"]
+    ((_, (state, metrics, genotype)),) = [r for r in rec if r[0] == "on_epoch_end"]
     for key in ("alpha_entropy", "beta_entropy", "edge_entropy", "param_free_share"):
         assert isinstance(metrics[key], float) and 0.0 <= metrics[key] <= 1.0
     assert metrics["param_free_share"] == 1.0  # skip connections everywhere
@@ -137,8 +148,14 @@ def test_search_health_in_epoch_metrics(pc_search):
 
 
 def test_collapse_warning_is_logged(tmp_path, caplog):
-    space = tiny(**{"model.partial_channels": 2, "search.arch_lr": 0.0, "search.arch_weight_decay": 0.0,
-                    "search.steps_per_epoch": 1})
+    space = tiny(
+        **{
+            "model.partial_channels": 2,
+            "search.arch_lr": 0.0,
+            "search.arch_weight_decay": 0.0,
+            "search.steps_per_epoch": 1,
+        }
+    )
     with caplog.at_level(logging.WARNING, logger="nasfe.engine"):
         _FixedArch(space, tmp_path).run()
     assert "parameter-free" in caplog.text and "collapse" in caplog.text
@@ -153,8 +170,13 @@ def test_arch_entropies_and_param_free_share():
     peaked = torch.zeros(1, 5, 6)
     peaked[..., 0] = 50.0
     assert arch_entropies([peaked, torch.zeros(2, 2, 3)], space)["alpha_entropy"] < 1e-3
-    g = Genotype([[BlockGene([0, 1], ["skip_connect", "fft_op"]), BlockGene([1, 2], ["skip_connect", "skip_connect"])]],
-                 [0, 0], list(space.model.operators), 2, space.space_hash())
+    g = Genotype(
+        [[BlockGene([0, 1], ["skip_connect", "fft_op"]), BlockGene([1, 2], ["skip_connect", "skip_connect"])]],
+        [0, 0],
+        list(space.model.operators),
+        2,
+        space.space_hash(),
+    )
     assert param_free_share(g) == 0.75
 
 
@@ -233,8 +255,9 @@ def test_second_order_lookahead_is_the_weight_optimisers_step_and_stays_bounded(
     assert after == pytest.approx(real, rel=1e-3), (before, after, real)
     assert after < 1.5 * before
     assert all(torch.isfinite(p.grad).all() for p in phase.arch_params if p.grad is not None)
-    for w, v in zip(phase.weights, [saved[0][k] for k, p in phase.model.named_parameters()
-                                    if any(p is q for q in phase.weights)]):
+    for w, v in zip(
+        phase.weights, [saved[0][k] for k, p in phase.model.named_parameters() if any(p is q for q in phase.weights)]
+    ):
         assert torch.equal(w.detach(), v)  # the look-ahead leaves the weights as they were
 
 
@@ -271,8 +294,16 @@ def test_diverging_retrain_writes_no_model_and_a_nan_model_is_refused(tmp_path):
     from tests.conftest import train_tiny_model
 
     space, genotype, model_pt = train_tiny_model(tmp_path / "ok")
-    bad_space = load_space("tiny", {"retrain.lr": 1.0e12, "retrain.epochs": 1, "retrain.steps_per_epoch": 3,
-                                    "retrain.batch_size": 4, "retrain.val_batches": 1})
+    bad_space = load_space(
+        "tiny",
+        {
+            "retrain.lr": 1.0e12,
+            "retrain.epochs": 1,
+            "retrain.steps_per_epoch": 3,
+            "retrain.batch_size": 4,
+            "retrain.val_batches": 1,
+        },
+    )
     with pytest.raises(DivergenceError, match="^non-finite .* retrain step"):
         run_retrain(bad_space, genotype, tmp_path / "bad")
     assert not (tmp_path / "bad" / "model.pt").exists()
@@ -338,6 +369,7 @@ class _HostReads:
                 if not self.paused and id(t) not in self.skip_ids():
                     self.count += 1
                 return __orig(t, *a, **k)
+
             setattr(torch.Tensor, name, wrapper)
         return self
 
@@ -358,6 +390,7 @@ def test_search_steps_read_the_device_once_per_logging_interval(tmp_path):
 
             def steps():
                 return {id(st["step"]) for o in opts for st in o.state.values() if "step" in st}
+
             with _HostReads(steps) as self.counter:
                 out = super().train_step(batch)
             reads.append(self.counter.count)
@@ -388,8 +421,11 @@ def test_step_metrics_are_means_of_the_interval(tmp_path):
         def on_step(self, state, metrics):
             got.append((state.step, dict(metrics)))
 
-    run_search(tiny(**{"search.steps_per_epoch": 5, "search.log_every": 2, "search.checkpoint_every": 0}),
-               tmp_path, callbacks=[Rec()])
+    run_search(
+        tiny(**{"search.steps_per_epoch": 5, "search.log_every": 2, "search.checkpoint_every": 0}),
+        tmp_path,
+        callbacks=[Rec()],
+    )
     assert [s for s, m in got if m] == [2, 4, 5]  # every log_every steps and at the epoch's end
     assert all(isinstance(v, float) for _, m in got for v in m.values())
     assert {"loss", "l2", "arch_loss"} <= set(got[1][1])
@@ -446,9 +482,11 @@ def test_reference_features_computed_once_per_step():
 
 
 def test_genotype_module_imports_no_torch_and_no_model():
-    code = ("import sys, nasfe.genotype as g; assert g.num_edges(12) == 90 and g.edge_offset(3) == 9;"
-            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.') or m.startswith('nasfe.model')];"
-            "assert not bad, bad")
+    code = (
+        "import sys, nasfe.genotype as g; assert g.num_edges(12) == 90 and g.edge_offset(3) == 9;"
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.') or m.startswith('nasfe.model')];"
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     from nasfe.genotype import edge_offset
     from nasfe.model import cell

@@ -1,5 +1,6 @@
 """The second-order architecture gradient is the derivative of the whole look-ahead objective
 L_arch(w - AdamStep(clip(grad_w L_train(w, arch))), arch), and the look-ahead is Adam's real step."""
+
 from __future__ import annotations
 
 
@@ -13,9 +14,18 @@ OPS = ["sep_conv_3x3", "res_op", "deveil_op", "skip_connect", "zero"]  # no FFT:
 
 
 def _phase(tmp_path, clip: float, per_part: bool, double: bool = False):
-    space = tiny(**{"search.second_order": True, "search.grad_clip": clip, "search.grad_clip_per_part": per_part,
-                    "model.operators": OPS, "identity.drop_refs": 0.0, "search.batch_size": 2,
-                    "data.height": 32, "data.width": 32})
+    space = tiny(
+        **{
+            "search.second_order": True,
+            "search.grad_clip": clip,
+            "search.grad_clip_per_part": per_part,
+            "model.operators": OPS,
+            "identity.drop_refs": 0.0,
+            "search.batch_size": 2,
+            "data.height": 32,
+            "data.width": 32,
+        }
+    )
     phase = SearchPhase(space, tmp_path)
     torch.manual_seed(0)
     phase.build()

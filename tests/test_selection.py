@@ -3,6 +3,7 @@
 In a short search alpha ends near uniform and can favour operators whose removal lowers the loss;
 strength selection masks each choice and keeps what the loss misses most (DARTS-PT).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,9 +30,13 @@ def _arch(space):
 def _loss_needing(needed_op: int, needed_transition: int):
     """A loss that falls with the weight of one operator on every edge and of one move out of the
     encoder (1 = stay at level 0, 2 = go to level 1): masking them raises it, masking anything else lowers it (renormalisation)."""
+
     def loss_of(batch):
-        return -batch * (loss_of.alphas.softmax(-1)[..., needed_op].sum()
-                         + loss_of.betas[0, 0, [1, 2]].softmax(0)[needed_transition - 1])
+        return -batch * (
+            loss_of.alphas.softmax(-1)[..., needed_op].sum()
+            + loss_of.betas[0, 0, [1, 2]].softmax(0)[needed_transition - 1]
+        )
+
     return loss_of
 
 
@@ -50,8 +55,9 @@ def test_strength_chooses_what_the_loss_needs_where_alpha_chooses_otherwise():
         averaged.append(v.clone())
         return v
 
-    ops, trans = choice_strengths(alphas, betas, OPS, space.model.cells, space.model.levels, loss_of,
-                                  [1.0, 2.0], average=average)
+    ops, trans = choice_strengths(
+        alphas, betas, OPS, space.model.cells, space.model.levels, loss_of, [1.0, 2.0], average=average
+    )
     assert torch.equal(alphas.detach(), a0) and torch.equal(betas.detach(), b0)  # restored
     assert len(averaged) == 1 and averaged[0].numel() == 1 + 5 * 5 + 2  # base, live ops, transitions
     assert ops.shape == alphas.shape and trans.shape == betas.shape
@@ -108,8 +114,15 @@ def test_search_in_partial_channel_mode_writes_the_genotype_its_strengths_give(t
     from nasfe.engine.checkpoint import latest_checkpoint, load_checkpoint
     from nasfe.engine.search import run_search
 
-    space = tiny(**{"model.partial_channels": 2, "search.selection": "strength", "search.selection_batches": 2,
-                    "search.epochs": 2, "search.warmup_epochs": 1})
+    space = tiny(
+        **{
+            "model.partial_channels": 2,
+            "search.selection": "strength",
+            "search.selection_batches": 2,
+            "search.epochs": 2,
+            "search.warmup_epochs": 1,
+        }
+    )
     summary = run_search(space, tmp_path)
     table = json.loads((tmp_path / "strength.json").read_text())
     assert table["batches"] == 2 and table["operators"] == list(space.model.operators)
@@ -150,8 +163,15 @@ def test_strength_derives_a_valid_genotype_of_the_paper_space():
 
 
 def _two_rank_space():
-    return tiny(**{"model.partial_channels": 2, "search.selection": "strength", "search.selection_batches": 2,
-                   "search.epochs": 2, "search.warmup_epochs": 1})
+    return tiny(
+        **{
+            "model.partial_channels": 2,
+            "search.selection": "strength",
+            "search.selection_batches": 2,
+            "search.epochs": 2,
+            "search.warmup_epochs": 1,
+        }
+    )
 
 
 def _two_rank_worker(rank: int, init: str, run_dir: str, out: str) -> None:
@@ -169,6 +189,7 @@ def _two_rank_worker(rank: int, init: str, run_dir: str, out: str) -> None:
         def recording_average(tensor):
             local.append(tensor.detach().clone().tolist())
             return average(tensor)
+
         return measure(*args, average=recording_average, **kwargs)
 
     selection.choice_strengths = recording_measure  # the search imports it when it selects
@@ -193,8 +214,9 @@ def test_two_ranks_choose_one_genotype_from_their_averaged_strengths(tmp_path):
     from tests.test_dist_device import rendezvous
 
     run_dir = tmp_path / "search"
-    mp.start_processes(_two_rank_worker, args=(rendezvous(tmp_path), str(run_dir), str(tmp_path)), nprocs=2,
-                       start_method="spawn")
+    mp.start_processes(
+        _two_rank_worker, args=(rendezvous(tmp_path), str(run_dir), str(tmp_path)), nprocs=2, start_method="spawn"
+    )
     r0, r1 = (json.loads((tmp_path / f"r{r}.json").read_text()) for r in (0, 1))
     for r in (r0, r1):
         assert "error" not in r, r["error"]

@@ -1,5 +1,6 @@
 """Derived networks of the paper space are finite and of sane scale at initialisation, whatever
 their operators, and a network that is not stops before training with one line naming the block."""
+
 from __future__ import annotations
 
 import random
@@ -30,9 +31,16 @@ def _genotype(space, kind: str, path, seed: int = 0) -> Genotype:
 
 # adversarial chains (the gains compound along them) and random cells, on a same-level and a
 # level-changing path; the paper's width (C = 24, B = 12, L = 4)
-CASES = [("deveil_op", [0, 0, 0, 0]), ("deveil_op", [1, 2, 1, 0]), ("skip_connect", [0, 0, 0, 0]),
-         ("fft_op", [0, 0, 0, 0]), ("res_op", [1, 2, 1, 0]), ("res2block", [0, 0, 0, 0]),
-         ("random", [0, 1, 1, 0]), ("random", [1, 2, 1, 0])]
+CASES = [
+    ("deveil_op", [0, 0, 0, 0]),
+    ("deveil_op", [1, 2, 1, 0]),
+    ("skip_connect", [0, 0, 0, 0]),
+    ("fft_op", [0, 0, 0, 0]),
+    ("res_op", [1, 2, 1, 0]),
+    ("res2block", [0, 0, 0, 0]),
+    ("random", [0, 1, 1, 0]),
+    ("random", [1, 2, 1, 0]),
+]
 
 
 @pytest.mark.parametrize("kind,path", CASES)
@@ -80,8 +88,12 @@ class _Net(torch.nn.Module):
 
 def test_preflight_names_the_first_non_finite_block_and_operator():
     space = load_space("paper", overrides={"model.stable_cells": False, "model.blocks": 4})
-    genes = [BlockGene([0, 1], ["sep_conv_3x3", "res_op"]), BlockGene([1, 2], ["dil_conv_3x3", "sep_conv_5x5"]),
-             BlockGene([2, 3], ["deveil_op", "res_op"]), BlockGene([3, 4], ["skip_connect", "res_op"])]
+    genes = [
+        BlockGene([0, 1], ["sep_conv_3x3", "res_op"]),
+        BlockGene([1, 2], ["dil_conv_3x3", "sep_conv_5x5"]),
+        BlockGene([2, 3], ["deveil_op", "res_op"]),
+        BlockGene([3, 4], ["skip_connect", "res_op"]),
+    ]
     g = Genotype([genes], [0, 1, 1, 0], list(space.model.operators), 4, space.space_hash())
     torch.manual_seed(0)
     net = _Net(space, g)

@@ -5,6 +5,7 @@ study: it is interrupted (SIGUSR1, Tune's Ctrl-C) after two trials finish, a cra
 RUNNING in the study, then the sweep is resumed with another max_concurrent; every test reads
 that one sweep. Trial 4 (TPE seed 0) samples search.lr = 1e12 and diverges.
 """
+
 from __future__ import annotations
 
 import csv
@@ -81,20 +82,36 @@ def sweep_runs(tmp_path_factory):
     path.write_text(SWEEP.format(db=root / "optuna.db"))
     sweep = load_sweep(path)
     wandb = WandbSettings(project="nasfe-test", mode="offline")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1", "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
-                                       "WANDB_SILENT": "true"}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={
+            "env_vars": {
+                "RAY_TRAIN_V2_ENABLED": "1",
+                "OMP_NUM_THREADS": "1",
+                "WANDB_MODE": "offline",
+                "WANDB_SILENT": "true",
+            }
+        },
+    )
     try:
-        first = run_sweep(sweep, storage=str(root / "runs"), name="t", progress=False, wandb=wandb,
-                          callbacks=[_interrupt_after(2)])
+        first = run_sweep(
+            sweep, storage=str(root / "runs"), name="t", progress=False, wandb=wandb, callbacks=[_interrupt_after(2)]
+        )
         finished_first = {r.trial for r in first.rows if r.status in ("COMPLETED", "STOPPED")}
         table = root / "runs" / "t" / "sweep_table.csv"
         after_interrupt = table.read_text() if table.is_file() else None
         # a trial whose process died without telling Optuna: RUNNING forever unless the resume fails it
         study = optuna.load_study(study_name="t", storage=sweep.storage)
         dead = study.ask().number
-        second = run_sweep(dataclasses.replace(sweep, max_concurrent=2), storage=str(root / "runs"), name="t",
-                           progress=False, wandb=wandb)
+        second = run_sweep(
+            dataclasses.replace(sweep, max_concurrent=2),
+            storage=str(root / "runs"),
+            name="t",
+            progress=False,
+            wandb=wandb,
+        )
     finally:
         ray.shutdown()
     return first, finished_first, second, sweep, {"table": after_interrupt, "dead": dead}

@@ -3,6 +3,7 @@
 Its second trial (TPE seed 0: search.lr = 0.0224) diverges to NaN; the sweep records it and goes
 on. The heaviest test of the suite (4 short Ray Train trials, about 3 minutes on 2 CPU cores).
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,11 +20,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_default_sweep_runs_to_the_end_with_a_diverging_trial(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
-           "RAY_ADDRESS": ""}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")  # a local Ray instance of its own
-    proc = subprocess.run([sys.executable, "-m", "nasfe.cli", "sweep"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nasfe.cli", "sweep"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "runs" / "sweep-tiny"
     rows = list(csv.DictReader((out / "sweep_table.csv").open()))

@@ -4,6 +4,7 @@ Each trial's driver must not hold a CPU that its Train workers need: on two 1-CP
 drivers of 0.01 CPU on different nodes left no node with a whole CPU for either trial's worker
 (pending placement groups forever). The sweep must finish, within a bounded time.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,8 +58,9 @@ def _free_port() -> int:
 
 def _start(args, env, log):
     """``ray start --block`` in its own process group (stopped by its pid at the end)."""
-    return subprocess.Popen([str(RAY), "start", "--block", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [str(RAY), "start", "--block", *args], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def _stop(proc):
@@ -75,9 +77,15 @@ def _stop(proc):
 def two_nodes(tmp_path):
     """A head and a worker raylet (1 CPU each, token auth) -> (address, env for clients)."""
     temp = Path("/tmp") / f"nasfe-2n-{secrets.token_hex(3)}"  # short: Ray's socket paths have a length limit
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-           "RAY_TRAIN_V2_ENABLED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
-           "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_TRAIN_V2_ENABLED": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     log = (tmp_path / "ray.log").open("w")
     procs: list = []
     try:
@@ -86,13 +94,25 @@ def two_nodes(tmp_path):
         for attempt in range(3):
             port = _free_port()
             address = f"127.0.0.1:{port}"
-            head = _start(["--head", f"--port={port}", f"--temp-dir={temp}", "--num-cpus=1", "--num-gpus=0",
-                           "--include-dashboard=false", "--disable-usage-stats"], env, log)
+            head = _start(
+                [
+                    "--head",
+                    f"--port={port}",
+                    f"--temp-dir={temp}",
+                    "--num-cpus=1",
+                    "--num-gpus=0",
+                    "--include-dashboard=false",
+                    "--disable-usage-stats",
+                ],
+                env,
+                log,
+            )
             procs = [head]
             deadline = time.time() + 90
             while True:
-                probe = subprocess.run([str(RAY), "status", f"--address={address}"], env=env, capture_output=True,
-                                       text=True)
+                probe = subprocess.run(
+                    [str(RAY), "status", f"--address={address}"], env=env, capture_output=True, text=True
+                )
                 if probe.returncode == 0 or head.poll() is not None or time.time() > deadline:
                     break
                 time.sleep(2)
@@ -102,11 +122,13 @@ def two_nodes(tmp_path):
             if attempt == 2:
                 pytest.fail(f"ray head did not start: {probe.stdout[-2000:]} {probe.stderr[-2000:]}")
         deadline = time.time() + 90
-        procs.append(_start([f"--address={address}", "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats"],
-                            env, log))
+        procs.append(
+            _start([f"--address={address}", "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats"], env, log)
+        )
         while True:
-            probe = subprocess.run([str(RAY), "status", f"--address={address}"], env=env, capture_output=True,
-                                   text=True)
+            probe = subprocess.run(
+                [str(RAY), "status", f"--address={address}"], env=env, capture_output=True, text=True
+            )
             if probe.stdout.count("node_") >= 2 or "2.0 CPU" in probe.stdout or "0.0/2.0 CPU" in probe.stdout:
                 break
             if time.time() > deadline:
@@ -123,8 +145,23 @@ def test_sweep_on_two_one_cpu_nodes_finishes(two_nodes, tmp_path):
     address, env = two_nodes
     sweep = tmp_path / "sweep_two.yaml"
     sweep.write_text(SWEEP)
-    cmd = [sys.executable, "-m", "nasfe.cli", "sweep", "--sweep", str(sweep), "--address", address,
-           "--storage", str(tmp_path / "runs"), "--name", "two", "--wandb-mode", "disabled", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nasfe.cli",
+        "sweep",
+        "--sweep",
+        str(sweep),
+        "--address",
+        address,
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "two",
+        "--wandb-mode",
+        "disabled",
+        "--quiet",
+    ]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=480, cwd=tmp_path)
     except subprocess.TimeoutExpired as exc:

@@ -1,4 +1,5 @@
 """Sweep spaces: YAML loading, validation messages, Optuna distributions, concurrency (no Ray)."""
+
 from __future__ import annotations
 
 import textwrap
@@ -46,19 +47,28 @@ def test_valid_file_parses_every_field(tmp_path):
     assert space.model.blocks == 2 and space.search.epochs == 3
 
 
-@pytest.mark.parametrize("params, fragment", [
-    ("loss.lambda_pre: {type: float, low: 0.1, high: 0.2}", "params.loss.lambda_pre: 'loss' has no field 'lambda_pre'"),
-    ("los.lambda_per: {type: float, low: 0.1, high: 0.2}", "unknown section 'los'"),
-    ("loss.lambda_per: {type: float, low: 0.2, high: 0.1}", "params.loss.lambda_per: low (0.2) must be < high (0.1)"),
-    ("loss.lambda_per: {type: float, low: 0.0, high: 0.1, log: true}", "log: true requires low > 0"),
-    ("loss.lambda_per: {type: float, low: x, high: 0.1}", "low must be a finite number"),
-    ("model.blocks: {type: float, low: 1, high: 3}", "model.blocks is an integer field; use type: int"),
-    ("data.source: {type: float, low: 1, high: 3}", "data.source is a str field"),
-    ("model.blocks: {type: int, low: 0, high: 3}", "params.model.blocks = 0 gives an invalid space"),
-    ("model.blocks: {type: normal, low: 1, high: 3}", "params.model.blocks.type: expected one of"),
-    ("search.lr: {type: choice, values: []}", "params.search.lr.values: expected a non-empty list"),
-    ("model.fusion: {type: choice, values: [nas, bogus]}", "params.model.fusion = 'bogus' gives an invalid space"),
-])
+@pytest.mark.parametrize(
+    "params, fragment",
+    [
+        (
+            "loss.lambda_pre: {type: float, low: 0.1, high: 0.2}",
+            "params.loss.lambda_pre: 'loss' has no field 'lambda_pre'",
+        ),
+        ("los.lambda_per: {type: float, low: 0.1, high: 0.2}", "unknown section 'los'"),
+        (
+            "loss.lambda_per: {type: float, low: 0.2, high: 0.1}",
+            "params.loss.lambda_per: low (0.2) must be < high (0.1)",
+        ),
+        ("loss.lambda_per: {type: float, low: 0.0, high: 0.1, log: true}", "log: true requires low > 0"),
+        ("loss.lambda_per: {type: float, low: x, high: 0.1}", "low must be a finite number"),
+        ("model.blocks: {type: float, low: 1, high: 3}", "model.blocks is an integer field; use type: int"),
+        ("data.source: {type: float, low: 1, high: 3}", "data.source is a str field"),
+        ("model.blocks: {type: int, low: 0, high: 3}", "params.model.blocks = 0 gives an invalid space"),
+        ("model.blocks: {type: normal, low: 1, high: 3}", "params.model.blocks.type: expected one of"),
+        ("search.lr: {type: choice, values: []}", "params.search.lr.values: expected a non-empty list"),
+        ("model.fusion: {type: choice, values: [nas, bogus]}", "params.model.fusion = 'bogus' gives an invalid space"),
+    ],
+)
 def test_invalid_param_names_file_and_key(tmp_path, params, fragment):
     path = write(tmp_path, f"base: tiny\nparams:\n  {params}\n")
     with pytest.raises(ConfigError) as exc:
@@ -67,18 +77,21 @@ def test_invalid_param_names_file_and_key(tmp_path, params, fragment):
     assert fragment in str(exc.value)
 
 
-@pytest.mark.parametrize("extra, fragment", [
-    ("phase: pretrain", "phase: expected one of ['search', 'retrain']"),
-    ("mode: maximum", "mode: expected 'max' or 'min'"),
-    ("num_samples: 0", "num_samples: expected an integer >= 1"),
-    ("bogus: 1", "unknown field(s) ['bogus']"),
-    ("asha: {grace_period: 5}", "asha.grace_period (5) exceeds"),
-    ("asha: {max_t: 9}", "asha.max_t (9) exceeds search.epochs (3)"),
-    ("asha: {reduction_factor: 1}", "asha.reduction_factor: expected an integer >= 2"),
-    ("storage: study.db", "storage: expected an Optuna storage URL"),
-    ("base: nosuchspace", "base: unknown search space 'nosuchspace'"),
-    ("phase: retrain", "phase: retrain needs 'genotype: path/to/genotype.json'"),
-])
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        ("phase: pretrain", "phase: expected one of ['search', 'retrain']"),
+        ("mode: maximum", "mode: expected 'max' or 'min'"),
+        ("num_samples: 0", "num_samples: expected an integer >= 1"),
+        ("bogus: 1", "unknown field(s) ['bogus']"),
+        ("asha: {grace_period: 5}", "asha.grace_period (5) exceeds"),
+        ("asha: {max_t: 9}", "asha.max_t (9) exceeds search.epochs (3)"),
+        ("asha: {reduction_factor: 1}", "asha.reduction_factor: expected an integer >= 2"),
+        ("storage: study.db", "storage: expected an Optuna storage URL"),
+        ("base: nosuchspace", "base: unknown search space 'nosuchspace'"),
+        ("phase: retrain", "phase: retrain needs 'genotype: path/to/genotype.json'"),
+    ],
+)
 def test_invalid_top_level(tmp_path, extra, fragment):
     text = VALID.replace("base: tiny\n", "") if extra.startswith("base:") else VALID
     path = write(tmp_path, extra + "\n" + text)

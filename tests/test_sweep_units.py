@@ -1,4 +1,5 @@
 """Sweep pieces without a cluster: divergence detection, Optuna FAIL/dead trials, placement arithmetic."""
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,10 @@ def test_an_epoch_report_without_a_finite_metric_is_a_divergence():
 
     assert epoch_divergence({"val_psnr": 12.0, "loss": 1.0, "step": 4}, "val_psnr", "search") is None
     assert epoch_divergence({"val_ssim": 0.1, "step": 4}, "val_psnr", "search") == "non-finite loss at search step 4"
-    assert epoch_divergence({"val_psnr": math.nan, "loss": 2.0, "step": 6}, "val_psnr", "search") == \
-        "non-finite val_psnr at search step 6"
+    assert (
+        epoch_divergence({"val_psnr": math.nan, "loss": 2.0, "step": 6}, "val_psnr", "search")
+        == "non-finite val_psnr at search step 6"
+    )
     r = diverged_result("val_psnr", "max", "non-finite loss at search step 4", 2, 4)
     assert r["val_psnr"] == -math.inf and r["diverged"] and stop_diverged("t", r) and not stop_diverged("t", {})
     assert diverged_result("val_loss", "min", "x", 0)["val_loss"] == math.inf
@@ -64,14 +67,23 @@ def test_optuna_is_told_fail_with_the_reason_and_dead_trials_fail(tmp_path):
     p.write_text(textwrap.dedent(SWEEP))
     sweep = load_sweep(p)
     storage = f"sqlite:///{tmp_path / 'o.db'}"
-    searcher = make_searcher(space=optuna_distributions(sweep), metric="val_psnr", mode="max", study_name="u",
-                             storage=optuna.storages.RDBStorage(storage))
+    searcher = make_searcher(
+        space=optuna_distributions(sweep),
+        metric="val_psnr",
+        mode="max",
+        study_name="u",
+        storage=optuna.storages.RDBStorage(storage),
+    )
     for tid in ("a", "b", "c"):
         assert searcher.suggest(tid)
     searcher.on_trial_result("a", {"val_psnr": 11.0, "training_iteration": 1})
     searcher.on_trial_complete("a", {"val_psnr": 11.0, "training_iteration": 1})
-    bad = {"val_psnr": -math.inf, "training_iteration": 1, "diverged": 1,
-           "diverged_reason": "non-finite loss at search step 3"}
+    bad = {
+        "val_psnr": -math.inf,
+        "training_iteration": 1,
+        "diverged": 1,
+        "diverged_reason": "non-finite loss at search step 3",
+    }
     searcher.on_trial_result("b", bad)
     searcher.on_trial_complete("b", bad)
     study = optuna.load_study(study_name="u", storage=storage)

@@ -1,4 +1,5 @@
 """Table 4 test sets: counts, determinism, manifest, verification, resume after an interruption."""
+
 import argparse
 import json
 
@@ -26,7 +27,9 @@ def test_table4_counts_for_100_faces():
     assert {name: 100 * len(ts.variants(name)) for name in ts.TEST_SETS} == expected
     b = ts.variants("Test-BN")
     assert len({(v.kernel_id, v.draw) for v in b}) == len(b)  # 52 kernels x 2 distinct draws
-    assert {(v.sigma_s, v.sigma_c) for v in ts.variants("Test-N")} == {(s, c) for s in (0.05, 0.1, 0.15) for c in (0.05, 0.1)}
+    assert {(v.sigma_s, v.sigma_c) for v in ts.variants("Test-N")} == {
+        (s, c) for s in (0.05, 0.1, 0.15) for c in (0.05, 0.1)
+    }
     assert {v.r for v in ts.variants("Test-BNL")} == {0.15, 0.3}
 
 
@@ -106,8 +109,9 @@ def test_interrupted_build_resumes_identically(tmp_path, faces, monkeypatch):
 
 def test_cli_entry_points(tmp_path, faces, capsys):
     parser = ts.add_testsets_arguments(argparse.ArgumentParser())
-    args = parser.parse_args(["--faces", str(faces), "--out", str(tmp_path / "o"), "--sets", "Test-N",
-                              "--images", "1", "--seed", "3"])
+    args = parser.parse_args(
+        ["--faces", str(faces), "--out", str(tmp_path / "o"), "--sets", "Test-N", "--images", "1", "--seed", "3"]
+    )
     assert ts.testsets_main(args) == 0
     assert "Test-N: 6 images" in capsys.readouterr().out
     bad = parser.parse_args(["--faces", str(tmp_path / "nope"), "--out", str(tmp_path / "p")])
@@ -144,7 +148,21 @@ def test_protocol_options_are_applied_and_recorded(tmp_path, faces):
     parser = ts.add_testsets_arguments(argparse.ArgumentParser())
     args = parser.parse_args(["--out", "o", "--noise-model", "before-r", "--kernel-mode", "paper-compatible"])
     assert (args.noise_model, args.kernel_mode) == ("before-r", "paper-compatible")
-    cli = parser.parse_args(["--faces", str(faces), "--out", str(tmp_path / "d"), "--sets", "Test-N", "--images", "1",
-                             "--noise-model", "scene-variance", "--kernel-mode", "paper-compatible"])
+    cli = parser.parse_args(
+        [
+            "--faces",
+            str(faces),
+            "--out",
+            str(tmp_path / "d"),
+            "--sets",
+            "Test-N",
+            "--images",
+            "1",
+            "--noise-model",
+            "scene-variance",
+            "--kernel-mode",
+            "paper-compatible",
+        ]
+    )
     assert ts.testsets_main(cli) == 0
     assert ts.load_manifest(tmp_path / "d")["settings"]["noise_model"] == "scene-variance"

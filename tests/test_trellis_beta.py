@@ -1,5 +1,6 @@
 """Network-level beta as Auto-DeepLab normalises it (over each node's outgoing moves), Viterbi on
 it, and the supernet at one-hot alpha/beta computing exactly the derived network."""
+
 from __future__ import annotations
 
 import itertools
@@ -9,15 +10,25 @@ import pytest
 import torch
 
 from nasfe.config import load_space
-from nasfe.genotype import (BlockGene, Genotype, beta_weights, check_path, edge_offset, expected_log_prob,
-                            node_input_weights, viterbi_path)
+from nasfe.genotype import (
+    BlockGene,
+    Genotype,
+    beta_weights,
+    check_path,
+    edge_offset,
+    expected_log_prob,
+    node_input_weights,
+    viterbi_path,
+)
 from nasfe.model.fusion import DerivedFusion, SearchFusion
 
 CELLS, LEVELS = 4, 3  # the paper's trellis
 
 
 def _valid_paths(cells=CELLS, levels=LEVELS):
-    return [list(p) for p in itertools.product(range(levels), repeat=cells) if check_path(list(p), cells, levels) is None]
+    return [
+        list(p) for p in itertools.product(range(levels), repeat=cells) if check_path(list(p), cells, levels) is None
+    ]
 
 
 def test_beta_is_normalised_over_each_nodes_outgoing_moves_and_paths_sum_to_one():
@@ -78,8 +89,15 @@ def _one_hot_betas(path, big=1e4):
 
 def _small_paper_space():
     """The paper's trellis and operators at a width a test can afford, partial channels off."""
-    return load_space("paper", overrides={"model.blocks": 3, "model.channels": 8, "model.partial_channels": 1,
-                                          "model.checkpoint_cells": False})
+    return load_space(
+        "paper",
+        overrides={
+            "model.blocks": 3,
+            "model.channels": 8,
+            "model.partial_channels": 1,
+            "model.checkpoint_cells": False,
+        },
+    )
 
 
 def _copy_path_weights(sup: SearchFusion, der: DerivedFusion, genotype: Genotype) -> None:
@@ -103,8 +121,11 @@ def test_supernet_at_one_hot_alpha_and_beta_is_the_derived_network(path):
     m = space.model
     ops = list(m.operators)
     live = [o for o in ops if o != "zero"]
-    genes = [BlockGene([0, 1], [live[0], live[8]]), BlockGene([1, 2], [live[6], live[7]]),
-             BlockGene([0, 3], [live[4], live[2]])]
+    genes = [
+        BlockGene([0, 1], [live[0], live[8]]),
+        BlockGene([1, 2], [live[6], live[7]]),
+        BlockGene([0, 3], [live[4], live[2]]),
+    ]
     genotype = Genotype([genes], path, ops, m.blocks, space.space_hash())
     torch.manual_seed(0)
     sup = SearchFusion(m).eval()

@@ -1,4 +1,5 @@
 """WandbLogger: offline run readable through W&B's own records; rank 0 only; failures never fatal."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,11 @@ def _drive(logger, run_dir, tiny, rank=0):
         st.step = step
         logger.on_step(st, {"loss": 1.0 / step, "l2": 0.5})
     st.epoch = 1
-    logger.on_epoch_end(st, {"val_psnr": 21.5, "val_ssim": 0.61, "alphas": alphas, "betas": betas,
-                             "genotype_id": genotype.genotype_id()}, genotype)
+    logger.on_epoch_end(
+        st,
+        {"val_psnr": 21.5, "val_ssim": 0.61, "alphas": alphas, "betas": betas, "genotype_id": genotype.genotype_id()},
+        genotype,
+    )
     logger.on_images(st, {k: torch.rand(2, 3, 48, 40) for k in ("degraded", "restored", "clean")})
     logger.on_end(st, {"steps": 2, "best_val_psnr": 21.5})
     return genotype
@@ -145,8 +149,9 @@ def test_a_second_phase_gets_its_own_run_while_another_is_still_open(tmp_path, t
     """W&B's default hands back a run still open in the process; each phase must log into its own."""
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     first = WandbLogger(WandbSettings(mode="offline", run_id="first0123456789a"))
-    first.on_start(TrainState(phase="search", run_dir=tmp_path / "a", epochs=1, steps_per_epoch=1),
-                   {"space": tiny[0].to_dict()})  # left open, as after a crash in the same process
+    first.on_start(
+        TrainState(phase="search", run_dir=tmp_path / "a", epochs=1, steps_per_epoch=1), {"space": tiny[0].to_dict()}
+    )  # left open, as after a crash in the same process
     second = WandbLogger(WandbSettings(mode="offline", run_id="second012345678b"))
     st = TrainState(phase="retrain", run_dir=tmp_path / "b", epochs=1, steps_per_epoch=1)
     second.on_start(st, {"space": tiny[0].to_dict()})
@@ -223,7 +228,7 @@ class _SnapshotStorage:
         got = {}
         for rel in files:
             src = Path(local_dir) / rel
-            for p in ([src] if src.is_file() else sorted(q for q in src.rglob("*") if q.is_file())):
+            for p in [src] if src.is_file() else sorted(q for q in src.rglob("*") if q.is_file()):
                 got[p.relative_to(local_dir).as_posix()] = p.read_bytes()
         self.uploads.append(got)
 

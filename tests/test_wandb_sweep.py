@@ -1,4 +1,5 @@
 """W&B side of sweeps: summary run (stable id, table, genotype artifact, flat config), W&B sweep wiring."""
+
 from __future__ import annotations
 
 import json
@@ -41,10 +42,18 @@ def _records(folder: Path, timeout=30.0):
 
 
 def _row(trial, status, psnr, run_dir=None):
-    return TrialRow(trial=trial, status=status, params={"loss.lambda_per": 0.05, "model.blocks": 2,
-                                                        "search.arch_lr": 1e-4},
-                    epochs=2, stopped_early=False, metrics={"val_psnr": psnr} if psnr else {}, parameters=100,
-                    genotype_id="g" + trial, run_dir=run_dir, note="non-finite loss at search step 3" if status == "DIVERGED" else "")
+    return TrialRow(
+        trial=trial,
+        status=status,
+        params={"loss.lambda_per": 0.05, "model.blocks": 2, "search.arch_lr": 1e-4},
+        epochs=2,
+        stopped_early=False,
+        metrics={"val_psnr": psnr} if psnr else {},
+        parameters=100,
+        genotype_id="g" + trial,
+        run_dir=run_dir,
+        note="non-finite loss at search step 3" if status == "DIVERGED" else "",
+    )
 
 
 def test_summary_run_logs_table_best_artifact_and_flat_config_and_resumes_by_id(tmp_path, sweep, monkeypatch):
@@ -70,16 +79,23 @@ def test_summary_run_logs_table_best_artifact_and_flat_config_and_resumes_by_id(
     config = {k: value(v) for k, v in config.items()}
     assert config["sweep.metric"] == "val_psnr" and config["sweep.params.model.blocks.high"] == 3
     assert not any(isinstance(v, dict) for v in config.values())
-    history = [{(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
-               for r in records if r.WhichOneof("record_type") == "history"]
+    history = [
+        {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
     assert [h["trials_finished"] for h in history] == [1, 2] and history[-1]["trials_diverged"] == 1
     assert history[-1]["sweep_table/_type"] == "table-file" and history[-1]["sweep_table/nrows"] == 2
     arts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "genotype"]
     assert len(arts) == 1  # logged once per process: the best did not change
     assert json.loads(arts[0].metadata)["trial"] == "a1"
     assert [e.path for e in arts[0].manifest.contents] == ["genotype.json"]
-    summary = {i.key: json.loads(i.value_json) for r in records if r.WhichOneof("record_type") == "summary"
-               for i in r.summary.update}
+    summary = {
+        i.key: json.loads(i.value_json)
+        for r in records
+        if r.WhichOneof("record_type") == "summary"
+        for i in r.summary.update
+    }
     assert summary.get("best_trial") == "a1" and summary.get("best.model.blocks") == 2
 
 
@@ -114,7 +130,8 @@ def test_online_sweep_is_registered_once_with_the_sweep_space(tmp_path, sweep, m
     assert config["parameters"] == {
         "loss.lambda_per": {"distribution": "log_uniform_values", "min": 0.01, "max": 0.2},
         "model.blocks": {"distribution": "int_uniform", "min": 1, "max": 3},
-        "search.arch_lr": {"values": [1e-4, 3e-4]}}
+        "search.arch_lr": {"values": [1e-4, 3e-4]},
+    }
 
 
 def test_offline_sweep_is_not_registered(tmp_path, sweep, monkeypatch):
@@ -130,8 +147,16 @@ def test_a_trial_run_joins_the_wandb_sweep_with_its_stable_id(tmp_path, monkeypa
     from nasfe.engine.callbacks import TrainState
     from nasfe.tracking.wandb_logger import WandbLogger
 
-    logger = WandbLogger(WandbSettings(project="nasfe-test", mode="offline", group="s1", name="trial_x",
-                                       run_id="abcdef0123456789", sweep_id="swp123"))
+    logger = WandbLogger(
+        WandbSettings(
+            project="nasfe-test",
+            mode="offline",
+            group="s1",
+            name="trial_x",
+            run_id="abcdef0123456789",
+            sweep_id="swp123",
+        )
+    )
     st = TrainState(phase="search", run_dir=tmp_path, epochs=1, steps_per_epoch=1)
     logger.on_start(st, {"space": load_space("tiny").to_dict()})
     logger.on_end(st, {"steps": 1})

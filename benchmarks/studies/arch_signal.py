@@ -14,6 +14,7 @@
 The space is the checkpoint's: ``--space`` plus the row's settings (``--row``) and ``--set``
 overrides must rebuild the network that was searched (the checkpoint's tensors must load).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,12 +75,15 @@ def main() -> int:
 
     model.eval()
     m = space.model
-    strength, trans = choice_strengths(model.alphas, model.betas, ops, m.cells, m.levels,
-                                       lambda b: phase.network_loss(b)[0], batches)
+    strength, trans = choice_strengths(
+        model.alphas, model.betas, ops, m.cells, m.levels, lambda b: phase.network_loss(b)[0], batches
+    )
     print("operator strength: loss with the operator masked minus the loss with none (rows: edges)")
     _print(strength.flatten(0, 1), ops)
-    print("transition strength (layer, level, transition: value):",
-          ", ".join(f"{tuple(k)}: {float(trans[tuple(k)]):.1f}" for k in trans.nonzero().tolist()) or "no choice")
+    print(
+        "transition strength (layer, level, transition: value):",
+        ", ".join(f"{tuple(k)}: {float(trans[tuple(k)]):.1f}" for k in trans.nonzero().tolist()) or "no choice",
+    )
     by_alpha = derive_from_arch(model.arch_parameters(), space)
     by_strength = derive_from_strength(strength, trans, space)
     print(f"genotype by alpha:    {by_alpha.to_dict()['cells']} path {by_alpha.path}")

@@ -16,6 +16,7 @@ weighted terms L2, lambda_per * L_per and lambda_iden * L_iden and the norms of 
 
 Prints Markdown rows: where, L2 mode, the three terms, term ratios, gradient ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,10 +30,22 @@ import torch
 def _space(faces: str, weights: str, l2: str, batch: int):
     from nasfe.config import load_space
 
-    return load_space("tiny", {
-        "data.source": "folder", "data.root": faces, "data.height": 176, "data.width": 144,
-        "identity.backbone": "mobilefacenet", "identity.weights": weights, "identity.refs": 2,
-        "identity.drop_refs": 0.0, "loss.l2": l2, "retrain.batch_size": batch, "retrain.pretrain_steps": 0})
+    return load_space(
+        "tiny",
+        {
+            "data.source": "folder",
+            "data.root": faces,
+            "data.height": 176,
+            "data.width": 144,
+            "identity.backbone": "mobilefacenet",
+            "identity.weights": weights,
+            "identity.refs": 2,
+            "identity.drop_refs": 0.0,
+            "loss.l2": l2,
+            "retrain.batch_size": batch,
+            "retrain.pretrain_steps": 0,
+        },
+    )
 
 
 def _term(name, loss, restored, x, refs):
@@ -58,9 +71,12 @@ def _grad_norms(make_term, wrt) -> tuple[dict[str, float], dict[str, float]]:
 def _row(where: str, mode: str, values: dict, norms: dict) -> str:
     def r(a, b):
         return f"{a / b:.3g}" if b > 0 else "inf"
-    return (f"| {where} | {mode} | {values['l2']:.4g} | {values['per']:.4g} | {values['iden']:.4g} | "
-            f"{r(values['l2'], values['per'])} | {r(values['l2'], values['iden'])} | "
-            f"{r(norms['l2'], norms['per'])} | {r(norms['l2'], norms['iden'])} |")
+
+    return (
+        f"| {where} | {mode} | {values['l2']:.4g} | {values['per']:.4g} | {values['iden']:.4g} | "
+        f"{r(values['l2'], values['per'])} | {r(values['l2'], values['iden'])} | "
+        f"{r(norms['l2'], norms['per'])} | {r(norms['l2'], norms['iden'])} |"
+    )
 
 
 def measure(faces: str, weights: str, mode: str, steps: int, batch: int) -> list[str]:
@@ -80,7 +96,10 @@ def measure(faces: str, weights: str, mode: str, steps: int, batch: int) -> list
     probe = next(batches)
     rows = []
     noise = 0.02 * torch.randn(probe.x.shape, generator=torch.Generator().manual_seed(1))
-    for where, start in (("degraded input (x_hat = y)", probe.y), ("near the solution (x + 0.02 noise)", probe.x + noise)):
+    for where, start in (
+        ("degraded input (x_hat = y)", probe.y),
+        ("near the solution (x + 0.02 noise)", probe.x + noise),
+    ):
         img = start.clone().requires_grad_()
         rows.append(_row(where, mode, *_grad_norms(lambda n: _term(n, loss, img, probe.x, probe.refs), [img])))
     weights_ = list(model.weight_parameters())
@@ -117,13 +136,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     load0 = os.getloadavg()[0]
-    print("| where | L2 | L2 term | 0.04 L_per | 0.003 L_iden | L2 / per | L2 / iden | grad L2 / per | grad L2 / iden |")
+    print(
+        "| where | L2 | L2 term | 0.04 L_per | 0.003 L_iden | L2 / per | L2 / iden | grad L2 / per | grad L2 / iden |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
-    for mode in (("sum", "mean") if args.l2 == "both" else (args.l2,)):
+    for mode in ("sum", "mean") if args.l2 == "both" else (args.l2,):
         for row in measure(args.faces, args.weights, mode, args.steps, args.batch):
             print(row, flush=True)
-    print(f"\n{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads; "
-          f"load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after; {time.time() - t0:.0f} s")
+    print(
+        f"\n{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads; "
+        f"load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after; {time.time() - t0:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ with ``out`` zero-initialised, to see whether starting as the identity rescues i
 ``--identity-zero-init`` (experiment) starts the identity projection at zero. Rows with the
 identity input (``--row iden``/``final``) are scored with references from ``--faces``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,7 @@ def _patch_fft_residual() -> None:
         torch.nn.init.zeros_(self.out.bias)
 
     def forward(self, x):
-        a, b = (x, x) if self._single else (x[:, : self.c1], x[:, self.c1:])
+        a, b = (x, x) if self._single else (x[:, : self.c1], x[:, self.c1 :])
         return x + self.out(ops.wiener_deconvolve(self.conv1(a), self.conv2(b), self.eps))
 
     ops.FFTOp.__init__, ops.FFTOp.forward = init, forward
@@ -67,8 +68,13 @@ def _patch_identity_zero_init() -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("name", help="result folder under --out")
-    ap.add_argument("--ops", nargs="+", required=True, metavar="OP",
-                    help="one operator for every edge, or four: block 0 (input 0, input 1), block 1 (input 0, input 1)")
+    ap.add_argument(
+        "--ops",
+        nargs="+",
+        required=True,
+        metavar="OP",
+        help="one operator for every edge, or four: block 0 (input 0, input 1), block 1 (input 0, input 1)",
+    )
     ap.add_argument("--path", default="0,0", help="levels of the cells, e.g. 1,0 (default 0,0)")
     ap.add_argument("--space", default="search_spaces/cpu.yaml")
     ap.add_argument("--row", default="bn_nas", help="Table 6 row whose settings are used (default bn_nas)")
@@ -78,7 +84,9 @@ def main() -> int:
     ap.add_argument("--out", default="runs/operator_study")
     ap.add_argument("--faces", help="reference photos of the test identities (rows with the identity input)")
     ap.add_argument("--fft-residual", action="store_true", help="experiment: fft_op starts as the identity")
-    ap.add_argument("--identity-zero-init", action="store_true", help="experiment: the identity projection starts at zero")
+    ap.add_argument(
+        "--identity-zero-init", action="store_true", help="experiment: the identity projection starts at zero"
+    )
     args = ap.parse_args()
 
     from nasfe.config import ConfigError, parse_override
@@ -104,9 +112,18 @@ def main() -> int:
     space = row_space(args.space, row, overrides)
     cells = [[{"inputs": [0, 1], "ops": ops[:2]}, {"inputs": [0, 1], "ops": ops[2:]}]]
     path = [int(p) for p in args.path.split(",")]
-    genotype = Genotype.from_dict({"schema_version": 1, "space_hash": space.space_hash(), "blocks": 2,
-                                   "operators": list(space.model.operators), "cells": cells, "path": path},
-                                  space=space, where="--ops/--path")
+    genotype = Genotype.from_dict(
+        {
+            "schema_version": 1,
+            "space_hash": space.space_hash(),
+            "blocks": 2,
+            "operators": list(space.model.operators),
+            "cells": cells,
+            "path": path,
+        },
+        space=space,
+        where="--ops/--path",
+    )
     out = Path(args.out) / args.name
     t0 = time.time()
     if not (out / "retrain_summary.json").is_file():
@@ -114,12 +131,28 @@ def main() -> int:
     seconds = round(time.time() - t0)
     model, _, _ = load_trained(out / "model.pt", "cpu")
     method = network_method(args.name, model, torch.device("cpu"), with_refs=bool(args.faces))
-    res = evaluate_sets([method], args.testsets, EVAL_SETS, faces=args.faces, k_refs=space.identity.refs, recognizer=None,
-                        max_images=args.max_images, progress=False)
-    result = {**_scores(res), "train_seconds": seconds, "cells": cells, "path": path,
-              "fusion_skip": space.model.fusion_skip, "fft_residual": args.fft_residual,
-              "identity_zero_init": args.identity_zero_init, "row": args.row, "space": args.space,
-              "overrides": overrides}
+    res = evaluate_sets(
+        [method],
+        args.testsets,
+        EVAL_SETS,
+        faces=args.faces,
+        k_refs=space.identity.refs,
+        recognizer=None,
+        max_images=args.max_images,
+        progress=False,
+    )
+    result = {
+        **_scores(res),
+        "train_seconds": seconds,
+        "cells": cells,
+        "path": path,
+        "fusion_skip": space.model.fusion_skip,
+        "fft_residual": args.fft_residual,
+        "identity_zero_init": args.identity_zero_init,
+        "row": args.row,
+        "space": args.space,
+        "overrides": overrides,
+    }
     (out / "study.json").write_text(json.dumps(result, indent=1))
     print("RESULT", args.name, json.dumps(result))
     return 0

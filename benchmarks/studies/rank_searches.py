@@ -6,6 +6,7 @@ own search budget, one search per seed, in this process (no Ray), and Test-BN/Te
 
     OMP_NUM_THREADS=1 python benchmarks/studies/rank_searches.py runs/rank 0 1 2
 """
+
 import sys
 import time
 from pathlib import Path

@@ -7,6 +7,7 @@ degraded input y made on the device.
 * :class:`BatchMaker`      faces -> identity-disjoint split -> DataLoader over this rank's shard ->
                            x and refs to the device -> ``Degrader`` on the device -> :class:`Batch`
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,15 @@ class FaceRefDataset(Dataset):
     ``identity`` is the position of the identity in ``identity_names`` (sorted).
     """
 
-    def __init__(self, source: FaceSource, records: Sequence[FaceRecord], k: int, seed: int = 0,
-                 height: Optional[int] = None, width: Optional[int] = None):
+    def __init__(
+        self,
+        source: FaceSource,
+        records: Sequence[FaceRecord],
+        k: int,
+        seed: int = 0,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+    ):
         if k < 0:
             raise ValueError(f"FaceRefDataset: k must be >= 0, got {k}")
         self.source = source
@@ -70,8 +78,10 @@ class FaceRefDataset(Dataset):
         if dropped:
             self.skipped["single_image_identity"] = dropped
         if not self.items:
-            raise ValueError(f"FaceRefDataset: no usable record in {source.name!r} "
-                             f"({len(self.records)} records; every identity has a single image and k={k})")
+            raise ValueError(
+                f"FaceRefDataset: no usable record in {source.name!r} "
+                f"({len(self.records)} records; every identity has a single image and k={k})"
+            )
 
     def set_epoch(self, epoch: int) -> None:
         """Change the reference draw (and substitution choices) to those of ``epoch``."""
@@ -127,11 +137,18 @@ class FaceRefDataset(Dataset):
             got = self._refs(rec_index, rng) if x is not None else None
             if x is not None and got is not None:
                 ident = self._id_index[self.records[rec_index].identity]
-                return {"x": x, "refs": got[0], "identity": ident, "record": rec_index,
-                        "ref_records": torch.tensor(got[1], dtype=torch.int64)}
+                return {
+                    "x": x,
+                    "refs": got[0],
+                    "identity": ident,
+                    "record": rec_index,
+                    "ref_records": torch.tensor(got[1], dtype=torch.int64),
+                }
             candidate = int(rng.integers(len(self.items)))
-        raise RuntimeError(f"FaceRefDataset: gave up after {_MAX_SUBSTITUTIONS} unreadable samples near index {i} "
-                           f"of {self.source.name!r} (skipped: {self.skipped})")
+        raise RuntimeError(
+            f"FaceRefDataset: gave up after {_MAX_SUBSTITUTIONS} unreadable samples near index {i} "
+            f"of {self.source.name!r} (skipped: {self.skipped})"
+        )
 
 
 class ShardSampler(Sampler[int]):
@@ -142,8 +159,9 @@ class ShardSampler(Sampler[int]):
     shards differ by at most one and together cover every index exactly once (evaluation).
     """
 
-    def __init__(self, n: int, rank: int = 0, world_size: int = 1, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = True):
+    def __init__(
+        self, n: int, rank: int = 0, world_size: int = 1, shuffle: bool = True, seed: int = 0, drop_last: bool = True
+    ):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"ShardSampler: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         self.n, self.rank, self.world_size = int(n), int(rank), int(world_size)
@@ -165,7 +183,7 @@ class ShardSampler(Sampler[int]):
         return order
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._all()[self.rank::self.world_size])
+        return iter(self._all()[self.rank :: self.world_size])
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -235,9 +253,18 @@ class BatchMaker:
     CPU generator seeded from (seed, epoch, rank, split).
     """
 
-    def __init__(self, space: SpaceConfig, split: str, batch_size: int, device: str | torch.device = "cpu",
-                 rank: int = 0, world_size: int = 1, seed: int = 0, faces: Optional[FaceSource] = None,
-                 degrader: Optional[Callable[[torch.Tensor, torch.Generator], tuple]] = None):
+    def __init__(
+        self,
+        space: SpaceConfig,
+        split: str,
+        batch_size: int,
+        device: str | torch.device = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        faces: Optional[FaceSource] = None,
+        degrader: Optional[Callable[[torch.Tensor, torch.Generator], tuple]] = None,
+    ):
         if split not in SPLITS:
             raise ValueError(f"BatchMaker: split must be one of {SPLITS}, got {split!r}")
         if batch_size < 1:
@@ -253,22 +280,32 @@ class BatchMaker:
         self.splits = split_identities(self.faces, space.data)
         records = self.splits[split]
         if not records:
-            raise ValueError(f"BatchMaker: split {split!r} of {self.faces.name!r} is empty "
-                             f"(stats: {self.splits.stats})")
-        self.dataset = FaceRefDataset(self.faces, records, k=space.identity.refs, seed=seed,
-                                      height=space.data.height, width=space.data.width)
-        self.sampler = ShardSampler(len(self.dataset), rank, world_size, shuffle=self.train, seed=seed,
-                                    drop_last=self.train)
+            raise ValueError(
+                f"BatchMaker: split {split!r} of {self.faces.name!r} is empty (stats: {self.splits.stats})"
+            )
+        self.dataset = FaceRefDataset(
+            self.faces, records, k=space.identity.refs, seed=seed, height=space.data.height, width=space.data.width
+        )
+        self.sampler = ShardSampler(
+            len(self.dataset), rank, world_size, shuffle=self.train, seed=seed, drop_last=self.train
+        )
         workers = space.data.workers
         # workers live as long as the maker (not re-spawned every pass; a search makes hundreds of
         # validation passes); pinned host memory makes the copies to the GPU asynchronous
-        self.loader = DataLoader(self.dataset, batch_size=self.batch_size,
-                                 sampler=_EpochIndices(self.sampler, self.dataset),
-                                 drop_last=self.train, num_workers=workers,
-                                 pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=_EpochIndices(self.sampler, self.dataset),
+            drop_last=self.train,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
         if len(self.loader) == 0:
-            raise ValueError(f"BatchMaker: split {split!r} gives rank {rank} of {world_size} only "
-                             f"{len(self.sampler)} samples, fewer than batch_size={batch_size}")
+            raise ValueError(
+                f"BatchMaker: split {split!r} gives rank {rank} of {world_size} only "
+                f"{len(self.sampler)} samples, fewer than batch_size={batch_size}"
+            )
         self._degrader = degrader
 
     @property

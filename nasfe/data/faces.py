@@ -16,6 +16,7 @@ Sources:
 :func:`open_faces` builds one from a :class:`~nasfe.config.DataConfig`; :func:`register_face_source`
 adds a source.
 """
+
 from __future__ import annotations
 
 import csv
@@ -73,14 +74,14 @@ def fit_to_size(image: np.ndarray, height: int, width: int) -> np.ndarray:
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
         image = cv2.resize(image, (nw, nh), interpolation=interp)
     top, left = (nh - height) // 2, (nw - width) // 2
-    return np.ascontiguousarray(image[top:top + height, left:left + width])
+    return np.ascontiguousarray(image[top : top + height, left : left + width])
 
 
 def centre_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """The centred ``height`` x ``width`` window of ``image`` (which must be at least that big)."""
     h, w = image.shape[:2]
     top, left = (h - height) // 2, (w - width) // 2
-    return np.ascontiguousarray(image[top:top + height, left:left + width])
+    return np.ascontiguousarray(image[top : top + height, left : left + width])
 
 
 def _is_image_name(name: str) -> bool:
@@ -146,8 +147,10 @@ class FaceSource:
 
     def __repr__(self) -> str:
         n_id = len({r.identity for r in self.records})
-        return (f"{type(self).__name__}(name={self.name!r}, images={len(self.records)}, identities={n_id}, "
-                f"size={self.height}x{self.width}, skipped={self.skipped})")
+        return (
+            f"{type(self).__name__}(name={self.name!r}, images={len(self.records)}, identities={n_id}, "
+            f"size={self.height}x{self.width}, skipped={self.skipped})"
+        )
 
 
 class FolderFaces(FaceSource):
@@ -165,8 +168,14 @@ class FolderFaces(FaceSource):
 
     MANIFEST = "identities.csv"
 
-    def __init__(self, root: str | os.PathLike, height: Optional[int] = None, width: Optional[int] = None,
-                 min_size: int = 32, name: Optional[str] = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        min_size: int = 32,
+        name: Optional[str] = None,
+    ):
         self.root = Path(root)
         self.name = name or f"folder:{self.root.name}"
         self.records = []
@@ -249,8 +258,12 @@ class FolderFaces(FaceSource):
             records.append(FaceRecord(identity=ident, key=rel))
         self._count("not_in_manifest", len(disk - seen))
         if missing_examples:
-            log.warning("%s: %d listed file(s) missing, e.g. %s", manifest,
-                        self.skipped["listed_but_missing"], "; ".join(missing_examples))
+            log.warning(
+                "%s: %d listed file(s) missing, e.g. %s",
+                manifest,
+                self.skipped["listed_but_missing"],
+                "; ".join(missing_examples),
+            )
         return records
 
     def _header_size(self, records: list[FaceRecord], tries: int = 20) -> tuple[int, int]:
@@ -264,9 +277,12 @@ class FolderFaces(FaceSource):
                 return h, w
             except Exception as exc:  # noqa: BLE001 - a bad file here is reported below or at load
                 errors.append(f"{rec.key}: {exc}")
-        raise ImageReadError(self.root / records[0].key, "cannot read the header of any of the first "
-                             f"{len(errors)} files to find the canonical size ({'; '.join(errors[:3])}); "
-                             "pass height= and width=")
+        raise ImageReadError(
+            self.root / records[0].key,
+            "cannot read the header of any of the first "
+            f"{len(errors)} files to find the canonical size ({'; '.join(errors[:3])}); "
+            "pass height= and width=",
+        )
 
     def path(self, rec: FaceRecord) -> Path:
         """The file of ``rec``."""
@@ -327,8 +343,9 @@ class CelebAFaces(FaceSource):
         self._count("not_in_identity_file", len({n for n in on_disk if _is_image_name(n)} - set(ids)))
         self.records.sort(key=lambda r: (r.identity, r.key))
         if not self.records:
-            raise FaceSourceError(f"{self.root}: no CelebA image found for partition {partition!r} "
-                             f"(skipped: {self.skipped})")
+            raise FaceSourceError(
+                f"{self.root}: no CelebA image found for partition {partition!r} (skipped: {self.skipped})"
+            )
         if self.skipped:
             log.warning("%s: skipped while scanning: %s", self.root, self.skipped)
 
@@ -379,8 +396,9 @@ class VGGFace2Faces(FolderFaces):
         folder = base / split
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: missing (expected <root>/{split}/<n######>/*.jpg)")
-        super().__init__(folder, height=VGGFACE2_SIZE[0], width=VGGFACE2_SIZE[1], min_size=min_size,
-                         name=f"vggface2:{split}")
+        super().__init__(
+            folder, height=VGGFACE2_SIZE[0], width=VGGFACE2_SIZE[1], min_size=min_size, name=f"vggface2:{split}"
+        )
 
 
 class SyntheticFaces(FaceSource):
@@ -392,11 +410,20 @@ class SyntheticFaces(FaceSource):
     (returned arrays are then read-only).
     """
 
-    def __init__(self, identities: int = 24, images_per_identity: int = 6, height: int = 176,
-                 width: int = 144, seed: int = 0, cache_bytes: int = 256 * 2**20):
+    def __init__(
+        self,
+        identities: int = 24,
+        images_per_identity: int = 6,
+        height: int = 176,
+        width: int = 144,
+        seed: int = 0,
+        cache_bytes: int = 256 * 2**20,
+    ):
         if identities < 1 or images_per_identity < 1:
-            raise ValueError(f"SyntheticFaces: identities and images_per_identity must be >= 1, "
-                             f"got {identities} and {images_per_identity}")
+            raise ValueError(
+                f"SyntheticFaces: identities and images_per_identity must be >= 1, "
+                f"got {identities} and {images_per_identity}"
+            )
         self.name = f"synthetic:{identities}x{images_per_identity}:seed{seed}"
         super().__init__(height, width, min_size=1)
         self.seed = int(seed)
@@ -405,8 +432,9 @@ class SyntheticFaces(FaceSource):
         width_digits = max(4, len(str(identities - 1)))
         self._names = [f"syn{i:0{width_digits}d}" for i in range(identities)]
         self._id_params = identity_params(self.seed, identities)
-        self.records = [FaceRecord(self._names[i], f"{i}/{j}")
-                        for i in range(identities) for j in range(images_per_identity)]
+        self.records = [
+            FaceRecord(self._names[i], f"{i}/{j}") for i in range(identities) for j in range(images_per_identity)
+        ]
         self.cache_bytes = int(cache_bytes)  # rendered faces kept in memory (per process)
         self._cache: dict[str, np.ndarray] = {}
         self._cache_used = 0
@@ -483,22 +511,26 @@ def _check_identity_folders(root: Path, source: str = "folder") -> None:
                 with os.scandir(entry.path) as inner:
                     if any(e.is_file() and _is_image_name(e.name) for e in inner):
                         return
-    raise FaceSourceError(f"data.root {root}: no <identity>/<image> folder with an image in it "
-                          f"(data.source = {source!r})")
+    raise FaceSourceError(
+        f"data.root {root}: no <identity>/<image> folder with an image in it (data.source = {source!r})"
+    )
 
 
 def _check_celeba(root: Path) -> None:
-    missing = [n for n in ("img_align_celeba", "identity_CelebA.txt", "list_eval_partition.txt")
-               if not (root / n).exists()]
+    missing = [
+        n for n in ("img_align_celeba", "identity_CelebA.txt", "list_eval_partition.txt") if not (root / n).exists()
+    ]
     if missing:
-        raise FaceSourceError(f"data.root {root}: not the official CelebA layout (data.source = 'celeba'): "
-                              f"missing {', '.join(missing)}")
+        raise FaceSourceError(
+            f"data.root {root}: not the official CelebA layout (data.source = 'celeba'): missing {', '.join(missing)}"
+        )
 
 
 def _check_vggface2(root: Path) -> None:
     if not (root / "train").is_dir():
-        raise FaceSourceError(f"data.root {root}: not the VGGFace2 layout (data.source = 'vggface2'): "
-                              "missing train/<identity>/*.jpg")
+        raise FaceSourceError(
+            f"data.root {root}: not the VGGFace2 layout (data.source = 'vggface2'): missing train/<identity>/*.jpg"
+        )
     _check_identity_folders(root / "train", "vggface2")
 
 

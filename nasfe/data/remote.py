@@ -11,6 +11,7 @@ later runs on that node (and a restarted worker) reuse it. :func:`fetch_once` co
 before returning (a temporary folder renamed into place once complete, so an interrupted copy is
 never mistaken for a finished one). Local paths are returned unchanged.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -31,7 +32,6 @@ import logging
 
 MARKER = ".nasfe-fetched.json"
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-
 
 
 def is_uri(root: str | os.PathLike | None) -> bool:
@@ -126,14 +126,18 @@ def _copy(uri: str, dest: Path) -> None:
     shutil.rmtree(part, ignore_errors=True)
     t0 = time.time()
     try:
-        pyarrow.fs.copy_files(path, str(part), source_filesystem=fs,
-                              destination_filesystem=pyarrow.fs.LocalFileSystem())
+        pyarrow.fs.copy_files(
+            path, str(part), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem()
+        )
     except Exception as exc:
         shutil.rmtree(part, ignore_errors=True)
         raise DataFetchError(f"data {uri}: copy to {dest} failed: {exc}") from None
     files = sum(1 for p in part.rglob("*") if p.is_file())
-    (part / MARKER).write_text(json.dumps({"uri": uri, "files": files, "seconds": round(time.time() - t0, 2),
-                                           "pid": os.getpid(), "time": time.time()}))
+    (part / MARKER).write_text(
+        json.dumps(
+            {"uri": uri, "files": files, "seconds": round(time.time() - t0, 2), "pid": os.getpid(), "time": time.time()}
+        )
+    )
     shutil.rmtree(dest, ignore_errors=True)  # a copy left by an older, interrupted layout
     os.replace(part, dest)
 
@@ -200,7 +204,7 @@ def _placeholders(uri: str, dest: Path) -> None:
     files = 0
     try:
         for info in infos:
-            rel = info.path[len(path):].lstrip("/")
+            rel = info.path[len(path) :].lstrip("/")
             if not rel or any(p.startswith(".nasfe") for p in rel.split("/")):
                 continue
             if info.type == pyarrow.fs.FileType.Directory:
@@ -288,11 +292,20 @@ def _prefetch(dest: Path, lock) -> None:
         with ThreadPoolExecutor(PREFETCH_THREADS) as pool:
             list(pool.map(lambda p: _get(fs, f"{base}/{p.relative_to(dest).as_posix()}", p), todo))
         tmp = dest / f"{MARKER}.part"
-        tmp.write_text(json.dumps({"uri": meta["uri"], "files": meta["files"], "seconds": round(time.time() - t0, 2),
-                                   "pid": os.getpid(), "time": time.time(), "lazy": True}))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "uri": meta["uri"],
+                    "files": meta["files"],
+                    "seconds": round(time.time() - t0, 2),
+                    "pid": os.getpid(),
+                    "time": time.time(),
+                    "lazy": True,
+                }
+            )
+        )
         os.replace(tmp, dest / MARKER)
     except Exception as exc:  # noqa: BLE001  (reads fetch what they need; a later run resumes this)
-
         logging.getLogger("nasfe.data").warning("background fetch into %s stopped: %s", dest, exc)
     finally:
         lock.close()

@@ -14,6 +14,7 @@ Rules (see docs/DATA.md):
   fractions are ignored (``stats['partition_conflicts']`` counts identities found in several).
 * ``cfg.max_images`` subsamples 'train' (seeded); identities left with one image are then dropped.
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -43,8 +44,10 @@ def _assign_by_fraction(identities: list[str], cfg: DataConfig) -> dict[str, str
 
     n_test, n_val = count(cfg.test_fraction), count(cfg.val_fraction)
     if n_test + n_val >= n:
-        raise ValueError(f"split_identities: {n} identities cannot give val_fraction={cfg.val_fraction}, "
-                         f"test_fraction={cfg.test_fraction} and still leave one for 'train'")
+        raise ValueError(
+            f"split_identities: {n} identities cannot give val_fraction={cfg.val_fraction}, "
+            f"test_fraction={cfg.test_fraction} and still leave one for 'train'"
+        )
     where = {}
     for k, ident in enumerate(shuffled):
         where[ident] = "test" if k < n_test else "val" if k < n_test + n_val else "train"
@@ -99,7 +102,8 @@ def split_identities(source: FaceSource, cfg: DataConfig) -> Splits:
         stats[f"{s}_images"] = len(out[s])
         stats[f"{s}_identities"] = len({r.identity for r in out[s]})
     if not out["train"]:
-        raise ValueError(f"split_identities: no training identity with at least two images in {source.name!r} "
-                         f"(stats: {dict(stats)})")
+        raise ValueError(
+            f"split_identities: no training identity with at least two images in {source.name!r} (stats: {dict(stats)})"
+        )
     out.stats = dict(stats)
     return out

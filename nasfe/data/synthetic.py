@@ -12,6 +12,7 @@ Everything is determined by ``seed``: identity ``i`` uses ``numpy.random.default
 and image ``j`` of it ``default_rng([seed, i, j, 1])``, so a face does not depend on how many other
 faces are drawn. Rendering is vectorised NumPy over a batch (chunks of 32 images).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -51,10 +52,21 @@ def identity_params(seed: int, n: int) -> dict[str, np.ndarray]:
         p = {k: rng.uniform(lo, hi) for k, (lo, hi) in _ID_UNIFORM.items()}
         # Skin: a brown-to-pale ramp with a little hue jitter.
         t = rng.uniform(0.0, 1.0)
-        p["skin"] = np.clip(np.array([0.36, 0.22, 0.14]) * (1 - t) + np.array([0.96, 0.80, 0.70]) * t
-                            + rng.normal(0, 0.025, 3), 0.05, 1.0)
-        hair_palette = np.array([[0.05, 0.04, 0.03], [0.22, 0.13, 0.07], [0.45, 0.30, 0.15],
-                                 [0.80, 0.65, 0.40], [0.55, 0.20, 0.08], [0.60, 0.60, 0.60]])
+        p["skin"] = np.clip(
+            np.array([0.36, 0.22, 0.14]) * (1 - t) + np.array([0.96, 0.80, 0.70]) * t + rng.normal(0, 0.025, 3),
+            0.05,
+            1.0,
+        )
+        hair_palette = np.array(
+            [
+                [0.05, 0.04, 0.03],
+                [0.22, 0.13, 0.07],
+                [0.45, 0.30, 0.15],
+                [0.80, 0.65, 0.40],
+                [0.55, 0.20, 0.08],
+                [0.60, 0.60, 0.60],
+            ]
+        )
         p["hair"] = np.clip(hair_palette[rng.integers(len(hair_palette))] + rng.normal(0, 0.03, 3), 0, 1)
         iris_palette = np.array([[0.30, 0.18, 0.08], [0.15, 0.35, 0.55], [0.25, 0.40, 0.20], [0.12, 0.08, 0.05]])
         p["iris"] = np.clip(iris_palette[rng.integers(len(iris_palette))] + rng.normal(0, 0.03, 3), 0, 1)
@@ -66,7 +78,9 @@ def identity_params(seed: int, n: int) -> dict[str, np.ndarray]:
     return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]} if rows else {}
 
 
-def image_params(seed: int, id_params: dict[str, np.ndarray], ids: np.ndarray, imgs: np.ndarray) -> dict[str, np.ndarray]:
+def image_params(
+    seed: int, id_params: dict[str, np.ndarray], ids: np.ndarray, imgs: np.ndarray
+) -> dict[str, np.ndarray]:
     """Parameters of images (``ids[n]``, ``imgs[n]``): identity parameters gathered plus per-image
     variation (pose, lighting, expression, background)."""
     ids = np.asarray(ids, dtype=np.int64)
@@ -76,15 +90,24 @@ def image_params(seed: int, id_params: dict[str, np.ndarray], ids: np.ndarray, i
     for i, j in zip(ids.tolist(), imgs.tolist()):
         rng = np.random.default_rng([int(seed), i, j, 1])
         light = rng.normal(0, 1, 3) * np.array([0.6, 0.4, 0.0]) + np.array([0.0, -0.3, 1.0])
-        var.append({
-            "dx": rng.uniform(-0.05, 0.05), "dy": rng.uniform(-0.04, 0.04),
-            "scale": rng.uniform(0.92, 1.08), "tilt": rng.uniform(-0.12, 0.12),
-            "light": light / np.linalg.norm(light), "bright": rng.uniform(0.8, 1.15),
-            "cast": rng.normal(0, 0.03, 3), "smile": rng.uniform(-0.03, 0.09),
-            "open": max(0.0, rng.uniform(-0.03, 0.06)), "eye_open": rng.uniform(0.55, 1.1),
-            "gaze": rng.uniform(-0.03, 0.03, 2), "bg0": rng.uniform(0.1, 0.9, 3),
-            "bg1": rng.uniform(0.1, 0.9, 3), "grain_seed": rng.integers(2**31),
-        })
+        var.append(
+            {
+                "dx": rng.uniform(-0.05, 0.05),
+                "dy": rng.uniform(-0.04, 0.04),
+                "scale": rng.uniform(0.92, 1.08),
+                "tilt": rng.uniform(-0.12, 0.12),
+                "light": light / np.linalg.norm(light),
+                "bright": rng.uniform(0.8, 1.15),
+                "cast": rng.normal(0, 0.03, 3),
+                "smile": rng.uniform(-0.03, 0.09),
+                "open": max(0.0, rng.uniform(-0.03, 0.06)),
+                "eye_open": rng.uniform(0.55, 1.1),
+                "gaze": rng.uniform(-0.03, 0.03, 2),
+                "bg0": rng.uniform(0.1, 0.9, 3),
+                "bg1": rng.uniform(0.1, 0.9, 3),
+                "grain_seed": rng.integers(2**31),
+            }
+        )
     for k in var[0] if var else []:
         out[k] = np.array([v[k] for v in var])
     return out
@@ -161,9 +184,9 @@ def _render_chunk(p: dict[str, np.ndarray], height: int, width: int) -> np.ndarr
     # Face: an egg shape (narrower towards the chin), Lambert-shaded as if it were a dome.
     a_eff = fa * (1.0 - c("chin_taper") * np.clip(v, 0.0, None) / fb)
     nu, nv = u / a_eff, v / fb
-    face_d = (np.sqrt(nu ** 2 + nv ** 2) - 1.0) * np.minimum(a_eff, fb)
+    face_d = (np.sqrt(nu**2 + nv**2) - 1.0) * np.minimum(a_eff, fb)
     face_m = _soft(face_d, aa)
-    nz = np.sqrt(np.clip(1.0 - nu ** 2 - nv ** 2, 0.0, 1.0))
+    nz = np.sqrt(np.clip(1.0 - nu**2 - nv**2, 0.0, 1.0))
     light = p["light"].astype(np.float32)
     lam = nu * light[:, 0, None, None] + nv * light[:, 1, None, None] + nz * light[:, 2, None, None]
     shade = (0.62 + 0.45 * np.clip(lam, 0.0, 1.0))[..., None]
@@ -204,7 +227,7 @@ def _render_chunk(p: dict[str, np.ndarray], height: int, width: int) -> np.ndarr
         cu = side * ex
         # Eyebrow: an arch above the eye.
         du = (u_ - cu) / (ew * 1.25)
-        brow_v = ey - c("brow_gap") - c("brow_arch") * (1 - du ** 2)
+        brow_v = ey - c("brow_gap") - c("brow_arch") * (1 - du**2)
         across = np.abs(v_ - brow_v) - c("brow_thick")
         brow = np.where(np.abs(du) <= 1.0, across, (np.abs(du) - 1.0) * ew + np.maximum(across, 0.0))
         _over(img_, col("hair") * 0.7, _soft(brow, aa))
@@ -231,7 +254,7 @@ def _render_chunk(p: dict[str, np.ndarray], height: int, width: int) -> np.ndarr
     half = c("nose_w") * (0.35 + 0.65 * frac)
     side_dark = np.where(light[:, 0, None, None] > 0, u_ < 0, u_ > 0)
     nose = np.maximum(np.abs(u_) - half, np.maximum(ey + 0.05 - v_, v_ - ny))
-    img_ *= (1 - (_soft(nose, aa) * side_dark * 0.14)[..., None])
+    img_ *= 1 - (_soft(nose, aa) * side_dark * 0.14)[..., None]
     nostrils = np.minimum(_ellipse(u_, v_, -0.055, ny, 0.03, 0.016), _ellipse(u_, v_, 0.055, ny, 0.03, 0.016))
     _over(img_, col("skin") * 0.3, _soft(nostrils, aa))
 
@@ -251,7 +274,9 @@ def _render_chunk(p: dict[str, np.ndarray], height: int, width: int) -> np.ndarr
     img *= c("bright")[..., None]
     img += col("cast")
     for k in range(n):
-        img[k] += np.random.default_rng(int(p["grain_seed"][k])).normal(0.0, 0.008, (height, width, 1)).astype(np.float32)
+        img[k] += (
+            np.random.default_rng(int(p["grain_seed"][k])).normal(0.0, 0.008, (height, width, 1)).astype(np.float32)
+        )
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -260,13 +285,14 @@ def render_faces(params: dict[str, np.ndarray], height: int, width: int, chunk: 
     n = len(params["face_a"])
     out = np.empty((n, height, width, 3), dtype=np.uint8)
     for start in range(0, n, chunk):
-        part = {k: v[start:start + chunk] for k, v in params.items()}
-        out[start:start + chunk] = _render_chunk(part, height, width)
+        part = {k: v[start : start + chunk] for k, v in params.items()}
+        out[start : start + chunk] = _render_chunk(part, height, width)
     return out
 
 
-def synthetic_faces(identities: int, images_per_identity: int, height: int = 176, width: int = 144,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_faces(
+    identities: int, images_per_identity: int, height: int = 176, width: int = 144, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """All faces of a synthetic set at once: (images (N,H,W,3) uint8, identity index (N,))."""
     ids = np.repeat(np.arange(identities), images_per_identity)
     imgs = np.tile(np.arange(images_per_identity), identities)

@@ -30,6 +30,7 @@ is kept only when its sha256 is still the one recorded when it was written). Lay
 ``--verify`` recomputes every field of the manifest from the deterministic build and checks every
 file's sha256. Unreadable face files are skipped and counted (``skipped_faces`` in the manifest).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -107,7 +108,9 @@ def test_bank(seed: int, kernel_mode: str = "centred") -> KernelBank:
     ``kernel_mode`` 'paper-compatible' places the same motion paths off-centre as the generator the
     paper cites does (docs/DEGRADATION.md); the default keeps them centred.
     """
-    return KernelBank.build(MOTION_KERNELS, GAUSSIAN_KERNELS, KERNEL_SIZES, seed + TEST_BANK_SEED_OFFSET, mode=kernel_mode)
+    return KernelBank.build(
+        MOTION_KERNELS, GAUSSIAN_KERNELS, KERNEL_SIZES, seed + TEST_BANK_SEED_OFFSET, mode=kernel_mode
+    )
 
 
 def _item_seed(seed: int, set_index: int, item: int) -> int:
@@ -118,7 +121,9 @@ def _crf_ids(seed: int, set_index: int, n_items: int, n_curves: int) -> np.ndarr
     return np.random.default_rng([seed, 1000 + set_index]).integers(0, n_curves, n_items)
 
 
-def face_params(name: str, face: int, seed: int, bank: KernelBank, curves: ResponseCurves) -> tuple[DegradeParams, list[int], list[Variant]]:
+def face_params(
+    name: str, face: int, seed: int, bank: KernelBank, curves: ResponseCurves
+) -> tuple[DegradeParams, list[int], list[Variant]]:
     """Parameters, per-item noise seeds and variants of every image of clean face ``face`` in set ``name``.
 
     Item index = face * len(variants) + variant index. The response curve and noise seed of an
@@ -129,14 +134,27 @@ def face_params(name: str, face: int, seed: int, bank: KernelBank, curves: Respo
     first = face * len(grid)
     crf = _crf_ids(seed, si, first + len(grid), curves.count)[first:]
     crf = [int(c) if (v.r < 1 or v.sigma_s > 0 or v.sigma_c > 0) else -1 for c, v in zip(crf, grid)]
-    params = DegradeParams.explicit([v.kernel_id for v in grid], [v.r for v in grid], [v.sigma_s for v in grid],
-                                    [v.sigma_c for v in grid], crf, bank=bank)
+    params = DegradeParams.explicit(
+        [v.kernel_id for v in grid],
+        [v.r for v in grid],
+        [v.sigma_s for v in grid],
+        [v.sigma_c for v in grid],
+        crf,
+        bank=bank,
+    )
     return params, [_item_seed(seed, si, first + i) for i in range(len(grid))], grid
 
 
-def degrade_face(x: torch.Tensor, name: str, face: int, seed: int, bank: KernelBank, curves: ResponseCurves,
-                 only: Optional[Sequence[int]] = None,
-                 noise_model: str = "after-r") -> tuple[torch.Tensor, DegradeParams, list[Variant]]:
+def degrade_face(
+    x: torch.Tensor,
+    name: str,
+    face: int,
+    seed: int,
+    bank: KernelBank,
+    curves: ResponseCurves,
+    only: Optional[Sequence[int]] = None,
+    noise_model: str = "after-r",
+) -> tuple[torch.Tensor, DegradeParams, list[Variant]]:
     """Degraded images (n, 3, H, W) float of one clean face ``x`` (3, H, W) for set ``name``.
 
     ``only``: variant indices to compute (default all); the result is identical per item either way.
@@ -147,7 +165,9 @@ def degrade_face(x: torch.Tensor, name: str, face: int, seed: int, bank: KernelB
     p = params.subset(idx)
     h, w = x.shape[-2:]
     noise = torch.cat([torch.randn(1, 1, h, w, generator=torch.Generator().manual_seed(seeds[i])) for i in idx])
-    y = degrade(x[None].expand(len(idx), -1, -1, -1).contiguous(), p, bank, curves, noise=noise, noise_model=noise_model)
+    y = degrade(
+        x[None].expand(len(idx), -1, -1, -1).contiguous(), p, bank, curves, noise=noise, noise_model=noise_model
+    )
     return y, p, [grid[i] for i in idx]
 
 
@@ -201,11 +221,19 @@ def select_faces(source, images: Optional[int], seed: int) -> tuple[list[dict], 
             if spare is not None:
                 queue.append(spare)
             continue
-        faces.append({"index": ri, "identity": rec.identity, "key": rec.key,
-                      "source_sha256": hashlib.sha256(arr.tobytes() + str(arr.shape).encode()).hexdigest()})
+        faces.append(
+            {
+                "index": ri,
+                "identity": rec.identity,
+                "key": rec.key,
+                "source_sha256": hashlib.sha256(arr.tobytes() + str(arr.shape).encode()).hexdigest(),
+            }
+        )
     if not faces:
-        raise TestSetError(f"{getattr(source, 'root', source)}: none of {len(bad)} face file(s) could be read "
-                           f"(first: {bad[0] if bad else 'none found'})")
+        raise TestSetError(
+            f"{getattr(source, 'root', source)}: none of {len(bad)} face file(s) could be read "
+            f"(first: {bad[0] if bad else 'none found'})"
+        )
     return sorted(faces, key=lambda f: f["index"]), bad
 
 
@@ -214,9 +242,16 @@ PROTOCOL_DEFAULTS = {"noise_model": "after-r", "kernel_mode": "centred"}
 
 
 def _settings(faces, images, seed, crf, sets, noise_model="after-r", kernel_mode="centred") -> dict:
-    return {"version": MANIFEST_VERSION, "faces": str(faces) if faces else "synthetic", "images": images,
-            "seed": int(seed), "crf": str(crf), "sets": list(sets), "noise_model": noise_model,
-            "kernel_mode": kernel_mode}
+    return {
+        "version": MANIFEST_VERSION,
+        "faces": str(faces) if faces else "synthetic",
+        "images": images,
+        "seed": int(seed),
+        "crf": str(crf),
+        "sets": list(sets),
+        "noise_model": noise_model,
+        "kernel_mode": kernel_mode,
+    }
 
 
 # Worker state: one per process (or the main process when workers <= 1).
@@ -226,8 +261,13 @@ JOURNAL = ".build"  # per-job records of the files written and their sha256 (wha
 
 def _init_worker(out: str, seed: int, crf: str, noise_model: str = "after-r") -> None:
     torch.set_num_threads(1)
-    _STATE.update(out=Path(out), seed=seed, bank=KernelBank.load(Path(out) / "kernels.pt"),
-                  curves=ResponseCurves.from_spec(crf), noise_model=noise_model)
+    _STATE.update(
+        out=Path(out),
+        seed=seed,
+        bank=KernelBank.load(Path(out) / "kernels.pt"),
+        curves=ResponseCurves.from_spec(crf),
+        noise_model=noise_model,
+    )
 
 
 def _set_file(name: str, item: int) -> str:
@@ -263,8 +303,16 @@ def _build_face(job: tuple[str, int]) -> list[tuple[str, str]]:
     missing = [i for i, f in enumerate(files) if f not in have]
     if missing:
         x = to_tensor(read_image(out / "clean" / f"{face:04d}.png"))
-        y, _, _ = degrade_face(x, name, face, _STATE["seed"], _STATE["bank"], _STATE["curves"], only=missing,
-                               noise_model=_STATE["noise_model"])
+        y, _, _ = degrade_face(
+            x,
+            name,
+            face,
+            _STATE["seed"],
+            _STATE["bank"],
+            _STATE["curves"],
+            only=missing,
+            noise_model=_STATE["noise_model"],
+        )
         for j, i in enumerate(missing):
             write_png_atomic(out / files[i], to_uint8(y[j]))
             have[files[i]] = _sha256(out / files[i])
@@ -272,8 +320,14 @@ def _build_face(job: tuple[str, int]) -> list[tuple[str, str]]:
     return [(f, have[f]) for f in files]
 
 
-def _set_rows(name: str, clean: list[dict], seed: int, bank: KernelBank, curves: ResponseCurves,
-              shas: Optional[dict[int, list[tuple[str, str]]]] = None) -> list[dict]:
+def _set_rows(
+    name: str,
+    clean: list[dict],
+    seed: int,
+    bank: KernelBank,
+    curves: ResponseCurves,
+    shas: Optional[dict[int, list[tuple[str, str]]]] = None,
+) -> list[dict]:
     """The manifest rows of set ``name``: every field follows from the build's settings (the same
     function writes them and ``--verify`` recomputes them); ``shas[face]``: [(file, sha256)]."""
     rows = []
@@ -281,17 +335,32 @@ def _set_rows(name: str, clean: list[dict], seed: int, bank: KernelBank, curves:
         params, _, grid = face_params(name, face, seed, bank, curves)
         for i, (rec, v) in enumerate(zip(params.records(), grid)):
             kid = rec["kernel_id"]
-            row = {"file": _set_file(name, face * len(grid) + i), "clean": face, "identity": clean[face]["identity"],
-                   **rec, "kernel_size": int(bank.sizes[kid]) if kid >= 0 else 0, "draw": v.draw}
+            row = {
+                "file": _set_file(name, face * len(grid) + i),
+                "clean": face,
+                "identity": clean[face]["identity"],
+                **rec,
+                "kernel_size": int(bank.sizes[kid]) if kid >= 0 else 0,
+                "draw": v.draw,
+            }
             if shas is not None:
                 row["sha256"] = shas[face][i][1]
             rows.append(row)
     return json.loads(json.dumps(rows))  # the form they have in manifest.json (lists, plain floats)
 
 
-def build_testsets(out: str | os.PathLike, faces: Optional[str] = None, sets: Sequence[str] = TEST_SETS,
-                   seed: int = 0, images: Optional[int] = 100, crf: str = "parametric", workers: int = 0,
-                   progress: bool = True, noise_model: str = "after-r", kernel_mode: str = "centred") -> dict:
+def build_testsets(
+    out: str | os.PathLike,
+    faces: Optional[str] = None,
+    sets: Sequence[str] = TEST_SETS,
+    seed: int = 0,
+    images: Optional[int] = 100,
+    crf: str = "parametric",
+    workers: int = 0,
+    progress: bool = True,
+    noise_model: str = "after-r",
+    kernel_mode: str = "centred",
+) -> dict:
     """Build (or resume) the test sets under ``out``; returns the manifest (also written to manifest.json).
 
     ``faces``: a face folder (``<identity>/<image>``), or None for synthetic faces. ``images``:
@@ -329,9 +398,13 @@ def _build_locked(out: Path, faces, sets, seed, images, crf, workers, progress, 
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise TestSetError(f"{build_json}: not valid JSON ({exc})") from None
         old = {**PROTOCOL_DEFAULTS, **old}
-        if {k: v for k, v in old.items() if k not in ("sets", "inputs")} != {k: v for k, v in settings.items() if k != "sets"}:
-            raise TestSetError(f"{build_json}: {out} holds a build with other settings {old}; "
-                               f"use another --out or delete it (asked for {settings})")
+        if {k: v for k, v in old.items() if k not in ("sets", "inputs")} != {
+            k: v for k, v in settings.items() if k != "sets"
+        }:
+            raise TestSetError(
+                f"{build_json}: {out} holds a build with other settings {old}; "
+                f"use another --out or delete it (asked for {settings})"
+            )
         settings["sets"] = sorted(set(old.get("sets", [])) | set(sets), key=TEST_SETS.index)
     curves = ResponseCurves.from_spec(crf)
     source = _faces_source(faces, images or 100, seed)
@@ -341,9 +414,11 @@ def _build_locked(out: Path, faces, sets, seed, images, crf, workers, progress, 
     inputs = [{k: f[k] for k in ("identity", "key", "source_sha256")} for f in chosen]
     settings["inputs"] = _digest(inputs)
     if old is not None and old.get("inputs") != settings["inputs"]:
-        raise TestSetError(f"{build_json}: the faces differ from those {out} was built from "
-                           f"({'the face folder changed' if old.get('inputs') else 'built without a fingerprint'}); "
-                           "its clean images would get other identities: use another --out")
+        raise TestSetError(
+            f"{build_json}: the faces differ from those {out} was built from "
+            f"({'the face folder changed' if old.get('inputs') else 'built without a fingerprint'}); "
+            "its clean images would get other identities: use another --out"
+        )
     atomic_write_json(build_json, settings)
 
     bank = test_bank(seed, kernel_mode)
@@ -363,13 +438,26 @@ def _build_locked(out: Path, faces, sets, seed, images, crf, workers, progress, 
         if rel not in have:
             write_png_atomic(out / rel, np.ascontiguousarray(source.load(source.records[face["index"]])))
             have[rel] = _sha256(out / rel)
-        clean.append({"file": rel, "identity": face["identity"], "key": face["key"],
-                      "source_sha256": face["source_sha256"], "sha256": have[rel]})
+        clean.append(
+            {
+                "file": rel,
+                "identity": face["identity"],
+                "key": face["key"],
+                "source_sha256": face["source_sha256"],
+                "sha256": have[rel],
+            }
+        )
     atomic_write_json(clean_journal, [[c["file"], c["sha256"]] for c in clean])
 
-    manifest = {"version": MANIFEST_VERSION, "settings": settings, "kernels": "kernels.pt",
-                "kernel_sizes": bank.sizes.tolist(), "clean": clean, "sets": {},
-                "skipped_faces": skipped}
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "settings": settings,
+        "kernels": "kernels.pt",
+        "kernel_sizes": bank.sizes.tolist(),
+        "clean": clean,
+        "sets": {},
+        "skipped_faces": skipped,
+    }
     names = settings["sets"]
     jobs = [(name, face) for name in names for face in range(len(chosen))]
     init = (str(out), seed, crf, noise_model)
@@ -396,7 +484,9 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise TestSetError(f"{path}: manifest not found (build the test sets first: nasfe testsets --out ...)") from None
+        raise TestSetError(
+            f"{path}: manifest not found (build the test sets first: nasfe testsets --out ...)"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TestSetError(f"{path}: manifest is not valid JSON ({exc})") from None
 
@@ -417,9 +507,13 @@ def _check_fields(where: Path, what: str, rows: list[dict], expected: list[dict]
     for i, (row, exp) in enumerate(zip(rows, expected)):
         got = {k: v for k, v in row.items() if k != "sha256"} if isinstance(row, dict) else {}
         if got != exp:
-            key = next((k for k in sorted(set(got) | set(exp)) if got.get(k, "<absent>") != exp.get(k, "<absent>")), "?")
-            raise TestSetError(f"{where}: {what} entry {i} ({exp.get('file')}): {key} is {got.get(key, '<absent>')!r}, "
-                               f"the build gives {exp.get(key, '<absent>')!r} (manifest edited or corrupt)")
+            key = next(
+                (k for k in sorted(set(got) | set(exp)) if got.get(k, "<absent>") != exp.get(k, "<absent>")), "?"
+            )
+            raise TestSetError(
+                f"{where}: {what} entry {i} ({exp.get('file')}): {key} is {got.get(key, '<absent>')!r}, "
+                f"the build gives {exp.get(key, '<absent>')!r} (manifest edited or corrupt)"
+            )
 
 
 def check_files(root: str | os.PathLike, sets: Optional[Sequence[str]] = None, m: Optional[dict] = None) -> None:
@@ -467,7 +561,9 @@ def verify_testsets(root: str | os.PathLike, sets: Optional[Sequence[str]] = Non
         seed, curves = int(s["seed"]), ResponseCurves.from_spec(s["crf"])
         bank = test_bank(seed, s.get("kernel_mode", PROTOCOL_DEFAULTS["kernel_mode"]))
     except (KeyError, TypeError, ValueError, OSError) as exc:
-        raise TestSetError(f"{where}: cannot rebuild the settings to check against ({type(exc).__name__}: {exc})") from None
+        raise TestSetError(
+            f"{where}: cannot rebuild the settings to check against ({type(exc).__name__}: {exc})"
+        ) from None
     if m.get("kernel_sizes") != bank.sizes.tolist():
         raise TestSetError(f"{where}: kernel_sizes differ from the build's test kernels (seed {seed})")
     kernels_pt = root / str(m.get("kernels") or "kernels.pt")
@@ -475,19 +571,26 @@ def verify_testsets(root: str | os.PathLike, sets: Optional[Sequence[str]] = Non
         on_disk = KernelBank.load(kernels_pt)
     except (OSError, ValueError) as exc:
         raise TestSetError(f"{kernels_pt}: cannot read the test kernels ({exc})") from None
-    if on_disk.kernels.shape != bank.kernels.shape or not torch.equal(on_disk.kernels, bank.kernels) \
-            or not torch.equal(on_disk.sizes, bank.sizes):
+    if (
+        on_disk.kernels.shape != bank.kernels.shape
+        or not torch.equal(on_disk.kernels, bank.kernels)
+        or not torch.equal(on_disk.sizes, bank.sizes)
+    ):
         raise TestSetError(f"{kernels_pt}: not the test kernels of this build (seed {seed}); file replaced or corrupt")
     clean = m["clean"]
-    expected_clean = [{"file": f"clean/{i:04d}.png", **{k: c.get(k) for k in ("identity", "key", "source_sha256")}}
-                      for i, c in enumerate(clean)]
+    expected_clean = [
+        {"file": f"clean/{i:04d}.png", **{k: c.get(k) for k in ("identity", "key", "source_sha256")}}
+        for i, c in enumerate(clean)
+    ]
     _check_fields(where, "clean", clean, expected_clean)
     if "inputs" in s:
         inputs = [{k: c[k] for k in ("identity", "key", "source_sha256")} for c in clean]
         build = _read_json(root / "build.json") if (root / "build.json").is_file() else s
         if _digest(inputs) != s["inputs"] or build.get("inputs") != s["inputs"]:
-            raise TestSetError(f"{where}: the clean faces (identity, key) differ from the build's input fingerprint "
-                               "(manifest edited or corrupt)")
+            raise TestSetError(
+                f"{where}: the clean faces (identity, key) differ from the build's input fingerprint "
+                "(manifest edited or corrupt)"
+            )
     names = list(sets or m["sets"])
     for name in names:
         if name not in m["sets"]:
@@ -498,8 +601,9 @@ def verify_testsets(root: str | os.PathLike, sets: Optional[Sequence[str]] = Non
     return {name: len(m["sets"][name]) for name in names}
 
 
-def _recreate_and_compare(root: Path, m: dict, names: Sequence[str], seed: int, bank: KernelBank,
-                          curves: ResponseCurves, noise_model: str) -> None:
+def _recreate_and_compare(
+    root: Path, m: dict, names: Sequence[str], seed: int, bank: KernelBank, curves: ResponseCurves, noise_model: str
+) -> None:
     """Each clean face's pixels against its ``source_sha256``, and each degraded image against its
     deterministic re-creation from that face (one thread, as the build's workers)."""
 
@@ -509,10 +613,13 @@ def _recreate_and_compare(root: Path, m: dict, names: Sequence[str], seed: int, 
         for face, c in enumerate(m["clean"]):
             path = root / c["file"]
             arr = np.ascontiguousarray(read_image(path))
-            if c.get("source_sha256") and hashlib.sha256(arr.tobytes() + str(arr.shape).encode()).hexdigest() \
-                    != c["source_sha256"]:
-                raise TestSetError(f"{path}: its pixels are not the face the build took ({c.get('key')}); "
-                                   "file replaced")
+            if (
+                c.get("source_sha256")
+                and hashlib.sha256(arr.tobytes() + str(arr.shape).encode()).hexdigest() != c["source_sha256"]
+            ):
+                raise TestSetError(
+                    f"{path}: its pixels are not the face the build took ({c.get('key')}); file replaced"
+                )
             x = to_tensor(arr)
             for name in names:
                 rows = [r for r in m["sets"][name] if r.get("clean") == face]
@@ -525,8 +632,10 @@ def _recreate_and_compare(root: Path, m: dict, names: Sequence[str], seed: int, 
                     got = read_image(root / row["file"]).astype(np.int16)
                     want = to_uint8(y[item]).astype(np.int16)
                     if got.shape != want.shape or np.abs(got - want).max() > RECREATE_TOLERANCE:
-                        raise TestSetError(f"{root / row['file']}: not the image the build makes for {name} item "
-                                           f"{face * grid + item} (re-created from {c['file']}); file replaced")
+                        raise TestSetError(
+                            f"{root / row['file']}: not the image the build makes for {name} item "
+                            f"{face * grid + item} (re-created from {c['file']}); file replaced"
+                        )
     finally:
         torch.set_num_threads(threads)
 
@@ -555,9 +664,12 @@ class TestSet(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         rec = self.records[i]
-        return {"y": to_tensor(read_image(self.root / rec["file"])),
-                "x": to_tensor(read_image(self.root / self.clean[rec["clean"]]["file"])),
-                "c": torch.tensor(rec["c"], dtype=torch.float32), "record": rec}
+        return {
+            "y": to_tensor(read_image(self.root / rec["file"])),
+            "x": to_tensor(read_image(self.root / self.clean[rec["clean"]]["file"])),
+            "c": torch.tensor(rec["c"], dtype=torch.float32),
+            "record": rec,
+        }
 
     def __iter__(self) -> Iterator[dict]:
         for i in range(len(self)):
@@ -573,13 +685,24 @@ def add_testsets_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--images", type=int, default=100, help="clean faces to use (seeded subsample; default 100)")
     parser.add_argument("--crf", default="parametric", help="'parametric' (built in) or the DoRF folder")
     parser.add_argument("--workers", type=int, default=0, help="worker processes (0: in this process)")
-    parser.add_argument("--noise-model", default="after-r", choices=list(NOISE_MODELS),
-                        help="where r and the noise act under low light (default after-r; docs/DEGRADATION.md)")
-    parser.add_argument("--kernel-mode", default="centred", choices=list(KERNEL_MODES),
-                        help="motion kernels centred (default) or as the generator the paper cites (off-centre, "
-                             "zero padding, min-max rescaling)")
-    parser.add_argument("--verify", action="store_true",
-                        help="only verify an existing build: every manifest field and every file's checksum")
+    parser.add_argument(
+        "--noise-model",
+        default="after-r",
+        choices=list(NOISE_MODELS),
+        help="where r and the noise act under low light (default after-r; docs/DEGRADATION.md)",
+    )
+    parser.add_argument(
+        "--kernel-mode",
+        default="centred",
+        choices=list(KERNEL_MODES),
+        help="motion kernels centred (default) or as the generator the paper cites (off-centre, "
+        "zero padding, min-max rescaling)",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="only verify an existing build: every manifest field and every file's checksum",
+    )
     return parser
 
 
@@ -589,9 +712,17 @@ def testsets_main(args: argparse.Namespace) -> int:
         if getattr(args, "verify", False):
             counts = verify_testsets(args.out, None)
         else:
-            m = build_testsets(args.out, args.faces, args.sets, args.seed, args.images, args.crf, args.workers,
-                               noise_model=getattr(args, "noise_model", "after-r"),
-                               kernel_mode=getattr(args, "kernel_mode", "centred"))
+            m = build_testsets(
+                args.out,
+                args.faces,
+                args.sets,
+                args.seed,
+                args.images,
+                args.crf,
+                args.workers,
+                noise_model=getattr(args, "noise_model", "after-r"),
+                kernel_mode=getattr(args, "kernel_mode", "centred"),
+            )
             counts = {k: len(v) for k, v in m["sets"].items()}
     except (NasfeError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
         print(f"nasfe testsets: error: {exc}", file=sys.stderr)

@@ -5,6 +5,7 @@ Parameters are drawn like training parameters (:func:`sample_params`) from the t
 random generator, so ``A.Compose([...], seed=s)`` makes it reproducible. The parameters of the
 last call are kept in ``last_params`` (a :class:`DegradeParams` of length 1, with ``labels()``).
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional

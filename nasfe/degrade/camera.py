@@ -11,6 +11,7 @@ to each of the 201 DoRF curves by least squares gives a between 1.5 (10th percen
 percentile), median 12.5; the family here spans that range with ``PARAMETRIC_COUNT`` values of a on
 a geometric grid, so it behaves like the DoRF set on average (see docs/DEGRADATION.md).
 """
+
 from __future__ import annotations
 
 import math
@@ -65,7 +66,9 @@ class ResponseCurves:
         return cls(torch.from_numpy(fwd.astype(np.float32)), torch.from_numpy(inv.astype(np.float32)), names)
 
     @classmethod
-    def parametric(cls, count: int = PARAMETRIC_COUNT, a_range: tuple[float, float] = PARAMETRIC_A_RANGE) -> "ResponseCurves":
+    def parametric(
+        cls, count: int = PARAMETRIC_COUNT, a_range: tuple[float, float] = PARAMETRIC_A_RANGE
+    ) -> "ResponseCurves":
         """The built-in family f_a(L) = log(1 + aL) / log(1 + a), a on a geometric grid over ``a_range``."""
         grid = np.linspace(0.0, 1.0, TABLE_SIZE)
         a_values = np.geomspace(a_range[0], a_range[1], count)
@@ -95,8 +98,11 @@ class ResponseCurves:
         if np.any(np.diff(irr, axis=1) < 0):
             raise ValueError(f"{path}: irradiance samples I must be increasing")
         curves = [cls.from_tables(irr[i], bri[i][None], [f"dorf{i}"]) for i in range(len(irr))]
-        return cls(torch.cat([c.forward for c in curves]), torch.cat([c.inverse for c in curves]),
-                   [f"dorf{i}" for i in range(len(irr))])
+        return cls(
+            torch.cat([c.forward for c in curves]),
+            torch.cat([c.inverse for c in curves]),
+            [f"dorf{i}" for i in range(len(irr))],
+        )
 
     @classmethod
     def from_spec(cls, spec: str) -> "ResponseCurves":
@@ -107,8 +113,9 @@ class ResponseCurves:
             return cls.linear()
         return cls.from_dorf(spec)
 
-    def lookup_tables(self, ids: torch.Tensor, inverse: bool = False, scale: Optional[torch.Tensor] = None,
-                      device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def lookup_tables(
+        self, ids: torch.Tensor, inverse: bool = False, scale: Optional[torch.Tensor] = None, device=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample (values, slopes) tables, each (N, K), for :func:`interp_tables`.
 
         ``slopes[:, j]`` = values[:, j + 1] - values[:, j], with a last slope of 0, so that an input
@@ -153,8 +160,9 @@ def bayer_masks(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tenso
     return torch.stack([r, g, b]).to(dtype)
 
 
-def interp_tables(t: torch.Tensor, values: torch.Tensor, slopes: torch.Tensor,
-                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def interp_tables(
+    t: torch.Tensor, values: torch.Tensor, slopes: torch.Tensor, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Piecewise-linear table lookup, per sample: ``values[i]`` interpolated at ``t[i]`` (table units).
 
     ``t`` (N, ...) must lie in [0, K - 1] (it is consumed: used as scratch space); ``values`` and
@@ -185,8 +193,20 @@ def mosaic(rgb: torch.Tensor) -> torch.Tensor:
 # Malvar, He and Cutler (2004) gradient-corrected bilinear demosaic, the one CBDNet's synthesis
 # uses (its ISP calls demosaicing_CFA_Bayer_Malvar2004): 5x5 kernels, weights / 8, each summing to 1.
 _M_G = [[0, 0, -1, 0, 0], [0, 0, 2, 0, 0], [-1, 2, 4, 2, -1], [0, 0, 2, 0, 0], [0, 0, -1, 0, 0]]  # G at R or B
-_M_ROW = [[0, 0, .5, 0, 0], [0, -1, 0, -1, 0], [-1, 4, 5, 4, -1], [0, -1, 0, -1, 0], [0, 0, .5, 0, 0]]  # colour left/right
-_M_DIAG = [[0, 0, -1.5, 0, 0], [0, 2, 0, 2, 0], [-1.5, 0, 6, 0, -1.5], [0, 2, 0, 2, 0], [0, 0, -1.5, 0, 0]]  # B at R, R at B
+_M_ROW = [
+    [0, 0, 0.5, 0, 0],
+    [0, -1, 0, -1, 0],
+    [-1, 4, 5, 4, -1],
+    [0, -1, 0, -1, 0],
+    [0, 0, 0.5, 0, 0],
+]  # colour left/right
+_M_DIAG = [
+    [0, 0, -1.5, 0, 0],
+    [0, 2, 0, 2, 0],
+    [-1.5, 0, 6, 0, -1.5],
+    [0, 2, 0, 2, 0],
+    [0, 0, -1.5, 0, 0],
+]  # B at R, R at B
 MALVAR_KERNELS = torch.tensor([_M_G, _M_ROW, list(map(list, zip(*_M_ROW))), _M_DIAG], dtype=torch.float32) / 8.0
 #: Which kernel makes channel c at Bayer site (py, px) of RGGB: -1 = the raw sample itself,
 #: else an index into MALVAR_KERNELS (0: G at R/B, 1: same colour left/right, 2: up/down, 3: diagonal).
@@ -209,8 +229,12 @@ def _subgrid_weight(scale: float, device, dtype) -> torch.Tensor:
             for dy in range(-2, 3):
                 for dx in range(-2, 3):
                     if k5[dy + 2, dx + 2] != 0:
-                        w[c * 4 + py * 2 + px, ((py + dy) % 2) * 2 + (px + dx) % 2,
-                          (py + 2 + dy) // 2, (px + 2 + dx) // 2] += k5[dy + 2, dx + 2]
+                        w[
+                            c * 4 + py * 2 + px,
+                            ((py + dy) % 2) * 2 + (px + dx) % 2,
+                            (py + 2 + dy) // 2,
+                            (px + 2 + dx) // 2,
+                        ] += k5[dy + 2, dx + 2]
     return (w * scale).to(device, dtype)
 
 

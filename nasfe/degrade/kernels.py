@@ -15,6 +15,7 @@ two standard deviations s1, s2 drawn in [1, 3] and theta in [0, pi).
 Every kernel is stored centred on a canvas of ``max(sizes)`` (27 by default) pixels, with zeros
 outside its own odd support; ``KernelBank.sizes`` gives that support.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -81,9 +82,14 @@ def motion_trajectories(n: int, rng: np.random.Generator, steps: int = TRAJECTOR
     return pos.T.copy()
 
 
-def motion_kernels(sizes: Sequence[int] | np.ndarray, rng: np.random.Generator, canvas: int = 27,
-                   length_range: tuple[float, float] = (1.5, 4.0),
-                   exposure_range: tuple[float, float] = (0.5, 1.0), mode: str = "centred") -> np.ndarray:
+def motion_kernels(
+    sizes: Sequence[int] | np.ndarray,
+    rng: np.random.Generator,
+    canvas: int = 27,
+    length_range: tuple[float, float] = (1.5, 4.0),
+    exposure_range: tuple[float, float] = (0.5, 1.0),
+    mode: str = "centred",
+) -> np.ndarray:
     """Motion PSFs, one per entry of ``sizes`` (odd), as (n, canvas, canvas) float64, each sum 1.
 
     Per kernel: a random trajectory; an exposure fraction in ``exposure_range`` (the part of the
@@ -146,7 +152,7 @@ def _bbox_placement(pts: np.ndarray, sizes: np.ndarray, canvas: int) -> np.ndarr
     pts = pts * scale[:, None]
     x0 = pts[:, :1]
     pts = pts - (np.mod(x0.real, 1.0) + 1j * np.mod(x0.imag, 1.0)) + (1 + 1j)
-    shift = (np.ceil((sizes - pts.real.max(1)) / 2) + 1j * np.ceil((sizes - pts.imag.max(1)) / 2))
+    shift = np.ceil((sizes - pts.real.max(1)) / 2) + 1j * np.ceil((sizes - pts.imag.max(1)) / 2)
     offset = (canvas - sizes) // 2
     return pts + shift[:, None] + (offset + 1j * offset)[:, None]
 
@@ -163,12 +169,18 @@ def splat_psfs(points: np.ndarray, weights: np.ndarray, canvas: int) -> np.ndarr
     y0 = np.clip(np.floor(y).astype(np.int64), 0, canvas - 2)
     fx, fy = x - x0, y - y0
     base = (np.arange(n, dtype=np.int64) * canvas * canvas)[:, None]
-    idx = np.concatenate([
-        base + y0 * canvas + x0, base + y0 * canvas + x0 + 1,
-        base + (y0 + 1) * canvas + x0, base + (y0 + 1) * canvas + x0 + 1,
-    ], axis=1).ravel()
-    w = np.concatenate([(1 - fx) * (1 - fy) * weights, fx * (1 - fy) * weights,
-                        (1 - fx) * fy * weights, fx * fy * weights], axis=1).ravel()
+    idx = np.concatenate(
+        [
+            base + y0 * canvas + x0,
+            base + y0 * canvas + x0 + 1,
+            base + (y0 + 1) * canvas + x0,
+            base + (y0 + 1) * canvas + x0 + 1,
+        ],
+        axis=1,
+    ).ravel()
+    w = np.concatenate(
+        [(1 - fx) * (1 - fy) * weights, fx * (1 - fy) * weights, (1 - fx) * fy * weights, fx * fy * weights], axis=1
+    ).ravel()
     return np.bincount(idx, weights=w, minlength=n * canvas * canvas).reshape(n, canvas, canvas)
 
 
@@ -200,8 +212,13 @@ def gaussian_size(sigma_max: float, sizes: Sequence[int]) -> int:
     return ok[0] if ok else max(sizes)
 
 
-def gaussian_kernels(n: int, sizes: Sequence[int], rng: np.random.Generator, canvas: int = 27,
-                     sigma_range: tuple[float, float] = (1.0, 3.0)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def gaussian_kernels(
+    n: int,
+    sizes: Sequence[int],
+    rng: np.random.Generator,
+    canvas: int = 27,
+    sigma_range: tuple[float, float] = (1.0, 3.0),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` random anisotropic Gaussians: (kernels (n, canvas, canvas), sizes (n,), params (n, 3)).
 
     params rows are (sigma1, sigma2, theta); sigma1, sigma2 ~ U(sigma_range), theta ~ U[0, pi).
@@ -252,8 +269,15 @@ class KernelBank:
         return int(self.kernels.shape[-1])
 
     @classmethod
-    def build(cls, motion: int, gaussian: int, sizes: Sequence[int] = (13, 15, 17, 19, 21, 23, 25, 27),
-              seed: int = 0, progress: bool = False, mode: str = "centred") -> "KernelBank":
+    def build(
+        cls,
+        motion: int,
+        gaussian: int,
+        sizes: Sequence[int] = (13, 15, 17, 19, 21, 23, 25, 27),
+        seed: int = 0,
+        progress: bool = False,
+        mode: str = "centred",
+    ) -> "KernelBank":
         """Generate ``motion`` motion kernels and ``gaussian`` Gaussians, deterministically from ``seed``.
 
         Motion kernel sizes cycle through ``sizes`` (so every size is equally represented).
@@ -273,13 +297,18 @@ class KernelBank:
         if progress:
             chunks = tqdm(chunks, desc="motion kernels", unit="chunk")
         for ci, start in enumerate(chunks):
-            sz = motion_sizes[start:start + CHUNK]
+            sz = motion_sizes[start : start + CHUNK]
             parts.append(motion_kernels(sz, _rng(seed, 0, ci), canvas=canvas, mode=mode))
         mk = np.concatenate(parts) if parts else np.zeros((0, canvas, canvas))
         gk, gs, _ = gaussian_kernels(gaussian, sizes, _rng(seed, 1), canvas=canvas)
         kernels = torch.from_numpy(np.concatenate([mk, gk]).astype(np.float32))
-        return cls(kernels=kernels, sizes=torch.from_numpy(np.concatenate([motion_sizes, gs])),
-                   kinds=["motion"] * motion + ["gaussian"] * gaussian, seed=seed, mode=mode)
+        return cls(
+            kernels=kernels,
+            sizes=torch.from_numpy(np.concatenate([motion_sizes, gs])),
+            kinds=["motion"] * motion + ["gaussian"] * gaussian,
+            seed=seed,
+            mode=mode,
+        )
 
     @staticmethod
     def cache_key(motion: int, gaussian: int, sizes: Sequence[int], seed: int, mode: str = "centred") -> str:
@@ -319,12 +348,18 @@ class KernelBank:
     def save(self, path: str | os.PathLike) -> None:
         """Save as a weights-only-loadable .pt file, atomically."""
 
-
         buf = io.BytesIO()
-        torch.save({"kernels": self.kernels.contiguous(), "sizes": self.sizes,
-                    "kinds": torch.tensor([KINDS.index(k) for k in self.kinds], dtype=torch.int64),
-                    "seed": torch.tensor(self.seed), "version": torch.tensor(BANK_VERSION),
-                    "mode": torch.tensor(KERNEL_MODES.index(self.mode))}, buf)
+        torch.save(
+            {
+                "kernels": self.kernels.contiguous(),
+                "sizes": self.sizes,
+                "kinds": torch.tensor([KINDS.index(k) for k in self.kinds], dtype=torch.int64),
+                "seed": torch.tensor(self.seed),
+                "version": torch.tensor(BANK_VERSION),
+                "mode": torch.tensor(KERNEL_MODES.index(self.mode)),
+            },
+            buf,
+        )
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
@@ -340,11 +375,21 @@ class KernelBank:
         mode = int(d.get("mode", torch.tensor(0)))  # files from before modes existed: centred
         if not 0 <= mode < len(KERNEL_MODES):
             raise ValueError(f"{path}: unknown kernel mode {mode}")
-        return cls(kernels=kernels.float(), sizes=sizes.long(), kinds=[KINDS[int(k)] for k in kinds],
-                   seed=int(d.get("seed", torch.tensor(0))), mode=KERNEL_MODES[mode])
+        return cls(
+            kernels=kernels.float(),
+            sizes=sizes.long(),
+            kinds=[KINDS[int(k)] for k in kinds],
+            seed=int(d.get("seed", torch.tensor(0))),
+            mode=KERNEL_MODES[mode],
+        )
 
     def subset(self, ids: Sequence[int]) -> "KernelBank":
         """A new bank holding the kernels ``ids`` (in that order)."""
         idx = torch.as_tensor(list(ids), dtype=torch.long)
-        return KernelBank(self.kernels[idx].clone(), self.sizes[idx].clone(), [self.kinds[i] for i in idx.tolist()],
-                          self.seed, self.mode)
+        return KernelBank(
+            self.kernels[idx].clone(),
+            self.sizes[idx].clone(),
+            [self.kinds[i] for i in idx.tolist()],
+            self.seed,
+            self.mode,
+        )

@@ -17,6 +17,7 @@ Under low light the paper's wording allows several orders of r and the noise; ``
 Random numbers (parameters and the noise field) are drawn on a CPU ``torch.Generator`` and moved
 to the images' device, so CPU and GPU give the same degradation for the same seed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -61,16 +62,27 @@ class DegradeParams:
         return int(self.kernel_ids.shape[0])
 
     @classmethod
-    def explicit(cls, kernel_ids: Sequence[int], r: Sequence[float], sigma_s: Sequence[float],
-                 sigma_c: Sequence[float], crf_ids: Sequence[int], bank: Optional[KernelBank] = None) -> "DegradeParams":
+    def explicit(
+        cls,
+        kernel_ids: Sequence[int],
+        r: Sequence[float],
+        sigma_s: Sequence[float],
+        sigma_c: Sequence[float],
+        crf_ids: Sequence[int],
+        bank: Optional[KernelBank] = None,
+    ) -> "DegradeParams":
         """Parameters given one per sample (test-set grids). ``bank`` (optional) fills in kernel kinds."""
         cols = {"kernel_ids": kernel_ids, "r": r, "sigma_s": sigma_s, "sigma_c": sigma_c, "crf_ids": crf_ids}
         lens = {k: len(v) for k, v in cols.items()}
         if len(set(lens.values())) != 1:
             raise ValueError(f"DegradeParams.explicit: all columns need the same length, got {lens}")
-        p = cls(torch.as_tensor(list(kernel_ids), dtype=torch.int64), torch.as_tensor(list(r), dtype=torch.float32),
-                torch.as_tensor(list(sigma_s), dtype=torch.float32), torch.as_tensor(list(sigma_c), dtype=torch.float32),
-                torch.as_tensor(list(crf_ids), dtype=torch.int64))
+        p = cls(
+            torch.as_tensor(list(kernel_ids), dtype=torch.int64),
+            torch.as_tensor(list(r), dtype=torch.float32),
+            torch.as_tensor(list(sigma_s), dtype=torch.float32),
+            torch.as_tensor(list(sigma_c), dtype=torch.float32),
+            torch.as_tensor(list(crf_ids), dtype=torch.int64),
+        )
         p.validate(bank)
         if bank is not None:
             p.kernel_kinds = [bank.kinds[i] if i >= 0 else "none" for i in p.kernel_ids.tolist()]
@@ -116,21 +128,50 @@ class DegradeParams:
         idx = list(range(len(self)))[rows] if isinstance(rows, slice) else [int(i) for i in rows]
         t = torch.as_tensor(idx, dtype=torch.int64)
         kinds = None if self.kernel_kinds is None else [self.kernel_kinds[i] for i in idx]
-        return DegradeParams(self.kernel_ids[t], self.r[t], self.sigma_s[t], self.sigma_c[t], self.crf_ids[t], kinds,
-                             {k: v[t] for k, v in self.extra.items()})
+        return DegradeParams(
+            self.kernel_ids[t],
+            self.r[t],
+            self.sigma_s[t],
+            self.sigma_c[t],
+            self.crf_ids[t],
+            kinds,
+            {k: v[t] for k, v in self.extra.items()},
+        )
 
     def records(self) -> list[dict]:
         """One plain dict per sample: kernel_id, kernel_kind, r, sigma_s, sigma_c, crf_id, the extra
         columns, c."""
         c = self.labels().int().tolist()
-        kinds: Sequence[Optional[str]] = self.kernel_kinds or [None if k >= 0 else "none" for k in self.kernel_ids.tolist()]
-        extra = [dict(zip(self.extra, vals)) for vals in zip(*(v.tolist() for v in self.extra.values()))] \
-            if self.extra else [{}] * len(self)
-        return [{"kernel_id": int(k), "kernel_kind": kind, "r": float(r), "sigma_s": float(s), "sigma_c": float(n),
-                 "crf_id": int(f), **e, "c": ci}
-                for k, kind, r, s, n, f, e, ci in zip(self.kernel_ids.tolist(), kinds, self.r.tolist(),
-                                                      self.sigma_s.tolist(), self.sigma_c.tolist(),
-                                                      self.crf_ids.tolist(), extra, c)]
+        kinds: Sequence[Optional[str]] = self.kernel_kinds or [
+            None if k >= 0 else "none" for k in self.kernel_ids.tolist()
+        ]
+        extra = (
+            [dict(zip(self.extra, vals)) for vals in zip(*(v.tolist() for v in self.extra.values()))]
+            if self.extra
+            else [{}] * len(self)
+        )
+        return [
+            {
+                "kernel_id": int(k),
+                "kernel_kind": kind,
+                "r": float(r),
+                "sigma_s": float(s),
+                "sigma_c": float(n),
+                "crf_id": int(f),
+                **e,
+                "c": ci,
+            }
+            for k, kind, r, s, n, f, e, ci in zip(
+                self.kernel_ids.tolist(),
+                kinds,
+                self.r.tolist(),
+                self.sigma_s.tolist(),
+                self.sigma_c.tolist(),
+                self.crf_ids.tolist(),
+                extra,
+                c,
+            )
+        ]
 
 
 @dataclass
@@ -210,8 +251,13 @@ class Degradation:
         return out
 
 
-def register_degradation(name: str, stage: Stage, columns: Sequence[str], probability: Callable[..., float],
-                         present: Optional[Callable[[DegradeParams], torch.Tensor]] = None) -> Degradation:
+def register_degradation(
+    name: str,
+    stage: Stage,
+    columns: Sequence[str],
+    probability: Callable[..., float],
+    present: Optional[Callable[[DegradeParams], torch.Tensor]] = None,
+) -> Degradation:
     """Add a degradation (a class label, a column of ``DegradeParams.labels``, one more CN output).
 
     ``stage``: a new :class:`Stage` of its own, or the stage of a registered degradation (noise and
@@ -283,8 +329,9 @@ def sample_params(n: int, cfg, bank: KernelBank, curves: ResponseCurves, generat
         cols.update(drawn)
     kernel_ids = cols.pop("kernel_ids")
     kinds = [bank.kinds[i] if i >= 0 else "none" for i in kernel_ids.tolist()]
-    return DegradeParams(kernel_ids, cols.pop("r"), cols.pop("sigma_s"), cols.pop("sigma_c"), cols.pop("crf_ids"),
-                         kinds, cols)
+    return DegradeParams(
+        kernel_ids, cols.pop("r"), cols.pop("sigma_s"), cols.pop("sigma_c"), cols.pop("crf_ids"), kinds, cols
+    )
 
 
 def _fft_size(n: int) -> int:
@@ -332,8 +379,8 @@ def blur(x: torch.Tensor, kernels: torch.Tensor, mode: str = "centred") -> torch
     k = torch.fft.rfft(kernels.to(x.device, x.dtype), n=wp, dim=-1)
     spec.mul_(torch.fft.fft(k, n=hp, dim=-2).unsqueeze(1))
     # Inverse: columns first, then the row transforms only on the h rows that are kept.
-    z = torch.fft.ifft(spec, dim=-2)[..., 2 * p:2 * p + h, :]
-    y = torch.fft.irfft(z, n=wp, dim=-1)[..., 2 * p:2 * p + w]
+    z = torch.fft.ifft(spec, dim=-2)[..., 2 * p : 2 * p + h, :]
+    y = torch.fft.irfft(z, n=wp, dim=-1)[..., 2 * p : 2 * p + w]
     if mode == "paper-compatible":
         flat = y.reshape(n, -1)
         lo, hi = flat.min(1)[0].view(-1, 1, 1, 1), flat.max(1)[0].view(-1, 1, 1, 1)
@@ -341,8 +388,9 @@ def blur(x: torch.Tensor, kernels: torch.Tensor, mode: str = "centred") -> torch
     return y
 
 
-def noise_terms(noise_model: str, r: torch.Tensor, sigma_s: torch.Tensor,
-                sigma_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+def noise_terms(
+    noise_model: str, r: torch.Tensor, sigma_s: torch.Tensor, sigma_c: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Per-sample (a, b, top) such that the noisy mosaic is clip(L + sqrt(a L + b) eps, 0, top), with
     L the darkened irradiance r f^-1(x) ('display-r': f^-1(r x)); ``top`` None means 1."""
     if noise_model not in NOISE_MODELS:
@@ -355,9 +403,17 @@ def noise_terms(noise_model: str, r: torch.Tensor, sigma_s: torch.Tensor,
     return a, b, None
 
 
-def camera(x: torch.Tensor, r: torch.Tensor, sigma_s: torch.Tensor, sigma_c: torch.Tensor,
-           crf_ids: torch.Tensor, curves: ResponseCurves, eps: torch.Tensor,
-           out: Optional[torch.Tensor] = None, noise_model: str = "after-r") -> torch.Tensor:
+def camera(
+    x: torch.Tensor,
+    r: torch.Tensor,
+    sigma_s: torch.Tensor,
+    sigma_c: torch.Tensor,
+    crf_ids: torch.Tensor,
+    curves: ResponseCurves,
+    eps: torch.Tensor,
+    out: Optional[torch.Tensor] = None,
+    noise_model: str = "after-r",
+) -> torch.Tensor:
     """The camera stage: f^-1, mosaic, low light r, Poisson-Gaussian noise, clip, demosaic, f.
 
     ``r``, ``sigma_s``, ``sigma_c``, ``crf_ids`` are (N,); ``eps`` is a standard normal field (N, 1, H, W).
@@ -406,9 +462,16 @@ def camera(x: torch.Tensor, r: torch.Tensor, sigma_s: torch.Tensor, sigma_c: tor
 CPU_CHUNK_PIXELS = 256_000
 
 
-def degrade(x: torch.Tensor, params: DegradeParams, bank: Optional[KernelBank], curves: ResponseCurves,
-            generator: Optional[torch.Generator] = None, noise: Optional[torch.Tensor] = None,
-            chunk: Optional[int] = None, noise_model: str = "after-r") -> torch.Tensor:
+def degrade(
+    x: torch.Tensor,
+    params: DegradeParams,
+    bank: Optional[KernelBank],
+    curves: ResponseCurves,
+    generator: Optional[torch.Generator] = None,
+    noise: Optional[torch.Tensor] = None,
+    chunk: Optional[int] = None,
+    noise_model: str = "after-r",
+) -> torch.Tensor:
     """Degrade a batch ``x`` (N, 3, H, W) in [0, 1] with per-sample ``params``; returns y, same shape, in [0, 1].
 
     ``noise``: the standard normal field eps (N, 1, H, W) of the Bayer sensor; when None it is
@@ -446,14 +509,29 @@ def degrade(x: torch.Tensor, params: DegradeParams, bank: Optional[KernelBank], 
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     for i in range(0, n, chunk):
         rows = slice(i, min(i + chunk, n))
-        _degrade_rows(x[rows], params.subset(rows) if chunk < n else params, bank, curves,
-                      None if noise is None else noise[rows], out[rows], noise_model, generator)
+        _degrade_rows(
+            x[rows],
+            params.subset(rows) if chunk < n else params,
+            bank,
+            curves,
+            None if noise is None else noise[rows],
+            out[rows],
+            noise_model,
+            generator,
+        )
     return out
 
 
-def _degrade_rows(x: torch.Tensor, params: DegradeParams, bank: Optional[KernelBank], curves: ResponseCurves,
-                  noise: Optional[torch.Tensor], out: torch.Tensor, noise_model: str = "after-r",
-                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def _degrade_rows(
+    x: torch.Tensor,
+    params: DegradeParams,
+    bank: Optional[KernelBank],
+    curves: ResponseCurves,
+    noise: Optional[torch.Tensor],
+    out: torch.Tensor,
+    noise_model: str = "after-r",
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
     """The body of :func:`degrade` on validated inputs (``noise`` given when any sample uses the
     camera), written into ``out`` (contiguous, x's shape): each stage in turn on its samples."""
     ctx = DegradeContext(bank, curves, noise, noise_model, generator)
@@ -500,15 +578,25 @@ def _sample_camera(n: int, cfg, ctx: DegradeContext, g: torch.Generator) -> dict
 
 
 def _apply_camera(x: torch.Tensor, params: DegradeParams, ctx: DegradeContext, out=None) -> torch.Tensor:
-    return camera(x, params.r, params.sigma_s, params.sigma_c, params.crf_ids, ctx.need_curves(), ctx.need_noise(), out=out,
-                  noise_model=ctx.noise_model)
+    return camera(
+        x,
+        params.r,
+        params.sigma_s,
+        params.sigma_c,
+        params.crf_ids,
+        ctx.need_curves(),
+        ctx.need_noise(),
+        out=out,
+        noise_model=ctx.noise_model,
+    )
 
 
 #: The blur stage: x_b = k conv x with the sample's bank kernel.
 BLUR_STAGE = Stage("blur", {"kernel_ids": -1}, _sample_blur, _apply_blur)
 #: The camera stage: response curve, mosaic, low light r, sensor noise, demosaic (clipped to [0, 1]).
-CAMERA_STAGE = Stage("camera", {"r": 1.0, "sigma_s": 0.0, "sigma_c": 0.0, "crf_ids": -1}, _sample_camera,
-                     _apply_camera, in_range=True)
+CAMERA_STAGE = Stage(
+    "camera", {"r": 1.0, "sigma_s": 0.0, "sigma_c": 0.0, "crf_ids": -1}, _sample_camera, _apply_camera, in_range=True
+)
 
 register_degradation("blur", BLUR_STAGE, ["kernel_ids"], lambda cfg: cfg.p_blur, DegradeParams.has_blur)
 register_degradation("noise", CAMERA_STAGE, ["sigma_s", "sigma_c"], lambda cfg: cfg.p_noise, DegradeParams.has_noise)

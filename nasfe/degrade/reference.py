@@ -7,6 +7,7 @@ demosaic. Given the
 same parameters and the same noise field it matches :func:`nasfe.degrade.pipeline.degrade` up to
 float rounding; the cross-check test holds them together.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -25,10 +26,19 @@ def _bayer_masks(h: int, w: int) -> np.ndarray:
     return np.stack([r, ~(r | b), b], axis=-1).astype(np.float32)  # (H, W, 3)
 
 
-def degrade_image(x: np.ndarray, kernel: Optional[np.ndarray], r: float, sigma_s: float, sigma_c: float,
-                  curves: Optional[ResponseCurves], crf_id: int, eps: Optional[np.ndarray] = None,
-                  rng: Optional[np.random.Generator] = None, noise_model: str = "after-r",
-                  kernel_mode: str = "centred") -> np.ndarray:
+def degrade_image(
+    x: np.ndarray,
+    kernel: Optional[np.ndarray],
+    r: float,
+    sigma_s: float,
+    sigma_c: float,
+    curves: Optional[ResponseCurves],
+    crf_id: int,
+    eps: Optional[np.ndarray] = None,
+    rng: Optional[np.random.Generator] = None,
+    noise_model: str = "after-r",
+    kernel_mode: str = "centred",
+) -> np.ndarray:
     """Degrade one image ``x`` (H, W, 3) float32 in [0, 1]; returns the same shape in [0, 1].
 
     ``kernel``: a 2-D PSF (odd size) or None for no blur. ``eps``: the (H, W) standard normal
@@ -40,8 +50,12 @@ def degrade_image(x: np.ndarray, kernel: Optional[np.ndarray], r: float, sigma_s
     if kernel is not None:
         # filter2D correlates; flipping the kernel makes it a convolution.
         paper = kernel_mode == "paper-compatible"
-        y = cv2.filter2D(y, -1, np.ascontiguousarray(kernel[::-1, ::-1]).astype(np.float32),
-                         borderType=cv2.BORDER_CONSTANT if paper else cv2.BORDER_REFLECT_101)
+        y = cv2.filter2D(
+            y,
+            -1,
+            np.ascontiguousarray(kernel[::-1, ::-1]).astype(np.float32),
+            borderType=cv2.BORDER_CONSTANT if paper else cv2.BORDER_REFLECT_101,
+        )
         if paper:
             y = (y - y.min()) / max(float(y.max() - y.min()), 1e-12)
         y = np.clip(y, 0.0, 1.0)
@@ -57,15 +71,15 @@ def degrade_image(x: np.ndarray, kernel: Optional[np.ndarray], r: float, sigma_s
         eps = (rng or np.random.default_rng()).standard_normal((h, w)).astype(np.float32)
     if noise_model == "display-r":
         scene = (np.interp(y * r, grid, inv) * masks).sum(-1)
-        raw = np.clip(scene + np.sqrt(scene * sigma_s ** 2 + sigma_c ** 2) * eps, 0.0, 1.0)
+        raw = np.clip(scene + np.sqrt(scene * sigma_s**2 + sigma_c**2) * eps, 0.0, 1.0)
     else:
         scene = (np.interp(y, grid, inv) * masks).sum(-1)  # irradiance before r
         if noise_model == "after-r":
-            raw = np.clip(r * scene + np.sqrt(r * scene * sigma_s ** 2 + sigma_c ** 2) * eps, 0.0, 1.0)
+            raw = np.clip(r * scene + np.sqrt(r * scene * sigma_s**2 + sigma_c**2) * eps, 0.0, 1.0)
         elif noise_model == "scene-variance":
-            raw = np.clip(r * scene + np.sqrt(scene * sigma_s ** 2 + sigma_c ** 2) * eps, 0.0, 1.0)
+            raw = np.clip(r * scene + np.sqrt(scene * sigma_s**2 + sigma_c**2) * eps, 0.0, 1.0)
         elif noise_model == "before-r":
-            raw = r * np.clip(scene + np.sqrt(scene * sigma_s ** 2 + sigma_c ** 2) * eps, 0.0, 1.0)
+            raw = r * np.clip(scene + np.sqrt(scene * sigma_s**2 + sigma_c**2) * eps, 0.0, 1.0)
         else:
             raise ValueError(f"unknown noise model {noise_model!r}")
     raw = raw.astype(np.float32)

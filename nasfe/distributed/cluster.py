@@ -8,6 +8,7 @@ default, or a URI such as ``s3://bucket/prefix`` on a cluster)::
     <storage>/<name>/ray/search/        Ray Train's run: checkpoint_*/ and its snapshot (resume state)
     <storage>/<name>/ray/retrain/
 """
+
 from __future__ import annotations
 
 import logging
@@ -142,7 +143,6 @@ class RunStorage:
                 with src.open("rb") as fh, fs.open_output_stream(f"{path}/{rel}") as out:
                     shutil.copyfileobj(fh, out)
 
-
     def download(self, rel: str, local_dir: str | Path) -> bool:
         """Copy ``<root>/<rel>`` (a file or a folder) into ``local_dir/<rel>``; False when absent."""
         dest = Path(local_dir) / rel
@@ -163,8 +163,9 @@ class RunStorage:
         dest.parent.mkdir(parents=True, exist_ok=True)
         if kind == pyarrow.fs.FileType.Directory:
             dest.mkdir(exist_ok=True)  # S3 has no folder objects: pyarrow does not make the top one
-            pyarrow.fs.copy_files(f"{path}/{rel}", str(dest), source_filesystem=fs,
-                                  destination_filesystem=pyarrow.fs.LocalFileSystem())
+            pyarrow.fs.copy_files(
+                f"{path}/{rel}", str(dest), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem()
+            )
         else:
             with fs.open_input_stream(f"{path}/{rel}") as fh, dest.open("wb") as out:
                 shutil.copyfileobj(fh, out)
@@ -217,8 +218,7 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
-            log_to_driver: bool = True) -> str:
+def connect(address: Optional[str] = None, num_cpus: Optional[int] = None, log_to_driver: bool = True) -> str:
     """Join a running Ray cluster (``address``/``RAY_ADDRESS``/one on this node) or start a local one.
 
     Returns a line saying which. Already connected: does nothing.
@@ -235,8 +235,10 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None,
         except ConnectionError as exc:
             raise StorageError(f"cannot join the Ray cluster at {target!r}: {exc}") from None
         if os.environ.get("WANDB_API_KEY"):
-            log.info("WANDB_API_KEY stays on this machine: the cluster's workers log in to W&B with their "
-                     "node's own login (~/.netrc from scripts/cluster_secrets.sh), else offline")
+            log.info(
+                "WANDB_API_KEY stays on this machine: the cluster's workers log in to W&B with their "
+                "node's own login (~/.netrc from scripts/cluster_secrets.sh), else offline"
+            )
         return f"joined the Ray cluster at {target}"
     # the dashboard agent serves the state API that Ray Train's placement-group cleaner polls
     ray.init(num_cpus=num_cpus, log_to_driver=log_to_driver, runtime_env=env)
@@ -315,8 +317,14 @@ def stop_with_driver() -> None:
         return
     if not session or not Path("/proc/self/cmdline").exists():
         return
-    subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(session)], start_new_session=True,
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
+    subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(session)],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        close_fds=True,
+    )
 
 
 #: Where ``ray up`` leaves the cluster config on the head node (its autoscaler reads it there).
@@ -350,8 +358,11 @@ def declared_gpus_per_worker(config: Optional[Path] = None) -> tuple[float, str]
 
     data = yaml.safe_load(Path(config).read_text()) or {}
     head = data.get("head_node_type")
-    declared = {name: float((t.get("resources") or {}).get("GPU", 0))
-                for name, t in (data.get("available_node_types") or {}).items() if name != head}
+    declared = {
+        name: float((t.get("resources") or {}).get("GPU", 0))
+        for name, t in (data.get("available_node_types") or {}).items()
+        if name != head
+    }
     declared = {k: v for k, v in declared.items() if v > 0}
     if not declared:
         return 0.0, f"{config}: no worker node type declares resources: {{GPU: n}}"

@@ -18,6 +18,7 @@ a bad input file) is rerun from the last checkpoint to fail the same way. nasfe 
 
 The policy object is built on the driver and runs inside the Train controller actor.
 """
+
 from __future__ import annotations
 
 import time
@@ -60,8 +61,7 @@ def failure_kind(training_failed_error) -> str:
     if "PreemptionError" in names:
         return NODE
     for e in errors:
-        if isinstance(e, RayActorError) and (getattr(e, "preempted", False)
-                                             or any(s in str(e) for s in NODE_DIED)):
+        if isinstance(e, RayActorError) and (getattr(e, "preempted", False) or any(s in str(e) for s in NODE_DIED)):
             return NODE
         if type(e).__name__ == "NodeDiedError":
             return NODE
@@ -127,8 +127,10 @@ def make_policy(failure_config, start_timeout_s: Optional[float] = None, demand:
                 return FailureDecision.RAISE
             if kind == NODE:
                 self.node_losses += 1
-                _say(f"a node of this run was lost ({self.node_losses} so far): restarting the workers from "
-                     f"the last checkpoint")
+                _say(
+                    f"a node of this run was lost ({self.node_losses} so far): restarting the workers from "
+                    f"the last checkpoint"
+                )
                 return FailureDecision.RETRY
             if kind == STARTUP:
                 now = time.time()
@@ -136,9 +138,11 @@ def make_policy(failure_config, start_timeout_s: Optional[float] = None, demand:
                 waited = now - self.waiting_since
                 if start_timeout_s is not None and waited >= start_timeout_s:
                     return FailureDecision.RAISE
-                _say(f"waiting for room for the workers ({demand or 'as requested'}) for {waited / 60:.0f} min"
-                     + (f" of at most {start_timeout_s / 60:.0f}" if start_timeout_s is not None else "")
-                     + ": the autoscaler is starting nodes, or cannot (docs/CLUSTER.md, 'The first hour')")
+                _say(
+                    f"waiting for room for the workers ({demand or 'as requested'}) for {waited / 60:.0f} min"
+                    + (f" of at most {start_timeout_s / 60:.0f}" if start_timeout_s is not None else "")
+                    + ": the autoscaler is starting nodes, or cannot (docs/CLUSTER.md, 'The first hour')"
+                )
                 return FailureDecision.RETRY
             return super().make_decision(training_failed_error)
 
@@ -158,18 +162,20 @@ def with_failure_policy(trainer_cls):
             self.nasfe_demand = demand
 
         def _initialize_and_run_controller(self, **kwargs):
-            kwargs["failure_policy"] = make_policy(self.run_config.failure_config, self.nasfe_start_timeout_s,
-                                                   self.nasfe_demand)
+            kwargs["failure_policy"] = make_policy(
+                self.run_config.failure_config, self.nasfe_start_timeout_s, self.nasfe_demand
+            )
             return super()._initialize_and_run_controller(**kwargs)
 
     Trainer.__name__ = Trainer.__qualname__ = trainer_cls.__name__
     return Trainer
 
 
-
 def no_room_message(workers: int, demand: str, waited_s: float) -> str:
     """The one line a run ends with when its workers found no room for ``waited_s``."""
-    return (f"{workers} Train worker(s) ({demand}) found no room for {waited_s / 60:.0f} min: the cluster "
-            f"cannot grow to them. On AWS check the spot vCPU quota of the instance family (new accounts have "
-            f"0; docs/CLUSTER.md, 'The first hour') and the autoscaler's log (ray exec cluster.yaml "
-            f"'tail -n 100 /tmp/ray/session_latest/logs/monitor.log'); NASFE_START_TIMEOUT_MIN waits longer")
+    return (
+        f"{workers} Train worker(s) ({demand}) found no room for {waited_s / 60:.0f} min: the cluster "
+        f"cannot grow to them. On AWS check the spot vCPU quota of the instance family (new accounts have "
+        f"0; docs/CLUSTER.md, 'The first hour') and the autoscaler's log (ray exec cluster.yaml "
+        f"'tail -n 100 /tmp/ray/session_latest/logs/monitor.log'); NASFE_START_TIMEOUT_MIN waits longer"
+    )

@@ -18,6 +18,7 @@ Layout of a study named ``<name>`` in ``<storage>`` (a local folder)::
     <storage>/<name>/tune-<time>/     the Tune experiment of each invocation that trained
     <storage>/<name>/rank.json, rank.md, rank.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,36 +69,68 @@ def _override(text: str):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``nasfe rank``."""
     parser.add_argument("--space", default="tiny", help="search space: built-in name or a .yaml file (default tiny)")
-    parser.add_argument("--set", dest="overrides", action="append", type=_override, default=[], metavar="KEY=VALUE",
-                        help="override a space field for every genotype, e.g. --set retrain.epochs=2 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=_override,
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a space field for every genotype, e.g. --set retrain.epochs=2 (repeatable)",
+    )
     parser.add_argument("--random", type=int, default=12, help="random genotypes to draw (default 12)")
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of the random draw (default 0)")
-    parser.add_argument("--searched", nargs="*", default=[], metavar="SEARCH_DIR",
-                        help="finished search runs of this space: their genotypes are trained, their supernets score")
-    parser.add_argument("--hand", nargs="*", default=["bn"], choices=sorted(HAND_OVERRIDES),
-                        help="hand-made fusions to train beside them (default bn; none: --hand)")
+    parser.add_argument(
+        "--searched",
+        nargs="*",
+        default=[],
+        metavar="SEARCH_DIR",
+        help="finished search runs of this space: their genotypes are trained, their supernets score",
+    )
+    parser.add_argument(
+        "--hand",
+        nargs="*",
+        default=["bn"],
+        choices=sorted(HAND_OVERRIDES),
+        help="hand-made fusions to train beside them (default bn; none: --hand)",
+    )
     parser.add_argument("--name", help="study name (default rank-<space name>); reuse it to resume")
     parser.add_argument("--storage", help="folder holding the study (default ./runs)")
     parser.add_argument("--max-concurrent", type=int, help="trials at a time (default: as many as the CPUs/GPUs hold)")
     parser.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (default 1)")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each worker asks for (default 1)")
     parser.add_argument("--max-failures", type=int, default=1, help="worker-group restarts per trial (default 1)")
-    parser.add_argument("--testsets", help="built test sets with Test-BN and Test-BNL (default: build small ones "
-                                           "from the space's test identities)")
+    parser.add_argument(
+        "--testsets",
+        help="built test sets with Test-BN and Test-BNL (default: build small ones from the space's test identities)",
+    )
     parser.add_argument("--faces", help="face folder of --testsets (identity references)")
     parser.add_argument("--test-images", type=int, default=8, help="clean faces of built test sets (default 8)")
     parser.add_argument("--max-images", type=int, help="seeded subsample of each test set")
     parser.add_argument("--out", help="where rank.json/md/png go (default: the study folder)")
-    parser.add_argument("--only-finished", action="store_true",
-                        help="train nothing: report the genotypes whose retraining finished (the rest are listed)")
-    parser.add_argument("--no-resume", dest="resume", action="store_false", default=True,
-                        help="start over: the earlier study of this name is deleted")
+    parser.add_argument(
+        "--only-finished",
+        action="store_true",
+        help="train nothing: report the genotypes whose retraining finished (the rest are listed)",
+    )
+    parser.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        default=True,
+        help="start over: the earlier study of this name is deleted",
+    )
     parser.add_argument("--gpus", default="auto", help="'auto' (default: GPUs when the cluster has them), 'yes'/'no'")
-    parser.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS or a cluster on this node, "
-                                          "else start a local one)")
+    parser.add_argument(
+        "--address", help="Ray address to join (default: RAY_ADDRESS or a cluster on this node, else start a local one)"
+    )
     parser.add_argument("--wandb-project", default="nasfe", help="W&B project (default nasfe)")
-    parser.add_argument("--wandb-mode", default="auto", choices=["auto", "online", "offline", "disabled"],
-                        help="auto: online with an API key and network, else offline (default)")
+    parser.add_argument(
+        "--wandb-mode",
+        default="auto",
+        choices=["auto", "online", "offline", "disabled"],
+        help="auto: online with an API key and network, else offline (default)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-epoch lines from the trials")
 
 
@@ -107,12 +140,16 @@ def build_candidates(space, k: int, seed: int, searched: list[str], hand: list[s
     and the supernets of the ``searched`` runs. A searched genotype of another space is refused."""
 
     if not fusion_is_searched(space.model.fusion):
-        raise CommandError(f"space {space.name!r}: model.fusion is {space.model.fusion!r}; a rank study draws "
-                           f"searched cells (model.fusion: nas)")
+        raise CommandError(
+            f"space {space.name!r}: model.fusion is {space.model.fusion!r}; a rank study draws "
+            f"searched cells (model.fusion: nas)"
+        )
     if k < 0:
         raise CommandError(f"--random {k}: need at least 0")
-    cands = [{"id": f"random_{i:02d}", "label": f"random #{i}", "kind": "random", "genotype": g.to_dict(),
-              "overrides": {}} for i, g in enumerate(sample_genotypes(space, k, seed))]
+    cands = [
+        {"id": f"random_{i:02d}", "label": f"random #{i}", "kind": "random", "genotype": g.to_dict(), "overrides": {}}
+        for i, g in enumerate(sample_genotypes(space, k, seed))
+    ]
     nets = []
     for i, d in enumerate(searched):
         try:
@@ -123,11 +160,26 @@ def build_candidates(space, k: int, seed: int, searched: list[str], hand: list[s
         except GenotypeError as exc:
             raise CommandError(f"--searched {exc}") from None
         nets.append(net)
-        cands.append({"id": f"searched_{i:02d}", "label": f"NASFE (search {Path(d).name})", "kind": "searched",
-                      "genotype": net.genotype.to_dict(), "overrides": {}, "search_dir": str(d)})
+        cands.append(
+            {
+                "id": f"searched_{i:02d}",
+                "label": f"NASFE (search {Path(d).name})",
+                "kind": "searched",
+                "genotype": net.genotype.to_dict(),
+                "overrides": {},
+                "search_dir": str(d),
+            }
+        )
     for name in hand:
-        cands.append({"id": f"hand_{name}", "label": name.upper(), "kind": "hand", "genotype": None,
-                      "overrides": dict(HAND_OVERRIDES[name])})
+        cands.append(
+            {
+                "id": f"hand_{name}",
+                "label": name.upper(),
+                "kind": "hand",
+                "genotype": None,
+                "overrides": dict(HAND_OVERRIDES[name]),
+            }
+        )
     return cands, nets
 
 
@@ -163,43 +215,71 @@ def _tuner(ctx, ids: list[str], root: Path, max_concurrent: int):
     last checkpoint when a later study trains it again."""
     from ray import tune
 
-
     return tune.Tuner(
-        _trainable(ctx), param_space={"candidate": tune.grid_search(ids)},
-        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=max_concurrent,
-                                    trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
-        run_config=tune.RunConfig(name=time.strftime("tune-%Y%m%d-%H%M%S"), storage_path=str(root),
-                                  callbacks=[reaper_callback(root / "trials")],
-                                  failure_config=tune.FailureConfig(max_failures=1), verbose=1))
+        _trainable(ctx),
+        param_space={"candidate": tune.grid_search(ids)},
+        tune_config=tune.TuneConfig(
+            num_samples=1,
+            max_concurrent_trials=max_concurrent,
+            trial_dirname_creator=trial_dirname,
+            trial_name_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=time.strftime("tune-%Y%m%d-%H%M%S"),
+            storage_path=str(root),
+            callbacks=[reaper_callback(root / "trials")],
+            failure_config=tune.FailureConfig(max_failures=1),
+            verbose=1,
+        ),
+    )
 
 
 def _trained(root: Path) -> dict[str, Path]:
     """Candidate id -> its run folder, for the candidates whose retraining finished."""
-    return {d.name: d for d in sorted((root / "trials").glob("*"))
-            if (d / "model.pt").is_file() and (d / "retrain_summary.json").is_file()}
+    return {
+        d.name: d
+        for d in sorted((root / "trials").glob("*"))
+        if (d / "model.pt").is_file() and (d / "retrain_summary.json").is_file()
+    }
 
 
-def score_trained(run_dir: Path, label: str, testsets: Path, faces: Optional[Path], max_images: Optional[int],
-                  device: str = "cpu") -> dict[str, Any]:
+def score_trained(
+    run_dir: Path, label: str, testsets: Path, faces: Optional[Path], max_images: Optional[int], device: str = "cpu"
+) -> dict[str, Any]:
     """Validation PSNR (the retraining's last epoch) and Test-BN/Test-BNL PSNR/SSIM of one trained
     network; the test scores are cached in ``rank_scores.json`` beside its ``model.pt``."""
 
-
     summary = json.loads((run_dir / "retrain_summary.json").read_text())
     model_pt = run_dir / "model.pt"
-    key = {"testsets": str(Path(testsets).resolve()), "faces": str(faces), "max_images": max_images,
-           "model_mtime_ns": model_pt.stat().st_mtime_ns}
+    key = {
+        "testsets": str(Path(testsets).resolve()),
+        "faces": str(faces),
+        "max_images": max_images,
+        "model_mtime_ns": model_pt.stat().st_mtime_ns,
+    }
     scores = _cached_scores(run_dir / "rank_scores.json", key)
     model, space, _ = load_trained(model_pt, device)
     if scores is None:
         method = network_method(label, model, torch.device(device), with_refs=bool(faces))
-        res = evaluate_sets([method], testsets, EVAL_SETS, faces=faces, k_refs=space.identity.refs, recognizer=None,
-                            max_images=max_images, progress=False)
+        res = evaluate_sets(
+            [method],
+            testsets,
+            EVAL_SETS,
+            faces=faces,
+            k_refs=space.identity.refs,
+            recognizer=None,
+            max_images=max_images,
+            progress=False,
+        )
         scores = _store_scores(run_dir / "rank_scores.json", key, _scores(res))
     final = summary.get("final") or {}
-    return {"val_psnr": final.get("val_psnr"), "steps": summary.get("steps"),
-            "train_seconds": summary.get("seconds"), "params_M": model.parameter_counts()["restoration"] / 1e6,
-            **{k: scores[k] for k in ("bn_psnr", "bn_ssim", "bnl_psnr", "bnl_ssim", "images")}}
+    return {
+        "val_psnr": final.get("val_psnr"),
+        "steps": summary.get("steps"),
+        "train_seconds": summary.get("seconds"),
+        "params_M": model.parameter_counts()["restoration"] / 1e6,
+        **{k: scores[k] for k in ("bn_psnr", "bn_ssim", "bnl_psnr", "bnl_ssim", "images")},
+    }
 
 
 def check_same_candidates(path: Path, cands: list[dict]) -> list[dict]:
@@ -210,11 +290,17 @@ def check_same_candidates(path: Path, cands: list[dict]) -> list[dict]:
     if not path.is_file():
         return cands
     before = {c["id"]: c for c in json.loads(path.read_text())["candidates"]}
-    changed = [c["id"] for c in cands if c["id"] in before
-               and (before[c["id"]]["genotype"], before[c["id"]]["overrides"]) != (c["genotype"], c["overrides"])]
+    changed = [
+        c["id"]
+        for c in cands
+        if c["id"] in before
+        and (before[c["id"]]["genotype"], before[c["id"]]["overrides"]) != (c["genotype"], c["overrides"])
+    ]
     if changed:
-        raise CommandError(f"{path.parent}: {', '.join(changed)} trained other genotypes in this study (another "
-                           f"--space, --set, --sample-seed or --searched); pick another --name or use --no-resume")
+        raise CommandError(
+            f"{path.parent}: {', '.join(changed)} trained other genotypes in this study (another "
+            f"--space, --set, --sample-seed or --searched); pick another --name or use --no-resume"
+        )
     now = {c["id"] for c in cands}
     return cands + [c for c in before.values() if c["id"] not in now]
 
@@ -229,8 +315,9 @@ def _candidate_rows(cands, done, testsets, faces, max_images) -> list[dict]:
             g = Genotype.from_dict(c["genotype"])
             row.update(genotype_id=g.genotype_id(), path=g.path)
         if c["id"] in done:
-            row.update(run_dir=str(done[c["id"]]),
-                       **score_trained(done[c["id"]], c["label"], testsets, faces, max_images))
+            row.update(
+                run_dir=str(done[c["id"]]), **score_trained(done[c["id"]], c["label"], testsets, faces, max_images)
+            )
         rows.append(row)
     return rows
 
@@ -241,9 +328,13 @@ def _tau_by_search(rows, searches: int) -> dict[str, list]:
     for rule in RULES:
         per[rule] = []
         for i in range(searches):
-            pairs = [(r[f"score_{rule}_by_search"][i], r["val_psnr"]) for r in rows
-                     if r.get(f"score_{rule}_by_search") and r.get("val_psnr") is not None
-                     and r[f"score_{rule}_by_search"][i] is not None]
+            pairs = [
+                (r[f"score_{rule}_by_search"][i], r["val_psnr"])
+                for r in rows
+                if r.get(f"score_{rule}_by_search")
+                and r.get("val_psnr") is not None
+                and r[f"score_{rule}_by_search"][i] is not None
+            ]
             per[rule].append(kendall_tau([p[0] for p in pairs], [p[1] for p in pairs])["tau"])
     return per
 
@@ -271,21 +362,33 @@ def main(args) -> int:
         if getattr(args, name) and not Path(getattr(args, name)).is_dir():
             raise CommandError(f"--{name} {getattr(args, name)}: not a folder")
 
-    sweep = SweepSpace(name=run.name, base=space_arg, phase="retrain", metric="val_psnr", mode="max",
-                       num_samples=len(cands), max_concurrent=args.max_concurrent,
-                       workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
-                       overrides=overrides)
+    sweep = SweepSpace(
+        name=run.name,
+        base=space_arg,
+        phase="retrain",
+        metric="val_psnr",
+        mode="max",
+        num_samples=len(cands),
+        max_concurrent=args.max_concurrent,
+        workers_per_trial=args.workers_per_trial,
+        cpus_per_worker=args.cpus_per_worker,
+        overrides=overrides,
+    )
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(root / "candidates.json", {"space": args.space, "overrides": overrides,
-                                                 "sample_seed": args.sample_seed, "candidates": cands})
+    atomic_write_json(
+        root / "candidates.json",
+        {"space": args.space, "overrides": overrides, "sample_seed": args.sample_seed, "candidates": cands},
+    )
     wandb = None if args.wandb_mode == "disabled" else WandbSettings(project=args.wandb_project, mode=args.wandb_mode)
     done = _trained(root)
     # the searched and hand-made genotypes first: a study stopped early still compares them
     order = {"searched": 0, "hand": 1, "random": 2}
     todo = [c["id"] for c in sorted(cands, key=lambda c: order[c["kind"]]) if c["id"] not in done]
     t0 = time.time()
-    print(f"[nasfe] rank study {run.name!r}: {len(cands)} genotypes ({len(done)} trained before); "
-          f"folder {root}", flush=True)
+    print(
+        f"[nasfe] rank study {run.name!r}: {len(cands)} genotypes ({len(done)} trained before); folder {root}",
+        flush=True,
+    )
     if todo and not args.only_finished:
         use_gpu = open_cluster(args, args.workers_per_trial)
         max_concurrent = default_max_concurrent(sweep, sweep_nodes(), use_gpu)
@@ -302,11 +405,18 @@ def main(args) -> int:
     score_rows(cands, nets, space)
     rows = _candidate_rows(cands, done, testsets, faces, args.max_images)
     missing = [c["id"] for c in cands if c["id"] not in done]
-    meta = {"space": args.space, "overrides": {k: v for k, v in overrides.items()}, "sample_seed": args.sample_seed,
-            "searched": list(args.searched), "testsets": str(testsets), "max_images": args.max_images,
-            "budget": f"retrain.epochs {space.retrain.epochs} x steps_per_epoch {space.retrain.steps_per_epoch}, "
-                      f"pretrain_steps {space.retrain.pretrain_steps}",
-            "untrained": missing, "seconds": round(time.time() - t0, 1)}
+    meta = {
+        "space": args.space,
+        "overrides": {k: v for k, v in overrides.items()},
+        "sample_seed": args.sample_seed,
+        "searched": list(args.searched),
+        "testsets": str(testsets),
+        "max_images": args.max_images,
+        "budget": f"retrain.epochs {space.retrain.epochs} x steps_per_epoch {space.retrain.steps_per_epoch}, "
+        f"pretrain_steps {space.retrain.pretrain_steps}",
+        "untrained": missing,
+        "seconds": round(time.time() - t0, 1),
+    }
     if nets:
         meta["kendall_tau_by_search"] = _tau_by_search(rows, len(nets))
     out = Path(args.out) if args.out else root
@@ -318,7 +428,11 @@ def main(args) -> int:
     print((out / "rank.md").read_text(), flush=True)
     print(f"[nasfe] rank.json, rank.md, rank.png in {out}", flush=True)
     if missing and not args.only_finished:
-        print(f"nasfe rank: {len(missing)} genotype(s) not trained ({', '.join(missing)}); run the same command "
-              f"again to resume", file=sys.stderr, flush=True)
+        print(
+            f"nasfe rank: {len(missing)} genotype(s) not trained ({', '.join(missing)}); run the same command "
+            f"again to resume",
+            file=sys.stderr,
+            flush=True,
+        )
         return 130
     return 0

@@ -18,6 +18,7 @@ straight into ``<storage>/<name>/`` so files appear live; with URI storage (``s3
 node-local working folder, and the driver publishes the final artifacts from the last Ray
 checkpoint into the run root (:func:`fit_phase`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,8 +59,15 @@ log = logging.getLogger("nasfe.distributed")
 
 PHASES = ("search", "retrain")
 #: Small run artifacts carried by every Ray checkpoint (then published into the run root).
-ARTIFACTS = ("genotype.json", "genotypes", "search_summary.json", "retrain_summary.json", "model.pt",
-             "wandb_search.json", "wandb_retrain.json")
+ARTIFACTS = (
+    "genotype.json",
+    "genotypes",
+    "search_summary.json",
+    "retrain_summary.json",
+    "model.pt",
+    "wandb_search.json",
+    "wandb_retrain.json",
+)
 
 
 def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
@@ -131,8 +139,9 @@ class WandbMirror(Callback):
             folder = Path(run.dir).parent  # <work_dir>/wandb/offline-run-<time>-<id>
             wait = getattr(self.logger, "wait_flushed", None)
             if wait is not None and not wait():
-                log.warning("the W&B file of %s did not catch up with the last step in time; copying it as it is",
-                            folder)
+                log.warning(
+                    "the W&B file of %s did not catch up with the last step in time; copying it as it is", folder
+                )
             first = getattr(self.logger, "wandb_file", lambda: None)()
             if first is not None and first.is_file():
                 self.storage.upload(self.work_dir, [str(first.relative_to(self.work_dir))])
@@ -196,8 +205,7 @@ def _quiet_ray_train_reports() -> None:
 
     for name in list(logging.root.manager.loggerDict):
         flat = name.replace("/", ".").replace("\\", ".")
-        if "ray.train" in flat and (".execution.context" in flat or flat.endswith("storage")
-                                    or ".storage." in flat):
+        if "ray.train" in flat and (".execution.context" in flat or flat.endswith("storage") or ".storage." in flat):
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -207,7 +215,6 @@ def _restore_from_ray(phase: str, work_dir: Path, is_main: bool, scratch: Path) 
     Rank 0 also puts the checkpoint's artifacts (genotype history ...) back into ``work_dir``.
     """
     import ray.train
-
 
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
@@ -231,8 +238,9 @@ def _restore_from_ray(phase: str, work_dir: Path, is_main: bool, scratch: Path) 
     return found[-1]
 
 
-def worker_callbacks(config: dict[str, Any], rank: int, phase: str, storage: RunStorage,
-                     work_dir: Path) -> list[Callback]:
+def worker_callbacks(
+    config: dict[str, Any], rank: int, phase: str, storage: RunStorage, work_dir: Path
+) -> list[Callback]:
     """The engine callbacks of one Train worker, in the order they run."""
     callbacks: list[Callback] = []
     if config.get("wandb") is not None and rank == 0:
@@ -258,7 +266,6 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-
     torch.set_num_threads(max(1, int(config.get("threads") or torch.get_num_threads())))
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
@@ -280,12 +287,27 @@ def train_worker(config: dict[str, Any]) -> None:
         dist = DistContext.detect(device=device)
         try:
             if phase == "search":
-                run_search(space, work_dir, callbacks=callbacks, device=str(device), dist=dist,
-                           resume=False, resume_from=resume_from)
+                run_search(
+                    space,
+                    work_dir,
+                    callbacks=callbacks,
+                    device=str(device),
+                    dist=dist,
+                    resume=False,
+                    resume_from=resume_from,
+                )
             else:
                 genotype = Genotype.from_dict(config["genotype"], space=space) if config.get("genotype") else None
-                run_retrain(space, genotype, work_dir, callbacks=callbacks, device=str(device), dist=dist,
-                            resume=False, resume_from=resume_from)
+                run_retrain(
+                    space,
+                    genotype,
+                    work_dir,
+                    callbacks=callbacks,
+                    device=str(device),
+                    dist=dist,
+                    resume=False,
+                    resume_from=resume_from,
+                )
         except BaseException:
             for cb in callbacks:  # keep what W&B recorded so far: the resumed run continues it
                 if hasattr(cb, "abort"):
@@ -307,21 +329,23 @@ class PhaseResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-
 def require_cuda() -> None:
     """On a worker promised a GPU: stop with one line unless torch can use CUDA there."""
-
 
     if torch.cuda.is_available():
         return
     import ray
 
     gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
-    why = ("a CPU-only torch build: install the CUDA build (docs/CLUSTER.md, NASFE_TORCH)"
-           if torch.version.cuda is None else
-           f"torch is built for CUDA {torch.version.cuda} but no device is usable (driver?)")
-    raise GpuUnavailableError(f"a Train worker on {socket.gethostname()} was given GPU {gpu_ids} by Ray but "
-                              f"torch {torch.__version__} cannot see CUDA ({why})")
+    why = (
+        "a CPU-only torch build: install the CUDA build (docs/CLUSTER.md, NASFE_TORCH)"
+        if torch.version.cuda is None
+        else f"torch is built for CUDA {torch.version.cuda} but no device is usable (driver?)"
+    )
+    raise GpuUnavailableError(
+        f"a Train worker on {socket.gethostname()} was given GPU {gpu_ids} by Ray but "
+        f"torch {torch.__version__} cannot see CUDA ({why})"
+    )
 
 
 def _checked_torch_config(backend: str, need_cuda: bool):
@@ -346,13 +370,26 @@ def _checked_torch_config(backend: str, need_cuda: bool):
     return CudaCheckedTorchConfig(backend=backend)
 
 
-def build_trainer(space, run_name: str, storage: Optional[str] = None, num_workers: int = 2,
-                  use_gpu: bool = False, phase: str = "search", genotype=None,
-                  extra_callbacks: Sequence[Callback] = (), wandb=None, wandb_group: Optional[str] = None,
-                  max_failures: int = 2, keep_checkpoints: int = 3, threads_per_worker: Optional[int] = None,
-                  progress: bool = True, cpus_per_worker: Optional[float] = None,
-                  resume_from: Optional[str] = None, gpus_per_worker: Optional[float] = None,
-                  start_timeout_s: Optional[float] = None):
+def build_trainer(
+    space,
+    run_name: str,
+    storage: Optional[str] = None,
+    num_workers: int = 2,
+    use_gpu: bool = False,
+    phase: str = "search",
+    genotype=None,
+    extra_callbacks: Sequence[Callback] = (),
+    wandb=None,
+    wandb_group: Optional[str] = None,
+    max_failures: int = 2,
+    keep_checkpoints: int = 3,
+    threads_per_worker: Optional[int] = None,
+    progress: bool = True,
+    cpus_per_worker: Optional[float] = None,
+    resume_from: Optional[str] = None,
+    gpus_per_worker: Optional[float] = None,
+    start_timeout_s: Optional[float] = None,
+):
     """A ``TorchTrainer`` for one phase of run ``run_name`` (usable as is inside a Tune trial).
 
     ``space`` is a SpaceConfig; ``genotype`` a Genotype (retrain); ``wandb`` a
@@ -369,7 +406,6 @@ def build_trainer(space, run_name: str, storage: Optional[str] = None, num_worke
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-
     if phase not in PHASES:
         raise ValueError(f"phase {phase!r}; expected one of {PHASES}")
     batch = space.search.batch_size if phase == "search" else space.retrain.batch_size
@@ -382,10 +418,18 @@ def build_trainer(space, run_name: str, storage: Optional[str] = None, num_worke
         wb["group"] = wb.get("group") or wandb_group or run_name
         wb["name"] = wb.get("name") or f"{run_name}-{phase}"
         wb["run_id"] = wb.get("run_id") or _wandb_id(f"{st.root}-{phase}")
-    config = {"phase": phase, "space": space.to_dict(), "name": st.name, "storage": st.storage,
-              "genotype": genotype.to_dict() if genotype is not None else None, "wandb": wb,
-              "extra_callbacks": list(extra_callbacks), "threads": threads_per_worker, "progress": progress,
-              "resume_from": resume_from}
+    config = {
+        "phase": phase,
+        "space": space.to_dict(),
+        "name": st.name,
+        "storage": st.storage,
+        "genotype": genotype.to_dict() if genotype is not None else None,
+        "wandb": wb,
+        "extra_callbacks": list(extra_callbacks),
+        "threads": threads_per_worker,
+        "progress": progress,
+        "resume_from": resume_from,
+    }
     gpus = float(gpus_per_worker) if gpus_per_worker is not None else (1.0 if use_gpu else 0.0)
     use_gpu = gpus > 0
     config["need_cuda"] = use_gpu
@@ -395,13 +439,17 @@ def build_trainer(space, run_name: str, storage: Optional[str] = None, num_worke
     demand = f"{num_workers} x {resources or {'CPU': 1}}"
     return with_failure_policy(TorchTrainer)(
         train_worker,
-        start_timeout_s=start_timeout_s, demand=demand,
+        start_timeout_s=start_timeout_s,
+        demand=demand,
         train_loop_config=config,
         torch_config=_checked_torch_config("nccl" if use_gpu else "gloo", need_cuda=use_gpu),
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources or None),
-        run_config=RunConfig(name=phase, storage_path=st.ray_storage_path,
-                             failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints)),
+        run_config=RunConfig(
+            name=phase,
+            storage_path=st.ray_storage_path,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
+        ),
     )
 
 
@@ -409,8 +457,9 @@ def _wandb_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def fit_phase(space, run_name: str, storage: Optional[str] = None, phase: str = "search",
-              resume: bool = True, **trainer_kwargs) -> PhaseResult:
+def fit_phase(
+    space, run_name: str, storage: Optional[str] = None, phase: str = "search", resume: bool = True, **trainer_kwargs
+) -> PhaseResult:
     """Build the trainer, ``fit()`` it, publish the artifacts into the run root, return the summary.
 
     A phase that finished earlier (``<root>/<phase>_done.json``, same space) returns at once with
@@ -449,9 +498,16 @@ def fit_phase(space, run_name: str, storage: Optional[str] = None, phase: str = 
     if not summary or int((result.metrics or {}).get("step", -1)) != int(summary.get("steps", -2)):
         # no error, yet the phase did not reach its end: an abort (Ctrl-C before the workers ran)
         raise KeyboardInterrupt(f"the {phase} of {run_name!r} stopped before its end")
-    st.write_json(f"{phase}_done.json", {"config_hash": _config_hash(space), "space_name": space.name,
-                                         "checkpoint": result.checkpoint.path, "finished": time.time(),
-                                         "metrics": _numbers(dict(result.metrics or {}))})
+    st.write_json(
+        f"{phase}_done.json",
+        {
+            "config_hash": _config_hash(space),
+            "space_name": space.name,
+            "checkpoint": result.checkpoint.path,
+            "finished": time.time(),
+            "metrics": _numbers(dict(result.metrics or {})),
+        },
+    )
     return PhaseResult(phase, summary, st.root, local_dir, result.checkpoint.path, dict(result.metrics or {}))
 
 
@@ -482,8 +538,10 @@ def finished_phase(st: RunStorage, phase: str, space) -> Optional[PhaseResult]:
     if not summary:
         return None
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(done.get("finished", 0)))
-    print(f"[nasfe] the {phase} of {st.name!r} finished on {when}: using its results "
-          f"(--no-resume starts it over)", flush=True)
+    print(
+        f"[nasfe] the {phase} of {st.name!r} finished on {when}: using its results (--no-resume starts it over)",
+        flush=True,
+    )
     return PhaseResult(phase, summary, st.root, local_dir, done.get("checkpoint"), done.get("metrics") or {})
 
 
@@ -529,8 +587,11 @@ def _run_error(exc: BaseException, trainer) -> BaseException:
     if user is not None:
         return user
     if failure_kind(exc) == STARTUP:
-        return NoRoomError(no_room_message(trainer.scaling_config.num_workers, trainer.nasfe_demand,
-                                           trainer.nasfe_start_timeout_s or 0))
+        return NoRoomError(
+            no_room_message(
+                trainer.scaling_config.num_workers, trainer.nasfe_demand, trainer.nasfe_start_timeout_s or 0
+            )
+        )
     return exc
 
 

@@ -20,6 +20,7 @@ checkpoint it points to:
 
 ``--no-resume`` moves the phase's checkpoints under ``<run>/previous/`` and says where.
 """
+
 from __future__ import annotations
 
 import json
@@ -112,17 +113,21 @@ def _check_same_space(path: Path, payload: dict[str, Any], space, genotype) -> N
         except Exception:  # an older or hand-edited space: its hash cannot match
             stored = "unreadable"
         if stored != space.space_hash():
-            raise CheckpointError(f"{path}: made for model space {stored}, this run's space is {space.space_hash()} "
-                                  "(the model section changed); resume with the same space, or use another "
-                                  "--name or --no-resume")
+            raise CheckpointError(
+                f"{path}: made for model space {stored}, this run's space is {space.space_hash()} "
+                "(the model section changed); resume with the same space, or use another "
+                "--name or --no-resume"
+            )
     if genotype is not None and isinstance(payload.get("genotype"), dict):
         try:
             stored_id = Genotype.from_dict(payload["genotype"]).genotype_id()
         except Exception:
             stored_id = "unreadable"
         if stored_id != genotype.genotype_id():
-            raise CheckpointError(f"{path}: retrains genotype {stored_id}, not {genotype.genotype_id()}; "
-                                  "use another --name or --no-resume")
+            raise CheckpointError(
+                f"{path}: retrains genotype {stored_id}, not {genotype.genotype_id()}; "
+                "use another --name or --no-resume"
+            )
 
 
 def _step(path: Path) -> int:
@@ -167,9 +172,11 @@ def plan_resume(storage: RunStorage, phase: str, space=None, genotype=None) -> R
         _check_same_space(path, payload, space, genotype)
         return ResumePlan(phase, "file", path, set_aside=aside)
     if errors:
-        raise CheckpointError(f"no {phase} checkpoint of run {storage.name!r} loads (newest: {errors[0]}); "
-                              "use --no-resume to start over (the old files are moved under "
-                              f"{root / 'previous'}, not deleted)")
+        raise CheckpointError(
+            f"no {phase} checkpoint of run {storage.name!r} loads (newest: {errors[0]}); "
+            "use --no-resume to start over (the old files are moved under "
+            f"{root / 'previous'}, not deleted)"
+        )
     return ResumePlan(phase, "fresh", set_aside=aside)
 
 
@@ -192,14 +199,18 @@ def apply_plan(storage: RunStorage, plan: ResumePlan) -> Optional[str]:
     """Move Ray's unusable folder aside (if the plan says so); returns the file the workers resume from."""
     for d in plan.ignored:  # a copy cut short (a killed upload, a full disk): never resumed from
         shutil.rmtree(d, ignore_errors=True)
-        print(f"[nasfe] {plan.phase}: removed {d}, a checkpoint folder not in Ray's record of the run "
-              f"(a copy cut short)", flush=True)
+        print(
+            f"[nasfe] {plan.phase}: removed {d}, a checkpoint folder not in Ray's record of the run (a copy cut short)",
+            flush=True,
+        )
     if plan.unreported:  # Ray resumes before them and the worker would drop them: keep them aside instead
         dest = Path(_previous_dir(storage, plan.phase)) / "checkpoints"
         for p in plan.unreported:
             _move_aside_local(p, dest / p.name)
-        print(f"[nasfe] {plan.phase}: {len(plan.unreported)} checkpoint(s) newer than Ray's record moved to {dest}",
-              flush=True)
+        print(
+            f"[nasfe] {plan.phase}: {len(plan.unreported)} checkpoint(s) newer than Ray's record moved to {dest}",
+            flush=True,
+        )
     if plan.set_aside is None:
         return plan.resume_from
     dest = Path(_previous_dir(storage, plan.phase)) / "ray"
@@ -207,8 +218,9 @@ def apply_plan(storage: RunStorage, plan: ResumePlan) -> Optional[str]:
     if checkpoint is not None and plan.set_aside in checkpoint.parents:
         checkpoint = dest / checkpoint.relative_to(plan.set_aside)
     _move_aside_local(plan.set_aside, dest)
-    print(f"[nasfe] {plan.phase}: Ray's record of the run could not be used; moved {plan.set_aside} to {dest}",
-          flush=True)
+    print(
+        f"[nasfe] {plan.phase}: Ray's record of the run could not be used; moved {plan.set_aside} to {dest}", flush=True
+    )
     if checkpoint is not None:
         print(f"[nasfe] {plan.phase}: resuming from {checkpoint}", flush=True)
     return str(checkpoint) if checkpoint is not None else None
@@ -282,6 +294,9 @@ def remove_orphans(storage: RunStorage, phase: str) -> list[str]:
             fs.delete_dir(info.path)
             removed.append(f"{storage.ray_run_path(phase)}/{name}")
     if removed:
-        print(f"[nasfe] {phase}: removed {len(removed)} checkpoint folder(s) not in Ray's record of the run "
-              f"(uploads cut short): {', '.join(removed)}", flush=True)
+        print(
+            f"[nasfe] {phase}: removed {len(removed)} checkpoint folder(s) not in Ray's record of the run "
+            f"(uploads cut short): {', '.join(removed)}",
+            flush=True,
+        )
     return removed

@@ -1,4 +1,5 @@
 """``nasfe retrain`` (and ``jobs/retrain.py``): retrain a derived genotype on Ray Train, then evaluate."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,15 @@ import tempfile
 from nasfe.distributed.resume import run_lock
 from nasfe.distributed.search_job import check_flags, check_workers, job_storage, load_job_space
 from nasfe.distributed.ray_train import fit_retrain
-from nasfe.distributed.search_job import declared_gpus, describe_devices, format_genotype, open_cluster, preflight, wandb_pointer, wandb_settings
+from nasfe.distributed.search_job import (
+    declared_gpus,
+    describe_devices,
+    format_genotype,
+    open_cluster,
+    preflight,
+    wandb_pointer,
+    wandb_settings,
+)
 from nasfe.distributed.run_identity import check_job_run
 
 
@@ -22,8 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``nasfe retrain``."""
 
     add_common_arguments(parser)
-    parser.add_argument("--genotype", help="genotype.json to retrain (default: the run's own genotype.json; "
-                                           "none for a space with fusion: res2)")
+    parser.add_argument(
+        "--genotype",
+        help="genotype.json to retrain (default: the run's own genotype.json; none for a space with fusion: res2)",
+    )
     parser.add_argument("--epochs", type=int, help="retrain epochs (retrain.epochs)")
 
 
@@ -35,7 +46,6 @@ def _find_genotype(args, storage, space):
     if storage.is_local and (Path(storage.root) / "genotype.json").is_file():
         return Genotype.from_json(Path(storage.root) / "genotype.json", space=space)
     if not storage.is_local:  # the searched run's genotype on S3
-
         with tempfile.TemporaryDirectory(prefix="nasfe-genotype-") as tmp:
             if storage.download("genotype.json", tmp):
                 return Genotype.from_json(Path(tmp) / "genotype.json", space=space)
@@ -63,12 +73,24 @@ def _retrain(args, space, storage) -> int:
     preflight(storage, ("retrain",), args.resume, space, genotype)
     use_gpu = open_cluster(args, args.workers)
     gpus, gpus_from = declared_gpus(args)
-    print(f"[nasfe] retrain {storage.name!r} in {storage.root} ({args.workers} workers, "
-          f"{describe_devices(gpus, gpus_from)})", flush=True)
+    print(
+        f"[nasfe] retrain {storage.name!r} in {storage.root} ({args.workers} workers, "
+        f"{describe_devices(gpus, gpus_from)})",
+        flush=True,
+    )
     t0 = time.time()
-    res = fit_retrain(space, genotype, storage.name, storage, num_workers=args.workers, use_gpu=use_gpu,
-                      gpus_per_worker=gpus,
-                      wandb=wandb_settings(args, storage.name), resume=args.resume, max_failures=args.max_failures)
+    res = fit_retrain(
+        space,
+        genotype,
+        storage.name,
+        storage,
+        num_workers=args.workers,
+        use_gpu=use_gpu,
+        gpus_per_worker=gpus,
+        wandb=wandb_settings(args, storage.name),
+        resume=args.resume,
+        max_failures=args.max_failures,
+    )
     evaluate_and_report(space, genotype, res.local_dir / "model.pt", args.eval_images, use_gpu)
     for line in wandb_pointer(res.local_dir, storage):
         print(f"[nasfe] {line}", flush=True)

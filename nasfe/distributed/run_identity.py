@@ -6,6 +6,7 @@ still trained with 0.04). Now the settings a run was started with are recorded n
 re-run whose settings differ stops before Ray starts with one line naming every differing field;
 ``--no-resume`` starts the name over with the new settings.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,10 @@ def differences(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[str] 
 
 def refuse(where: str | Path, what: str, diffs: list[str]) -> None:
     """Raise the one-line :class:`CommandError` for a re-run with other settings."""
-    raise CommandError(f"{where}: {what} was started with other settings ({'; '.join(diffs)}); "
-                       f"run again with {NEW_RUN_FLAG} to start it over with these, or pick another --name")
+    raise CommandError(
+        f"{where}: {what} was started with other settings ({'; '.join(diffs)}); "
+        f"run again with {NEW_RUN_FLAG} to start it over with these, or pick another --name"
+    )
 
 
 def check_run_settings(root: str | Path, settings: dict[str, Any], resume: bool, what: str = "this run") -> None:
@@ -84,8 +87,9 @@ def check_job_run(storage, space, resume: bool) -> None:
         try:
             old = storage.read_json(SETTINGS_FILE)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CommandError(f"{storage.root}/{SETTINGS_FILE}: not valid JSON; delete it or run with "
-                               f"{NEW_RUN_FLAG}") from None
+            raise CommandError(
+                f"{storage.root}/{SETTINGS_FILE}: not valid JSON; delete it or run with {NEW_RUN_FLAG}"
+            ) from None
         if old is not None:
             diffs = differences(old, settings)
             if diffs:

@@ -4,6 +4,7 @@ With no arguments it runs the built-in default end to end on a laptop: the ``tin
 synthetic faces, 2 Ray Train workers, a short retrain, then PSNR/SSIM of the degraded inputs
 against the restored outputs on the held-out test identities.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,32 +50,75 @@ def _override(text: str) -> tuple[str, Any]:
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by ``nasfe search`` and ``nasfe retrain``."""
     parser.add_argument("--space", default="tiny", help="search space: built-in name or a .yaml file (default: tiny)")
-    parser.add_argument("--data", help="faces: a folder (<root>/<identity>/<image>) or a URI on shared storage "
-                                       "(s3://bucket/prefix, fetched once per node); sets data.source=folder")
-    parser.add_argument("--data-source", choices=["synthetic", "folder", "celeba", "vggface2"],
-                        help="data.source (with --data: the kind of folder it is)")
+    parser.add_argument(
+        "--data",
+        help="faces: a folder (<root>/<identity>/<image>) or a URI on shared storage "
+        "(s3://bucket/prefix, fetched once per node); sets data.source=folder",
+    )
+    parser.add_argument(
+        "--data-source",
+        choices=["synthetic", "folder", "celeba", "vggface2"],
+        help="data.source (with --data: the kind of folder it is)",
+    )
     parser.add_argument("--name", help="run name (default: <space>-<date>-<time>; reuse a name to resume)")
     parser.add_argument("--storage", help="where runs live: a folder (default ./runs) or s3://bucket/prefix")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="Ray Train workers (default 2); on GPUs one per GPU, so the GPUs used")
-    parser.add_argument("--gpus-per-worker", type=float, metavar="G",
-                        help="GPUs each Train worker asks for, at most 1; the autoscaler starts GPU nodes for "
-                             "them (default: 1 when the cluster config's worker types declare GPUs, else 0 = CPU)")
-    parser.add_argument("--gpus", "--use-gpu", dest="gpus", nargs="?", const="yes", default="auto",
-                        help="'auto' (default: as declared, see --gpus-per-worker), 'yes' (at least 1) or 'no'")
-    parser.add_argument("--resume", dest="resume", action="store_true", default=True,
-                        help="continue the run's last checkpoint (default)")
-    parser.add_argument("--no-resume", dest="resume", action="store_false",
-                        help="start over: the run's earlier checkpoints are moved to <run>/previous/ (not deleted)")
-    parser.add_argument("--set", dest="overrides", action="append", type=_override, default=[],
-                        metavar="KEY=VALUE", help="override a space field, e.g. --set search.lr=1e-3 (repeatable)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="Ray Train workers (default 2); on GPUs one per GPU, so the GPUs used"
+    )
+    parser.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        metavar="G",
+        help="GPUs each Train worker asks for, at most 1; the autoscaler starts GPU nodes for "
+        "them (default: 1 when the cluster config's worker types declare GPUs, else 0 = CPU)",
+    )
+    parser.add_argument(
+        "--gpus",
+        "--use-gpu",
+        dest="gpus",
+        nargs="?",
+        const="yes",
+        default="auto",
+        help="'auto' (default: as declared, see --gpus-per-worker), 'yes' (at least 1) or 'no'",
+    )
+    parser.add_argument(
+        "--resume",
+        dest="resume",
+        action="store_true",
+        default=True,
+        help="continue the run's last checkpoint (default)",
+    )
+    parser.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="start over: the run's earlier checkpoints are moved to <run>/previous/ (not deleted)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=_override,
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a space field, e.g. --set search.lr=1e-3 (repeatable)",
+    )
     parser.add_argument("--wandb-project", default="nasfe", help="W&B project (default nasfe)")
-    parser.add_argument("--wandb-mode", default="auto", choices=["auto", "online", "offline", "disabled"],
-                        help="auto: online with an API key and network, else offline (default)")
-    parser.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS or a cluster on this node, "
-                                          "else start a local one)")
-    parser.add_argument("--max-failures", type=int, default=2,
-                        help="worker-group restarts from the last checkpoint before giving up (default 2)")
+    parser.add_argument(
+        "--wandb-mode",
+        default="auto",
+        choices=["auto", "online", "offline", "disabled"],
+        help="auto: online with an API key and network, else offline (default)",
+    )
+    parser.add_argument(
+        "--address", help="Ray address to join (default: RAY_ADDRESS or a cluster on this node, else start a local one)"
+    )
+    parser.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        help="worker-group restarts from the last checkpoint before giving up (default 2)",
+    )
     parser.add_argument("--eval-images", type=int, default=256, help="test images to evaluate (default 256)")
 
 
@@ -87,8 +131,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 #: bounds of the job's counting flags: (flag, attribute, low, high)
-FLAG_RANGES = (("--workers", "workers", 1, 1024), ("--max-failures", "max_failures", 0, 100),
-               ("--eval-images", "eval_images", 1, 100_000))
+FLAG_RANGES = (
+    ("--workers", "workers", 1, 1024),
+    ("--max-failures", "max_failures", 0, 100),
+    ("--eval-images", "eval_images", 1, 100_000),
+)
 #: seconds the reachability check of --address waits for the cluster's port
 ADDRESS_TIMEOUT_S = 5.0
 
@@ -109,21 +156,21 @@ def check_flags(args) -> None:
 
     connected = "ray" in sys.modules and sys.modules["ray"].is_initialized()  # checked by open_cluster
     if gpus > 0 and not connected and " node type " not in where:  # no autoscaler to start GPU nodes
-
         if ray_address(getattr(args, "address", None)) is not None:  # a cluster to join: checked once joined
             return
 
         if not torch.cuda.is_available():
-            raise CommandError(f"{where} asks for GPUs, but this machine has none that torch can use and no cluster "
-                               "config declares GPU node types (NASFE_CLUSTER_CONFIG); use --gpus no, or --address "
-                               "of a cluster with GPUs")
+            raise CommandError(
+                f"{where} asks for GPUs, but this machine has none that torch can use and no cluster "
+                "config declares GPU node types (NASFE_CLUSTER_CONFIG); use --gpus no, or --address "
+                "of a cluster with GPUs"
+            )
 
 
 def check_address(address: Optional[str]) -> Optional[str]:
     """``--address`` (else ``RAY_ADDRESS``) when it names a host and port: it must answer a TCP
     connection within :data:`ADDRESS_TIMEOUT_S` (Ray itself retries for minutes). Returns it (None
     when neither is set; Ray is not imported here)."""
-
 
     target = address or os.environ.get("RAY_ADDRESS")
     if not target or target in ("auto", "local"):
@@ -136,14 +183,15 @@ def check_address(address: Optional[str]) -> Optional[str]:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_TIMEOUT_S):
             pass
     except OSError as exc:
-        raise CommandError(f"--address {target}: no Ray cluster answers there within {ADDRESS_TIMEOUT_S:g} s "
-                           f"({exc.strerror or exc}); is it up (`ray status`)?") from None
+        raise CommandError(
+            f"--address {target}: no Ray cluster answers there within {ADDRESS_TIMEOUT_S:g} s "
+            f"({exc.strerror or exc}); is it up (`ray status`)?"
+        ) from None
     return target
 
 
 def load_job_space(args, extra: Optional[dict[str, Any]] = None):
     """The space of the job: file or name, ``--data``/``--data-source``, ``--set`` and ``extra``."""
-
 
     overrides = dict(args.overrides or [])
     if args.data and is_uri(args.data):  # shared storage: each node fetches it once (nasfe.data.remote)
@@ -182,8 +230,9 @@ def check_workers(space, workers: int, phases: tuple[str, ...]) -> None:
     for phase in phases:
         batch = getattr(space, phase).batch_size
         if batch % workers:
-            raise CommandError(f"{phase}.batch_size {batch} is not divisible by --workers {workers} "
-                               f"(use --set {phase}.batch_size=...)")
+            raise CommandError(
+                f"{phase}.batch_size {batch} is not divisible by --workers {workers} (use --set {phase}.batch_size=...)"
+            )
 
 
 def preflight(storage, phases: tuple[str, ...], resume: bool, space=None, genotype=None) -> None:
@@ -202,8 +251,10 @@ def declared_gpus(args) -> tuple[float, str]:
     explicit = getattr(args, "gpus_per_worker", None)
     if explicit is not None:
         if explicit < 0 or explicit > 1:
-            raise CommandError(f"--gpus-per-worker {explicit:g}: must be between 0 and 1 (a Train worker drives "
-                               f"one GPU; --workers N uses N GPUs)")
+            raise CommandError(
+                f"--gpus-per-worker {explicit:g}: must be between 0 and 1 (a Train worker drives "
+                f"one GPU; --workers N uses N GPUs)"
+            )
         return float(explicit), "--gpus-per-worker"
     want = str(getattr(args, "gpus", "auto")).lower()
     if want in ("no", "false", "0", "off"):
@@ -229,8 +280,10 @@ def open_cluster(args, workers: int) -> bool:
         raise CommandError(str(exc)) from None
     if gpus > 0 and " node type " not in where:
         if cluster_gpus() < 1:  # nothing declared that an autoscaler could start: Ray would wait forever
-            raise CommandError(f"{where} asks for GPUs, but the Ray cluster has none and its config declares "
-                               "no GPU node type; use --gpus no")
+            raise CommandError(
+                f"{where} asks for GPUs, but the Ray cluster has none and its config declares "
+                "no GPU node type; use --gpus no"
+            )
     return gpus > 0
 
 
@@ -254,8 +307,12 @@ def wandb_settings(args, name: str):
 
     if args.wandb_mode == "disabled":
         return None
-    return WandbSettings(project=args.wandb_project, mode=args.wandb_mode, group=name,
-                         extra_config={"run_name": name, "workers": args.workers})
+    return WandbSettings(
+        project=args.wandb_project,
+        mode=args.wandb_mode,
+        group=name,
+        extra_config={"run_name": name, "workers": args.workers},
+    )
 
 
 def format_genotype(genotype) -> str:
@@ -310,18 +367,32 @@ def _search(args, space, phases: tuple[str, ...], storage) -> int:
     done = {p: finished_phase(storage, p, space) if args.resume else None for p in phases}
     use_gpu = open_cluster(args, args.workers) if not all(done.values()) else False
     wb = wandb_settings(args, storage.name)
-    print(f"[nasfe] run {storage.name!r} in {storage.root} (space {space.name}, {args.workers} workers, "
-          f"{describe_devices(gpus, gpus_from)})", flush=True)
+    print(
+        f"[nasfe] run {storage.name!r} in {storage.root} (space {space.name}, {args.workers} workers, "
+        f"{describe_devices(gpus, gpus_from)})",
+        flush=True,
+    )
     t0 = time.time()
-    common = dict(num_workers=args.workers, use_gpu=use_gpu, gpus_per_worker=gpus, wandb=wb,
-                  resume=args.resume, max_failures=args.max_failures)
+    common = dict(
+        num_workers=args.workers,
+        use_gpu=use_gpu,
+        gpus_per_worker=gpus,
+        wandb=wb,
+        resume=args.resume,
+        max_failures=args.max_failures,
+    )
     search = done["search"] or fit_search(space, storage.name, storage, **common)
     if "genotype" not in search.summary:
         raise RuntimeError(f"the search of {storage.root} left no genotype in search_summary.json")
     genotype = Genotype.from_dict(search.summary["genotype"], space=space)
     print(f"[nasfe] search done in {time.time() - t0:.0f}s; derived:\n{format_genotype(genotype)}", flush=True)
-    report: dict[str, Any] = {"run": storage.name, "root": storage.root, "space": space.name,
-                              "genotype_id": genotype.genotype_id(), "search": search.summary}
+    report: dict[str, Any] = {
+        "run": storage.name,
+        "root": storage.root,
+        "space": space.name,
+        "genotype_id": genotype.genotype_id(),
+        "search": search.summary,
+    }
     local_dir = search.local_dir
     if not args.no_retrain:
         retrain = done["retrain"] or fit_retrain(space, genotype, storage.name, storage, **common)

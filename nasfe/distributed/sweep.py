@@ -27,6 +27,7 @@ An interrupted sweep (Ctrl-C, a lost driver) is resumed by running it again with
 and name: finished trials keep their results, unfinished ones continue from their last Ray Train
 checkpoint, and the Optuna sampler continues from its saved state.
 """
+
 from __future__ import annotations
 
 import logging
@@ -145,8 +146,10 @@ def declared_nodes(config: Optional[Path] = None) -> Optional[list[dict[str, flo
     nodes = [dict((types.get(head) or {}).get("resources") or {})]
     room = int(data.get("max_workers", 0) or 0)
     # GPU types first: they bound a GPU sweep; for a CPU sweep they still count their CPUs
-    workers = sorted(((n, t) for n, t in types.items() if n != head),
-                     key=lambda nt: -float((nt[1].get("resources") or {}).get("GPU", 0)))
+    workers = sorted(
+        ((n, t) for n, t in types.items() if n != head),
+        key=lambda nt: -float((nt[1].get("resources") or {}).get("GPU", 0)),
+    )
     for _, t in workers:
         count = min(int(t.get("max_workers", room) or 0), room)
         nodes += [dict(t.get("resources") or {}) for _ in range(count)]
@@ -159,9 +162,9 @@ def _trainable(ctx: dict[str, Any]):
     """The Tune trainable: the trial driver with the sweep context, holding no CPU (see module doc)."""
     from ray import tune
 
-
-    return tune.with_resources(tune.with_parameters(trial_driver, ctx=ctx),
-                               tune.PlacementGroupFactory([dict(DRIVER_RESOURCES)]))
+    return tune.with_resources(
+        tune.with_parameters(trial_driver, ctx=ctx), tune.PlacementGroupFactory([dict(DRIVER_RESOURCES)])
+    )
 
 
 def _new_tuner(sweep: SweepSpace, trainable, storage: str, name: str, max_concurrent: int, callbacks):
@@ -170,23 +173,43 @@ def _new_tuner(sweep: SweepSpace, trainable, storage: str, name: str, max_concur
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-
-    searcher = make_searcher(space=optuna_distributions(sweep), metric=sweep.metric, mode=sweep.mode,
-                             sampler=optuna.samplers.TPESampler(seed=sweep.seed),
-                             study_name=sweep.study_name or name, storage=open_storage(sweep.storage, sweep.source))
+    searcher = make_searcher(
+        space=optuna_distributions(sweep),
+        metric=sweep.metric,
+        mode=sweep.mode,
+        sampler=optuna.samplers.TPESampler(seed=sweep.seed),
+        study_name=sweep.study_name or name,
+        storage=open_storage(sweep.storage, sweep.source),
+    )
     # a trial that reaches its last epoch finishes on its own (summary, final checkpoint); ASHA
     # only stops the last trials itself when asha.max_t is shorter than the phase
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=sweep.max_t(), grace_period=sweep.asha.grace_period,
-                              reduction_factor=sweep.asha.reduction_factor,
-                              stop_last_trials=sweep.max_t() < sweep.phase_epochs())
+    scheduler = ASHAScheduler(
+        time_attr="epoch",
+        max_t=sweep.max_t(),
+        grace_period=sweep.asha.grace_period,
+        reduction_factor=sweep.asha.reduction_factor,
+        stop_last_trials=sweep.max_t() < sweep.phase_epochs(),
+    )
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, search_alg=searcher,
-                                    scheduler=scheduler, num_samples=sweep.num_samples,
-                                    max_concurrent_trials=max_concurrent, trial_dirname_creator=trial_dirname,
-                                    trial_name_creator=trial_dirname),
-        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=list(callbacks), stop=stop_diverged,
-                                  failure_config=tune.FailureConfig(max_failures=1), verbose=1),
+        tune_config=tune.TuneConfig(
+            metric=sweep.metric,
+            mode=sweep.mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=sweep.num_samples,
+            max_concurrent_trials=max_concurrent,
+            trial_dirname_creator=trial_dirname,
+            trial_name_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            callbacks=list(callbacks),
+            stop=stop_diverged,
+            failure_config=tune.FailureConfig(max_failures=1),
+            verbose=1,
+        ),
     )
 
 
@@ -292,15 +315,22 @@ def _finish_study(sweep: SweepSpace, name: str) -> None:
     try:
         import optuna
 
-
         fail_running(optuna.load_study(study_name=sweep.study_name or name, storage=sweep.storage), set())
     except Exception as exc:  # the study is a view of the sweep; it must not fail it
         log.warning("Optuna study not tidied (%s)", exc)
 
 
-def run_sweep(sweep: SweepSpace, storage: Optional[str] = None, name: Optional[str] = None,
-              resume: bool = True, use_gpu: Optional[bool] = None, wandb=None, progress: bool = True,
-              max_failures: int = 1, callbacks: Sequence[Any] = ()) -> SweepResult:
+def run_sweep(
+    sweep: SweepSpace,
+    storage: Optional[str] = None,
+    name: Optional[str] = None,
+    resume: bool = True,
+    use_gpu: Optional[bool] = None,
+    wandb=None,
+    progress: bool = True,
+    max_failures: int = 1,
+    callbacks: Sequence[Any] = (),
+) -> SweepResult:
     """Run (or resume) ``sweep`` on the connected Ray cluster; write the table and the best trial.
 
     ``storage``: local folder (default ``./runs``) holding ``<name>/``; ``name`` defaults to
@@ -309,7 +339,6 @@ def run_sweep(sweep: SweepSpace, storage: Optional[str] = None, name: Optional[s
     The summary (table, best trial, W&B summary run) is rewritten after every finished trial.
     """
     from ray import tune
-
 
     run = RunStorage.create(storage, name or f"sweep-{sweep.name}")
     # on S3 (no shared file system) Tune and every trial write to storage; the table, best trial and
@@ -328,8 +357,7 @@ def run_sweep(sweep: SweepSpace, storage: Optional[str] = None, name: Optional[s
     if resumed:
         check_same_sweep(sweep, sweep_dir)
     elif _holds_other_files(run, sweep_dir):
-        raise ConfigError(f"{run.root}: exists but holds no resumable sweep; pick another --name "
-                          f"or delete the folder")
+        raise ConfigError(f"{run.root}: exists but holds no resumable sweep; pick another --name or delete the folder")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if not resumed:
         atomic_write_text(sweep_dir / "sweep.yaml", yaml.safe_dump(sweep.to_dict(), sort_keys=False))
@@ -346,21 +374,31 @@ def run_sweep(sweep: SweepSpace, storage: Optional[str] = None, name: Optional[s
     refresh = None if run.is_local else (lambda names: mirror_trials(run, sweep_dir / "trials", names))
     report = SweepReport(sweep, sweep_dir, summary_run, publish=publish)
     trainable = _trainable(ctx)
-    all_callbacks = [summary_callback(report, sweep_dir / "trials", refresh), *callbacks,
-                     reaper_callback(sweep_dir / "trials", refresh=refresh)]
+    all_callbacks = [
+        summary_callback(report, sweep_dir / "trials", refresh),
+        *callbacks,
+        reaper_callback(sweep_dir / "trials", refresh=refresh),
+    ]
     if resumed:
         log.info("resuming the sweep in %s (finished trials are kept)", run.root)
         tuner = _restore_tuner(run.root, trainable, max_concurrent, all_callbacks)
     else:
         tuner = _new_tuner(sweep, trainable, run.storage, run.name, max_concurrent, all_callbacks)
-    log.info("sweep %r: %d trials, %d at a time, %d worker(s) each on %s", sweep.name, sweep.num_samples,
-             max_concurrent, sweep.workers_per_trial, "GPU" if use_gpu else "CPU")
+    log.info(
+        "sweep %r: %d trials, %d at a time, %d worker(s) each on %s",
+        sweep.name,
+        sweep.num_samples,
+        max_concurrent,
+        sweep.workers_per_trial,
+        "GPU" if use_gpu else "CPU",
+    )
     t0 = time.time()
     try:
         grid = tuner.fit()
         if refresh is not None:
-            refresh([trial_run_name(r.metrics.get("trial_id") or Path(r.path).name.replace("trial_", ""))
-                     for r in grid])
+            refresh(
+                [trial_run_name(r.metrics.get("trial_id") or Path(r.path).name.replace("trial_", "")) for r in grid]
+            )
         for run_dir in sorted((sweep_dir / "trials").glob("trial_*")):  # nothing runs now
             reap_placement_groups(run_dir)
         finished = grid.num_terminated + grid.num_errors
@@ -373,7 +411,13 @@ def run_sweep(sweep: SweepSpace, storage: Optional[str] = None, name: Optional[s
     finally:
         if summary_run is not None:
             summary_run.close()
-    log.info("sweep %r: %d trials in %.0fs%s", sweep.name, len(rows), time.time() - t0,
-             " (interrupted)" if interrupted else "")
-    return SweepResult(run.name, run.root, rows, best, interrupted, resumed, files, where, max_concurrent,
-                       str(sweep_dir))
+    log.info(
+        "sweep %r: %d trials in %.0fs%s",
+        sweep.name,
+        len(rows),
+        time.time() - t0,
+        " (interrupted)" if interrupted else "",
+    )
+    return SweepResult(
+        run.name, run.root, rows, best, interrupted, resumed, files, where, max_concurrent, str(sweep_dir)
+    )

@@ -9,6 +9,7 @@ A sweep that was killed leaves its running trials ``RUNNING`` in the study. On r
 Tune continues keep theirs; every other ``RUNNING`` trial of the study is dead and is marked
 ``FAIL`` (reason ``interrupted``); at the end of a sweep that ran to completion none is left.
 """
+
 from __future__ import annotations
 
 import logging
@@ -80,7 +81,6 @@ def open_storage(url: Optional[str], where: str) -> Any:
     if not url:
         return None
     import optuna
-
 
     try:
         return optuna.storages.RDBStorage(url)

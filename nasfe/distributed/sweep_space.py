@@ -24,6 +24,7 @@ A search-space file may instead carry the same mapping under a top-level ``sweep
 ``base`` then defaults to that file. Every check raises :class:`~nasfe.config.ConfigError`
 naming the file and the key.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,7 +36,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 from nasfe.registry import fusion_is_searched
-from nasfe.config import SPACES_DIR, ConfigError, SpaceConfig, builtin_spaces_path, load_space, read_yaml, resolve_space_path
+from nasfe.config import (
+    SPACES_DIR,
+    ConfigError,
+    SpaceConfig,
+    builtin_spaces_path,
+    load_space,
+    read_yaml,
+    resolve_space_path,
+)
 
 PARAM_TYPES = ("float", "int", "choice")
 PHASES = ("search", "retrain")
@@ -57,8 +66,11 @@ class ParamSpec:
         """Short human form, e.g. ``float[0.01, 0.2] log``."""
         if self.type == "choice":
             return f"choice{self.values}"
-        return f"{self.type}[{self.low}, {self.high}]" + (" log" if self.log else "") + \
-            (f" step {self.step}" if self.step else "")
+        return (
+            f"{self.type}[{self.low}, {self.high}]"
+            + (" log" if self.log else "")
+            + (f" step {self.step}" if self.step else "")
+        )
 
 
 @dataclass
@@ -109,8 +121,9 @@ class SweepSpace:
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (YAML/JSON-safe)."""
         d = dataclasses.asdict(self)
-        d["params"] = {p.pop("key"): {k: v for k, v in p.items() if v is not None and v is not False}
-                       for p in d["params"]}
+        d["params"] = {
+            p.pop("key"): {k: v for k, v in p.items() if v is not None and v is not False} for p in d["params"]
+        }
         return d
 
 
@@ -178,8 +191,10 @@ def _parse_range(key: str, kind: str, tp: Any, raw: dict, at: str) -> ParamSpec:
     if "values" in raw:
         raise ConfigError(f"{at}: 'values' belongs to type: choice; a {kind} range takes low/high")
     if tp not in (int, float):
-        raise ConfigError(f"{at}: {key} is a {getattr(tp, '__name__', tp)} field; "
-                          f"only numeric fields take a {kind} range (use type: choice)")
+        raise ConfigError(
+            f"{at}: {key} is a {getattr(tp, '__name__', tp)} field; "
+            f"only numeric fields take a {kind} range (use type: choice)"
+        )
     if kind == "float" and tp is int:
         raise ConfigError(f"{at}: {key} is an integer field; use type: int (or choice)")
     for bound in ("low", "high"):
@@ -244,7 +259,9 @@ def _parse_asha(raw_asha: Any, where: str) -> AshaConfig:
         raise ConfigError(f"{where}: asha: expected a mapping {{grace_period, reduction_factor, max_t}}")
     bad = sorted(set(raw_asha) - {"grace_period", "reduction_factor", "max_t"})
     if bad:
-        raise ConfigError(f"{where}: asha: unknown field(s) {bad}; known: ['grace_period', 'max_t', 'reduction_factor']")
+        raise ConfigError(
+            f"{where}: asha: unknown field(s) {bad}; known: ['grace_period', 'max_t', 'reduction_factor']"
+        )
     asha = AshaConfig(**raw_asha)
     for key, minimum in (("grace_period", 1), ("reduction_factor", 2), ("max_t", 1)):
         v = getattr(asha, key)
@@ -278,8 +295,10 @@ def _fixed_genotype(genotype: str, params: list[ParamSpec], where: str) -> str:
     """A retrain sweep's genotype file (relative to the sweep file when not found as given)."""
     model_keys = [p.key for p in params if p.key.startswith("model.")]
     if model_keys:
-        raise ConfigError(f"{where}: params {model_keys}: a retrain sweep of a fixed genotype cannot change "
-                          f"the architecture space; sweep model.* with phase: search")
+        raise ConfigError(
+            f"{where}: params {model_keys}: a retrain sweep of a fixed genotype cannot change "
+            f"the architecture space; sweep model.* with phase: search"
+        )
     gpath = Path(genotype)
     if not gpath.is_absolute() and not gpath.is_file() and (Path(where).parent / gpath).is_file():
         genotype = str(Path(where).parent / gpath)
@@ -293,16 +312,20 @@ def _check_budget(sweep: SweepSpace, where: str) -> None:
     asha, phase = sweep.asha, sweep.phase
     epochs = sweep.phase_epochs()
     if asha.grace_period > sweep.max_t():
-        raise ConfigError(f"{where}: asha.grace_period ({asha.grace_period}) exceeds asha.max_t / "
-                          f"{phase}.epochs ({sweep.max_t()})")
+        raise ConfigError(
+            f"{where}: asha.grace_period ({asha.grace_period}) exceeds asha.max_t / {phase}.epochs ({sweep.max_t()})"
+        )
     if asha.max_t is not None and asha.max_t > epochs:
         raise ConfigError(f"{where}: asha.max_t ({asha.max_t}) exceeds {phase}.epochs ({epochs}) of the trials")
     if phase == "retrain" and sweep.genotype is None and fusion_is_searched(sweep.base_space().model.fusion):
-        raise ConfigError(f"{where}: phase: retrain needs 'genotype: path/to/genotype.json' "
-                          f"(or a base space with model.fusion: res2)")
+        raise ConfigError(
+            f"{where}: phase: retrain needs 'genotype: path/to/genotype.json' (or a base space with model.fusion: res2)"
+        )
 
 
-def sweep_from_dict(data: Any, where: str, default_name: str = "sweep", default_base: Optional[str] = None) -> SweepSpace:
+def sweep_from_dict(
+    data: Any, where: str, default_name: str = "sweep", default_base: Optional[str] = None
+) -> SweepSpace:
     """Build and validate a :class:`SweepSpace` from parsed YAML; errors name ``where`` and the key."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level")
@@ -329,7 +352,9 @@ def sweep_from_dict(data: Any, where: str, default_name: str = "sweep", default_
     cpus = typed("cpus_per_worker", (int, float), 1.0, lambda v: v > 0, "a number > 0")
     gpus = typed("gpus_per_worker", (int, float), None, lambda v: v >= 0, "a number >= 0 or null")
     seed = typed("seed", int, 0, None, "an integer")
-    storage = typed("storage", str, None, lambda v: "://" in v, "an Optuna storage URL like sqlite:///study.db, or null")
+    storage = typed(
+        "storage", str, None, lambda v: "://" in v, "an Optuna storage URL like sqlite:///study.db, or null"
+    )
     study_name = typed("study_name", str, None, bool, "a name or null")
     name = typed("name", str, default_name, bool, "a name")
     genotype = typed("genotype", str, None, bool, "a path to genotype.json or null")
@@ -338,11 +363,26 @@ def sweep_from_dict(data: Any, where: str, default_name: str = "sweep", default_
     if phase == "retrain" and genotype is not None:
         genotype = _fixed_genotype(genotype, params, where)
 
-    sweep = SweepSpace(name=name, base=base, phase=phase, metric=metric, mode=mode, num_samples=num_samples,
-                       max_concurrent=max_concurrent, workers_per_trial=workers, cpus_per_worker=float(cpus),
-                       gpus_per_worker=None if gpus is None else float(gpus), seed=seed, asha=asha,
-                       storage=storage, study_name=study_name, genotype=genotype, overrides=overrides,
-                       params=params, source=where)
+    sweep = SweepSpace(
+        name=name,
+        base=base,
+        phase=phase,
+        metric=metric,
+        mode=mode,
+        num_samples=num_samples,
+        max_concurrent=max_concurrent,
+        workers_per_trial=workers,
+        cpus_per_worker=float(cpus),
+        gpus_per_worker=None if gpus is None else float(gpus),
+        seed=seed,
+        asha=asha,
+        storage=storage,
+        study_name=study_name,
+        genotype=genotype,
+        overrides=overrides,
+        params=params,
+        source=where,
+    )
     _check_values_load(sweep, where)
     _check_budget(sweep, where)
     return sweep
@@ -368,7 +408,7 @@ def load_sweep(name_or_path: str | Path) -> SweepSpace:
     """Load and validate a sweep space YAML (``yaml.safe_load``)."""
     path = resolve_sweep_path(name_or_path)
     data = read_yaml(path, "sweep space file")  # UTF-8, valid, not empty: else one line naming the file
-    default_name = path.stem[len("sweep_"):] if path.stem.startswith("sweep_") else path.stem
+    default_name = path.stem[len("sweep_") :] if path.stem.startswith("sweep_") else path.stem
     if isinstance(data, dict) and "sweep" in data:  # a search space carrying its own sweep section
         return sweep_from_dict(data["sweep"], str(path), default_name=default_name, default_base=str(path))
     return sweep_from_dict(data, str(path), default_name=default_name)

@@ -6,6 +6,7 @@ Tune callback that calls it whenever a trial completes or errors, so an interrup
 has its table. Rows come either from Tune's live ``Trial`` objects (during the sweep) or from the
 ``ResultGrid`` (after it).
 """
+
 from __future__ import annotations
 
 import csv
@@ -77,8 +78,16 @@ def _genotype_id(run_dir: Optional[Path]) -> Optional[str]:
         return None
 
 
-def make_row(trial_id: str, config: dict, result: dict, sweep: SweepSpace, trials_dir: Optional[Path],
-             error: Optional[str] = None, running: bool = False, cache: Optional[dict] = None) -> TrialRow:
+def make_row(
+    trial_id: str,
+    config: dict,
+    result: dict,
+    sweep: SweepSpace,
+    trials_dir: Optional[Path],
+    error: Optional[str] = None,
+    running: bool = False,
+    cache: Optional[dict] = None,
+) -> TrialRow:
     """One table row from a trial's sampled ``config``, its last ``result`` and its error, if any.
 
     ``cache`` (trial id -> (genotype id, parameters)) spares rebuilding finished trials' networks.
@@ -108,9 +117,18 @@ def make_row(trial_id: str, config: dict, result: dict, sweep: SweepSpace, trial
         params = _derived_parameters(run_dir) if run_dir is not None and not running else None
         if cache is not None and not running:
             cache[key] = (gid, params)
-    return TrialRow(trial=trial_id, status=status, params={p.key: (config or {}).get(p.key) for p in sweep.params},
-                    epochs=epochs, stopped_early=status == "STOPPED", metrics=metrics, parameters=params,
-                    genotype_id=gid, run_dir=str(run_dir) if run_dir is not None else None, note=note)
+    return TrialRow(
+        trial=trial_id,
+        status=status,
+        params={p.key: (config or {}).get(p.key) for p in sweep.params},
+        epochs=epochs,
+        stopped_early=status == "STOPPED",
+        metrics=metrics,
+        parameters=params,
+        genotype_id=gid,
+        run_dir=str(run_dir) if run_dir is not None else None,
+        note=note,
+    )
 
 
 def _short_error(text: Any) -> str:
@@ -129,7 +147,9 @@ def rows_from_grid(grid, sweep: SweepSpace, trials_dir: Optional[Path]) -> list[
     return sorted(rows, key=lambda r: r.trial)
 
 
-def rows_from_trials(trials, sweep: SweepSpace, trials_dir: Optional[Path], cache: Optional[dict] = None) -> list[TrialRow]:
+def rows_from_trials(
+    trials, sweep: SweepSpace, trials_dir: Optional[Path], cache: Optional[dict] = None
+) -> list[TrialRow]:
     """The sweep table from Tune's live ``Trial`` objects (inside a Tune callback)."""
     rows = []
     for t in trials:
@@ -138,8 +158,18 @@ def rows_from_trials(trials, sweep: SweepSpace, trials_dir: Optional[Path], cach
             err = "error"
             if getattr(t, "error_file", None) and Path(t.error_file).is_file():
                 err = _short_error(Path(t.error_file).read_text(errors="replace"))
-        rows.append(make_row(t.trial_id, t.config or {}, t.last_result or {}, sweep, trials_dir, error=err,
-                             running=t.status == "RUNNING", cache=cache))
+        rows.append(
+            make_row(
+                t.trial_id,
+                t.config or {},
+                t.last_result or {},
+                sweep,
+                trials_dir,
+                error=err,
+                running=t.status == "RUNNING",
+                cache=cache,
+            )
+        )
     return sorted(rows, key=lambda r: r.trial)
 
 
@@ -159,15 +189,35 @@ def pick_best(rows: Sequence[TrialRow], metric: str, mode: str) -> Optional[Tria
 
 def table_columns(sweep: SweepSpace) -> list[str]:
     """Columns of the sweep table."""
-    return ["trial", "status", "epochs", *[p.key for p in sweep.params], "val_psnr", "val_ssim",
-            "parameters", "genotype_id", "note"]
+    return [
+        "trial",
+        "status",
+        "epochs",
+        *[p.key for p in sweep.params],
+        "val_psnr",
+        "val_ssim",
+        "parameters",
+        "genotype_id",
+        "note",
+    ]
 
 
 def table_data(rows: Sequence[TrialRow], sweep: SweepSpace) -> list[list[Any]]:
     """The sweep table as plain rows (numbers stay numbers: a W&B dashboard can chart them)."""
-    return [[r.trial, r.status, r.epochs, *[r.params.get(p.key) for p in sweep.params],
-             r.metrics.get("val_psnr"), r.metrics.get("val_ssim"), r.parameters, r.genotype_id, r.note]
-            for r in rows]
+    return [
+        [
+            r.trial,
+            r.status,
+            r.epochs,
+            *[r.params.get(p.key) for p in sweep.params],
+            r.metrics.get("val_psnr"),
+            r.metrics.get("val_ssim"),
+            r.parameters,
+            r.genotype_id,
+            r.note,
+        ]
+        for r in rows
+    ]
 
 
 def _cell(v: Any) -> str:
@@ -187,10 +237,15 @@ def render_table(rows: Sequence[TrialRow], sweep: SweepSpace, best: Optional[Tri
     w.writerow(cols)
     w.writerows([["" if v is None else v for v in r] for r in data])
     counts = {s: sum(r.status == s for r in rows) for s in ("COMPLETED", "STOPPED", "DIVERGED", "ERROR")}
-    md = [f"# Sweep {sweep.name}", "",
-          f"{len(rows)} trials ({', '.join(f'{n} {s.lower()}' for s, n in counts.items() if n)}), metric "
-          f"{sweep.metric} ({sweep.mode}); phase {sweep.phase} of space {sweep.base}.", "",
-          "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    md = [
+        f"# Sweep {sweep.name}",
+        "",
+        f"{len(rows)} trials ({', '.join(f'{n} {s.lower()}' for s, n in counts.items() if n)}), metric "
+        f"{sweep.metric} ({sweep.mode}); phase {sweep.phase} of space {sweep.base}.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join("---" for _ in cols) + "|",
+    ]
     for r, vals in zip(rows, data):
         cells = [_cell(v) for v in vals]
         if best is not None and r.trial == best.trial:
@@ -215,10 +270,20 @@ def save_best(best: TrialRow, sweep: SweepSpace, out: Path) -> list[Path]:
         files.append(out / "genotype.json")
     space = load_space(sweep.base, {**sweep.overrides, **best.params})
     atomic_write_text(out / "config.yaml", yaml.safe_dump(space.to_dict(), sort_keys=False))
-    atomic_write_json(out / "trial.json", {"trial": best.trial, "params": best.params, "metrics": best.metrics,
-                                           "epochs": best.epochs, "parameters": best.parameters,
-                                           "genotype_id": best.genotype_id, "run_dir": best.run_dir,
-                                           "metric": sweep.metric, "mode": sweep.mode})
+    atomic_write_json(
+        out / "trial.json",
+        {
+            "trial": best.trial,
+            "params": best.params,
+            "metrics": best.metrics,
+            "epochs": best.epochs,
+            "parameters": best.parameters,
+            "genotype_id": best.genotype_id,
+            "run_dir": best.run_dir,
+            "metric": sweep.metric,
+            "mode": sweep.mode,
+        },
+    )
     files += [out / "config.yaml", out / "trial.json"]
     return files
 
@@ -248,8 +313,13 @@ class SweepReport:
         except Exception as exc:  # a summary must not stop the sweep
             log.warning("sweep summary not written (%s: %s)", type(exc).__name__, exc)
         if self.wandb is not None:
-            self.wandb.update(rows, best, table_columns(self.sweep), table_data(rows, self.sweep),
-                              self.sweep_dir / "best" / "genotype.json")
+            self.wandb.update(
+                rows,
+                best,
+                table_columns(self.sweep),
+                table_data(rows, self.sweep),
+                self.sweep_dir / "best" / "genotype.json",
+            )
         if self.publish is not None:
             try:
                 self.publish()
@@ -282,4 +352,3 @@ def summary_callback(report: SweepReport, trials_dir: Path, refresh=None):
             self._update(trials)
 
     return SweepSummaryCallback()
-

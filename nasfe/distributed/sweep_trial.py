@@ -12,6 +12,7 @@ one result with ``diverged: 1``, ``diverged_reason`` ("non-finite loss at search
 worst value of the metric, then ends: Tune's strict metric check and ASHA are satisfied, Optuna is
 told FAIL (:mod:`nasfe.distributed.sweep_optuna`), and the sweep goes on.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,7 @@ def epoch_divergence(report: dict[str, Any], metric: str, phase: str) -> Optiona
 
 def diverged_result(metric: str, mode: str, reason: str, epoch: int, step: int = 0) -> dict[str, Any]:
     """The one result a diverged trial reports to Tune."""
-    return {metric: worst_value(mode), "epoch": int(epoch), "step": int(step), "diverged": 1,
-            "diverged_reason": reason}
+    return {metric: worst_value(mode), "epoch": int(epoch), "step": int(step), "diverged": 1, "diverged_reason": reason}
 
 
 def stop_diverged(trial_id: str, result: dict) -> bool:
@@ -202,11 +202,22 @@ def trial_dirname(trial) -> str:
 def _wandb_settings(ctx: dict[str, Any], name: str, trial_id: str, sampled: dict[str, Any]):
     # flat top-level keys named like the sweep's parameters: W&B's sweep page and parallel
     # coordinates chart them; sweep/<key> keeps the earlier name
-    extra = {"sweep": ctx["sweep_name"], "trial_id": trial_id, **sampled,
-             **{f"sweep/{k}": v for k, v in sampled.items()}}
-    return WandbSettings(**{**ctx["wandb"], "group": ctx["sweep_name"], "name": name,
-                            "tags": ["sweep", ctx["sweep_name"]], "sweep_id": ctx.get("wandb_sweep_id"),
-                            "extra_config": extra})
+    extra = {
+        "sweep": ctx["sweep_name"],
+        "trial_id": trial_id,
+        **sampled,
+        **{f"sweep/{k}": v for k, v in sampled.items()},
+    }
+    return WandbSettings(
+        **{
+            **ctx["wandb"],
+            "group": ctx["sweep_name"],
+            "name": name,
+            "tags": ["sweep", ctx["sweep_name"]],
+            "sweep_id": ctx.get("wandb_sweep_id"),
+            "extra_config": extra,
+        }
+    )
 
 
 def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
@@ -216,14 +227,19 @@ def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     """
     import ray.tune
 
-
     sampled = {k: config[k] for k in ctx["param_keys"]}
     # a rank study's trial: one candidate genotype (and its overrides) of ctx["candidates"]
     cand = ctx.get("candidates", {}).get(config.get("candidate"), {})
     if cand:
         sampled = {"candidate": config["candidate"]}
-    space = load_space(ctx["base"], {**ctx["overrides"], **cand.get("overrides", {}),
-                                     **{k: v for k, v in sampled.items() if k in ctx["param_keys"]}})
+    space = load_space(
+        ctx["base"],
+        {
+            **ctx["overrides"],
+            **cand.get("overrides", {}),
+            **{k: v for k, v in sampled.items() if k in ctx["param_keys"]},
+        },
+    )
     trial_id = ray.tune.get_context().get_trial_id()
     # a candidate's run is named for it: a later study retraining it resumes its Ray Train checkpoint
     name = config["candidate"] if cand else trial_run_name(trial_id)
@@ -233,8 +249,15 @@ def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         genotype = Genotype.from_dict(cand.get("genotype") or ctx["genotype"], space=space)
     # the space and the sampled values travel with the run: `nasfe compare` and resumes read them
     info = storage.read_json("trial.json") or {"starts": 0}
-    info.update({"trial_id": trial_id, "sweep": ctx["sweep_name"], "params": sampled,
-                 "phase": ctx["phase"], "starts": info["starts"] + 1})
+    info.update(
+        {
+            "trial_id": trial_id,
+            "sweep": ctx["sweep_name"],
+            "params": sampled,
+            "phase": ctx["phase"],
+            "starts": info["starts"] + 1,
+        }
+    )
 
     with tempfile.TemporaryDirectory(prefix="nasfe-trial-") as tmp:
         root = Path(storage.root) if storage.is_local else Path(tmp)
@@ -244,14 +267,26 @@ def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         if not storage.is_local:
             storage.upload(root, ["space.yaml", "trial.json"])
     wandb = _wandb_settings(ctx, name, trial_id, sampled) if ctx.get("wandb") is not None else None
-    trainer = build_trainer(space, name, storage, num_workers=ctx["workers"], use_gpu=ctx["use_gpu"],
-                            phase=ctx["phase"], genotype=genotype, wandb=wandb,
-                            max_failures=ctx["max_failures"], threads_per_worker=ctx["threads"],
-                            progress=ctx["progress"], cpus_per_worker=ctx["cpus_per_worker"],
-                            extra_callbacks=[PlacementGroupRecorder(storage)])
+    trainer = build_trainer(
+        space,
+        name,
+        storage,
+        num_workers=ctx["workers"],
+        use_gpu=ctx["use_gpu"],
+        phase=ctx["phase"],
+        genotype=genotype,
+        wandb=wandb,
+        max_failures=ctx["max_failures"],
+        threads_per_worker=ctx["threads"],
+        progress=ctx["progress"],
+        cpus_per_worker=ctx["cpus_per_worker"],
+        extra_callbacks=[PlacementGroupRecorder(storage)],
+    )
     # build_trainer has no parameter for Ray Train UserCallbacks; RunConfig is read at fit() time
-    trainer.run_config.callbacks = [*(trainer.run_config.callbacks or []),
-                                    tune_report_callback(ctx["metric"], ctx["mode"], ctx["phase"])]
+    trainer.run_config.callbacks = [
+        *(trainer.run_config.callbacks or []),
+        tune_report_callback(ctx["metric"], ctx["mode"], ctx["phase"]),
+    ]
     try:
         result = trainer.fit()
         error = result.error
@@ -268,18 +303,30 @@ def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     ray.tune.report(diverged_result(ctx["metric"], ctx["mode"], reason, step // spe, step))
 
 
-def trial_context(sweep, trials_storage: str, use_gpu: bool, wandb, progress: bool,
-                  max_failures: int) -> dict[str, Any]:
+def trial_context(
+    sweep, trials_storage: str, use_gpu: bool, wandb, progress: bool, max_failures: int
+) -> dict[str, Any]:
     """Plain data every trial driver needs (it travels to the trial's actor)."""
 
     genotype = None
     if sweep.genotype:
         genotype = Genotype.from_json(sweep.genotype).to_dict()
     return {
-        "base": sweep.base, "overrides": dict(sweep.overrides), "param_keys": [p.key for p in sweep.params],
-        "phase": sweep.phase, "metric": sweep.metric, "mode": sweep.mode, "sweep_name": sweep.name,
-        "trials_storage": trials_storage, "workers": sweep.workers_per_trial, "use_gpu": use_gpu,
-        "cpus_per_worker": sweep.cpus_per_worker, "threads": max(1, int(sweep.cpus_per_worker)),
-        "genotype": genotype, "wandb": asdict(wandb) if wandb is not None else None,
-        "progress": progress, "max_failures": max_failures, "wandb_sweep_id": None,
+        "base": sweep.base,
+        "overrides": dict(sweep.overrides),
+        "param_keys": [p.key for p in sweep.params],
+        "phase": sweep.phase,
+        "metric": sweep.metric,
+        "mode": sweep.mode,
+        "sweep_name": sweep.name,
+        "trials_storage": trials_storage,
+        "workers": sweep.workers_per_trial,
+        "use_gpu": use_gpu,
+        "cpus_per_worker": sweep.cpus_per_worker,
+        "threads": max(1, int(sweep.cpus_per_worker)),
+        "genotype": genotype,
+        "wandb": asdict(wandb) if wandb is not None else None,
+        "progress": progress,
+        "max_failures": max_failures,
+        "wandb_sweep_id": None,
     }

@@ -5,6 +5,7 @@ end; an interrupted and resumed phase leaves one folder per segment, all with th
 in ``<storage>/<name>/wandb_ids.json``). This command fetches them (from S3 too) and runs
 ``wandb sync`` on them oldest first, so W&B shows one continuous run per phase.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``nasfe wandb-sync``."""
     parser.add_argument("--name", required=True, help="the run's name")
     parser.add_argument("--storage", help="where runs live: a folder (default ./runs) or s3://bucket/prefix")
-    parser.add_argument("--dest", help="local folder for the fetched W&B folders "
-                                       "(default: the run folder itself when local, else ~/nasfe-work/<name>-wandb)")
+    parser.add_argument(
+        "--dest",
+        help="local folder for the fetched W&B folders "
+        "(default: the run folder itself when local, else ~/nasfe-work/<name>-wandb)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="fetch and list the folders, upload nothing")
 
 

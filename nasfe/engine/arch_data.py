@@ -6,6 +6,7 @@ identity-disjoint) into a weight part and an architecture part (``search.arch_fr
 both are drawn like training data: reshuffled every pass, with fresh references and degradations
 for every batch. The validation split stays for validation metrics only.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,16 +42,22 @@ def split_for_architecture(faces, space: SpaceConfig) -> tuple[Any, Any, dict[st
     train = split_identities(faces, space.data)["train"]
     idents = sorted({r.identity for r in train})
     if len(idents) < 2:
-        raise ValueError(f"search.arch_fraction: the training split has {len(idents)} identity; the search needs "
-                         "at least two (one for the weights, one for the architecture)")
+        raise ValueError(
+            f"search.arch_fraction: the training split has {len(idents)} identity; the search needs "
+            "at least two (one for the weights, one for the architecture)"
+        )
     rng = np.random.default_rng([space.data.seed, space.search.seed, 7])
     order = [idents[i] for i in rng.permutation(len(idents))]
     n_arch = min(len(idents) - 1, max(1, int(round(space.search.arch_fraction * len(idents)))))
     arch_ids = set(order[:n_arch])
     w_faces = SubsetFaces(faces, [r for r in train if r.identity not in arch_ids], "weights")
     a_faces = SubsetFaces(faces, [r for r in train if r.identity in arch_ids], "architecture")
-    counts = {"weight_identities": len(idents) - n_arch, "arch_identities": n_arch,
-              "weight_images": len(w_faces.records), "arch_images": len(a_faces.records)}
+    counts = {
+        "weight_identities": len(idents) - n_arch,
+        "arch_identities": n_arch,
+        "weight_images": len(w_faces.records),
+        "arch_images": len(a_faces.records),
+    }
     return w_faces, a_faces, counts
 
 

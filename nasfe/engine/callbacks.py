@@ -1,4 +1,5 @@
 """The engine's reporting interface: a loop calls callbacks, it never imports Ray or W&B."""
+
 from __future__ import annotations
 
 import sys
@@ -66,9 +67,11 @@ class CallbackList(Callback):
 
     def __getattribute__(self, name: str):
         if name.startswith("on_"):
+
             def fan_out(*args, **kwargs):
                 for cb in object.__getattribute__(self, "callbacks"):
                     getattr(cb, name)(*args, **kwargs)
+
             return fan_out
         return object.__getattribute__(self, name)
 
@@ -98,8 +101,14 @@ class ConsoleProgress(Callback):
             return
         self.t0, self.step0 = time.time(), state.step
         if self.bar_enabled:
-            self.bar = tqdm(total=state.total_steps, initial=state.step, desc=state.phase,
-                            file=self.stream, dynamic_ncols=True, leave=False)
+            self.bar = tqdm(
+                total=state.total_steps,
+                initial=state.step,
+                desc=state.phase,
+                file=self.stream,
+                dynamic_ncols=True,
+                leave=False,
+            )
 
     def on_step(self, state, metrics):
         if self.bar is not None:

@@ -1,4 +1,5 @@
 """Checkpoints: atomic writes, ``weights_only`` loads, and clear errors for broken files."""
+
 from __future__ import annotations
 
 import logging

@@ -8,6 +8,7 @@ Every collective runs on the process group's device (``DistContext.device``): NC
 tensors only ("No backend type associated with device type cpu" for a CPU tensor), gloo CPU ones.
 Scalars and hashes are built on the host, moved to that device for the collective, and read back.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -83,7 +84,7 @@ class DistContext:
         offset = 0
         for g in grads:
             n = g.numel()
-            g.copy_(flat[offset:offset + n].view_as(g))
+            g.copy_(flat[offset : offset + n].view_as(g))
             offset += n
 
     def mean(self, value: float | torch.Tensor) -> float:

@@ -4,6 +4,7 @@ A phase (search, retrain, pretrain) subclasses :class:`Phase` and supplies its m
 optimisers and one ``train_step``. The loop is plain PyTorch; progress, W&B and Ray reach it
 only through :class:`~nasfe.engine.callbacks.Callback` objects.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,12 @@ import torch.nn.functional as F
 from nasfe.config import SpaceConfig
 from nasfe.engine.callbacks import Callback, CallbackList, TrainState
 from nasfe.engine.checkpoint import (
-    CheckpointError, checkpoint_name, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint,
+    CheckpointError,
+    checkpoint_name,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
 )
 from nasfe.engine.dist import DistContext
 from nasfe.engine.meter import StepMeter
@@ -89,10 +95,18 @@ class Phase:
     model: NASFE
     loss_fn: NASFELoss
 
-    def __init__(self, space: SpaceConfig, settings: PhaseSettings, run_dir: str | Path,
-                 callbacks: Sequence[Callback] = (), device: str | torch.device = "cpu",
-                 dist: Optional[DistContext] = None, resume: bool = True,
-                 resume_from: Optional[str | Path] = None, faces=None):
+    def __init__(
+        self,
+        space: SpaceConfig,
+        settings: PhaseSettings,
+        run_dir: str | Path,
+        callbacks: Sequence[Callback] = (),
+        device: str | torch.device = "cpu",
+        dist: Optional[DistContext] = None,
+        resume: bool = True,
+        resume_from: Optional[str | Path] = None,
+        faces=None,
+    ):
         self.space = space
         self.cfg = settings
         self.run_dir = Path(run_dir)
@@ -106,8 +120,13 @@ class Phase:
         if settings.batch_size % self.dist.world_size:
             raise ValueError(f"batch_size {settings.batch_size} is not divisible by {self.dist.world_size} workers")
         self.local_batch = settings.batch_size // self.dist.world_size
-        self.state = TrainState(phase=self.name, rank=self.dist.rank, world_size=self.dist.world_size,
-                                run_dir=self.run_dir, epochs=settings.epochs)
+        self.state = TrainState(
+            phase=self.name,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            run_dir=self.run_dir,
+            epochs=settings.epochs,
+        )
         self.last_metrics: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
         self.meter = StepMeter(self.device)
@@ -161,9 +180,16 @@ class Phase:
     def make_batches(self, split: str, seed_offset: int = 0, space: Optional[SpaceConfig] = None, faces=None):
         """A batch maker for ``split`` on this rank (its shard, its share of the global batch)."""
 
-        return BatchMaker(space or self.space, split, self.local_batch, device=self.device, rank=self.dist.rank,
-                          world_size=self.dist.world_size, seed=self.cfg.seed + seed_offset,
-                          faces=faces if faces is not None else self.faces)
+        return BatchMaker(
+            space or self.space,
+            split,
+            self.local_batch,
+            device=self.device,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            seed=self.cfg.seed + seed_offset,
+            faces=faces if faces is not None else self.faces,
+        )
 
     def weight_batches(self, seed_offset: int = 0, space: Optional[SpaceConfig] = None):
         """Batches the weights (and pre-training) train on: the training split here; the search
@@ -372,13 +398,21 @@ class Phase:
         self.state.steps_per_epoch = spe
         resumed = self.maybe_resume()
         if resumed is None:  # a fresh network must be finite before hours of pre-training go into it
-
             preflight(self.model, self.space.data.height, self.space.data.width, self.device, self.name)
         if resumed is None and self.cfg.pretrain_steps > 0:
-            pretrain_parts(self.model, self.space, lambda sp: self.weight_batches(3000, space=sp),
-                           self.cfg.pretrain_steps, self.cfg.lr, self.dist, self.cfg.grad_clip or 5.0)
-        self.callbacks.on_start(self.state, {"phase": self.name, "space": self.space.to_dict(),
-                                             "resumed_from": str(resumed) if resumed else None})
+            pretrain_parts(
+                self.model,
+                self.space,
+                lambda sp: self.weight_batches(3000, space=sp),
+                self.cfg.pretrain_steps,
+                self.cfg.lr,
+                self.dist,
+                self.cfg.grad_clip or 5.0,
+            )
+        self.callbacks.on_start(
+            self.state,
+            {"phase": self.name, "space": self.space.to_dict(), "resumed_from": str(resumed) if resumed else None},
+        )
         t_start = time.time()
         self.model.train()
         log_every = max(1, self.cfg.log_every)
@@ -407,15 +441,19 @@ class Phase:
                     step_metrics = self.meter.interval_means()
                     self.last_metrics = step_metrics
                 self.callbacks.on_step(self.state, step_metrics)
-                if self.cfg.checkpoint_every and self.state.step % self.cfg.checkpoint_every == 0 \
-                        and self.state.step % spe:
+                if (
+                    self.cfg.checkpoint_every
+                    and self.state.step % self.cfg.checkpoint_every == 0
+                    and self.state.step % spe
+                ):
                     self.save()
             self.ensure_finite()
             val = self.validate()
             metrics = {"epoch": epoch + 1, **self.meter.epoch_means(), **val}
             genotype = self.on_epoch_end_extra(metrics)
-            self.history.append({k: v for k, v in metrics.items()
-                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            self.history.append(
+                {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            )
             self.state.epoch = epoch + 1
             self.callbacks.on_epoch_end(self.state, metrics, genotype)
             self.last_metrics = metrics
@@ -431,7 +469,14 @@ class Phase:
         last = self.history[-1] if self.history else {}
         best = max((h.get("val_psnr", -math.inf) for h in self.history), default=None)
         params = sum(p.numel() for p in self.model.weight_parameters())
-        return {"phase": self.name, "steps": self.state.step, "epochs": self.state.epoch,
-                "seconds": round(seconds, 2), "world_size": self.dist.world_size,
-                "final": last, "best_val_psnr": best, "parameters": params,
-                "run_dir": str(self.run_dir)}
+        return {
+            "phase": self.name,
+            "steps": self.state.step,
+            "epochs": self.state.epoch,
+            "seconds": round(seconds, 2),
+            "world_size": self.dist.world_size,
+            "final": last,
+            "best_val_psnr": best,
+            "parameters": params,
+            "run_dir": str(self.run_dir),
+        }

@@ -6,6 +6,7 @@ adds them up on the device and :meth:`StepMeter.read` moves everything to the ho
 transfer. The same read carries the guard: the first step at which a watched value (a loss, a
 gradient norm) was not finite, and whether the weights are finite now.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Mapping, Optional
@@ -62,11 +63,12 @@ class StepMeter:
         keys = list(self._sums)
         ws = [w.detach().float().sum() for w in weights]
         w_ok = torch.isfinite(torch.stack(ws)).all().to(torch.float32) if ws else torch.ones((), device=self.device)
-        tail = torch.stack([self._bad_step.to(torch.float32), self._bad_code.to(torch.float32),
-                            w_ok.to(self.device, torch.float32)])
+        tail = torch.stack(
+            [self._bad_step.to(torch.float32), self._bad_code.to(torch.float32), w_ok.to(self.device, torch.float32)]
+        )
         packed = torch.cat([torch.stack([self._sums[k] for k in keys]), tail]) if keys else tail
         values = packed.tolist()  # the one device -> host transfer
-        self.cum = {**self._host, **dict(zip(keys, values[:len(keys)]))}
+        self.cum = {**self._host, **dict(zip(keys, values[: len(keys)]))}
         step, code, ok = int(values[-3]), int(values[-2]), values[-1]
         if step >= 0:
             return WATCHED[code], step
@@ -88,4 +90,3 @@ class StepMeter:
     def epoch_means(self) -> dict[str, float]:
         """Means over the epoch so far, from the last :meth:`read` (host only)."""
         return {k: v / self.counts[k] for k, v in self.cum.items() if self.counts.get(k)}
-

@@ -1,4 +1,5 @@
 """The network a phase trains: the model and its loss, sharing one frozen face backbone."""
+
 from __future__ import annotations
 
 from nasfe.config import SpaceConfig

@@ -5,6 +5,7 @@ A derived 12-block network can overflow at initialisation (a chain of gains, doc
 "Stable cells"); without this check a run spends its whole pre-training and then stops at
 "non-finite loss at retrain step 1".
 """
+
 from __future__ import annotations
 
 import re
@@ -34,15 +35,16 @@ def describe_module(model: nn.Module, name: str) -> str:
         names = getattr(cell, "op_names", None)
         if names is not None:
             op = names[block][k]
-        return (f"fusion layer {layer} (level {fusion.path[layer]}) block {block} operator {op} "
-                f"on input {cell.inputs[block][k]}")
+        return (
+            f"fusion layer {layer} (level {fusion.path[layer]}) block {block} operator {op} "
+            f"on input {cell.inputs[block][k]}"
+        )
     m = _SEARCH.match(name)
     if m and fusion is not None:  # a name under fusion.cells comes from a model with a fusion
         layer, level, edge, i = (int(g) for g in m.groups()[:4])
         block = max(b for b in range(edge + 1) if edge_offset(b) <= edge)
         op = fusion.cells[f"{layer}_{level}"].edges[edge].names[i]
-        return (f"fusion layer {layer} (level {level}) block {block} operator {op} "
-                f"on input {edge - edge_offset(block)}")
+        return f"fusion layer {layer} (level {level}) block {block} operator {op} on input {edge - edge_offset(block)}"
     return name or type(model).__name__
 
 

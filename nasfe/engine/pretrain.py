@@ -6,6 +6,7 @@ degradation (the degradation probabilities of the other two set to zero); CN the
 full mixture with its multi-label BCE. Runs before the first step of a phase that starts fresh;
 a resumed phase already holds these weights in its checkpoint.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,8 +36,9 @@ def single_task_space(space: SpaceConfig, task: str) -> SpaceConfig:
     return dataclasses.replace(space, degrade=degrade)
 
 
-def _train_part(part: str, params, loss_of, batches, steps: int, lr: float, dist: DistContext,
-                grad_clip: float) -> torch.Tensor:
+def _train_part(
+    part: str, params, loss_of, batches, steps: int, lr: float, dist: DistContext, grad_clip: float
+) -> torch.Tensor:
     """``steps`` Adam steps of ``params`` on ``loss_of(batch)``; returns the last loss (device).
 
     No host read inside the loop; at the end one read checks that every loss and gradient norm
@@ -66,8 +68,15 @@ def _train_part(part: str, params, loss_of, batches, steps: int, lr: float, dist
     return loss.detach()
 
 
-def pretrain_parts(model, space: SpaceConfig, make_batches: Callable[[SpaceConfig], object], steps: int,
-                   lr: float, dist: DistContext, grad_clip: float = 5.0) -> dict[str, float]:
+def pretrain_parts(
+    model,
+    space: SpaceConfig,
+    make_batches: Callable[[SpaceConfig], object],
+    steps: int,
+    lr: float,
+    dist: DistContext,
+    grad_clip: float = 5.0,
+) -> dict[str, float]:
     """Pre-train each encoder for ``steps`` steps on its single task, then CN; returns final losses.
 
     ``make_batches(space)`` gives an iterable of batches for a (modified) space on this rank.
@@ -79,13 +88,25 @@ def pretrain_parts(model, space: SpaceConfig, make_batches: Callable[[SpaceConfi
     last: dict[str, torch.Tensor] = {}
     for task in SINGLE_TASK:
         last[f"pretrain_{task}"] = _train_part(
-            f"encoder {task}", model.pretrain_parameters(task),
+            f"encoder {task}",
+            model.pretrain_parameters(task),
             lambda b, t=task: encoder_task_loss(model, t, b.y, b.x),
-            cycle(make_batches(single_task_space(space, task))), steps, lr, dist, grad_clip)
+            cycle(make_batches(single_task_space(space, task))),
+            steps,
+            lr,
+            dist,
+            grad_clip,
+        )
     last["pretrain_cls"] = _train_part(
-        "classifier", list(model.classifier.parameters()),
+        "classifier",
+        list(model.classifier.parameters()),
         lambda b: classification_loss(model.classify(b.y), b.c),
-        cycle(make_batches(space)), steps, lr, dist, grad_clip)
+        cycle(make_batches(space)),
+        steps,
+        lr,
+        dist,
+        grad_clip,
+    )
     keys = list(last)
     losses = dict(zip(keys, torch.stack([last[k] for k in keys]).tolist()))
     log.info("pre-training done: %s", ", ".join(f"{k}={v:.4g}" for k, v in losses.items()))

@@ -10,6 +10,7 @@ Two rules, the two ways ``nasfe.genotype`` reads a genotype off a supernet:
   operators on their edges and of the transitions along its path: how much the supernet's loss
   rises when its choices are masked out.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,7 @@ def load_supernet(search_dir: str | Path) -> Supernet:
     if key is None:
         raise GenotypeError(f"{ckpts[-1]}: holds no architecture weights (alphas)")
     prefix = key[: -len("alphas")]
-    net = Supernet(str(root), state[key].float(), state[prefix + "betas"].float(),
-                   state.get(prefix + "edge_gammas"))
+    net = Supernet(str(root), state[key].float(), state[prefix + "betas"].float(), state.get(prefix + "edge_gammas"))
     strength = root / "strength.json"
     if not strength.is_file():
         found = sorted(root.rglob("strength.json"))

@@ -1,4 +1,5 @@
 """Retraining of a derived network (or the BN baseline) with L_final: Adam 5e-4, batch 40."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,17 +55,39 @@ class RetrainPhase(Phase):
         if self.dist.is_main:
             # a small weights-only file for `nasfe evaluate` / `nasfe restore` / export
 
-            save_checkpoint(self.run_dir / "model.pt", {
-                "step": self.state.step, "model": self.model.state_dict(), "space": self.space.to_dict(),
-                "genotype": self.genotype.to_dict() if self.genotype is not None else None,
-            })
+            save_checkpoint(
+                self.run_dir / "model.pt",
+                {
+                    "step": self.state.step,
+                    "model": self.model.state_dict(),
+                    "space": self.space.to_dict(),
+                    "genotype": self.genotype.to_dict() if self.genotype is not None else None,
+                },
+            )
         return path
 
 
-def run_retrain(space: SpaceConfig, genotype, run_dir: str | Path, callbacks: Sequence[Callback] = (),
-                device: str = "cpu", dist: Optional[DistContext] = None, resume: bool = True,
-                resume_from: Optional[str | Path] = None, faces=None) -> dict[str, Any]:
+def run_retrain(
+    space: SpaceConfig,
+    genotype,
+    run_dir: str | Path,
+    callbacks: Sequence[Callback] = (),
+    device: str = "cpu",
+    dist: Optional[DistContext] = None,
+    resume: bool = True,
+    resume_from: Optional[str | Path] = None,
+    faces=None,
+) -> dict[str, Any]:
     """Retrain ``genotype`` in ``space``; writes checkpoints, ``model.pt`` and ``retrain_summary.json``."""
-    phase = RetrainPhase(space, genotype, run_dir, callbacks=callbacks, device=device, dist=dist,
-                         resume=resume, resume_from=resume_from, faces=faces)
+    phase = RetrainPhase(
+        space,
+        genotype,
+        run_dir,
+        callbacks=callbacks,
+        device=device,
+        dist=dist,
+        resume=resume,
+        resume_from=resume_from,
+        faces=faces,
+    )
     return phase.run()

@@ -11,6 +11,7 @@ Gradients are averaged over ranks, so the architecture stays identical on every 
 genotype is derived every epoch from everything the search learned (``derive_from_arch``) and
 checked equal across ranks, with the search's health (entropies, share of parameter-free edges).
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,11 @@ class strict_fp32:
         self.phase = phase
 
     def __enter__(self):
-        self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-                      getattr(self.phase, "_strict_fp32", False))
+        self.saved = (
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+            getattr(self.phase, "_strict_fp32", False),
+        )
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         self.phase._strict_fp32 = True
@@ -84,14 +88,17 @@ class SearchPhase(Phase):
         self.loss_fn = self.loss_fn.to(self.device)
         self.arch_params = list(self.model.arch_parameters())
         if not self.arch_params:
-            raise ValueError(f"space {self.space.name!r} has no architecture to search (model.fusion = "
-                             f"{self.space.model.fusion!r}); use `nasfe retrain` for fixed networks")
+            raise ValueError(
+                f"space {self.space.name!r} has no architecture to search (model.fusion = "
+                f"{self.space.model.fusion!r}); use `nasfe retrain` for fixed networks"
+            )
         self.weights = list(self.model.weight_parameters())
         self.dist.broadcast_parameters(self.weights + self.arch_params)
         s = self.space.search
         self.opt_w = torch.optim.Adam(self.weights, lr=s.lr)
-        self.opt_a = torch.optim.Adam(self.arch_params, lr=s.arch_lr, betas=(0.5, 0.999),
-                                      weight_decay=s.arch_weight_decay)
+        self.opt_a = torch.optim.Adam(
+            self.arch_params, lr=s.arch_lr, betas=(0.5, 0.999), weight_decay=s.arch_weight_decay
+        )
 
     # ---- data: weights and architecture on disjoint parts of the training identities ----------
     def _split(self):
@@ -100,14 +107,18 @@ class SearchPhase(Phase):
             w_faces, a_faces, counts = split_for_architecture(faces, self.space)
             self._parts = (w_faces, a_faces, whole_split_space(self.space))
             if self.dist.is_main:
-                log.info("search data: weights on %(weight_identities)d identities (%(weight_images)d images), "
-                         "architecture on %(arch_identities)d (%(arch_images)d images)", counts)
+                log.info(
+                    "search data: weights on %(weight_identities)d identities (%(weight_images)d images), "
+                    "architecture on %(arch_identities)d (%(arch_images)d images)",
+                    counts,
+                )
         return self._parts
 
     def weight_batches(self, seed_offset: int = 0, space: Optional[SpaceConfig] = None):
         w_faces, _, whole = self._split()
-        return self.make_batches("train", seed_offset, space=whole_split_space(space) if space else whole,
-                                 faces=w_faces)
+        return self.make_batches(
+            "train", seed_offset, space=whole_split_space(space) if space else whole, faces=w_faces
+        )
 
     def _arch_batch(self):
         if self._arch_batches is None:
@@ -122,8 +133,7 @@ class SearchPhase(Phase):
 
     def extra_state(self):
         pos = self._arch_batches.state() if self._arch_batches is not None else self._arch_state
-        return {"genotype": self.genotype.to_dict() if self.genotype is not None else None,
-                "arch_batches": pos}
+        return {"genotype": self.genotype.to_dict() if self.genotype is not None else None, "arch_batches": pos}
 
     def load_extra_state(self, payload):
         if payload.get("genotype"):
@@ -185,10 +195,10 @@ class SearchPhase(Phase):
             t = int(st["step"]) + 1 if "step" in st else 1
             m = b1 * st["exp_avg"] + (1 - b1) * g if "exp_avg" in st else (1 - b1) * g
             v = b2 * st["exp_avg_sq"] + (1 - b2) * g * g if "exp_avg_sq" in st else (1 - b2) * g * g
-            vh = v / (1 - b2 ** t)
+            vh = v / (1 - b2**t)
             # sqrt's derivative is infinite at 0 (a weight whose gradients were all zero): no flow there
             root = torch.where(vh > 0, torch.where(vh > 0, vh, torch.ones_like(vh)).sqrt(), torch.zeros_like(vh))
-            steps.append(lr * (m / (1 - b1 ** t)) / (root + eps))
+            steps.append(lr * (m / (1 - b1**t)) / (root + eps))
         return steps
 
     def lookahead_objective(self, train_batch, arch_batch, drop: bool = False) -> torch.Tensor:
@@ -237,8 +247,12 @@ class SearchPhase(Phase):
                 d_alpha = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads[:n_a], self.arch_params)]
                 u = [g if g is not None else torch.zeros_like(w) for g, w in zip(grads[n_a:], self.weights)]
                 live = [(s, gv, ui) for s, gv, ui in zip(step, g_var, u) if gv is not None]
-                jt = torch.autograd.grad([s for s, _, _ in live], [gv for _, gv, _ in live],
-                                         grad_outputs=[ui for _, _, ui in live], allow_unused=True)
+                jt = torch.autograd.grad(
+                    [s for s, _, _ in live],
+                    [gv for _, gv, _ in live],
+                    grad_outputs=[ui for _, _, ui in live],
+                    allow_unused=True,
+                )
                 it = iter(jt)
                 z = [(next(it) if gv is not None else None) for gv in g_var]
                 z = [zi if zi is not None else torch.zeros_like(w) for zi, w in zip(z, self.weights)]
@@ -285,9 +299,13 @@ class SearchPhase(Phase):
         share = param_free_share(genotype)
         metrics["param_free_share"] = share
         if share > COLLAPSE_SHARE and self.dist.is_main:
-            log.warning("search epoch %d: %.0f%% of the derived edges are parameter-free (skip connections), "
-                        "more than half: the DARTS skip-connection collapse; consider fewer epochs, more "
-                        "warm-up or a lower search.arch_lr", self.state.epoch + 1, 100 * share)
+            log.warning(
+                "search epoch %d: %.0f%% of the derived edges are parameter-free (skip connections), "
+                "more than half: the DARTS skip-connection collapse; consider fewer epochs, more "
+                "warm-up or a lower search.arch_lr",
+                self.state.epoch + 1,
+                100 * share,
+            )
         self.genotype = genotype
         if self.dist.is_main:
             genotype.to_json(self.run_dir / "genotype.json")
@@ -314,20 +332,41 @@ class SearchPhase(Phase):
         self.model.eval()
         try:
             alphas, betas = self._alphas_betas()
-            ops, trans = choice_strengths(alphas, betas, m.operators, m.cells, m.levels,
-                                          lambda b: self.network_loss(b)[0], batches, average=self.dist.average)
+            ops, trans = choice_strengths(
+                alphas,
+                betas,
+                m.operators,
+                m.cells,
+                m.levels,
+                lambda b: self.network_loss(b)[0],
+                batches,
+                average=self.dist.average,
+            )
         finally:
             self.model.train()
         genotype = derive_from_strength(ops, trans, self.space)
         changed = diff_genotypes(by_alpha, genotype)
         metrics["selection_changes"] = len(changed)
         if self.dist.is_main:
-            log.info("genotype by strength (%d batches): %s; by alpha it would differ in %d place(s)%s",
-                     n, genotype.genotype_id(), len(changed), (": " + "; ".join(changed)) if changed else "")
-            atomic_write_json(self.run_dir / "strength.json", {
-                "operators": list(m.operators), "batches": n, "step": self.state.step,
-                "op_strength": ops.tolist(), "transition_strength": trans.tolist(),
-                "genotype": genotype.to_dict(), "by_alpha": by_alpha.to_dict()})
+            log.info(
+                "genotype by strength (%d batches): %s; by alpha it would differ in %d place(s)%s",
+                n,
+                genotype.genotype_id(),
+                len(changed),
+                (": " + "; ".join(changed)) if changed else "",
+            )
+            atomic_write_json(
+                self.run_dir / "strength.json",
+                {
+                    "operators": list(m.operators),
+                    "batches": n,
+                    "step": self.state.step,
+                    "op_strength": ops.tolist(),
+                    "transition_strength": trans.tolist(),
+                    "genotype": genotype.to_dict(),
+                    "by_alpha": by_alpha.to_dict(),
+                },
+            )
         return genotype
 
     def summary(self, seconds):
@@ -338,10 +377,25 @@ class SearchPhase(Phase):
         return out
 
 
-def run_search(space: SpaceConfig, run_dir: str | Path, callbacks: Sequence[Callback] = (),
-               device: str = "cpu", dist: Optional[DistContext] = None, resume: bool = True,
-               resume_from: Optional[str | Path] = None, faces=None) -> dict[str, Any]:
+def run_search(
+    space: SpaceConfig,
+    run_dir: str | Path,
+    callbacks: Sequence[Callback] = (),
+    device: str = "cpu",
+    dist: Optional[DistContext] = None,
+    resume: bool = True,
+    resume_from: Optional[str | Path] = None,
+    faces=None,
+) -> dict[str, Any]:
     """Search ``space``; writes ``genotype.json``, checkpoints and ``search_summary.json`` in ``run_dir``."""
-    phase = SearchPhase(space, run_dir, callbacks=callbacks, device=device, dist=dist, resume=resume,
-                        resume_from=resume_from, faces=faces)
+    phase = SearchPhase(
+        space,
+        run_dir,
+        callbacks=callbacks,
+        device=device,
+        dist=dist,
+        resume=resume,
+        resume_from=resume_from,
+        faces=faces,
+    )
     return phase.run()

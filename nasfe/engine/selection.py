@@ -9,6 +9,7 @@ one choice masked out of its softmax, minus the mean loss with nothing masked. A
 means the supernet needs that choice. ``nasfe.genotype.derive_from_strength`` reads the genotype
 off the two tables.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
@@ -34,9 +35,16 @@ def transition_choices(cells: int, levels: int) -> list[tuple[int, int, int]]:
 
 
 @torch.no_grad()
-def choice_strengths(alphas: torch.nn.Parameter, betas: torch.nn.Parameter, operators: Sequence[str],
-                     cells: int, levels: int, loss_of: Callable[[object], torch.Tensor], batches: Sequence,
-                     average: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def choice_strengths(
+    alphas: torch.nn.Parameter,
+    betas: torch.nn.Parameter,
+    operators: Sequence[str],
+    cells: int,
+    levels: int,
+    loss_of: Callable[[object], torch.Tensor],
+    batches: Sequence,
+    average: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Operator strengths (like ``alphas``) and transition strengths (like ``betas``), on the host.
 
     ``loss_of(batch)`` is the scalar loss of the supernet as it stands; ``average`` (optional)
@@ -46,8 +54,13 @@ def choice_strengths(alphas: torch.nn.Parameter, betas: torch.nn.Parameter, oper
     if not batches:
         raise ValueError("choice_strengths: no batches to measure on")
     ops_shape = alphas.shape
-    choices_a = [(t, e, i) for t in range(ops_shape[0]) for e in range(ops_shape[1])
-                 for i, name in enumerate(operators) if name != "zero"]
+    choices_a = [
+        (t, e, i)
+        for t in range(ops_shape[0])
+        for e in range(ops_shape[1])
+        for i, name in enumerate(operators)
+        if name != "zero"
+    ]
     choices_b = transition_choices(cells, levels)
     a0, b0 = alphas.detach().clone(), betas.detach().clone()
 
@@ -73,9 +86,9 @@ def choice_strengths(alphas: torch.nn.Parameter, betas: torch.nn.Parameter, oper
     vec = vec.double().cpu()
     rise = vec[1:] - vec[0]
     op_strength = torch.zeros(ops_shape, dtype=torch.float64)
-    for (t, e, i), v in zip(choices_a, rise[:len(choices_a)]):
+    for (t, e, i), v in zip(choices_a, rise[: len(choices_a)]):
         op_strength[t, e, i] = v
     trans_strength = torch.zeros(betas.shape, dtype=torch.float64)
-    for (layer, s, t), v in zip(choices_b, rise[len(choices_a):]):
+    for (layer, s, t), v in zip(choices_b, rise[len(choices_a) :]):
         trans_strength[layer, s, t] = v
     return op_strength, trans_strength

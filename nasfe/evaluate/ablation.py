@@ -36,6 +36,7 @@ phase so the whole ablation takes about M minutes (a search step counts as two t
 ``--search-epochs/--retrain-epochs/--steps-per-epoch`` set it explicitly instead, and
 ``--space-budget`` keeps the space's own search/retrain epochs and steps (search_spaces/cpu.yaml).
 """
+
 from __future__ import annotations
 
 import logging
@@ -87,24 +88,59 @@ class AblationRow:
     name: str
     slug: str
     overrides: dict
-    paper_bn: tuple[float, float]   # Test-BN CelebA (PSNR, SSIM)
+    paper_bn: tuple[float, float]  # Test-BN CelebA (PSNR, SSIM)
     paper_bnl: tuple[float, float]  # Test-BNL CelebA (PSNR, SSIM)
     paper_params_m: float
 
 
 ROWS: tuple[AblationRow, ...] = (
-    AblationRow("BN", "bn", {"model.fusion": "res2", "model.use_classifier": False, "model.use_identity": False,
-                             **_L2_ONLY}, (19.72, 0.70), (19.95, 0.65), 6.00),
+    AblationRow(
+        "BN",
+        "bn",
+        {"model.fusion": "res2", "model.use_classifier": False, "model.use_identity": False, **_L2_ONLY},
+        (19.72, 0.70),
+        (19.95, 0.65),
+        6.00,
+    ),
     AblationRow("BN-NAS", "bn_nas", dict(_NAS_BASE), (22.51, 0.74), (21.17, 0.70), 6.25),
-    AblationRow("+ classification network", "cls", {**_NAS_BASE, "model.use_classifier": True},
-                (23.28, 0.76), (21.56, 0.72), 6.25),
-    AblationRow("+ identity information", "iden", {**_NAS_BASE, "model.use_classifier": True,
-                                                   "model.use_identity": True}, (24.88, 0.81), (23.06, 0.80), 6.40),
-    AblationRow("NASFE (L_mse + L_per)", "per", {**_NAS_BASE, "model.use_classifier": True, "model.use_identity": True,
-                                                 "loss.lambda_per": 0.04}, (25.10, 0.84), (23.35, 0.83), 6.40),
-    AblationRow("NASFE w/ L_final", "final", {**_NAS_BASE, "model.use_classifier": True, "model.use_identity": True,
-                                              "loss.lambda_per": 0.04, "loss.lambda_iden": 0.003},
-                (25.57, 0.87), (23.80, 0.85), 6.40),
+    AblationRow(
+        "+ classification network",
+        "cls",
+        {**_NAS_BASE, "model.use_classifier": True},
+        (23.28, 0.76),
+        (21.56, 0.72),
+        6.25,
+    ),
+    AblationRow(
+        "+ identity information",
+        "iden",
+        {**_NAS_BASE, "model.use_classifier": True, "model.use_identity": True},
+        (24.88, 0.81),
+        (23.06, 0.80),
+        6.40,
+    ),
+    AblationRow(
+        "NASFE (L_mse + L_per)",
+        "per",
+        {**_NAS_BASE, "model.use_classifier": True, "model.use_identity": True, "loss.lambda_per": 0.04},
+        (25.10, 0.84),
+        (23.35, 0.83),
+        6.40,
+    ),
+    AblationRow(
+        "NASFE w/ L_final",
+        "final",
+        {
+            **_NAS_BASE,
+            "model.use_classifier": True,
+            "model.use_identity": True,
+            "loss.lambda_per": 0.04,
+            "loss.lambda_iden": 0.003,
+        },
+        (25.57, 0.87),
+        (23.80, 0.85),
+        6.40,
+    ),
 )
 ROW_SLUGS = [r.slug for r in ROWS]
 EVAL_SETS = ("Test-BN", "Test-BNL")
@@ -117,8 +153,12 @@ def scale_lambdas(rows: Sequence[AblationRow], factor: float) -> list[AblationRo
     if factor == 1.0:
         return list(rows)
     keys = ("loss.lambda_per", "loss.lambda_iden")
-    return [dataclasses.replace(r, overrides={**r.overrides, **{k: r.overrides[k] * factor for k in keys
-                                                                 if k in r.overrides}}) for r in rows]
+    return [
+        dataclasses.replace(
+            r, overrides={**r.overrides, **{k: r.overrides[k] * factor for k in keys if k in r.overrides}}
+        )
+        for r in rows
+    ]
 
 
 def row_space(base: str, row: AblationRow, schedule: dict[str, Any]):
@@ -130,8 +170,11 @@ def row_space(base: str, row: AblationRow, schedule: dict[str, Any]):
 # ---- budget -----------------------------------------------------------------------------------------
 def schedule_from_args(search_epochs: int, retrain_epochs: int, steps_per_epoch: Optional[int]) -> dict[str, Any]:
     """Explicit epochs (and steps per epoch) for every search and retrain phase."""
-    s: dict[str, Any] = {"search.epochs": search_epochs, "search.warmup_epochs": max(0, min(search_epochs - 1, search_epochs // 2)),
-                         "retrain.epochs": retrain_epochs}
+    s: dict[str, Any] = {
+        "search.epochs": search_epochs,
+        "search.warmup_epochs": max(0, min(search_epochs - 1, search_epochs // 2)),
+        "retrain.epochs": retrain_epochs,
+    }
     if steps_per_epoch:
         s.update({"search.steps_per_epoch": steps_per_epoch, "retrain.steps_per_epoch": steps_per_epoch})
     return s
@@ -147,26 +190,48 @@ class _StepClock(Callback):
         self.times.append(time.time())
 
 
-def schedule_for_budget(base: str, rows: Sequence[AblationRow], minutes: float, work_dir: Path,
-                        device: str, base_overrides: Optional[dict] = None) -> tuple[dict[str, Any], float]:
+def schedule_for_budget(
+    base: str,
+    rows: Sequence[AblationRow],
+    minutes: float,
+    work_dir: Path,
+    device: str,
+    base_overrides: Optional[dict] = None,
+) -> tuple[dict[str, Any], float]:
     """Steps per phase so that all ``rows`` take about ``minutes``: three timed retrain steps of the
     most expensive row give seconds per step (the time between step ends, so setup and validation
     are left out); a search step counts twice; two epochs per phase."""
 
     probe = rows[-1]
-    space = row_space(base, probe, {**(base_overrides or {}), "retrain.epochs": 1, "retrain.steps_per_epoch": 3,
-                                    "retrain.val_batches": 1})
+    space = row_space(
+        base,
+        probe,
+        {**(base_overrides or {}), "retrain.epochs": 1, "retrain.steps_per_epoch": 3, "retrain.val_batches": 1},
+    )
     geno = _initial_genotype(space) if fusion_is_searched(space.model.fusion) else None
     clock = _StepClock()
     run_retrain(space, geno, work_dir / "calibration", callbacks=[clock], device=device, resume=False)
     per_step = max(1e-3, (clock.times[-1] - clock.times[0]) / max(1, len(clock.times) - 1))
-    searches = len({row_space(base, r, dict(base_overrides or {})).space_hash() for r in rows if r.overrides.get("model.fusion") == "nas"})
+    searches = len(
+        {
+            row_space(base, r, dict(base_overrides or {})).space_hash()
+            for r in rows
+            if r.overrides.get("model.fusion") == "nas"
+        }
+    )
     units = len(rows) + 2 * searches
     steps = max(2, int(minutes * 60 / per_step / units))
     spe = max(1, steps // 2)
-    log.info("budget %.1f min: %.2f s/step measured, %d step(s) per phase (2 epochs x %d)", minutes, per_step, 2 * spe, spe)
-    return {"search.epochs": 2, "search.warmup_epochs": 1, "search.steps_per_epoch": spe,
-            "retrain.epochs": 2, "retrain.steps_per_epoch": spe}, per_step
+    log.info(
+        "budget %.1f min: %.2f s/step measured, %d step(s) per phase (2 epochs x %d)", minutes, per_step, 2 * spe, spe
+    )
+    return {
+        "search.epochs": 2,
+        "search.warmup_epochs": 1,
+        "search.steps_per_epoch": spe,
+        "retrain.epochs": 2,
+        "retrain.steps_per_epoch": spe,
+    }, per_step
 
 
 def _initial_genotype(space):
@@ -179,8 +244,9 @@ def _initial_genotype(space):
 
 
 # ---- test data ---------------------------------------------------------------------------------------
-def build_ablation_testsets(base: str, out: Path, images: int, seed: int = 0,
-                            overrides: Optional[dict] = None) -> tuple[Path, Path]:
+def build_ablation_testsets(
+    base: str, out: Path, images: int, seed: int = 0, overrides: Optional[dict] = None
+) -> tuple[Path, Path]:
     """Write the base space's test identities to ``out/test_faces/<identity>/`` (at the training size)
     and build Test-BN and Test-BNL from ``images`` of them in ``out/testsets``; returns both folders."""
 
@@ -207,11 +273,11 @@ def build_ablation_testsets(base: str, out: Path, images: int, seed: int = 0,
 
 
 # ---- the rows ---------------------------------------------------------------------------------------------
-def train_row(base: str, row: AblationRow, schedule: dict[str, Any], out: Path, device: str,
-              callbacks=()) -> dict[str, Any]:
+def train_row(
+    base: str, row: AblationRow, schedule: dict[str, Any], out: Path, device: str, callbacks=()
+) -> dict[str, Any]:
     """Search (when the row's fusion is searched; shared by rows of the same model section) and
     retrain one row; returns ``{'model_pt', 'space', 'genotype', 'seconds'}`` (a finished row is reused)."""
-
 
     space = row_space(base, row, schedule)
     run = out / "rows" / row.slug
@@ -233,13 +299,18 @@ def train_row(base: str, row: AblationRow, schedule: dict[str, Any], out: Path, 
 def _scores(res: dict) -> dict[str, Any]:
     """PSNR/SSIM on Test-BN (``bn_*``) and Test-BNL (``bnl_*``) of one method's ``evaluate_sets`` rows."""
     by_set = {r["test_set"]: r for r in res["rows"]}
-    return {"bn_psnr": by_set["Test-BN"]["psnr"], "bn_ssim": by_set["Test-BN"]["ssim"],
-            "bnl_psnr": by_set["Test-BNL"]["psnr"], "bnl_ssim": by_set["Test-BNL"]["ssim"],
-            "images": by_set["Test-BN"]["images"]}
+    return {
+        "bn_psnr": by_set["Test-BN"]["psnr"],
+        "bn_ssim": by_set["Test-BN"]["ssim"],
+        "bnl_psnr": by_set["Test-BNL"]["psnr"],
+        "bnl_ssim": by_set["Test-BNL"]["ssim"],
+        "images": by_set["Test-BN"]["images"],
+    }
 
 
-def evaluate_baselines(names: Sequence[str], testsets: str | Path, max_images: Optional[int],
-                       progress: bool = True) -> list[dict[str, Any]]:
+def evaluate_baselines(
+    names: Sequence[str], testsets: str | Path, max_images: Optional[int], progress: bool = True
+) -> list[dict[str, Any]]:
     """Table rows of the classical baselines (``input``, ``histeq``, ``classical`` ...) on the same
     Test-BN/Test-BNL images the rows are measured on (same seeded subsample)."""
 
@@ -248,8 +319,16 @@ def evaluate_baselines(names: Sequence[str], testsets: str | Path, max_images: O
         key = {"method": name, "max_images": max_images}
         cached = _cached_scores(Path(testsets) / "ablation_scores" / f"{name}.json", key)
         if cached is None:
-            res = evaluate_sets([baseline_method(name)], testsets, EVAL_SETS, faces=None, k_refs=0, recognizer=None,
-                                max_images=max_images, progress=progress)
+            res = evaluate_sets(
+                [baseline_method(name)],
+                testsets,
+                EVAL_SETS,
+                faces=None,
+                k_refs=0,
+                recognizer=None,
+                max_images=max_images,
+                progress=progress,
+            )
             cached = _store_scores(Path(testsets) / "ablation_scores" / f"{name}.json", key, _scores(res))
         table.append({"row": f"{name} (baseline)", **cached})
     return table
@@ -270,15 +349,38 @@ def _store_scores(path: Path, key: dict, scores: dict) -> dict:
     return scores
 
 
-TABLE_COLUMNS = ["row", "bn_psnr", "bn_ssim", "bnl_psnr", "bnl_ssim", "paper_bn_psnr", "paper_bn_ssim",
-                 "paper_bnl_psnr", "paper_bnl_ssim", "params_M", "paper_params_M", "train_seconds"]
+TABLE_COLUMNS = [
+    "row",
+    "bn_psnr",
+    "bn_ssim",
+    "bnl_psnr",
+    "bnl_ssim",
+    "paper_bn_psnr",
+    "paper_bn_ssim",
+    "paper_bnl_psnr",
+    "paper_bnl_ssim",
+    "params_M",
+    "paper_params_M",
+    "train_seconds",
+]
 
 
-def run_ablation(base: str, out: str | Path, rows: Sequence[AblationRow] = ROWS, schedule: Optional[dict] = None,
-                 budget_minutes: Optional[float] = None, testsets: Optional[str | Path] = None,
-                 faces: Optional[str | Path] = None, test_images: int = 8, max_images: Optional[int] = None,
-                 device: str = "cpu", progress: bool = True, baselines: Sequence[str] = (),
-                 base_overrides: Optional[dict] = None, only_finished: bool = False) -> dict[str, Any]:
+def run_ablation(
+    base: str,
+    out: str | Path,
+    rows: Sequence[AblationRow] = ROWS,
+    schedule: Optional[dict] = None,
+    budget_minutes: Optional[float] = None,
+    testsets: Optional[str | Path] = None,
+    faces: Optional[str | Path] = None,
+    test_images: int = 8,
+    max_images: Optional[int] = None,
+    device: str = "cpu",
+    progress: bool = True,
+    baselines: Sequence[str] = (),
+    base_overrides: Optional[dict] = None,
+    only_finished: bool = False,
+) -> dict[str, Any]:
     """Train and evaluate ``rows``; writes ablation.md/.csv/.json in ``out``; returns the table rows.
     ``only_finished``: rows not trained yet are left out instead of trained (to tabulate what a
     run has so far).
@@ -309,30 +411,58 @@ def run_ablation(base: str, out: str | Path, rows: Sequence[AblationRow] = ROWS,
         trained = train_row(base, row, schedule, out, device, callbacks)
         model, space, _ = load_trained(trained["model_pt"], device)
         # a finished row measured on the same test images is not measured again (reruns aggregate seeds)
-        key = {"testsets": str(Path(testsets).resolve()), "faces": str(faces), "max_images": max_images,
-               "model_mtime_ns": Path(trained["model_pt"]).stat().st_mtime_ns}
+        key = {
+            "testsets": str(Path(testsets).resolve()),
+            "faces": str(faces),
+            "max_images": max_images,
+            "model_mtime_ns": Path(trained["model_pt"]).stat().st_mtime_ns,
+        }
         scores = _cached_scores(Path(trained["model_pt"]).with_name("ablation_scores.json"), key)
         if scores is None:
             method = network_method(row.name, model, torch.device(device), with_refs=bool(faces))
-            res = evaluate_sets([method], testsets, EVAL_SETS, faces=faces, k_refs=space.identity.refs,
-                                recognizer=None, max_images=max_images, progress=progress)
+            res = evaluate_sets(
+                [method],
+                testsets,
+                EVAL_SETS,
+                faces=faces,
+                k_refs=space.identity.refs,
+                recognizer=None,
+                max_images=max_images,
+                progress=progress,
+            )
             scores = _store_scores(Path(trained["model_pt"]).with_name("ablation_scores.json"), key, _scores(res))
         params = model.parameter_counts()["restoration"] / 1e6
-        table.append({
-            "row": row.name, **scores,
-            "paper_bn_psnr": row.paper_bn[0], "paper_bn_ssim": row.paper_bn[1],
-            "paper_bnl_psnr": row.paper_bnl[0], "paper_bnl_ssim": row.paper_bnl[1],
-            "params_M": params, "paper_params_M": row.paper_params_m,
-            "train_seconds": round(trained["seconds"], 1),  # search + retrain
-            "genotype_id": trained["genotype"].genotype_id() if trained["genotype"] is not None else None,
-            "model_pt": str(trained["model_pt"]),
-        })
+        table.append(
+            {
+                "row": row.name,
+                **scores,
+                "paper_bn_psnr": row.paper_bn[0],
+                "paper_bn_ssim": row.paper_bn[1],
+                "paper_bnl_psnr": row.paper_bnl[0],
+                "paper_bnl_ssim": row.paper_bnl[1],
+                "params_M": params,
+                "paper_params_M": row.paper_params_m,
+                "train_seconds": round(trained["seconds"], 1),  # search + retrain
+                "genotype_id": trained["genotype"].genotype_id() if trained["genotype"] is not None else None,
+                "model_pt": str(trained["model_pt"]),
+            }
+        )
     write_table(table, TABLE_COLUMNS, out / "ablation.md", out / "ablation.csv")
-    atomic_write_json(out / "ablation.json", {
-        "base_space": base, "schedule": schedule, "seconds_per_step": per_step, "budget_minutes": budget_minutes,
-        "testsets": str(testsets), "faces": str(faces) if faces else None, "device": device,
-        "total_seconds": round(time.time() - t_start, 1), "rows": table,
-        "note": "bn_* = Test-BN, bnl_* = Test-BNL, ours at this budget; paper_* = Table 6, CelebA columns"})
+    atomic_write_json(
+        out / "ablation.json",
+        {
+            "base_space": base,
+            "schedule": schedule,
+            "seconds_per_step": per_step,
+            "budget_minutes": budget_minutes,
+            "testsets": str(testsets),
+            "faces": str(faces) if faces else None,
+            "device": device,
+            "total_seconds": round(time.time() - t_start, 1),
+            "rows": table,
+            "note": "bn_* = Test-BN, bnl_* = Test-BNL, ours at this budget; paper_* = Table 6, CelebA columns",
+        },
+    )
     return {"rows": table, "schedule": schedule}
 
 
@@ -363,18 +493,31 @@ def aggregate_seeds(per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str,
         secs = [r["train_seconds"] for r in got.values() if r.get("train_seconds") is not None]
         if secs:
             agg["train_seconds"] = statistics.fmean(secs)
-        agg["table"] = " / ".join(f"{agg[k]:.2f} ± {agg[k + '_std']:.2f}" if "psnr" in k else
-                                  f"{agg[k]:.3f} ± {agg[k + '_std']:.3f}" for k in SCORE_KEYS)
+        agg["table"] = " / ".join(
+            f"{agg[k]:.2f} ± {agg[k + '_std']:.2f}" if "psnr" in k else f"{agg[k]:.3f} ± {agg[k + '_std']:.3f}"
+            for k in SCORE_KEYS
+        )
         out.append(agg)
     return out
 
 
-def run_seeds(base: str, out: str | Path, seeds: Sequence[int], rows: Sequence[AblationRow] = ROWS,
-              schedule: Optional[dict] = None, budget_minutes: Optional[float] = None,
-              testsets: Optional[str | Path] = None, faces: Optional[str | Path] = None, test_images: int = 8,
-              max_images: Optional[int] = None, device: str = "cpu", progress: bool = True,
-              baselines: Sequence[str] = (), base_overrides: Optional[dict] = None,
-              only_finished: bool = False) -> dict[str, Any]:
+def run_seeds(
+    base: str,
+    out: str | Path,
+    seeds: Sequence[int],
+    rows: Sequence[AblationRow] = ROWS,
+    schedule: Optional[dict] = None,
+    budget_minutes: Optional[float] = None,
+    testsets: Optional[str | Path] = None,
+    faces: Optional[str | Path] = None,
+    test_images: int = 8,
+    max_images: Optional[int] = None,
+    device: str = "cpu",
+    progress: bool = True,
+    baselines: Sequence[str] = (),
+    base_overrides: Optional[dict] = None,
+    only_finished: bool = False,
+) -> dict[str, Any]:
     """:func:`run_ablation` once per seed (``search.seed`` and ``retrain.seed``; the data split and
     the test sets stay fixed) in ``out/seed<s>/``, then mean and spread over seeds in
     ``out/ablation_seeds.md/.csv/.json``. Baselines are deterministic: measured once."""
@@ -393,17 +536,41 @@ def run_seeds(base: str, out: str | Path, seeds: Sequence[int], rows: Sequence[A
     for seed in seeds:
         print(f"=== seed {seed}", file=sys.stderr)
         sched = {**schedule, "search.seed": seed, "retrain.seed": seed}
-        res = run_ablation(base, out / f"seed{seed}", rows, sched, None, testsets, faces, test_images, max_images,
-                           device, progress, (), base_overrides, only_finished)
+        res = run_ablation(
+            base,
+            out / f"seed{seed}",
+            rows,
+            sched,
+            None,
+            testsets,
+            faces,
+            test_images,
+            max_images,
+            device,
+            progress,
+            (),
+            base_overrides,
+            only_finished,
+        )
         per_seed[seed] = base_rows + res["rows"]
         table = aggregate_seeds(per_seed)
         cols = ["row", "seeds"] + [c for k in SCORE_KEYS for c in (k, f"{k}_std")] + ["params_M", "train_seconds"]
         write_table(table, cols, out / "ablation_seeds.md", out / "ablation_seeds.csv")
-        atomic_write_json(out / "ablation_seeds.json", {
-            "base_space": base, "schedule": schedule, "seeds": list(seeds), "finished_seeds": sorted(per_seed),
-            "testsets": str(testsets), "faces": str(faces) if faces else None, "device": device,
-            "rows": table, "per_seed": {str(s): t for s, t in per_seed.items()},
-            "note": "mean over seeds, *_std = sample std (ddof 1); bn_* = Test-BN, bnl_* = Test-BNL"})
+        atomic_write_json(
+            out / "ablation_seeds.json",
+            {
+                "base_space": base,
+                "schedule": schedule,
+                "seeds": list(seeds),
+                "finished_seeds": sorted(per_seed),
+                "testsets": str(testsets),
+                "faces": str(faces) if faces else None,
+                "device": device,
+                "rows": table,
+                "per_seed": {str(s): t for s, t in per_seed.items()},
+                "note": "mean over seeds, *_std = sample std (ddof 1); bn_* = Test-BN, bnl_* = Test-BNL",
+            },
+        )
     return {"rows": aggregate_seeds(per_seed), "per_seed": per_seed, "schedule": schedule}
 
 
@@ -413,28 +580,53 @@ def add_arguments(parser) -> None:
     parser.add_argument("--space", default="tiny", help="base search space (YAML or built-in name; default tiny)")
     parser.add_argument("--out", required=True, help="output folder (rows, searches, test sets, ablation.md)")
     parser.add_argument("--rows", nargs="+", default=ROW_SLUGS, choices=ROW_SLUGS, help="rows to run (default all)")
-    parser.add_argument("--budget-minutes", type=float, default=None, help="size every phase to fit about this many minutes")
+    parser.add_argument(
+        "--budget-minutes", type=float, default=None, help="size every phase to fit about this many minutes"
+    )
     parser.add_argument("--search-epochs", type=int, default=None)
     parser.add_argument("--retrain-epochs", type=int, default=None)
     parser.add_argument("--steps-per-epoch", type=int, default=None)
-    parser.add_argument("--space-budget", action="store_true",
-                        help="train every phase as the space's own search/retrain sections say (epochs, steps)")
-    parser.add_argument("--testsets", default=None, help="built test sets with Test-BN and Test-BNL (default: build small ones)")
+    parser.add_argument(
+        "--space-budget",
+        action="store_true",
+        help="train every phase as the space's own search/retrain sections say (epochs, steps)",
+    )
+    parser.add_argument(
+        "--testsets", default=None, help="built test sets with Test-BN and Test-BNL (default: build small ones)"
+    )
     parser.add_argument("--faces", default=None, help="face folder of --testsets (identity references)")
     parser.add_argument("--test-images", type=int, default=8, help="clean faces of the built test sets")
     parser.add_argument("--max-images", type=int, default=None, help="seeded subsample of each test set")
-    parser.add_argument("--lambda-scale", type=float, default=1.0,
-                        help="multiply every row's lambda_per and lambda_iden (Table 6's 0.04 / 0.003) by this "
-                             "factor, e.g. 1/(3*H*W) to keep the paper's balance with a per-pixel mean L2")
-    parser.add_argument("--only-finished", action="store_true",
-                        help="tabulate the rows (and seeds) already trained in OUT; train nothing")
-    parser.add_argument("--data", default=None, help="face folder: sets data.root of the base space (rows and test sets)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="train every row once per seed (OUT/seed<s>/) and report mean and spread "
-                             "(OUT/ablation_seeds.md); default: the space's seeds, one run")
-    parser.add_argument("--baselines", nargs="*", default=["input", "histeq", "classical"],
-                        help="classical methods measured on the same images (default: input histeq classical; "
-                             "none: give the flag alone)")
+    parser.add_argument(
+        "--lambda-scale",
+        type=float,
+        default=1.0,
+        help="multiply every row's lambda_per and lambda_iden (Table 6's 0.04 / 0.003) by this "
+        "factor, e.g. 1/(3*H*W) to keep the paper's balance with a per-pixel mean L2",
+    )
+    parser.add_argument(
+        "--only-finished",
+        action="store_true",
+        help="tabulate the rows (and seeds) already trained in OUT; train nothing",
+    )
+    parser.add_argument(
+        "--data", default=None, help="face folder: sets data.root of the base space (rows and test sets)"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="train every row once per seed (OUT/seed<s>/) and report mean and spread "
+        "(OUT/ablation_seeds.md); default: the space's seeds, one run",
+    )
+    parser.add_argument(
+        "--baselines",
+        nargs="*",
+        default=["input", "histeq", "classical"],
+        help="classical methods measured on the same images (default: input histeq classical; "
+        "none: give the flag alone)",
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -447,8 +639,10 @@ def main(args) -> int:
     if sum([explicit, args.budget_minutes is not None, args.space_budget]) > 1:
         raise CommandError("give one budget: --budget-minutes, --search-epochs/--retrain-epochs or --space-budget")
     if not explicit and args.budget_minutes is None and not args.space_budget:
-        raise CommandError("give a budget: --budget-minutes M, --search-epochs N --retrain-epochs N, "
-                           "or --space-budget (the space's own epochs)")
+        raise CommandError(
+            "give a budget: --budget-minutes M, --search-epochs N --retrain-epochs N, "
+            "or --space-budget (the space's own epochs)"
+        )
     schedule = {} if args.space_budget else None
     if explicit:
         se, re_ = args.search_epochs or 1, args.retrain_epochs or 1
@@ -474,9 +668,19 @@ def main(args) -> int:
         base_overrides["data.root"] = str(Path(args.data).expanduser())
     device = str(resolve_device(args.device))
     rows = scale_lambdas([r for r in ROWS if r.slug in args.rows], args.lambda_scale)
-    common = dict(schedule=schedule, budget_minutes=args.budget_minutes, testsets=args.testsets, faces=args.faces,
-                  test_images=args.test_images, max_images=args.max_images, device=device, progress=not args.quiet,
-                  baselines=args.baselines, base_overrides=base_overrides, only_finished=args.only_finished)
+    common = dict(
+        schedule=schedule,
+        budget_minutes=args.budget_minutes,
+        testsets=args.testsets,
+        faces=args.faces,
+        test_images=args.test_images,
+        max_images=args.max_images,
+        device=device,
+        progress=not args.quiet,
+        baselines=args.baselines,
+        base_overrides=base_overrides,
+        only_finished=args.only_finished,
+    )
     if args.seeds:
         result = run_seeds(args.space, args.out, args.seeds, rows, **common)
         table = Path(args.out) / "ablation_seeds.md"

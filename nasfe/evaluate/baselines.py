@@ -17,6 +17,7 @@ learned models:
 All baselines are deterministic, keep shape, dtype and device (work happens on CPU), and return
 values in [0, 1]. Inputs outside [0, 1] are clipped first.
 """
+
 from __future__ import annotations
 
 import math
@@ -113,7 +114,7 @@ def _gaussian_otf(shape: tuple[int, int], sigma: float) -> np.ndarray:
     h, w = shape
     r = max(1, int(math.ceil(4 * sigma)))
     t = np.arange(-r, r + 1, dtype=np.float64)
-    g = np.exp(-(t ** 2) / (2 * sigma ** 2))
+    g = np.exp(-(t**2) / (2 * sigma**2))
     psf = np.outer(g, g)
     psf /= psf.sum()
     pad = np.zeros((h, w), dtype=np.float64)
@@ -140,7 +141,7 @@ def wiener_deconvolve(im: np.ndarray, sigma: float = WIENER_SIGMA, nsr: float = 
     out = np.empty_like(padded)
     for c in range(padded.shape[2]):
         out[..., c] = np.fft.irfft2(np.fft.rfft2(padded[..., c]) * filt, s=padded.shape[:2])
-    out = out[ph: ph + h, pw: pw + w]
+    out = out[ph : ph + h, pw : pw + w]
     return out.reshape(im.shape).astype(np.float32)
 
 

@@ -4,6 +4,7 @@ Nodes: the cell's two inputs ``c_{k-2}`` and ``c_{k-1}``, its B blocks, and the 
 concatenation of the blocks). Each block has two incoming edges labelled with their operator; the
 dashed grey edges into the output are the concatenation.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,20 +45,49 @@ def draw_cell(cell: Sequence[BlockGene], path: str | Path, title: Optional[str] 
 
     def node(key: int, label: str, kind: str) -> None:
         x, y = pos[key]
-        ax.text(x, y, label, ha="center", va="center", fontsize=9, zorder=3,
-                bbox=dict(boxstyle="round,pad=0.45", fc=colors[kind], ec="#555555"))
+        ax.text(
+            x,
+            y,
+            label,
+            ha="center",
+            va="center",
+            fontsize=9,
+            zorder=3,
+            bbox=dict(boxstyle="round,pad=0.45", fc=colors[kind], ec="#555555"),
+        )
 
     def edge(src: int, dst: int, label: Optional[str], rad: float, style: str = "-", color: str = "#333333") -> None:
         (x0, y0), (x1, y1) = pos[src], pos[dst]
-        ax.annotate("", xy=(x1, y1), xytext=(x0, y0), zorder=1,
-                    arrowprops=dict(arrowstyle="-|>", color=color, lw=1.2, linestyle=style,
-                                    shrinkA=16, shrinkB=16, connectionstyle=f"arc3,rad={rad}"))
+        ax.annotate(
+            "",
+            xy=(x1, y1),
+            xytext=(x0, y0),
+            zorder=1,
+            arrowprops=dict(
+                arrowstyle="-|>",
+                color=color,
+                lw=1.2,
+                linestyle=style,
+                shrinkA=16,
+                shrinkB=16,
+                connectionstyle=f"arc3,rad={rad}",
+            ),
+        )
         if label:
             # the label sits on the curve's midpoint: the chord's midpoint pushed along its normal
             mx, my = (x0 + x1) / 2, (y0 + y1) / 2
             nx, ny = (y1 - y0), -(x1 - x0)
-            ax.text(mx + rad * nx / 2, my + rad * ny / 2, label, ha="center", va="center", fontsize=7.5,
-                    color="#1f3b73", zorder=4, bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
+            ax.text(
+                mx + rad * nx / 2,
+                my + rad * ny / 2,
+                label,
+                ha="center",
+                va="center",
+                fontsize=7.5,
+                color="#1f3b73",
+                zorder=4,
+                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85),
+            )
 
     node(0, "c_{k-2}", "input")
     node(1, "c_{k-1}", "input")

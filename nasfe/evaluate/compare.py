@@ -8,6 +8,7 @@ histogram across all genotypes; Markdown on stdout, and with ``--out DIR`` also
 ``compare.md``, ``compare.csv``, ``cells/*.png`` and ``op_histogram.png``. When a W&B run is
 active in the process the table is logged as a ``wandb.Table`` too.
 """
+
 from __future__ import annotations
 
 import csv
@@ -136,8 +137,11 @@ def load_entry(path: str | Path, space: Optional[SpaceConfig] = None) -> ArchEnt
         space, note = _read_space(run_dir)
         if space is None and not note:
             space = _builtin_space_for(genotype)
-            note = f"built-in space {genotype.meta.get('space')!r}" if space is not None else \
-                "no space saved with it (pass --space)"
+            note = (
+                f"built-in space {genotype.meta.get('space')!r}"
+                if space is not None
+                else "no space saved with it (pass --space)"
+            )
     if space is not None:
         try:
             genotype.check_space(space, str(gfile))
@@ -204,8 +208,15 @@ def measure_latency(models: Sequence[tuple[Any, Any]], runs: int, warmup: int = 
     out = []
     for t in times:
         q1, q3 = (statistics.quantiles(t, n=4)[0], statistics.quantiles(t, n=4)[2]) if len(t) >= 4 else (min(t), max(t))
-        out.append({"latency_ms": statistics.median(t), "latency_q1_ms": q1, "latency_q3_ms": q3,
-                    "latency_runs": len(t), "latency_warmup": warmup})
+        out.append(
+            {
+                "latency_ms": statistics.median(t),
+                "latency_q1_ms": q1,
+                "latency_q3_ms": q3,
+                "latency_runs": len(t),
+                "latency_warmup": warmup,
+            }
+        )
     return out
 
 
@@ -215,12 +226,18 @@ UNSTEADY = 0.25
 
 def latency_warning(entries: Sequence["ArchEntry"]) -> Optional[str]:
     """A line when some measured latency was unsteady (a loaded machine), else None."""
-    bad = [e.label for e in entries if e.cost.get("latency_ms")
-           and (e.cost["latency_q3_ms"] - e.cost["latency_q1_ms"]) > UNSTEADY * e.cost["latency_ms"]]
+    bad = [
+        e.label
+        for e in entries
+        if e.cost.get("latency_ms")
+        and (e.cost["latency_q3_ms"] - e.cost["latency_q1_ms"]) > UNSTEADY * e.cost["latency_ms"]
+    ]
     if not bad:
         return None
-    return (f"latency unsteady for {', '.join(bad)} (interquartile range over {UNSTEADY:.0%} of the median): "
-            f"the machine is probably loaded; re-measure on an idle one, or leave latency out (--no-latency)")
+    return (
+        f"latency unsteady for {', '.join(bad)} (interquartile range over {UNSTEADY:.0%} of the median): "
+        f"the machine is probably loaded; re-measure on an idle one, or leave latency out (--no-latency)"
+    )
 
 
 def edge_rows(entries: Sequence[ArchEntry]) -> list[tuple[str, list[str]]]:
@@ -266,17 +283,26 @@ def comparison_rows(entries: Sequence[ArchEntry]) -> list[tuple[str, list[str]]]
     ]
     runs = max((e.cost.get("latency_runs", 0) for e in entries), default=0)
     if runs:
-        rows.append((f"latency (ms, CPU, median [q1-q3] of {runs})", [
-            MISSING if e.cost.get("latency_ms") is None else
-            f"{e.cost['latency_ms']:.1f} [{e.cost['latency_q1_ms']:.1f}-{e.cost['latency_q3_ms']:.1f}]"
-            for e in entries]))
+        rows.append(
+            (
+                f"latency (ms, CPU, median [q1-q3] of {runs})",
+                [
+                    MISSING
+                    if e.cost.get("latency_ms") is None
+                    else f"{e.cost['latency_ms']:.1f} [{e.cost['latency_q1_ms']:.1f}-{e.cost['latency_q3_ms']:.1f}]"
+                    for e in entries
+                ],
+            )
+        )
     for phase in ("retrain", "search"):  # each metric labelled with the phase it was measured in
         if not any(e.metrics.get(phase) for e in entries):
             continue
         m = [e.metrics.get(phase, {}) for e in entries]
-        rows += [(f"{phase} val PSNR (dB)", [_fmt(x.get("val_psnr"), ".3f") for x in m]),
-                 (f"{phase} val SSIM", [_fmt(x.get("val_ssim"), ".4f") for x in m]),
-                 (f"{phase} best val PSNR (dB)", [_fmt(x.get("best_val_psnr"), ".3f") for x in m])]
+        rows += [
+            (f"{phase} val PSNR (dB)", [_fmt(x.get("val_psnr"), ".3f") for x in m]),
+            (f"{phase} val SSIM", [_fmt(x.get("val_ssim"), ".4f") for x in m]),
+            (f"{phase} best val PSNR (dB)", [_fmt(x.get("best_val_psnr"), ".3f") for x in m]),
+        ]
     return rows
 
 
@@ -299,10 +325,16 @@ def render_markdown(entries: Sequence[ArchEntry], rows, hist, diff_list, images:
     """The whole report as Markdown."""
     labels = [e.label for e in entries]
     out = ["# Architecture comparison", ""]
-    out += [f"- **{e.label}**: `{e.source}`" + (f" (space: {e.space_note})" if e.space_note else "")
-            + (f", metrics of {' and '.join(e.metrics)} (from {', '.join(f'{p}_summary.json' for p in e.metrics)})"
-               if e.metrics else "")
-            for e in entries]
+    out += [
+        f"- **{e.label}**: `{e.source}`"
+        + (f" (space: {e.space_note})" if e.space_note else "")
+        + (
+            f", metrics of {' and '.join(e.metrics)} (from {', '.join(f'{p}_summary.json' for p in e.metrics)})"
+            if e.metrics
+            else ""
+        )
+        for e in entries
+    ]
     out += ["", markdown_grid(["", *labels], [[name, *vals] for name, vals in rows]).rstrip(), ""]
     warning = latency_warning(entries)
     if warning:
@@ -311,9 +343,14 @@ def render_markdown(entries: Sequence[ArchEntry], rows, hist, diff_list, images:
         out += [f"## Diff: {ref} -> {other}", ""]
         out += [f"- {line}" for line in lines] if lines else ["(identical architectures)"]
         out.append("")
-    out += ["## Operator histogram", "",
-            markdown_grid(["operator", *labels, "total"],
-                          [[op, *map(str, c), str(sum(c))] for op, c in hist.items()]).rstrip(), ""]
+    out += [
+        "## Operator histogram",
+        "",
+        markdown_grid(
+            ["operator", *labels, "total"], [[op, *map(str, c), str(sum(c))] for op, c in hist.items()]
+        ).rstrip(),
+        "",
+    ]
     if images:
         out += ["## Cells", ""]
         for label, paths in images.get("cells", {}).items():
@@ -365,8 +402,9 @@ def log_wandb(entries: Sequence[ArchEntry], rows, hist, images: Optional[dict] =
         return False
     table = wandb.Table(columns=["attribute", *[e.label for e in entries]], data=[[n, *v] for n, v in rows])
     payload: dict[str, Any] = {"compare/table": table}
-    hist_table = wandb.Table(columns=["operator", *[e.label for e in entries]],
-                             data=[[op, *c] for op, c in hist.items()])
+    hist_table = wandb.Table(
+        columns=["operator", *[e.label for e in entries]], data=[[op, *c] for op, c in hist.items()]
+    )
     payload["compare/op_histogram"] = hist_table
     for paths in (images or {}).get("cells", {}).values():
         for p in paths:
@@ -393,9 +431,14 @@ class CompareReport:
     wandb_logged: bool = False
 
 
-def compare(paths: Sequence[str | Path], space: Optional[str | SpaceConfig] = None,
-            out_dir: Optional[str | Path] = None, latency_runs: int = 10, measure: bool = True,
-            warmup: int = 3) -> CompareReport:
+def compare(
+    paths: Sequence[str | Path],
+    space: Optional[str | SpaceConfig] = None,
+    out_dir: Optional[str | Path] = None,
+    latency_runs: int = 10,
+    measure: bool = True,
+    warmup: int = 3,
+) -> CompareReport:
     """Compare the architectures at ``paths`` (genotype files or run directories).
 
     ``space`` (name, path or SpaceConfig) builds every genotype when given; otherwise each uses
@@ -456,15 +499,24 @@ def compare(paths: Sequence[str | Path], space: Optional[str | SpaceConfig] = No
 def add_arguments(parser) -> None:
     """Arguments of ``nasfe compare``."""
     parser.add_argument("paths", nargs="+", help="genotype.json files or run directories (holding genotype.json)")
-    parser.add_argument("--space", default=None,
-                        help="search space (name or YAML) to build every genotype in; default: the one saved with each run")
+    parser.add_argument(
+        "--space",
+        default=None,
+        help="search space (name or YAML) to build every genotype in; default: the one saved with each run",
+    )
     parser.add_argument("--out", default=None, help="folder for compare.md, compare.csv, cells/*.png, op_histogram.png")
-    parser.add_argument("--latency-runs", type=int, default=10,
-                        help="timed forward passes per network, in turns across networks (median and quartiles; "
-                             "default 10; 0: no latency)")
+    parser.add_argument(
+        "--latency-runs",
+        type=int,
+        default=10,
+        help="timed forward passes per network, in turns across networks (median and quartiles; "
+        "default 10; 0: no latency)",
+    )
     parser.add_argument("--latency-warmup", type=int, default=3, help="untimed passes per network first (default 3)")
     parser.add_argument("--no-latency", action="store_true", help="leave latency out (as --latency-runs 0)")
-    parser.add_argument("--no-measure", action="store_true", help="skip building the networks (no parameters/FLOPs/latency)")
+    parser.add_argument(
+        "--no-measure", action="store_true", help="skip building the networks (no parameters/FLOPs/latency)"
+    )
 
 
 def main(args) -> int:
@@ -473,9 +525,14 @@ def main(args) -> int:
         raise CommandError("--latency-runs and --latency-warmup must be >= 0")
     if args.out:
         ensure_writable_dir(args.out)  # a file named --out, or an unwritable folder: one line before any work
-    report = compare(args.paths, space=args.space, out_dir=args.out,
-                     latency_runs=0 if args.no_latency else args.latency_runs, measure=not args.no_measure,
-                     warmup=args.latency_warmup)
+    report = compare(
+        args.paths,
+        space=args.space,
+        out_dir=args.out,
+        latency_runs=0 if args.no_latency else args.latency_runs,
+        measure=not args.no_measure,
+        warmup=args.latency_warmup,
+    )
     print(report.markdown)
     if args.out:
         print(f"\nwrote {len(report.files)} files to {args.out}", file=sys.stderr)

@@ -27,6 +27,7 @@ Outputs in ``--out``: ``results.md`` / ``results.csv`` (one row per test set and
 ``results.json`` (settings, the summary and every per-image value), per test set a montage
 (degraded | each method | clean) and a PSNR/SSIM bar chart, and ``report.md`` linking them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,11 +63,13 @@ log = logging.getLogger("nasfe.evaluate")
 DEFAULT_RECOGNIZER = Path("models") / "mobilefacenet" / "MobileFaceNet.onnx"
 MONTAGE_ROWS = 4
 
-CONVENTIONS = ("PSNR/SSIM: RGB in [0, 1], full image (no border crop), data range 1, outputs clamped to [0, 1]; "
-               "SSIM: Gaussian window 11, sigma 1.5 (BasicSR). *_y columns: BT.601 luma; ssim_grey: MATLAB rgb2gray "
-               "(0.2989 R + 0.5870 G + 0.1140 B). identity_cos / "
-               "identity_deg: mean cosine / angle between recogniser embeddings of restored and clean faces. "
-               "top1 / top5: closed-set identification of restored probes against the clean gallery.")
+CONVENTIONS = (
+    "PSNR/SSIM: RGB in [0, 1], full image (no border crop), data range 1, outputs clamped to [0, 1]; "
+    "SSIM: Gaussian window 11, sigma 1.5 (BasicSR). *_y columns: BT.601 luma; ssim_grey: MATLAB rgb2gray "
+    "(0.2989 R + 0.5870 G + 0.1140 B). identity_cos / "
+    "identity_deg: mean cosine / angle between recogniser embeddings of restored and clean faces. "
+    "top1 / top5: closed-set identification of restored probes against the clean gallery."
+)
 
 
 def shared_dir() -> Path:
@@ -177,15 +180,26 @@ def pick_refs(clean_entry: dict, index: FaceIndex, gallery_key: dict, k: int, se
     return [cands[order[i % len(order)]] for i in range(k)]
 
 
-def refs_for_batch(clean_ids: Sequence[int], clean: Sequence[dict], index: Optional[FaceIndex], gallery_key: dict,
-                   k: int, seed: int, size: tuple[int, int]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+def refs_for_batch(
+    clean_ids: Sequence[int],
+    clean: Sequence[dict],
+    index: Optional[FaceIndex],
+    gallery_key: dict,
+    k: int,
+    seed: int,
+    size: tuple[int, int],
+) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """(N,k,3,H,W) references and the (N,) mask of probes that have any, or (None, None)."""
     if index is None or k < 1:
         return None, None
     refs = torch.zeros(len(clean_ids), k, 3, *size)
     has = torch.zeros(len(clean_ids))
     for i, ci in enumerate(clean_ids):
-        imgs = [im for im in (index.load(r) for r in pick_refs(clean[ci], index, gallery_key, k, seed, ci)) if im is not None]
+        imgs = [
+            im
+            for im in (index.load(r) for r in pick_refs(clean[ci], index, gallery_key, k, seed, ci))
+            if im is not None
+        ]
         if imgs:
             for j in range(k):
                 refs[i, j] = imgs[j % len(imgs)]
@@ -230,10 +244,20 @@ def _summary_row(test_set: str, method: str, s: dict) -> dict[str, Any]:
     return row
 
 
-def evaluate_sets(methods: Sequence[Method], root: str | Path, sets: Optional[Sequence[str]] = None,
-                  faces: Optional[str | Path] = None, k_refs: int = 3, recognizer=None,
-                  max_images: Optional[int] = None, batch_size: int = 8, y_channel: bool = False,
-                  seed: int = 0, progress: bool = True, ssim_convention: str = "rgb") -> dict[str, Any]:
+def evaluate_sets(
+    methods: Sequence[Method],
+    root: str | Path,
+    sets: Optional[Sequence[str]] = None,
+    faces: Optional[str | Path] = None,
+    k_refs: int = 3,
+    recognizer=None,
+    max_images: Optional[int] = None,
+    batch_size: int = 8,
+    y_channel: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    ssim_convention: str = "rgb",
+) -> dict[str, Any]:
     """Run every method on every test set; returns summary rows, per-image rows and montage panels.
 
     See the module docstring for the protocol. ``recognizer``: a ``Recognizer`` or None (no
@@ -270,7 +294,7 @@ def evaluate_sets(methods: Sequence[Method], root: str | Path, sets: Optional[Se
         probe_ids: list[str] = []
         bar = tqdm(total=len(idx), desc=name, unit="img", disable=not progress, file=sys.stderr)
         for b in range(0, len(idx), batch_size):
-            items = [ts[i] for i in idx[b:b + batch_size]]
+            items = [ts[i] for i in idx[b : b + batch_size]]
             y = torch.stack([it["y"] for it in items])
             x = torch.stack([it["x"] for it in items])
             cids = [int(it["record"]["clean"]) for it in items]
@@ -307,53 +331,100 @@ def evaluate_sets(methods: Sequence[Method], root: str | Path, sets: Optional[Se
     for r in acc.rows():
         ts_name, method = r.pop("test_set").split("\t")
         per_image.append({"test_set": ts_name, "method": method, **r})
-    return {"rows": rows, "per_image": per_image, "panels": panels,
-            "info": {"test_sets": names, "gallery_fallback_identities": fallback,
-                     "gallery": ("face folder (one image per identity, not a test-set clean image)" if index
-                                 else "the test set's clean images") if gallery_ids is not None else None,
-                     "probes_without_refs": no_refs if index is not None else None,
-                     "unreadable_face_files": index.unreadable if index else [],
-                     "refs_per_probe": k_refs if index is not None else 0}}
+    return {
+        "rows": rows,
+        "per_image": per_image,
+        "panels": panels,
+        "info": {
+            "test_sets": names,
+            "gallery_fallback_identities": fallback,
+            "gallery": (
+                "face folder (one image per identity, not a test-set clean image)"
+                if index
+                else "the test set's clean images"
+            )
+            if gallery_ids is not None
+            else None,
+            "probes_without_refs": no_refs if index is not None else None,
+            "unreadable_face_files": index.unreadable if index else [],
+            "refs_per_probe": k_refs if index is not None else 0,
+        },
+    }
 
 
 # ---- outputs ------------------------------------------------------------------------------------------------
 def table_columns(rows: Sequence[dict]) -> list[str]:
     """The summary columns present in ``rows``, in a fixed order."""
-    order = ["test_set", "method", "psnr", "ssim", "psnr_y", "ssim_y", "ssim_grey", "identity_cos", "identity_deg",
-             "top1", "top5", "images"]
+    order = [
+        "test_set",
+        "method",
+        "psnr",
+        "ssim",
+        "psnr_y",
+        "ssim_y",
+        "ssim_grey",
+        "identity_cos",
+        "identity_deg",
+        "top1",
+        "top5",
+        "images",
+    ]
     present = {k for r in rows for k in r}
     return [c for c in order if c in present]
 
 
-def write_outputs(result: dict[str, Any], out_dir: str | Path, settings: dict[str, Any],
-                  title: str = "NASFE evaluation") -> Path:
+def write_outputs(
+    result: dict[str, Any], out_dir: str | Path, settings: dict[str, Any], title: str = "NASFE evaluation"
+) -> Path:
     """results.md/.csv/.json, a montage and a bar chart per test set, and report.md; returns the report path."""
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = result["rows"]
     write_table(rows, table_columns(rows), out / "results.md", out / "results.csv")
-    atomic_write_json(out / "results.json", {"settings": settings, "conventions": CONVENTIONS,
-                                             "info": result["info"], "summary": rows,
-                                             "per_image": result["per_image"]})
+    atomic_write_json(
+        out / "results.json",
+        {
+            "settings": settings,
+            "conventions": CONVENTIONS,
+            "info": result["info"],
+            "summary": rows,
+            "per_image": result["per_image"],
+        },
+    )
     figures: dict[str, Path] = {}
     for name, panels in result["panels"].items():
         safe = name.replace("/", "_")
         figures[f"{name}: degraded | methods | clean"] = montage(panels, out / f"montage_{safe}.png", MONTAGE_ROWS)
-        chart = {r["method"]: {"psnr": r["psnr"], "ssim": r["ssim"], "psnr_std": r.get("psnr_std"),
-                               "ssim_std": r.get("ssim_std")} for r in rows if r["test_set"] == name}
+        chart = {
+            r["method"]: {
+                "psnr": r["psnr"],
+                "ssim": r["ssim"],
+                "psnr_std": r.get("psnr_std"),
+                "ssim_std": r.get("ssim_std"),
+            }
+            for r in rows
+            if r["test_set"] == name
+        }
         figures[f"{name}: PSNR / SSIM per method"] = bar_chart(chart, out / f"bars_{safe}.png", title=name)
     info = result["info"]
     notes = [CONVENTIONS, "", "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items())]
     if info.get("gallery"):
-        notes += ["", f"Gallery: {info['gallery']}; identities falling back to test-set clean images: "
-                      f"{info['gallery_fallback_identities']}."]
+        notes += [
+            "",
+            f"Gallery: {info['gallery']}; identities falling back to test-set clean images: "
+            f"{info['gallery_fallback_identities']}.",
+        ]
     if info.get("probes_without_refs") is not None:
-        notes += [f"References: {info['refs_per_probe']} per probe from the face folder; probes without any: "
-                  f"{info['probes_without_refs']} (per method run)."]
+        notes += [
+            f"References: {info['refs_per_probe']} per probe from the face folder; probes without any: "
+            f"{info['probes_without_refs']} (per method run)."
+        ]
     if info.get("unreadable_face_files"):
-        notes += [f"Unreadable face-folder files (left out): {len(info['unreadable_face_files'])}: "
-                  + "; ".join(info["unreadable_face_files"][:5])]
+        notes += [
+            f"Unreadable face-folder files (left out): {len(info['unreadable_face_files'])}: "
+            + "; ".join(info["unreadable_face_files"][:5])
+        ]
     return write_report(out, {"Results": out / "results.md"}, figures, title=title, notes="\n".join(notes))
 
 
@@ -364,8 +435,11 @@ def make_recognizer(spec: Optional[str]):
     if spec is None:
         default = shared_dir() / DEFAULT_RECOGNIZER
         if not default.is_file():
-            print(f"note: no recogniser ({default} not found): identity and Top-k metrics skipped; "
-                  "pass --recognizer onnx:PATH", file=sys.stderr)
+            print(
+                f"note: no recogniser ({default} not found): identity and Top-k metrics skipped; "
+                "pass --recognizer onnx:PATH",
+                file=sys.stderr,
+            )
             return None, None
         spec = f"onnx:{default}"
     if spec == "none":
@@ -388,20 +462,43 @@ def add_arguments(parser) -> None:
     parser.add_argument("--testsets", required=True, help="folder built by `nasfe testsets` (manifest.json)")
     parser.add_argument("--sets", nargs="+", default=None, help="test sets to use (default: all in the manifest)")
     parser.add_argument("--out", required=True, help="output folder for report.md, results.* and figures")
-    parser.add_argument("--faces", default=None,
-                        help="face folder the test set came from: references for NASFE and the recognition gallery")
-    parser.add_argument("--refs", type=int, default=None, help="references per probe (default: the space's identity.refs)")
+    parser.add_argument(
+        "--faces",
+        default=None,
+        help="face folder the test set came from: references for NASFE and the recognition gallery",
+    )
+    parser.add_argument(
+        "--refs", type=int, default=None, help="references per probe (default: the space's identity.refs)"
+    )
     parser.add_argument("--baseline-model", default=None, help="model.pt of the BN baseline network (row 'BN')")
-    parser.add_argument("--extra-model", "--model", dest="extra_models", action="append", default=[],
-                        metavar="NAME=PATH", help="another model.pt to add as a row (repeatable)")
-    parser.add_argument("--baselines", nargs="*", default=["input", "histeq", "classical"],
-                        help="classical rows (default: input histeq classical)")
-    parser.add_argument("--recognizer", default=None,
-                        help="onnx:PATH, torch:PATH or none (default: ../shared/models/mobilefacenet/MobileFaceNet.onnx)")
+    parser.add_argument(
+        "--extra-model",
+        "--model",
+        dest="extra_models",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="another model.pt to add as a row (repeatable)",
+    )
+    parser.add_argument(
+        "--baselines",
+        nargs="*",
+        default=["input", "histeq", "classical"],
+        help="classical rows (default: input histeq classical)",
+    )
+    parser.add_argument(
+        "--recognizer",
+        default=None,
+        help="onnx:PATH, torch:PATH or none (default: ../shared/models/mobilefacenet/MobileFaceNet.onnx)",
+    )
     parser.add_argument("--y-channel", action="store_true", help="also report PSNR/SSIM on the BT.601 Y channel")
-    parser.add_argument("--ssim-convention", default="rgb", choices=["rgb", "y", "grey"],
-                        help="also report SSIM on these channels (y: BT.601 luma, the closest to the paper's input "
-                             "SSIMs; grey: MATLAB rgb2gray); the ssim column stays RGB (docs/DEGRADATION.md)")
+    parser.add_argument(
+        "--ssim-convention",
+        default="rgb",
+        choices=["rgb", "y", "grey"],
+        help="also report SSIM on these channels (y: BT.601 luma, the closest to the paper's input "
+        "SSIMs; grey: MATLAB rgb2gray); the ssim column stays RGB (docs/DEGRADATION.md)",
+    )
     parser.add_argument("--max-images", type=int, default=None, help="seeded subsample of each test set")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="seed of the subsample and of the reference draw")
@@ -435,18 +532,28 @@ def main(args) -> int:
             raise CommandError(f"--model {spec!r}: expected NAME=PATH")
         methods.append(network_method(name, load_trained(path, device)[0], device, with_refs=bool(args.faces)))
     if args.baseline_model:
-        methods.append(network_method("BN (--baseline-model)" if kind == "BN" else "BN",
-                                      load_trained(args.baseline_model, device)[0], device, with_refs=bool(args.faces)))
+        methods.append(
+            network_method(
+                "BN (--baseline-model)" if kind == "BN" else "BN",
+                load_trained(args.baseline_model, device)[0],
+                device,
+                with_refs=bool(args.faces),
+            )
+        )
     if space.model.use_identity:
         methods.append(network_method(f"{kind} w/o I_iden", model, device, with_refs=False))
         if args.faces and not getattr(model, "refs_usable", True):
-            print(f"note: the face backbone weights ({space.identity.weights}) are not here: no row with references",
-                  file=sys.stderr)
+            print(
+                f"note: the face backbone weights ({space.identity.weights}) are not here: no row with references",
+                file=sys.stderr,
+            )
         elif args.faces:
             methods.append(network_method(kind, model, device, with_refs=True))
         else:
-            print(f"note: without --faces {kind} runs without identity references (row '{kind} w/o I_iden')",
-                  file=sys.stderr)
+            print(
+                f"note: without --faces {kind} runs without identity references (row '{kind} w/o I_iden')",
+                file=sys.stderr,
+            )
     else:
         methods.append(network_method(kind, model, device, with_refs=False))
     names = [m.name for m in methods]
@@ -454,19 +561,42 @@ def main(args) -> int:
         raise CommandError(f"two rows share a name: {names}")
     recognizer, rec_spec = make_recognizer(args.recognizer)
     if recognizer is not None and space.identity.backbone == "mobilefacenet" and space.identity.weights:
-        print("warning: the model was trained with a MobileFaceNet identity backbone; if it is the recogniser's "
-              "network, the identity loss trained for this metric", file=sys.stderr)
+        print(
+            "warning: the model was trained with a MobileFaceNet identity backbone; if it is the recogniser's "
+            "network, the identity loss trained for this metric",
+            file=sys.stderr,
+        )
     t0 = time.time()
-    result = evaluate_sets(methods, args.testsets, args.sets, args.faces, k, recognizer, args.max_images,
-                           args.batch_size, args.y_channel, args.seed, progress=not args.quiet,
-                           ssim_convention=args.ssim_convention)
-    settings = {"model": args.model or args.weights, "model_kind": kind, "space": space.name,
-                "space_hash": space.space_hash(),
-                "genotype_id": genotype.genotype_id() if genotype is not None else None,
-                "testsets": str(args.testsets), "faces": args.faces, "refs": k if args.faces else 0,
-                "recognizer": rec_spec, "max_images": args.max_images, "seed": args.seed, "device": str(device),
-                "ssim_convention": args.ssim_convention,
-                "seconds": round(time.time() - t0, 1)}
+    result = evaluate_sets(
+        methods,
+        args.testsets,
+        args.sets,
+        args.faces,
+        k,
+        recognizer,
+        args.max_images,
+        args.batch_size,
+        args.y_channel,
+        args.seed,
+        progress=not args.quiet,
+        ssim_convention=args.ssim_convention,
+    )
+    settings = {
+        "model": args.model or args.weights,
+        "model_kind": kind,
+        "space": space.name,
+        "space_hash": space.space_hash(),
+        "genotype_id": genotype.genotype_id() if genotype is not None else None,
+        "testsets": str(args.testsets),
+        "faces": args.faces,
+        "refs": k if args.faces else 0,
+        "recognizer": rec_spec,
+        "max_images": args.max_images,
+        "seed": args.seed,
+        "device": str(device),
+        "ssim_convention": args.ssim_convention,
+        "seconds": round(time.time() - t0, 1),
+    }
     report = write_outputs(result, args.out, settings)
     print((Path(args.out) / "results.md").read_text())
     print(f"report: {report}")

@@ -14,6 +14,7 @@ size is dynamic in ONNX), and its size grows with H*H + W*W per FFT resolution. 
 ``restored`` (unclamped, like the PyTorch model; clamp to [0, 1] for display) and
 ``class_logits``. With ``--refs K`` the graph takes a second input ``refs`` (N, K, 3, H, W).
 """
+
 from __future__ import annotations
 
 import io
@@ -54,8 +55,9 @@ def _dft_mats(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(ang) * s, np.sin(ang) * s
 
 
-def matmul_wiener_deconvolve(x1: torch.Tensor, x2: torch.Tensor, eps: float,
-                             mats: Optional[dict] = None) -> torch.Tensor:
+def matmul_wiener_deconvolve(
+    x1: torch.Tensor, x2: torch.Tensor, eps: float, mats: Optional[dict] = None
+) -> torch.Tensor:
     """``nasfe.model.ops.wiener_deconvolve`` with the DFT as matrix products (exportable).
 
     With X = F x = (C - iS) x (C - iS) per axis: Re X = Ch x Cw - Sh x Sw,
@@ -94,7 +96,7 @@ class MatmulFFTOp(nn.Module):
         self._mats: dict = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = (x, x) if self.single else (x[:, : self.c1], x[:, self.c1:])
+        a, b = (x, x) if self.single else (x[:, : self.c1], x[:, self.c1 :])
         return self.out(matmul_wiener_deconvolve(self.conv1(a), self.conv2(b), self.eps, self._mats))
 
 
@@ -146,8 +148,10 @@ def check_deterministic(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> N
         b = ExportWrapper(model, len(inputs) > 1)(*inputs)
     for x, y in zip(a, b):
         if not torch.equal(x, y):
-            raise ExportError("the network's forward is not deterministic in eval mode (random operations "
-                              f"inside forward?): two runs differ by {float((x - y).abs().max()):.3g}")
+            raise ExportError(
+                "the network's forward is not deterministic in eval mode (random operations "
+                f"inside forward?): two runs differ by {float((x - y).abs().max()):.3g}"
+            )
 
 
 def _max_diff(a, b) -> float:
@@ -158,9 +162,18 @@ def _max_diff(a, b) -> float:
 MAX_EXPORT_SIDE = 4096
 
 
-def export_model(model: nn.Module, out_dir: str | Path, height: int, width: int, refs: int = 0,
-                 opset: int = DEFAULT_OPSET, onnx: bool = True, torchscript: bool = True,
-                 atol: float = EXPORT_ATOL, check_batch: int = 2) -> dict[str, Any]:
+def export_model(
+    model: nn.Module,
+    out_dir: str | Path,
+    height: int,
+    width: int,
+    refs: int = 0,
+    opset: int = DEFAULT_OPSET,
+    onnx: bool = True,
+    torchscript: bool = True,
+    atol: float = EXPORT_ATOL,
+    check_batch: int = 2,
+) -> dict[str, Any]:
     """Export ``model.onnx`` and/or ``model.ts``, check them against PyTorch, then write them to ``out_dir``.
 
     The reference is the unmodified PyTorch model (``torch.fft``) on seeded inputs of batch
@@ -183,9 +196,15 @@ def export_model(model: nn.Module, out_dir: str | Path, height: int, width: int,
     check_deterministic(model, check_in)
     with torch.no_grad():
         ref_restored, ref_logits = ExportWrapper(model, refs > 0)(*check_in)
-    report: dict[str, Any] = {"height": height, "width": width, "refs": refs, "opset": opset, "atol": atol,
-                              "outputs": ["restored", "class_logits"],
-                              "inputs": ["y"] + (["refs"] if refs > 0 else [])}
+    report: dict[str, Any] = {
+        "height": height,
+        "width": width,
+        "refs": refs,
+        "opset": opset,
+        "atol": atol,
+        "outputs": ["restored", "class_logits"],
+        "inputs": ["y"] + (["refs"] if refs > 0 else []),
+    }
     wrapper = ExportWrapper(model, refs > 0).eval()
     with exportable_fft(model) as n_fft, torch.no_grad(), warnings.catch_warnings():
         # shape checks in forward become constants of the fixed-size graph: expected, not news
@@ -196,13 +215,15 @@ def export_model(model: nn.Module, out_dir: str | Path, height: int, width: int,
         report["matmul_fft_max_abs_diff"] = max(_max_diff(swapped[0], ref_restored), _max_diff(swapped[1], ref_logits))
         files: dict[Path, bytes] = {}  # written only once every check passed: a failed export leaves no file
         if onnx:
-            data, part = _export_onnx(wrapper, trace_in, check_in, (ref_restored, ref_logits),
-                                      out_dir / "model.onnx", opset)
+            data, part = _export_onnx(
+                wrapper, trace_in, check_in, (ref_restored, ref_logits), out_dir / "model.onnx", opset
+            )
             files[out_dir / "model.onnx"] = data
             report.update(part)
         if torchscript:
-            data, part = _export_torchscript(wrapper, trace_in, check_in, (ref_restored, ref_logits),
-                                             out_dir / "model.ts")
+            data, part = _export_torchscript(
+                wrapper, trace_in, check_in, (ref_restored, ref_logits), out_dir / "model.ts"
+            )
             files[out_dir / "model.ts"] = data
             report.update(part)
     # fp32 rounding grows with the values: the tolerance is relative to outputs larger than 1 (an
@@ -212,8 +233,11 @@ def export_model(model: nn.Module, out_dir: str | Path, height: int, width: int,
     bad = {k: v for k, v in report.items() if k.endswith("max_abs_diff") and not v <= limit}
     report["ok"] = not bad
     if bad:
-        raise ExportError(f"{out_dir}: exported outputs differ from PyTorch's by more than {limit:.3g}: "
-                          + ", ".join(f"{k}={v:.3g}" for k, v in bad.items()) + "; nothing written")
+        raise ExportError(
+            f"{out_dir}: exported outputs differ from PyTorch's by more than {limit:.3g}: "
+            + ", ".join(f"{k}={v:.3g}" for k, v in bad.items())
+            + "; nothing written"
+        )
 
     for path, data in files.items():
         atomic_write_bytes(path, data)
@@ -231,17 +255,30 @@ def _export_onnx(wrapper, trace_in, check_in, ref, path: Path, opset: int) -> di
     t0 = time.time()
     buf = io.BytesIO()  # in memory, then an atomic write: a full disk is one line, never a half file
     try:
-        torch.onnx.export(wrapper, trace_in, buf, input_names=names, output_names=["restored", "class_logits"],
-                          dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
+        torch.onnx.export(
+            wrapper,
+            trace_in,
+            buf,
+            input_names=names,
+            output_names=["restored", "class_logits"],
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+        )
     except Exception as exc:  # the exporter raises many types; the user needs one line
         raise ExportError(f"{path}: ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     data = buf.getvalue()
     seconds = time.time() - t0
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])  # checked in memory, written after
     got = sess.run(None, {n: t.numpy() for n, t in zip(names, check_in)})
-    return data, {"onnx": str(path), "onnx_seconds": round(seconds, 2), "onnx_bytes": len(data),
-                  "onnx_restored_max_abs_diff": _max_diff(got[0], ref[0]),
-                  "onnx_logits_max_abs_diff": _max_diff(got[1], ref[1])}
+    return data, {
+        "onnx": str(path),
+        "onnx_seconds": round(seconds, 2),
+        "onnx_bytes": len(data),
+        "onnx_restored_max_abs_diff": _max_diff(got[0], ref[0]),
+        "onnx_logits_max_abs_diff": _max_diff(got[1], ref[1]),
+    }
 
 
 def _export_torchscript(wrapper, trace_in, check_in, ref, path: Path) -> dict[str, Any]:
@@ -251,15 +288,20 @@ def _export_torchscript(wrapper, trace_in, check_in, ref, path: Path) -> dict[st
         traced = torch.jit.trace(wrapper, trace_in, check_trace=False)
         torch.jit.save(traced, buf)
     except Exception as exc:
-        raise ExportError(f"{path}: TorchScript trace failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        raise ExportError(
+            f"{path}: TorchScript trace failed ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from None
     data = buf.getvalue()
     seconds = time.time() - t0
     loaded = torch.jit.load(io.BytesIO(data), map_location="cpu")  # checked in memory, written after
     with torch.no_grad():
         got = loaded(*check_in)
-    return data, {"torchscript": str(path), "torchscript_seconds": round(seconds, 2),
-            "torchscript_restored_max_abs_diff": _max_diff(got[0], ref[0]),
-            "torchscript_logits_max_abs_diff": _max_diff(got[1], ref[1])}
+    return data, {
+        "torchscript": str(path),
+        "torchscript_seconds": round(seconds, 2),
+        "torchscript_restored_max_abs_diff": _max_diff(got[0], ref[0]),
+        "torchscript_logits_max_abs_diff": _max_diff(got[1], ref[1]),
+    }
 
 
 # ---- command ---------------------------------------------------------------------------------------
@@ -270,8 +312,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="output folder for model.onnx, model.ts and export.json")
     parser.add_argument("--height", type=int, default=None, help="input height (default: the space's data.height)")
     parser.add_argument("--width", type=int, default=None, help="input width (default: the space's data.width)")
-    parser.add_argument("--refs", type=int, default=0,
-                        help="K > 0 adds a 'refs' input of K reference photos (default 0: restore without refs)")
+    parser.add_argument(
+        "--refs",
+        type=int,
+        default=0,
+        help="K > 0 adds a 'refs' input of K reference photos (default 0: restore without refs)",
+    )
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= 17, default {DEFAULT_OPSET})")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX file")
     parser.add_argument("--no-torchscript", action="store_true", help="skip the TorchScript file")
@@ -283,7 +329,9 @@ def main(args) -> int:
 
     for flag, value in (("--height", args.height), ("--width", args.width)):
         if value is not None and not 8 <= value <= MAX_EXPORT_SIDE:
-            raise CommandError(f"{flag} {value}: must lie in [8, {MAX_EXPORT_SIDE}] (or leave it out: the space's size)")
+            raise CommandError(
+                f"{flag} {value}: must lie in [8, {MAX_EXPORT_SIDE}] (or leave it out: the space's size)"
+            )
     if not (math.isfinite(args.atol) and args.atol > 0):
         raise CommandError(f"--atol {args.atol}: must be a positive number")
     ensure_writable_dir(args.out)
@@ -297,14 +345,27 @@ def main(args) -> int:
     if args.no_onnx and args.no_torchscript:
         raise CommandError("--no-onnx and --no-torchscript together leave nothing to export")
     try:
-        report = export_model(model, args.out, h, w, refs=args.refs, opset=args.opset, onnx=not args.no_onnx,
-                              torchscript=not args.no_torchscript, atol=args.atol)
+        report = export_model(
+            model,
+            args.out,
+            h,
+            w,
+            refs=args.refs,
+            opset=args.opset,
+            onnx=not args.no_onnx,
+            torchscript=not args.no_torchscript,
+            atol=args.atol,
+        )
     except ExportError as exc:
         raise CommandError(str(exc)) from None
     for k in ("onnx", "torchscript"):
         if k in report:
-            print(f"{k}: {report[k]}  (max |diff| to PyTorch: restored "
-                  f"{report[f'{k}_restored_max_abs_diff']:.2e}, logits {report[f'{k}_logits_max_abs_diff']:.2e})")
-    print(f"input {h}x{w}, {report['fft_ops_swapped']} FFT operator(s) exported as DFT matrix products; "
-          f"report: {Path(args.out) / 'export.json'}")
+            print(
+                f"{k}: {report[k]}  (max |diff| to PyTorch: restored "
+                f"{report[f'{k}_restored_max_abs_diff']:.2e}, logits {report[f'{k}_logits_max_abs_diff']:.2e})"
+            )
+    print(
+        f"input {h}x{w}, {report['fft_ops_swapped']} FFT operator(s) exported as DFT matrix products; "
+        f"report: {Path(args.out) / 'export.json'}"
+    )
     return 0

@@ -23,6 +23,7 @@ Conventions (BasicSR-style, on float images; nothing is quantised to uint8 first
   another, e.g. float32 for ~10x faster SSIM on CPU, within ~1e-6 of float64 on images) without
   autograd, and return one value per image: a tensor of shape (N,) on the input's device.
 """
+
 from __future__ import annotations
 
 import math
@@ -78,8 +79,15 @@ def _work_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _prepare(a: torch.Tensor, b: torch.Tensor, y_channel: bool, crop_border: int, name: str,
-             convention: Optional[str] = None, dtype: Optional[torch.dtype] = None):
+def _prepare(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    y_channel: bool,
+    crop_border: int,
+    name: str,
+    convention: Optional[str] = None,
+    dtype: Optional[torch.dtype] = None,
+):
     """Validate a pair of image batches and bring them to the measuring form."""
     convention = _convention(y_channel, convention, name)
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
@@ -111,27 +119,41 @@ def _prepare(a: torch.Tensor, b: torch.Tensor, y_channel: bool, crop_border: int
 
 
 @torch.no_grad()
-def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, y_channel: bool = False,
-         crop_border: int = 0, convention: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+def psnr(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    data_range: float = 1.0,
+    y_channel: bool = False,
+    crop_border: int = 0,
+    convention: Optional[str] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
     """Per-image PSNR in dB of two (N,C,H,W) batches: ``10 log10(data_range^2 / MSE)``, MSE over
     channels and pixels; ``+inf`` for identical images. Returns shape (N,). See module docstring."""
     a, b = _prepare(a, b, y_channel, crop_border, "psnr", convention, dtype)
     mse = (a - b).pow(2).flatten(1).mean(dim=1)
     # mse == 0 -> division gives +inf, and log10(inf) = inf: identical images are +inf by design.
-    return 10.0 * torch.log10((data_range ** 2) / mse)
+    return 10.0 * torch.log10((data_range**2) / mse)
 
 
 def _gaussian_1d(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Normalised 1-D Gaussian of length 11, sigma 1.5 (the 11x11 window is its outer product, like OpenCV's)."""
     half = SSIM_WINDOW // 2
     t = torch.arange(-half, half + 1, device=device, dtype=dtype)
-    g = torch.exp(-(t ** 2) / (2 * SSIM_SIGMA ** 2))
+    g = torch.exp(-(t**2) / (2 * SSIM_SIGMA**2))
     return g / g.sum()
 
 
 @torch.no_grad()
-def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, y_channel: bool = False,
-         crop_border: int = 0, convention: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+def ssim(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    data_range: float = 1.0,
+    y_channel: bool = False,
+    crop_border: int = 0,
+    convention: Optional[str] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
     """Per-image SSIM of two (N,C,H,W) batches (Gaussian window 11, sigma 1.5, K1=0.01, K2=0.03,
     valid filtering, mean over pixels then channels). Returns shape (N,); 1 for identical images.
     ``convention``: 'rgb' (default), 'y' or 'grey' (module docstring)."""
@@ -149,10 +171,10 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, y_channel: b
     c1 = (SSIM_K1 * data_range) ** 2
     c2 = (SSIM_K2 * data_range) ** 2
     mu_a, mu_b = filt(a), filt(b)
-    var_a = filt(a * a) - mu_a ** 2
-    var_b = filt(b * b) - mu_b ** 2
+    var_a = filt(a * a) - mu_a**2
+    var_b = filt(b * b) - mu_b**2
     cov = filt(a * b) - mu_a * mu_b
-    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     # Equal-size maps per channel: the flat mean is the mean over channels of per-channel means.
     return ssim_map.flatten(1).mean(dim=1)
 
@@ -171,8 +193,12 @@ class MetricAccumulator:
         self._values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         self._names: dict[str, list[Optional[str]]] = defaultdict(list)
 
-    def add(self, test_set: str, values: Mapping[str, "torch.Tensor | Sequence[float]"],
-            names: Optional[Sequence[str]] = None) -> None:
+    def add(
+        self,
+        test_set: str,
+        values: Mapping[str, "torch.Tensor | Sequence[float]"],
+        names: Optional[Sequence[str]] = None,
+    ) -> None:
         """Record one batch of per-image values, e.g. ``{'psnr': Tensor(N,), 'ssim': Tensor(N,)}``.
 
         Every metric must have the same number N of values; ``names`` (optional, length N) labels
@@ -187,26 +213,40 @@ class MetricAccumulator:
             lists[metric] = [float(x) for x in v]
         sizes = {len(v) for v in lists.values()}
         if len(sizes) != 1:
-            raise ValueError(f"MetricAccumulator.add({test_set!r}): metrics have different lengths "
-                             f"{ {k: len(v) for k, v in lists.items()} }")
+            raise ValueError(
+                f"MetricAccumulator.add({test_set!r}): metrics have different lengths "
+                f"{ {k: len(v) for k, v in lists.items()} }"
+            )
         n = sizes.pop()
         if names is not None and len(names) != n:
             raise ValueError(f"MetricAccumulator.add({test_set!r}): {len(names)} names for {n} values")
         known = self._values.get(test_set)
         if known and set(known) != set(lists):
-            raise ValueError(f"MetricAccumulator.add({test_set!r}): metrics {sorted(lists)} differ from "
-                             f"earlier {sorted(known)}")
+            raise ValueError(
+                f"MetricAccumulator.add({test_set!r}): metrics {sorted(lists)} differ from earlier {sorted(known)}"
+            )
         for metric, v in lists.items():
             self._values[test_set][metric].extend(v)
         self._names[test_set].extend(list(names) if names is not None else [None] * n)
 
-    def update(self, test_set: str, restored: torch.Tensor, clean: torch.Tensor,
-               names: Optional[Sequence[str]] = None, y_channel: bool = False, crop_border: int = 0) -> None:
+    def update(
+        self,
+        test_set: str,
+        restored: torch.Tensor,
+        clean: torch.Tensor,
+        names: Optional[Sequence[str]] = None,
+        y_channel: bool = False,
+        crop_border: int = 0,
+    ) -> None:
         """Compute PSNR and SSIM of ``restored`` against ``clean`` (N,3,H,W) and record them."""
-        self.add(test_set, {
-            "psnr": psnr(restored, clean, y_channel=y_channel, crop_border=crop_border),
-            "ssim": ssim(restored, clean, y_channel=y_channel, crop_border=crop_border),
-        }, names)
+        self.add(
+            test_set,
+            {
+                "psnr": psnr(restored, clean, y_channel=y_channel, crop_border=crop_border),
+                "ssim": ssim(restored, clean, y_channel=y_channel, crop_border=crop_border),
+            },
+            names,
+        )
 
     @property
     def test_sets(self) -> list[str]:

@@ -11,6 +11,7 @@ Two ways to name a trained model:
 Every failure is one clear line naming the file (``CheckpointError``, ``GenotypeError`` or
 ``ConfigError``, which the CLI prints without a traceback).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -78,8 +79,11 @@ def _space_without_missing_weights(space: SpaceConfig, where: str) -> SpaceConfi
         if space.identity.backbone == "mobilefacenet":
             # the packaged MobileFaceNet is that network's real weights: the backbone is built from
             # them (and the checkpoint's copy, when it has one, replaces them): never a random init
-            log.info("%s: identity.weights %s is not here; the MobileFaceNet backbone starts from the packaged "
-                     "weights", where, w)
+            log.info(
+                "%s: identity.weights %s is not here; the MobileFaceNet backbone starts from the packaged weights",
+                where,
+                w,
+            )
             new = PACKAGED_WEIGHTS
         else:
             log.info("%s: identity.weights %s is not here; the backbone weights come from the checkpoint", where, w)
@@ -92,16 +96,27 @@ def refuse_non_finite(state_dict: dict[str, torch.Tensor], where: str) -> None:
     """Raise ``CommandError`` when a floating tensor of ``state_dict`` holds NaN or infinity (a
     diverged run): restoring with it would only write black or garbage images."""
 
-    bad = [(k, int((~torch.isfinite(v)).sum())) for k, v in state_dict.items()
-           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = [
+        (k, int((~torch.isfinite(v)).sum()))
+        for k, v in state_dict.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
     if bad:
         total = sum(n for _, n in bad)
-        raise CommandError(f"{where}: {total} non-finite weight value(s) in {len(bad)} tensor(s), first {bad[0][0]}; "
-                           "the training run diverged: retrain from its last good checkpoint")
+        raise CommandError(
+            f"{where}: {total} non-finite weight value(s) in {len(bad)} tensor(s), first {bad[0][0]}; "
+            "the training run diverged: retrain from its last good checkpoint"
+        )
 
 
-def build_and_load(space: SpaceConfig, genotype: Optional[Genotype], state_dict: dict[str, torch.Tensor],
-                   where: str, device: str | torch.device = "cpu", fill: tuple[str, ...] = ()) -> torch.nn.Module:
+def build_and_load(
+    space: SpaceConfig,
+    genotype: Optional[Genotype],
+    state_dict: dict[str, torch.Tensor],
+    where: str,
+    device: str | torch.device = "cpu",
+    fill: tuple[str, ...] = (),
+) -> torch.nn.Module:
     """Build the network of ``space``/``genotype``, load ``state_dict`` strictly, eval mode, frozen.
 
     ``fill``: key prefixes the file leaves out on purpose (the frozen face backbone of a packaged
@@ -110,8 +125,10 @@ def build_and_load(space: SpaceConfig, genotype: Optional[Genotype], state_dict:
 
     searched = fusion_is_searched(space.model.fusion)
     if searched and genotype is None:
-        raise GenotypeError(f"{where}: the space searches its fusion (model.fusion: {space.model.fusion}) but no genotype was "
-                            "given; pass --genotype genotype.json (or use the model.pt that retrain wrote)")
+        raise GenotypeError(
+            f"{where}: the space searches its fusion (model.fusion: {space.model.fusion}) but no genotype was "
+            "given; pass --genotype genotype.json (or use the model.pt that retrain wrote)"
+        )
     if not searched and genotype is not None:
         log.info("%s: model.fusion is %s (not searched); the genotype is ignored", where, space.model.fusion)
         genotype = None
@@ -124,23 +141,34 @@ def build_and_load(space: SpaceConfig, genotype: Optional[Genotype], state_dict:
         state_dict = {**own, **state_dict}
         model.refs_usable = built.identity.weights not in (None, CHECKPOINT_WEIGHTS)
         if not model.refs_usable:
-            log.info("%s: the face backbone is not in the file and identity.weights %s is not here: "
-                     "the network restores without reference photos only", where, space.identity.weights)
+            log.info(
+                "%s: the face backbone is not in the file and identity.weights %s is not here: "
+                "the network restores without reference photos only",
+                where,
+                space.identity.weights,
+            )
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "shape or key mismatch"
         missing = sum(1 for k in model.state_dict() if k not in state_dict)
         extra = sum(1 for k in state_dict if k not in model.state_dict())
-        raise CheckpointError(f"{where}: weights do not fit the network of this space/genotype "
-                              f"({missing} missing, {extra} unexpected keys; {first})") from None
+        raise CheckpointError(
+            f"{where}: weights do not fit the network of this space/genotype "
+            f"({missing} missing, {extra} unexpected keys; {first})"
+        ) from None
     model.eval().requires_grad_(False)
     return model.to(device)
 
 
-def load_trained(path: Optional[str | Path] = None, device: str | torch.device = "cpu", *,
-                 genotype: Optional[str | Path] = None, weights: Optional[str | Path] = None,
-                 space: Optional[str | Path] = None) -> tuple[torch.nn.Module, SpaceConfig, Optional[Genotype]]:
+def load_trained(
+    path: Optional[str | Path] = None,
+    device: str | torch.device = "cpu",
+    *,
+    genotype: Optional[str | Path] = None,
+    weights: Optional[str | Path] = None,
+    space: Optional[str | Path] = None,
+) -> tuple[torch.nn.Module, SpaceConfig, Optional[Genotype]]:
     """A trained network in eval mode on ``device``, with its space and genotype (None for BN).
 
     ``path``: a ``model.pt`` (or a run folder holding one, or a retrain checkpoint). Otherwise
@@ -160,8 +188,10 @@ def load_trained(path: Optional[str | Path] = None, device: str | torch.device =
             raise CheckpointError(f"{src}: a folder without model.pt (run `nasfe retrain` first, or pass the file)")
     payload = _read_payload(src)
     if payload.get("phase") == "search":
-        raise CheckpointError(f"{src}: a search checkpoint (supernet weights); retrain its genotype.json and "
-                              "evaluate the model.pt that retrain writes")
+        raise CheckpointError(
+            f"{src}: a search checkpoint (supernet weights); retrain its genotype.json and "
+            "evaluate the model.pt that retrain writes"
+        )
     state = payload.get("model")
     if not isinstance(state, dict):
         raise CheckpointError(f"{src}: holds no 'model' weights")
@@ -197,19 +227,26 @@ def model_kind(space: SpaceConfig, genotype: Optional[Genotype] = None) -> str:
 
 def add_model_arguments(parser) -> None:
     """The shared way commands name a trained model: ``MODEL`` or ``--weights/--space/--genotype``."""
-    parser.add_argument("model", nargs="?", default=None,
-                        help="model.pt written by retrain (or its run folder); default: the packaged CPU-trained "
-                             "model (nasfe/pretrained/cpu_default.pt, CelebA: non-commercial research only)")
+    parser.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="model.pt written by retrain (or its run folder); default: the packaged CPU-trained "
+        "model (nasfe/pretrained/cpu_default.pt, CelebA: non-commercial research only)",
+    )
     parser.add_argument("--weights", default=None, help="weights file (instead of MODEL); needs --space")
-    parser.add_argument("--space", dest="model_space", default=None,
-                        help="search space YAML or built-in name for --weights (overrides the checkpoint's)")
+    parser.add_argument(
+        "--space",
+        dest="model_space",
+        default=None,
+        help="search space YAML or built-in name for --weights (overrides the checkpoint's)",
+    )
     parser.add_argument("--genotype", default=None, help="genotype.json (for a searched fusion with --weights)")
 
 
 def load_from_args(args, device: str | torch.device = "cpu"):
     """``load_trained`` from the arguments of :func:`add_model_arguments`; with neither MODEL nor
     ``--weights``, the packaged default model (:mod:`nasfe.pretrained`)."""
-
 
     model = args.model
     if model is None and args.weights is None:
@@ -218,7 +255,10 @@ def load_from_args(args, device: str | torch.device = "cpu"):
 
         model = default_model_path()
         loaded = load_trained(model, device)
-        print(f"using the packaged model {model}, a {model_kind(loaded[1], loaded[2])} network (trained on "
-              f"CelebA: non-commercial research use only)", file=sys.stderr)
+        print(
+            f"using the packaged model {model}, a {model_kind(loaded[1], loaded[2])} network (trained on "
+            f"CelebA: non-commercial research use only)",
+            file=sys.stderr,
+        )
         return loaded
     return load_trained(model, device, genotype=args.genotype, weights=args.weights, space=args.model_space)

@@ -3,6 +3,7 @@ genotypes' percentile among random ones, and ``rank.json``, ``rank.md`` and ``ra
 
 Plain Python (scipy and matplotlib); no Ray, no W&B.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,9 @@ from nasfe.imageio import atomic_write_json, atomic_write_text
 TEST_KEYS = ("bn_psnr", "bn_ssim", "bnl_psnr", "bnl_ssim")
 
 
-def kendall_tau(x: Sequence[float], y: Sequence[float], confidence: float = 0.95, boot: int = 2000,
-                seed: int = 0) -> dict[str, Any]:
+def kendall_tau(
+    x: Sequence[float], y: Sequence[float], confidence: float = 0.95, boot: int = 2000, seed: int = 0
+) -> dict[str, Any]:
     """Kendall's tau-b of ``x`` and ``y`` with a percentile-bootstrap confidence interval (pairs
     resampled with replacement, ``boot`` times, seeded) and scipy's two-sided p-value.
 
@@ -29,8 +31,14 @@ def kendall_tau(x: Sequence[float], y: Sequence[float], confidence: float = 0.95
     """
 
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    out: dict[str, Any] = {"tau": None, "ci_low": None, "ci_high": None, "p_value": None, "n": int(len(x)),
-                           "confidence": confidence}
+    out: dict[str, Any] = {
+        "tau": None,
+        "ci_low": None,
+        "ci_high": None,
+        "p_value": None,
+        "n": int(len(x)),
+        "confidence": confidence,
+    }
     if len(x) != len(y):
         raise ValueError(f"kendall_tau: {len(x)} scores against {len(y)} values")
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
@@ -62,8 +70,9 @@ def _spread(values: Sequence[float]) -> dict[str, Optional[float]]:
     return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
 
 
-def summarize(rows: Sequence[dict[str, Any]], rules: Sequence[str] = ("alpha", "strength"),
-              metric: str = "val_psnr") -> dict[str, Any]:
+def summarize(
+    rows: Sequence[dict[str, Any]], rules: Sequence[str] = ("alpha", "strength"), metric: str = "val_psnr"
+) -> dict[str, Any]:
     """The study's numbers from its rows (each with ``kind``, ``metric``, test scores and
     ``score_<rule>``, the supernet's score averaged over the searches given).
 
@@ -75,11 +84,15 @@ def summarize(rows: Sequence[dict[str, Any]], rules: Sequence[str] = ("alpha", "
     """
     done = [r for r in rows if r.get(metric) is not None]
     randoms = [r[metric] for r in done if r["kind"] == "random"]
+
     def taus_against(column: str) -> dict[str, Any]:
         out = {}
         for rule in rules:
-            pairs = [(r[f"score_{rule}"], r[column]) for r in done if r["kind"] != "hand"
-                     and r.get(f"score_{rule}") is not None and r.get(column) is not None]
+            pairs = [
+                (r[f"score_{rule}"], r[column])
+                for r in done
+                if r["kind"] != "hand" and r.get(f"score_{rule}") is not None and r.get(column) is not None
+            ]
             out[rule] = kendall_tau([p[0] for p in pairs], [p[1] for p in pairs])
         return out
 
@@ -109,11 +122,17 @@ def summarize(rows: Sequence[dict[str, Any]], rules: Sequence[str] = ("alpha", "
         best = max((r for r in done if r["kind"] == "random"), key=lambda r: r[metric])
         groups["best_random"] = {c: best.get(c) for c in ("genotype_id", *cols)}
     quarter = sorted(randoms)[int(math.ceil(0.75 * len(randoms))) - 1] if randoms else None
-    return {"kendall_tau": {k: v["tau"] for k, v in taus.items()}, "kendall_tau_ci": taus,
-            "kendall_tau_test_psnr": taus_test,
-            "searched_percentile": statistics.fmean(pct) if pct else None, "searched_percentiles": pct,
-            "searched_percentile_by_column": by_column,
-            "random_top_quarter_threshold": quarter, "groups": groups, "metric": metric}
+    return {
+        "kendall_tau": {k: v["tau"] for k, v in taus.items()},
+        "kendall_tau_ci": taus,
+        "kendall_tau_test_psnr": taus_test,
+        "searched_percentile": statistics.fmean(pct) if pct else None,
+        "searched_percentiles": pct,
+        "searched_percentile_by_column": by_column,
+        "random_top_quarter_threshold": quarter,
+        "groups": groups,
+        "metric": metric,
+    }
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -136,48 +155,80 @@ def render_markdown(summary: dict[str, Any], rows: Sequence[dict[str, Any]], met
         lines.append(f"| {rule} | {_fmt(t['tau'])} | {ci} | {_fmt(t['p_value'], 3)} | {t['n']} |")
     for rule, t in summary.get("kendall_tau_test_psnr", {}).items():
         ci = f"[{_fmt(t['ci_low'])}, {_fmt(t['ci_high'])}]" if t["tau"] is not None else "-"
-        lines.append(f"| {rule}, against mean test PSNR | {_fmt(t['tau'])} | {ci} | {_fmt(t['p_value'], 3)} | {t['n']} |")
-    lines += ["", f"Searched percentile among random ({metric}): {_fmt(summary['searched_percentile'], 1)} "
-              f"(each: {', '.join(_fmt(p, 1) for p in summary['searched_percentiles']) or '-'}); on "
-              + ", ".join(f"{k} {_fmt(v, 1)}" for k, v in summary.get("searched_percentile_by_column", {}).items()), ""]
+        lines.append(
+            f"| {rule}, against mean test PSNR | {_fmt(t['tau'])} | {ci} | {_fmt(t['p_value'], 3)} | {t['n']} |"
+        )
+    lines += [
+        "",
+        f"Searched percentile among random ({metric}): {_fmt(summary['searched_percentile'], 1)} "
+        f"(each: {', '.join(_fmt(p, 1) for p in summary['searched_percentiles']) or '-'}); on "
+        + ", ".join(f"{k} {_fmt(v, 1)}" for k, v in summary.get("searched_percentile_by_column", {}).items()),
+        "",
+    ]
     lines += ["| kind | n | " + " | ".join((metric, *TEST_KEYS)) + " |", "|---|---:|" + "---:|" * (1 + len(TEST_KEYS))]
     for kind, g in summary["groups"].items():
         if kind == "best_random":
-            lines.append("| best random | 1 | " + " | ".join(_fmt(g.get(c), 3 if "ssim" in c else 2)
-                                                          for c in (metric, *TEST_KEYS)) + " |")
+            lines.append(
+                "| best random | 1 | "
+                + " | ".join(_fmt(g.get(c), 3 if "ssim" in c else 2) for c in (metric, *TEST_KEYS))
+                + " |"
+            )
             continue
         n = g[metric]["n"]
-        cells = [f"{_fmt(g[c]['mean'], 3 if 'ssim' in c else 2)} ± {_fmt(g[c]['std'], 3 if 'ssim' in c else 2)}"
-                 for c in (metric, *TEST_KEYS)]
+        cells = [
+            f"{_fmt(g[c]['mean'], 3 if 'ssim' in c else 2)} ± {_fmt(g[c]['std'], 3 if 'ssim' in c else 2)}"
+            for c in (metric, *TEST_KEYS)
+        ]
         lines.append(f"| {kind} | {n} | " + " | ".join(cells) + " |")
-    lines += ["", "| label | kind | genotype_id | path | score_alpha | score_strength | " + " | ".join((metric, *TEST_KEYS)) + " |",
-              "|---|---|---|---|---:|---:|" + "---:|" * (1 + len(TEST_KEYS))]
+    lines += [
+        "",
+        "| label | kind | genotype_id | path | score_alpha | score_strength | "
+        + " | ".join((metric, *TEST_KEYS))
+        + " |",
+        "|---|---|---|---|---:|---:|" + "---:|" * (1 + len(TEST_KEYS)),
+    ]
     for r in sorted(rows, key=lambda r: -(r.get(metric) if r.get(metric) is not None else -math.inf)):
-        lines.append(f"| {r['label']} | {r['kind']} | {r.get('genotype_id') or '-'} | {r.get('path') or '-'} | "
-                     f"{_fmt(r.get('score_alpha'), 3)} | {_fmt(r.get('score_strength'), 1)} | "
-                     + " | ".join(_fmt(r.get(c), 3 if "ssim" in c else 2) for c in (metric, *TEST_KEYS)) + " |")
+        lines.append(
+            f"| {r['label']} | {r['kind']} | {r.get('genotype_id') or '-'} | {r.get('path') or '-'} | "
+            f"{_fmt(r.get('score_alpha'), 3)} | {_fmt(r.get('score_strength'), 1)} | "
+            + " | ".join(_fmt(r.get(c), 3 if "ssim" in c else 2) for c in (metric, *TEST_KEYS))
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
-def scatter_png(rows: Sequence[dict[str, Any]], path: Path, rules: Sequence[str] = ("alpha", "strength"),
-                metric: str = "val_psnr", taus: Optional[dict] = None) -> Optional[Path]:
+def scatter_png(
+    rows: Sequence[dict[str, Any]],
+    path: Path,
+    rules: Sequence[str] = ("alpha", "strength"),
+    metric: str = "val_psnr",
+    taus: Optional[dict] = None,
+) -> Optional[Path]:
     """One panel per rule: supernet score (x) against stand-alone ``metric`` (y), by kind; the hand
     row (no supernet score) as a horizontal line. None when nothing is scored."""
 
     matplotlib.use("Agg")
-
 
     fig, axes = plt.subplots(1, len(rules), figsize=(5 * len(rules), 4), squeeze=False)
     style = {"random": ("tab:blue", "o"), "searched": ("tab:red", "*")}
     drawn = False
     for ax, rule in zip(axes[0], rules):
         for kind, (color, marker) in style.items():
-            pts = [(r[f"score_{rule}"], r[metric]) for r in rows if r["kind"] == kind
-                   and r.get(f"score_{rule}") is not None and r.get(metric) is not None]
+            pts = [
+                (r[f"score_{rule}"], r[metric])
+                for r in rows
+                if r["kind"] == kind and r.get(f"score_{rule}") is not None and r.get(metric) is not None
+            ]
             if pts:
                 drawn = True
-                ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=color, marker=marker,
-                           s=120 if kind == "searched" else 30, label=kind)
+                ax.scatter(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    c=color,
+                    marker=marker,
+                    s=120 if kind == "searched" else 30,
+                    label=kind,
+                )
         for r in rows:
             if r["kind"] == "hand" and r.get(metric) is not None:
                 ax.axhline(r[metric], color="tab:green", ls="--", label=r["label"])
@@ -196,8 +247,13 @@ def scatter_png(rows: Sequence[dict[str, Any]], path: Path, rules: Sequence[str]
     return Path(path)
 
 
-def write_rank_report(rows: Sequence[dict[str, Any]], out: str | Path, meta: dict[str, Any],
-                      rules: Sequence[str] = ("alpha", "strength"), metric: str = "val_psnr") -> dict[str, Any]:
+def write_rank_report(
+    rows: Sequence[dict[str, Any]],
+    out: str | Path,
+    meta: dict[str, Any],
+    rules: Sequence[str] = ("alpha", "strength"),
+    metric: str = "val_psnr",
+) -> dict[str, Any]:
     """Write ``rank.json``, ``rank.md`` and ``rank.png`` in ``out``; returns what ``rank.json`` holds."""
 
     out = Path(out)

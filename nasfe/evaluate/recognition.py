@@ -11,6 +11,7 @@ train for the metric): ``OnnxRecognizer`` runs an ArcFace-style ONNX model (the 
 ``MobileFaceNet.onnx``), ``TorchMobileFaceNetRecognizer`` the torch MobileFaceNet. Both align
 176x144 CelebA-layout faces to the 112x112 ArcFace template first (``nasfe.identity.align``).
 """
+
 from __future__ import annotations
 
 import math
@@ -69,7 +70,9 @@ class OnnxRecognizer(Recognizer):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise ImportError(f"{path}: onnxruntime is not installed; `pip install onnxruntime` or use TorchMobileFaceNetRecognizer") from None
+            raise ImportError(
+                f"{path}: onnxruntime is not installed; `pip install onnxruntime` or use TorchMobileFaceNetRecognizer"
+            ) from None
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, min(4, torch.get_num_threads()))
         try:
@@ -88,7 +91,7 @@ class OnnxRecognizer(Recognizer):
         with torch.no_grad():
             x = _to_template(images.cpu(), self.align).numpy().astype(np.float32)
         if self.batch_fixed:
-            out = [self.session.run(None, {self.input_name: x[i:i + 1]})[0] for i in range(len(x))]
+            out = [self.session.run(None, {self.input_name: x[i : i + 1]})[0] for i in range(len(x))]
             e = np.concatenate(out, axis=0) if out else np.zeros((0, 0), np.float32)
         else:
             e = self.session.run(None, {self.input_name: x})[0]
@@ -110,7 +113,7 @@ class TorchMobileFaceNetRecognizer(Recognizer):
         out = []
         with torch.no_grad():
             for i in range(0, len(images), self.batch_size):
-                out.append(self.model.embedding(images[i:i + self.batch_size].to(self.device)).float().cpu())
+                out.append(self.model.embedding(images[i : i + self.batch_size].to(self.device)).float().cpu())
         e = torch.cat(out) if out else torch.zeros(0, self.model.embedding_dim)
         return F.normalize(e, dim=1)
 
@@ -138,7 +141,9 @@ def recognition_topk(
     p = F.normalize(torch.as_tensor(probe_emb, dtype=torch.float32), dim=1)
     g = F.normalize(torch.as_tensor(gallery_emb, dtype=torch.float32), dim=1)
     if p.dim() != 2 or g.dim() != 2 or p.shape[1] != g.shape[1]:
-        raise ValueError(f"recognition_topk: embeddings must be (N,D) and (M,D), got {tuple(p.shape)} and {tuple(g.shape)}")
+        raise ValueError(
+            f"recognition_topk: embeddings must be (N,D) and (M,D), got {tuple(p.shape)} and {tuple(g.shape)}"
+        )
     if reduce not in ("max", "mean"):
         raise ValueError(f"recognition_topk: reduce must be 'max' or 'mean', got {reduce!r}")
     pid = _as_ids(probe_ids, "probe_ids", len(p))
@@ -174,7 +179,9 @@ def cosine_and_degrees(a, b) -> tuple[float, float]:
     a = torch.as_tensor(a, dtype=torch.float32)
     b = torch.as_tensor(b, dtype=torch.float32)
     if a.shape != b.shape or a.dim() != 2:
-        raise ValueError(f"cosine_and_degrees: expected two (N,D) arrays of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"cosine_and_degrees: expected two (N,D) arrays of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     cos = F.cosine_similarity(a, b, dim=1).clamp(-1.0, 1.0)
     return float(cos.mean()), float(torch.rad2deg(torch.arccos(cos)).mean())
 

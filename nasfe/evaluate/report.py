@@ -12,6 +12,7 @@ Number formats (Markdown only; the CSV keeps full precision so it round-trips):
 Figures are drawn with matplotlib's Agg canvas directly (no pyplot, no global backend state), and
 every file is written atomically.
 """
+
 from __future__ import annotations
 
 import csv
@@ -112,8 +113,9 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
     for c in columns:
         first = next((r[c] for r in rows if r.get(c) is not None), None)
         aligns.append("---:" if _as_number(first) is not None else ":---")
-    return markdown_grid([_header(c) for c in columns],
-                         [[format_value(c, r.get(c)) for c in columns] for r in rows], aligns)
+    return markdown_grid(
+        [_header(c) for c in columns], [[format_value(c, r.get(c)) for c in columns] for r in rows], aligns
+    )
 
 
 def _csv_cell(value: Any) -> str:
@@ -127,8 +129,9 @@ def _csv_cell(value: Any) -> str:
     return repr(x)  # shortest string that parses back to the same float (incl. inf / nan)
 
 
-def write_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], md_path: PathLike,
-                csv_path: PathLike) -> tuple[Path, Path]:
+def write_table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], md_path: PathLike, csv_path: PathLike
+) -> tuple[Path, Path]:
     """Write ``rows`` (dicts) as a Markdown table (formatted numbers) and a CSV (full precision).
 
     ``columns`` picks and orders the keys; a key missing from a row is an empty CSV cell and ``-``
@@ -157,7 +160,7 @@ def _to_hwc_uint8(t: torch.Tensor) -> np.ndarray:
     t = t.detach().to("cpu", torch.float32).clamp(0, 1)
     if t.shape[0] == 1:
         t = t.expand(3, -1, -1)
-    return (t.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy())
+    return t.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def _tile_scale(width: int) -> int:
@@ -171,8 +174,7 @@ def montage_size(n_columns: int, n_rows: int, height: int, width: int) -> tuple[
     width = ``n_columns * (s*W + pad) + pad``, height = ``title + n_rows * (s*H + pad)``.
     """
     s = _tile_scale(width)
-    return (n_columns * (s * width + MONTAGE_PAD) + MONTAGE_PAD,
-            MONTAGE_TITLE_H + n_rows * (s * height + MONTAGE_PAD))
+    return (n_columns * (s * width + MONTAGE_PAD) + MONTAGE_PAD, MONTAGE_TITLE_H + n_rows * (s * height + MONTAGE_PAD))
 
 
 def _render_png(fig: Figure) -> bytes:
@@ -214,8 +216,15 @@ def montage(panels: Mapping[str, torch.Tensor], path: PathLike, max_rows: int = 
     for j, (name, t) in enumerate(panels.items()):
         x0 = MONTAGE_PAD + j * (tw + MONTAGE_PAD)
         title = "\n".join(textwrap.wrap(str(name), chars)[:2]) or " "
-        fig.text((x0 + tw / 2) / fw, 1 - (MONTAGE_TITLE_H / 2) / fh, title, ha="center", va="center",
-                 fontsize=9, family="DejaVu Sans")
+        fig.text(
+            (x0 + tw / 2) / fw,
+            1 - (MONTAGE_TITLE_H / 2) / fh,
+            title,
+            ha="center",
+            va="center",
+            fontsize=9,
+            family="DejaVu Sans",
+        )
         for i in range(rows):
             tile = _to_hwc_uint8(t[i])
             if s > 1:
@@ -266,11 +275,19 @@ def bar_chart(results: Mapping[str, Mapping[str, float]], path: PathLike, title:
             ax.errorbar(x[has_err], drawn[has_err], yerr=errs[has_err], fmt="none", ecolor="black", capsize=3)
         for xi, v, d, e in zip(x, vals, drawn, errs):
             y_text = top * 0.97 if np.isinf(v) else d + e
-            ax.text(xi, y_text, format_value(metric, v), ha="center", va="top" if np.isinf(v) else "bottom",
-                    fontsize=8, bbox=dict(facecolor="white", edgecolor="none", pad=1) if np.isinf(v) else None)
+            ax.text(
+                xi,
+                y_text,
+                format_value(metric, v),
+                ha="center",
+                va="top" if np.isinf(v) else "bottom",
+                fontsize=8,
+                bbox=dict(facecolor="white", edgecolor="none", pad=1) if np.isinf(v) else None,
+            )
         ax.set_xticks(x)
-        ax.set_xticklabels(methods, rotation=30 if len(methods) > 3 else 0, ha="right" if len(methods) > 3 else "center",
-                           fontsize=8)
+        ax.set_xticklabels(
+            methods, rotation=30 if len(methods) > 3 else 0, ha="right" if len(methods) > 3 else "center", fontsize=8
+        )
         ax.set_ylim(0, top)
         ax.set_title(label, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
@@ -305,8 +322,13 @@ def _link(target: Path, out_dir: Path) -> str:
     return Path(rel).as_posix()
 
 
-def write_report(out_dir: PathLike, tables: Mapping[str, TableSpec], figures: Mapping[str, PathLike],
-                 title: str = "NASFE evaluation", notes: str = "") -> Path:
+def write_report(
+    out_dir: PathLike,
+    tables: Mapping[str, TableSpec],
+    figures: Mapping[str, PathLike],
+    title: str = "NASFE evaluation",
+    notes: str = "",
+) -> Path:
     """Write ``out_dir/report.md``: a title, optional notes, each table under its name, and each
     figure as an image link (relative to ``out_dir``) under its caption.
 

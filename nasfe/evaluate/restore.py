@@ -24,6 +24,7 @@ output folder: ``restore`` keeps a record of what it wrote there (``OUT/.nasfe-r
 each output's sha256) and replaces only its own earlier outputs that are unchanged; any other
 existing file at an output's path is refused (one line, before any work), never renamed around.
 """
+
 from __future__ import annotations
 
 import logging
@@ -98,8 +99,14 @@ def _ramp(size: int, tile: int, overlap: int, start: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def restore_tiled(model, y: torch.Tensor, refs: Optional[torch.Tensor] = None, tile: int = DEFAULT_TILE,
-                  overlap: int = DEFAULT_OVERLAP, batch_size: int = 4) -> torch.Tensor:
+def restore_tiled(
+    model,
+    y: torch.Tensor,
+    refs: Optional[torch.Tensor] = None,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = 4,
+) -> torch.Tensor:
     """Restore (N,3,H,W) images, tiling those larger than ``tile`` (see the module docstring).
 
     ``refs`` (k,3,h,w), if given, is shared by every image and tile.
@@ -114,14 +121,14 @@ def restore_tiled(model, y: torch.Tensor, refs: Optional[torch.Tensor] = None, t
     norm = torch.zeros(1, 1, h, w)
     for i in range(n):
         for j in range(0, len(boxes), batch_size):
-            chunk = boxes[j:j + batch_size]
-            tiles = torch.cat([y[i:i + 1, :, t:t + th, l:l + tw] for t, l in chunk])
+            chunk = boxes[j : j + batch_size]
+            tiles = torch.cat([y[i : i + 1, :, t : t + th, l : l + tw] for t, l in chunk])
             res = run_network(model, tiles, refs).cpu()
             for (t, l), r in zip(chunk, res):
-                wgt = (_ramp(h, th, overlap, t)[:, None] * _ramp(w, tw, overlap, l)[None, :])
-                out[i, :, t:t + th, l:l + tw] += r * wgt
+                wgt = _ramp(h, th, overlap, t)[:, None] * _ramp(w, tw, overlap, l)[None, :]
+                out[i, :, t : t + th, l : l + tw] += r * wgt
                 if i == 0:
-                    norm[0, 0, t:t + th, l:l + tw] += wgt
+                    norm[0, 0, t : t + th, l : l + tw] += wgt
     return (out / norm).to(y.device)
 
 
@@ -130,7 +137,9 @@ def _is_image_name(p: Path) -> bool:
     return not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
 
 
-def collect_images(inputs: Sequence[str | Path], recursive: bool = False) -> tuple[list[tuple[Path, Path]], dict[str, int]]:
+def collect_images(
+    inputs: Sequence[str | Path], recursive: bool = False
+) -> tuple[list[tuple[Path, Path]], dict[str, int]]:
     """(file, path relative to its input root) of every image named or found, and counts of what
     was left out (non-image files in folders). Missing inputs raise ``FileNotFoundError``."""
     found: list[tuple[Path, Path]] = []
@@ -173,8 +182,9 @@ def output_names(rels: Sequence[Path]) -> list[Path]:
     return out
 
 
-def plan_outputs(inputs: Sequence[str | Path], out_dir: str | Path, recursive: bool = False,
-                 compare: bool = False) -> tuple[list[tuple[Path, Path]], dict[str, int]]:
+def plan_outputs(
+    inputs: Sequence[str | Path], out_dir: str | Path, recursive: bool = False, compare: bool = False
+) -> tuple[list[tuple[Path, Path]], dict[str, int]]:
     """(input file, output path relative to ``out_dir``) of every image, and the left-out counts.
 
     Refuses (:class:`~nasfe.errors.CommandError`) an ``out_dir`` that is one of the input folders,
@@ -188,8 +198,10 @@ def plan_outputs(inputs: Sequence[str | Path], out_dir: str | Path, recursive: b
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir() and p.resolve() == out_real:
-            raise CommandError(f"--out {out_dir} is the input folder {item}: restored images would replace or mix "
-                               "with your originals; choose another --out")
+            raise CommandError(
+                f"--out {out_dir} is the input folder {item}: restored images would replace or mix "
+                "with your originals; choose another --out"
+            )
     files, left_out = collect_images(inputs, recursive)
     outs = output_names([rel for _, rel in files])
     originals = {p.resolve(): p for p, _ in files}
@@ -202,11 +214,14 @@ def plan_outputs(inputs: Sequence[str | Path], out_dir: str | Path, recursive: b
                 s = target.stat()
                 hit = inodes.get((s.st_dev, s.st_ino))
             if hit is not None:
-                raise CommandError(f"--out {out_dir}: writing {target} would overwrite the input {hit}; "
-                                   "choose another --out")
+                raise CommandError(
+                    f"--out {out_dir}: writing {target} would overwrite the input {hit}; choose another --out"
+                )
             if (target.exists() or target.is_symlink()) and not _own_output(record, out_dir, target):
-                raise CommandError(f"--out {out_dir}: {target} already exists and is not an unchanged output of an "
-                                   "earlier nasfe restore; move it away or choose another --out")
+                raise CommandError(
+                    f"--out {out_dir}: {target} already exists and is not an unchanged output of an "
+                    "earlier nasfe restore; move it away or choose another --out"
+                )
     return list(zip((p for p, _ in files), outs)), left_out
 
 
@@ -286,10 +301,19 @@ def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarra
     return np.concatenate([pad(left), np.full((h, gap, 3), 255, np.uint8), pad(right)], axis=1)
 
 
-def restore_files(model, inputs: Sequence[str | Path], out_dir: str | Path, refs: Optional[torch.Tensor] = None,
-                  device: str | torch.device = "cpu", batch_size: int = 4, tile: int = DEFAULT_TILE,
-                  overlap: int = DEFAULT_OVERLAP, compare: bool = False, recursive: bool = False,
-                  progress: bool = True) -> dict:
+def restore_files(
+    model,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    refs: Optional[torch.Tensor] = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 4,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    compare: bool = False,
+    recursive: bool = False,
+    progress: bool = True,
+) -> dict:
     """Restore every image of ``inputs`` into ``out_dir`` as PNG (same relative layout).
 
     Returns ``{'restored': n, 'failed': [messages], 'not_an_image': n, 'outputs': [paths], 'seconds': s}``.
@@ -325,8 +349,13 @@ def restore_files(model, inputs: Sequence[str | Path], out_dir: str | Path, refs
         bar.update(len(run))
     bar.update(len(errors))
     bar.close()
-    return {"restored": len(written), "failed": errors, "not_an_image": left_out["not_an_image"],
-            "outputs": written, "seconds": round(time.time() - t0, 2)}
+    return {
+        "restored": len(written),
+        "failed": errors,
+        "not_an_image": left_out["not_an_image"],
+        "outputs": written,
+        "seconds": round(time.time() - t0, 2),
+    }
 
 
 # ---- command ---------------------------------------------------------------------------------------
@@ -336,14 +365,24 @@ def add_arguments(parser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--input", "-i", nargs="+", required=True, help="image files and/or folders to restore")
     parser.add_argument("--out", "-o", required=True, help="output folder (PNG files, same relative layout)")
-    parser.add_argument("--refs", nargs="+", default=None,
-                        help="clean reference photos of the same person (files or folders), used for every input")
+    parser.add_argument(
+        "--refs",
+        nargs="+",
+        default=None,
+        help="clean reference photos of the same person (files or folders), used for every input",
+    )
     parser.add_argument("--recursive", action="store_true", help="look into sub-folders of input folders")
     parser.add_argument("--batch-size", type=int, default=4, help="images (or tiles) per forward pass")
-    parser.add_argument("--tile", type=int, default=DEFAULT_TILE,
-                        help=f"tile images larger than this on a side (default {DEFAULT_TILE}; 0 = never)")
+    parser.add_argument(
+        "--tile",
+        type=int,
+        default=DEFAULT_TILE,
+        help=f"tile images larger than this on a side (default {DEFAULT_TILE}; 0 = never)",
+    )
     parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="tile overlap in pixels")
-    parser.add_argument("--compare", action="store_true", help="also write input | restored side by side to OUT/compare/")
+    parser.add_argument(
+        "--compare", action="store_true", help="also write input | restored side by side to OUT/compare/"
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -356,7 +395,6 @@ def main(args) -> int:
     if args.tile < 0 or args.overlap < 0 or (args.tile and args.tile < MIN_SIDE):
         raise CommandError(f"--tile must be 0 or >= {MIN_SIDE} and --overlap >= 0, got {args.tile} and {args.overlap}")
     if args.recursive:  # outputs inside a folder scanned recursively would be read as inputs next time
-
         refuse_inside(args.out, [("--input", p) for p in args.input if Path(p).expanduser().is_dir()])
     plan_outputs(args.input, args.out, args.recursive, args.compare)  # refuse to overwrite inputs before any work
     ensure_writable_dir(args.out)
@@ -368,20 +406,36 @@ def main(args) -> int:
         if not space.model.use_identity:
             raise CommandError("--refs: this network does not use identity information (model.use_identity: false)")
         if not getattr(model, "refs_usable", True):
-            raise CommandError(f"--refs: the face backbone weights (identity.weights: {space.identity.weights}) are "
-                               "not on this machine; this model restores without reference photos")
+            raise CommandError(
+                f"--refs: the face backbone weights (identity.weights: {space.identity.weights}) are "
+                "not on this machine; this model restores without reference photos"
+            )
         refs, bad = load_refs(args.refs, space.data.height, space.data.width)
         for msg in bad:
             print(f"nasfe restore: reference skipped: {msg}", file=sys.stderr)
         if refs is None:
             raise CommandError(f"--refs: none of {len(bad)} reference file(s) could be read")
         print(f"using {len(refs)} reference photo(s)", file=sys.stderr)
-    result = restore_files(model, args.input, args.out, refs=refs, device=device, batch_size=args.batch_size,
-                           tile=args.tile, overlap=args.overlap, compare=args.compare, recursive=args.recursive,
-                           progress=not args.quiet)
+    result = restore_files(
+        model,
+        args.input,
+        args.out,
+        refs=refs,
+        device=device,
+        batch_size=args.batch_size,
+        tile=args.tile,
+        overlap=args.overlap,
+        compare=args.compare,
+        recursive=args.recursive,
+        progress=not args.quiet,
+    )
     if result["restored"] == 0 and not result["failed"]:
-        raise CommandError(f"no images found in {' '.join(args.input)}"
-                           + (f" ({result['not_an_image']} non-image file(s))" if result["not_an_image"] else ""))
-    print(f"restored {result['restored']} image(s) into {args.out} in {result['seconds']} s; "
-          f"{len(result['failed'])} unreadable; {result['not_an_image']} non-image file(s) in folders ignored; network: {kind}")
+        raise CommandError(
+            f"no images found in {' '.join(args.input)}"
+            + (f" ({result['not_an_image']} non-image file(s))" if result["not_an_image"] else "")
+        )
+    print(
+        f"restored {result['restored']} image(s) into {args.out} in {result['seconds']} s; "
+        f"{len(result['failed'])} unreadable; {result['not_an_image']} non-image file(s) in folders ignored; network: {kind}"
+    )
     return 1 if result["failed"] else 0

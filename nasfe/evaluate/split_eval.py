@@ -1,4 +1,5 @@
 """PSNR/SSIM of a trained network on the space's held-out test identities (the jobs' last step)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,9 @@ from nasfe.engine.network import build_network
 from nasfe.evaluate.metrics import psnr, ssim
 
 
-def evaluate_restoration(space, genotype, model_path: str | Path, max_images: int = 256,
-                         device: str = "cpu") -> dict[str, Any]:
+def evaluate_restoration(
+    space, genotype, model_path: str | Path, max_images: int = 256, device: str = "cpu"
+) -> dict[str, Any]:
     """Mean PSNR/SSIM on the test identities: degraded input vs clean, restored vs clean.
 
     The test split is identity-disjoint from training; its degradations are seeded (the same
@@ -45,7 +47,10 @@ def evaluate_and_report(space, genotype, model_path, max_images: int, use_gpu: b
     """Evaluate (on this machine) and print one line per measure."""
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
     res = evaluate_restoration(localize_space(space), genotype, model_path, max_images, device)
-    print(f"[nasfe] test split ({res['images']} images, held-out identities):\n"
-          f"          PSNR  degraded {res['input_psnr']:.2f} dB -> restored {res['psnr']:.2f} dB\n"
-          f"          SSIM  degraded {res['input_ssim']:.4f}    -> restored {res['ssim']:.4f}", flush=True)
+    print(
+        f"[nasfe] test split ({res['images']} images, held-out identities):\n"
+        f"          PSNR  degraded {res['input_psnr']:.2f} dB -> restored {res['psnr']:.2f} dB\n"
+        f"          SSIM  degraded {res['input_ssim']:.4f}    -> restored {res['ssim']:.4f}",
+        flush=True,
+    )
     return res

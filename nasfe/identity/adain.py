@@ -9,6 +9,7 @@ zero map for a sample whose references are all masked out. The network (``nasfe/
 a fraction ``identity.drop_refs`` of the samples (``sample_ref_mask``) so the same weights learn
 both cases.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -34,7 +35,9 @@ def adain(ref_feats: torch.Tensor, y_feats: torch.Tensor, eps: float = 1e-5) -> 
     population standard deviation with ``eps`` added to the variance (a flat channel stays finite).
     """
     if y_feats.dim() != 4 or ref_feats.dim() not in (4, 5):
-        raise ValueError(f"adain: expected ref (N,C,h,w) or (N,k,C,h,w) and y (N,C,h,w), got {tuple(ref_feats.shape)} and {tuple(y_feats.shape)}")
+        raise ValueError(
+            f"adain: expected ref (N,C,h,w) or (N,k,C,h,w) and y (N,C,h,w), got {tuple(ref_feats.shape)} and {tuple(y_feats.shape)}"
+        )
     if ref_feats.dim() == 5:
         y_feats = y_feats.unsqueeze(1)
     if ref_feats.shape[0] != y_feats.shape[0] or ref_feats.shape[-3] != y_feats.shape[-3]:

@@ -13,6 +13,7 @@ approximation for anything else (for example VGGFace2's loosely cropped 224x224 
 Pixel convention: landmark coordinates are pixel-centre coordinates (pixel i covers [i-0.5, i+0.5]),
 the convention of ``cv2.warpAffine``, so ``align_faces`` matches OpenCV's bilinear warp.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,7 +50,7 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     if np.linalg.det(u) * np.linalg.det(vt) < 0:
         fix[1, 1] = -1.0  # keep a proper rotation
     rot = u @ fix @ vt
-    var_s = (s0 ** 2).sum() / len(src)
+    var_s = (s0**2).sum() / len(src)
     scale = float((sig * np.diag(fix)).sum() / var_s)
     m = np.zeros((2, 3))
     m[:, :2] = scale * rot

@@ -5,6 +5,7 @@ trainable parameters and stays in eval mode even when a parent module calls ``.t
 still differentiable with respect to its input, so the perceptual and identity losses backpropagate
 through it into the restoration network.
 """
+
 from __future__ import annotations
 
 import logging
@@ -176,8 +177,9 @@ class MobileFaceNet(FaceBackbone):
     resizes it to 112x112 (``align=False``, for faces already aligned to the template).
     """
 
-    def __init__(self, weights: Optional[str] = None, width: float = 1.0, align: bool = True, seed: int = 0,
-                 warn: bool = True):
+    def __init__(
+        self, weights: Optional[str] = None, width: float = 1.0, align: bool = True, seed: int = 0, warn: bool = True
+    ):
         super().__init__()
         if width <= 0:
             raise ConfigError(f"identity.width must be > 0, got {width}")

@@ -16,6 +16,7 @@ Normalisations:
   the cosine being the inner product of L2-normalised embeddings, clamped to [-1+1e-6, 1-1e-6]
   so arccos' derivative stays finite. The value lies in [0, pi].
 """
+
 from __future__ import annotations
 
 import logging
@@ -94,7 +95,9 @@ def identity_loss(
 
 def _check_refs(refs: torch.Tensor, restored: torch.Tensor, mask: Optional[torch.Tensor]) -> None:
     if refs.dim() != 5 or refs.shape[0] != restored.shape[0] or refs.shape[2] != 3:
-        raise ValueError(f"identity loss: refs must be (N,k,3,H,W) with N = {restored.shape[0]}, got {tuple(refs.shape)}")
+        raise ValueError(
+            f"identity loss: refs must be (N,k,3,H,W) with N = {restored.shape[0]}, got {tuple(refs.shape)}"
+        )
     if mask is not None and tuple(mask.shape) != tuple(refs.shape[:2]):
         raise ValueError(f"identity loss: mask must be (N,k) = {tuple(refs.shape[:2])}, got {tuple(mask.shape)}")
 
@@ -123,18 +126,27 @@ class NASFELoss(nn.Module):
         if l2_mode not in L2_MODES:
             raise ConfigError(f"loss.l2 = {l2_mode!r}; expected one of {list(L2_MODES)}")
         if cfg.lambda_per < 0 or cfg.lambda_iden < 0:
-            raise ConfigError(f"loss.lambda_per and loss.lambda_iden must be >= 0, got {cfg.lambda_per}, {cfg.lambda_iden}")
+            raise ConfigError(
+                f"loss.lambda_per and loss.lambda_iden must be >= 0, got {cfg.lambda_per}, {cfg.lambda_iden}"
+            )
         self.backbone = backbone
         self.lambda_per = float(cfg.lambda_per)
         self.lambda_iden = float(cfg.lambda_iden)
         self.mode = mode
         self.l2_mode = l2_mode
-        if not getattr(backbone, "pretrained", True) and not allow_random_backbone \
-                and (self.lambda_per > 0 or self.lambda_iden > 0):
-            log.warning("the identity backbone (%s) has no pretrained weights (identity.weights is empty): "
-                        "lambda_per %g and lambda_iden %g set to 0, the loss is L2 only; set identity.weights "
-                        "(e.g. identity.backbone: mobilefacenet with identity.weights: packaged)",
-                        type(backbone).__name__, self.lambda_per, self.lambda_iden)
+        if (
+            not getattr(backbone, "pretrained", True)
+            and not allow_random_backbone
+            and (self.lambda_per > 0 or self.lambda_iden > 0)
+        ):
+            log.warning(
+                "the identity backbone (%s) has no pretrained weights (identity.weights is empty): "
+                "lambda_per %g and lambda_iden %g set to 0, the loss is L2 only; set identity.weights "
+                "(e.g. identity.backbone: mobilefacenet with identity.weights: packaged)",
+                type(backbone).__name__,
+                self.lambda_per,
+                self.lambda_iden,
+            )
             self.lambda_per = self.lambda_iden = 0.0
 
     def forward(

@@ -22,6 +22,7 @@ A bottleneck (``features.i.conv``) is: 0 = [conv1x1 expand, BN, ReLU6], 1 = [dep
 (stride), BN, ReLU6], 2 = conv1x1 project, 3 = BN; the input is added when stride is 1 and the
 channel count is unchanged. The embedding needs a 112x112 input (7x7 before ``gdconv``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,9 +32,7 @@ from nasfe.identity.weights import check_state_dict, read_state_dict
 
 #: (expanded channels, output channels, stride) of features.0 ... features.14.
 BOTTLENECKS = (
-    [(128, 64, 2)] + [(128, 64, 1)] * 4
-    + [(256, 128, 2)] + [(256, 128, 1)] * 6
-    + [(512, 128, 2)] + [(256, 128, 1)] * 2
+    [(128, 64, 2)] + [(128, 64, 1)] * 4 + [(256, 128, 2)] + [(256, 128, 1)] * 6 + [(512, 128, 2)] + [(256, 128, 1)] * 2
 )
 STEM_CHANNELS = 64
 HEAD_CHANNELS = 512
@@ -142,9 +141,11 @@ class MobileFaceNetNet(nn.Module):
 
     def head(self, f: torch.Tensor) -> torch.Tensor:
         """Embedding (N, 128) from the trunk map of a 112x112 input (14x14)."""
-        x = self.conv2(self.features[FEATURE_STAGE + 1:](f))
+        x = self.conv2(self.features[FEATURE_STAGE + 1 :](f))
         if x.shape[-2:] != (7, 7):
-            raise ValueError(f"MobileFaceNet: the embedding needs a 112x112 input (7x7 map before gdconv), got a {tuple(x.shape[-2:])} map")
+            raise ValueError(
+                f"MobileFaceNet: the embedding needs a 112x112 input (7x7 map before gdconv), got a {tuple(x.shape[-2:])} map"
+            )
         x = self.bn(self.conv3(self.gdconv(x)))
         return x.flatten(1)
 

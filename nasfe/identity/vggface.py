@@ -8,6 +8,7 @@ The widely used converted weights ``vgg_face_dag.pth`` are a state dict keyed ``
 ``conv1_1.bias`` ... ``fc8.bias`` and expect RGB input on 0-255 minus the mean
 ``VGGFACE_MEAN`` (no std division).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,9 +20,16 @@ from nasfe.identity.weights import check_state_dict, read_state_dict
 
 #: (name, output channels) of the convs up to pool3; "pool" marks a 2x2 max pool.
 VGG_POOL3_LAYOUT = (
-    ("conv1_1", 64), ("conv1_2", 64), ("pool", 0),
-    ("conv2_1", 128), ("conv2_2", 128), ("pool", 0),
-    ("conv3_1", 256), ("conv3_2", 256), ("conv3_3", 256), ("pool", 0),
+    ("conv1_1", 64),
+    ("conv1_2", 64),
+    ("pool", 0),
+    ("conv2_1", 128),
+    ("conv2_2", 128),
+    ("pool", 0),
+    ("conv3_1", 256),
+    ("conv3_2", 256),
+    ("conv3_3", 256),
+    ("pool", 0),
 )
 #: RGB mean of vgg_face_dag on the 0-255 scale.
 VGGFACE_MEAN = (129.186, 104.762, 93.594)
@@ -75,6 +83,7 @@ def load_vggface_state(module: VGGFacePool3, path: str | Path) -> None:
     """
     state = read_state_dict(path, "VGGFace")
     own = module.state_dict()
-    check_state_dict(own, state, path, "a vgg_face_dag state dict for pool3",
-                     ignored=lambda k: k.split(".")[0] in VGG_IGNORED_LAYERS)
+    check_state_dict(
+        own, state, path, "a vgg_face_dag state dict for pool3", ignored=lambda k: k.split(".")[0] in VGG_IGNORED_LAYERS
+    )
     module.load_state_dict({k: state[k] for k in own}, strict=True)

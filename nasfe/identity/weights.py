@@ -1,4 +1,5 @@
 """Reading pretrained face-backbone weights: one loader, one check, errors that name the file."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,14 +24,16 @@ def read_state_dict(path, what: str) -> dict:
     return state
 
 
-def check_state_dict(own: dict, state: dict, path, what: str,
-                     ignored: Callable[[str], bool] = lambda key: False) -> None:
+def check_state_dict(
+    own: dict, state: dict, path, what: str, ignored: Callable[[str], bool] = lambda key: False
+) -> None:
     """Raise ``ValueError`` naming ``path`` and every missing, unexpected or mis-shaped key."""
     missing = sorted(k for k in own if k not in state)
     unknown = sorted(k for k in state if k not in own and not ignored(k))
     bad_shape = sorted(
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
     )
     parts = []
     if missing:

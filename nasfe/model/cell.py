@@ -7,6 +7,7 @@ enumerates (block, input) pairs block by block, so block i owns edges
 blocks reduced back to C channels by a 1x1 convolution, plus the previous cell (a residual
 connection, which keeps deep supernets trainable; not in the paper).
 """
+
 from __future__ import annotations
 
 from typing import Sequence, cast
@@ -20,8 +21,18 @@ from nasfe.genotype import block_softmax as edge_softmax
 from nasfe.genotype import edge_offset, num_edges
 from nasfe.model.ops import build_op
 
-__all__ = ["MixedOp", "SearchCell", "DerivedCell", "channel_shuffle", "softmax_ops", "edge_softmax",
-           "edge_offset", "num_edges", "BLOCK_SCALE", "block_sum"]
+__all__ = [
+    "MixedOp",
+    "SearchCell",
+    "DerivedCell",
+    "channel_shuffle",
+    "softmax_ops",
+    "edge_softmax",
+    "edge_offset",
+    "num_edges",
+    "BLOCK_SCALE",
+    "block_sum",
+]
 
 
 #: ``model.stable_cells``: a block is the MEAN of its two derived terms, not their sum. A sum of two
@@ -76,16 +87,16 @@ class SearchCell(nn.Module):
     at one-hot alpha (``zero`` on the edges a genotype drops) the cell is the derived cell.
     """
 
-    def __init__(self, c: int, blocks: int, operators: Sequence[str], partial_channels: int = 1,
-                 stable: bool = False):
+    def __init__(self, c: int, blocks: int, operators: Sequence[str], partial_channels: int = 1, stable: bool = False):
         super().__init__()
         self.blocks = blocks
         self.scale = BLOCK_SCALE if stable else 1.0
         self.edges = nn.ModuleList(MixedOp(c, operators, partial_channels, stable) for _ in range(num_edges(blocks)))
         self.reduce = nn.Conv2d(blocks * c, c, 1, bias=True)
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, op_weights: torch.Tensor,
-                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, s0: torch.Tensor, s1: torch.Tensor, op_weights: torch.Tensor, edge_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``op_weights`` (edges, n_ops) softmaxed alphas; ``edge_weights`` (edges,) PC-DARTS edge normalisation or None."""
         states = [s0, s1]
         for i in range(self.blocks):
@@ -127,4 +138,3 @@ class DerivedCell(nn.Module):
 def softmax_ops(alphas: torch.Tensor) -> torch.Tensor:
     """Operator weights of every edge: softmax over the last axis."""
     return F.softmax(alphas, dim=-1)
-

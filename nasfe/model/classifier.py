@@ -5,6 +5,7 @@ The paper defers CN to its supplement; ours is small (about 60 k parameters): fo
 one logit per registered degradation (three: b, n, l). Trained with binary cross-entropy on the
 labels c (``DegradeParams.labels``).
 """
+
 from __future__ import annotations
 
 from typing import Optional

@@ -4,6 +4,7 @@ Paper's design is in its supplement; ours: 3x3 conv C -> D, ``blocks`` residual 
 conv to 4 * D/2 channels and a pixel shuffle (x2), ReLU, 3x3 conv to 3 channels. NASFE adds y to
 the result (global residual).
 """
+
 from __future__ import annotations
 
 import torch

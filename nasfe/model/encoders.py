@@ -6,6 +6,7 @@ degradation probabilities; a 3x3 conv to E/2 channels, ``blocks`` residual block
 resolution, a stride-2 conv to E channels and ``blocks`` residual blocks at half resolution.
 Output: (N, E, H/2, W/2), the resolution of fusion level 0.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence

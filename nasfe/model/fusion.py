@@ -26,6 +26,7 @@ path (a path through level 1 otherwise hands the decoder an upsampled map).
 recomputed in backward, so the supernet's activation memory is the cell boundaries plus one cell
 (docs/MODEL.md, "Memory"). Results are the same (no randomness in any operator).
 """
+
 from __future__ import annotations
 
 import torch
@@ -48,8 +49,9 @@ class Resample(nn.Module):
         self.steps = steps
         self.op: nn.Module
         if steps > 0:
-            self.op = nn.Sequential(*[m for _ in range(steps)
-                                      for m in (nn.ReLU(inplace=False), nn.Conv2d(c, c, 3, stride=2, padding=1))])
+            self.op = nn.Sequential(
+                *[m for _ in range(steps) for m in (nn.ReLU(inplace=False), nn.Conv2d(c, c, 3, stride=2, padding=1))]
+            )
         elif steps < 0:
             self.op = nn.Conv2d(c, c, 1)
         else:
@@ -119,12 +121,17 @@ class SearchFusion(nn.Module):
             kind = 0 if cfg.shared_cell else layer
             for s in node_levels(layer, cfg.cells, cfg.levels):
                 key = f"{layer}_{s}"
-                s1 = sum(wt * self.trans[f"{key}_{src - s + 1}"](prev[src], sizes[s])
-                         for src, wt in w_prev[(layer, s)].items())
-                s0 = sum(wt * self.prev_prev[f"{key}_{src2}"](prev2[src2], sizes[s])
-                         for src2, wt in w_prev2[(layer, s)].items())
-                here[s] = run_cell(self.cells[key], cfg.checkpoint_cells, s0, s1, op_w[kind],
-                                   None if edge_w is None else edge_w[kind])
+                s1 = sum(
+                    wt * self.trans[f"{key}_{src - s + 1}"](prev[src], sizes[s])
+                    for src, wt in w_prev[(layer, s)].items()
+                )
+                s0 = sum(
+                    wt * self.prev_prev[f"{key}_{src2}"](prev2[src2], sizes[s])
+                    for src2, wt in w_prev2[(layer, s)].items()
+                )
+                here[s] = run_cell(
+                    self.cells[key], cfg.checkpoint_cells, s0, s1, op_w[kind], None if edge_w is None else edge_w[kind]
+                )
             prev2, prev = prev, here
         return x + prev[0] if cfg.fusion_skip else prev[0]
 
@@ -140,8 +147,9 @@ class DerivedFusion(nn.Module):
             raise ValueError(f"genotype path has {len(self.path)} layers, model.cells = {cfg.cells}")
         c = cfg.channels
         levels = [0, 0] + self.path  # the encoder features stand in for layers -2 and -1
-        self.cells = nn.ModuleList(DerivedCell(c, genotype.cell_for_layer(l), cfg.stable_cells)
-                                   for l in range(cfg.cells))
+        self.cells = nn.ModuleList(
+            DerivedCell(c, genotype.cell_for_layer(l), cfg.stable_cells) for l in range(cfg.cells)
+        )
         self.trans = nn.ModuleList(Resample(c, levels[l + 2] - levels[l + 1]) for l in range(cfg.cells))
         self.prev_prev = nn.ModuleList(Resample(c, levels[l + 2] - levels[l]) for l in range(cfg.cells))
 

@@ -14,6 +14,7 @@ Data flow for a degraded y (N, 3, H, W), any H and W:
    decoder -> residual; restored = y + residual, cropped back to H x W and NOT clamped (the
    losses see the raw output; clamp for display/metrics).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional, Protocol, cast
@@ -52,15 +53,18 @@ class NASFE(nn.Module):
 
     identity: Optional[nn.Module]
 
-    def __init__(self, cfg: ModelConfig, fusion: nn.Module, identity: Optional[nn.Module] = None,
-                 pad_multiple: int = 2):
+    def __init__(
+        self, cfg: ModelConfig, fusion: nn.Module, identity: Optional[nn.Module] = None, pad_multiple: int = 2
+    ):
         super().__init__()
         self.cfg = cfg
         self.pad_multiple = pad_multiple
         e, c = cfg.encoder_channels, cfg.channels
         self.classifier = DegradationClassifier()
         prior_ch = self.classifier.classes if cfg.use_classifier else 0
-        self.encoders = nn.ModuleDict({t: TaskEncoder(e, cfg.encoder_blocks, prior_ch, cfg.global_context) for t in TASKS})
+        self.encoders = nn.ModuleDict(
+            {t: TaskEncoder(e, cfg.encoder_blocks, prior_ch, cfg.global_context) for t in TASKS}
+        )
         self.pretrain_heads = nn.ModuleDict({t: PretrainHead(e) for t in TASKS})
         iden_ch = 0
         self.identity = None
@@ -116,8 +120,13 @@ class NASFE(nn.Module):
         stem = pick(self.stem)
         if self.identity is not None:
             stem += pick(self.identity_proj) + [self.no_identity]
-        parts = {"encoders": pick(self.encoders), "classifier": pick(self.classifier), "stem": stem,
-                 "fusion": pick(self.fusion), "decoder": pick(self.decoder)}
+        parts = {
+            "encoders": pick(self.encoders),
+            "classifier": pick(self.classifier),
+            "stem": stem,
+            "fusion": pick(self.fusion),
+            "decoder": pick(self.decoder),
+        }
         seen = {id(p) for ps in parts.values() for p in ps}
         rest = [p for p in self.weight_parameters() if id(p) not in seen]
         if rest:
@@ -127,16 +136,23 @@ class NASFE(nn.Module):
     def parameter_counts(self) -> dict[str, int]:
         """Learnable parameters by part; ``restoration`` is what Table 6 counts (encoders, stem,
         identity projection, fusion, decoder: no CN, no pre-training heads, no backbone, no alpha/beta)."""
+
         def n(mod) -> int:
             return sum(p.numel() for p in mod.parameters()) if mod is not None else 0
 
         arch = {id(p) for p in self.arch_parameters()}
         fusion = sum(p.numel() for p in self.fusion.parameters() if id(p) not in arch)
         iden = (n(self.identity_proj) + self.no_identity.numel()) if self.identity is not None else 0
-        counts = {"encoders": n(self.encoders), "stem": n(self.stem), "identity_proj": iden,
-                  "fusion": fusion, "decoder": n(self.decoder), "classifier": n(self.classifier),
-                  "pretrain_heads": n(self.pretrain_heads),
-                  "arch": sum(p.numel() for p in self.arch_parameters())}
+        counts = {
+            "encoders": n(self.encoders),
+            "stem": n(self.stem),
+            "identity_proj": iden,
+            "fusion": fusion,
+            "decoder": n(self.decoder),
+            "classifier": n(self.classifier),
+            "pretrain_heads": n(self.pretrain_heads),
+            "arch": sum(p.numel() for p in self.arch_parameters()),
+        }
         counts["restoration"] = sum(counts[k] for k in ("encoders", "stem", "identity_proj", "fusion", "decoder"))
         return counts
 
@@ -151,7 +167,9 @@ class NASFE(nn.Module):
         ph, pw = (-h) % m, (-w) % m
         return F.pad(y, (0, pw, 0, ph), mode="replicate") if ph or pw else y
 
-    def _prior(self, y: torch.Tensor, c: Optional[torch.Tensor], logits: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    def _prior(
+        self, y: torch.Tensor, c: Optional[torch.Tensor], logits: Optional[torch.Tensor]
+    ) -> Optional[torch.Tensor]:
         if not self.cfg.use_classifier:
             return None
         if c is not None:
@@ -181,15 +199,23 @@ class NASFE(nn.Module):
                 else:
                     ident = self.identity(y, refs)
             feat = F.interpolate(self.identity_proj(ident.to(y.dtype)), size=size, mode="bilinear", align_corners=False)
-            has = (torch.ones(n, device=y.device, dtype=y.dtype) if has_refs is None
-                   else has_refs.to(device=y.device, dtype=y.dtype).reshape(n))
+            has = (
+                torch.ones(n, device=y.device, dtype=y.dtype)
+                if has_refs is None
+                else has_refs.to(device=y.device, dtype=y.dtype).reshape(n)
+            )
             h4 = has[:, None, None, None]
             feat = h4 * feat + (1 - h4) * self.no_identity.to(y.dtype)
         flag = has[:, None, None, None].expand(n, 1, size[0], size[1])
         return torch.cat([feat, flag], dim=1)
 
-    def forward(self, y: torch.Tensor, refs: Optional[torch.Tensor] = None, c: Optional[torch.Tensor] = None,
-                has_refs: Optional[torch.Tensor] = None) -> NASFEOutput:
+    def forward(
+        self,
+        y: torch.Tensor,
+        refs: Optional[torch.Tensor] = None,
+        c: Optional[torch.Tensor] = None,
+        has_refs: Optional[torch.Tensor] = None,
+    ) -> NASFEOutput:
         """Restore ``y`` (N, 3, H, W). ``refs`` (N, k, 3, H', W') clean photos of the same identity or
         None; ``c`` optional prior override (N, 3); ``has_refs`` optional mask, (N,) of samples whose
         refs are real (the others are treated as refs=None) or (N, k) of valid references (passed to
@@ -219,7 +245,9 @@ def compile_targets(model: NASFE) -> list[nn.Module]:
     (the whole fusion when it has no cells). Cells, not the whole network: cell checkpointing and
     the identity module's no_grad stay outside the compiled graphs, and a graph stays small."""
     cells = getattr(model.fusion, "cells", None)
-    fusion = list(cells.values() if isinstance(cells, nn.ModuleDict) else cells) if cells is not None else [model.fusion]
+    fusion = (
+        list(cells.values() if isinstance(cells, nn.ModuleDict) else cells) if cells is not None else [model.fusion]
+    )
     return [*model.encoders.values(), model.classifier, model.decoder, *fusion]
 
 
@@ -243,8 +271,9 @@ def apply_execution_options(model: NASFE) -> NASFE:
     return model
 
 
-def encoder_task_loss(model: NASFE, task: str, y: torch.Tensor, x: torch.Tensor,
-                      c: Optional[torch.Tensor] = None) -> torch.Tensor:
+def encoder_task_loss(
+    model: NASFE, task: str, y: torch.Tensor, x: torch.Tensor, c: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Single-task pre-training loss of one encoder: MSE(y + head(E_task(y, c)), x).
 
     ``c`` is the prior fed to the encoder; default the one-hot of ``task`` (the sample has only

@@ -7,6 +7,7 @@ added with :func:`register_operator`.
 No normalisation layers: restoration networks lose accuracy with batch statistics (EDSR), and
 the mixed operation is already a convex combination (softmax weights sum to one).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -140,8 +141,9 @@ class SelfAttention(nn.Module):
         e = attention_head_size(c)
         # fused kernels also need the last stride 1 (the transposes above leave it at HW)
         q, k, v = (F.pad(t, (0, e - t.shape[-1])).contiguous() for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1),
-                                             scale=d ** -0.5).squeeze(1)[..., :c]
+        out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=d**-0.5).squeeze(1)[
+            ..., :c
+        ]
         return x + self.gamma * out.transpose(1, 2).reshape(n, c, h, w)
 
 
@@ -220,8 +222,12 @@ def built_param_count(constructor: Callable[[int], nn.Module], c: int) -> int:
         return sum(p.numel() for p in constructor(c).parameters() if p.requires_grad)
 
 
-def register_operator(name: str, constructor: Optional[Callable[[int], nn.Module]] = None, *,
-                      param_count: Optional[Callable[[int], int]] = None):
+def register_operator(
+    name: str,
+    constructor: Optional[Callable[[int], nn.Module]] = None,
+    *,
+    param_count: Optional[Callable[[int], int]] = None,
+):
     """Add an edge operator: ``constructor(C)`` returns a module mapping (N, C, H, W) to (N, C, H, W).
 
     ``param_count(C)``, optional, gives its learnable parameters by formula (else
@@ -230,8 +236,7 @@ def register_operator(name: str, constructor: Optional[Callable[[int], nn.Module
     """
     if constructor is None:
         return lambda ctor: register_operator(name, ctor, param_count=param_count)
-    OPERATORS.register(name, constructor, param_count=param_count,
-                       param_free=built_param_count(constructor, 8) == 0)
+    OPERATORS.register(name, constructor, param_count=param_count, param_free=built_param_count(constructor, 8) == 0)
     return constructor
 
 

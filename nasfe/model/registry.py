@@ -4,6 +4,7 @@
 (``nasfe.registry.FUSIONS``): ``nas`` is ``nasfe_search`` without a genotype and ``nasfe_derived``
 with one, ``res2`` is ``nasfe_bn``. :func:`register_fusion` adds a fusion model.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -23,11 +24,13 @@ _MODELS: dict[str, Callable[..., NASFE]] = {}
 
 def register_model(name: str):
     """Decorator: register ``fn(space, genotype, identity) -> NASFE`` under ``name``."""
+
     def deco(fn):
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered")
         _MODELS[name] = fn
         return fn
+
     return deco
 
 
@@ -54,7 +57,9 @@ def _nas_pad(space: SpaceConfig) -> int:
 
 
 @register_model("nasfe_search")
-def nasfe_search(space: SpaceConfig, genotype: Optional[Genotype] = None, identity: Optional[nn.Module] = None) -> NASFE:
+def nasfe_search(
+    space: SpaceConfig, genotype: Optional[Genotype] = None, identity: Optional[nn.Module] = None
+) -> NASFE:
     """The supernet: searchable fusion cells (alpha) on the network-level trellis (beta)."""
     if genotype is not None:
         raise ValueError("nasfe_search builds the supernet; it takes no genotype")
@@ -62,7 +67,9 @@ def nasfe_search(space: SpaceConfig, genotype: Optional[Genotype] = None, identi
 
 
 @register_model("nasfe_derived")
-def nasfe_derived(space: SpaceConfig, genotype: Optional[Genotype] = None, identity: Optional[nn.Module] = None) -> NASFE:
+def nasfe_derived(
+    space: SpaceConfig, genotype: Optional[Genotype] = None, identity: Optional[nn.Module] = None
+) -> NASFE:
     """The discrete network of ``genotype`` (checked against ``space``)."""
     if genotype is None:
         raise ValueError("nasfe_derived needs a genotype")
@@ -99,14 +106,17 @@ def nas_fusion(space: SpaceConfig, genotype: Optional[Genotype] = None, identity
 register_fusion("res2", nasfe_bn)
 
 
-def create_model(space: SpaceConfig, genotype: Optional[Genotype] = None, identity: Optional[nn.Module] = None) -> NASFE:
+def create_model(
+    space: SpaceConfig, genotype: Optional[Genotype] = None, identity: Optional[nn.Module] = None
+) -> NASFE:
     """Build the network ``space`` describes: the fusion model ``model.fusion`` names (BN baseline,
     supernet without a genotype or derived network with one, or a registered one)."""
     return apply_execution_options(FUSIONS[space.model.fusion](space, genotype, identity))
 
 
-def build_model(name: str, space: SpaceConfig, genotype: Optional[Genotype] = None,
-                identity: Optional[nn.Module] = None) -> NASFE:
+def build_model(
+    name: str, space: SpaceConfig, genotype: Optional[Genotype] = None, identity: Optional[nn.Module] = None
+) -> NASFE:
     """Build a registered model by name (``model.channels_last`` / ``model.compile`` applied)."""
     if name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; registered: {list_models()}")

@@ -8,6 +8,7 @@ non-commercial research use only (``NOTICE`` beside it).
 
 ``python -m nasfe.pretrained RUN/model.pt`` packs a retrained ``model.pt`` into that file.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,14 +31,17 @@ def default_model_path() -> Path:
     """The packaged model file (an error naming it when the installation lacks it)."""
 
     if not DEFAULT_MODEL.is_file():
-        raise CheckpointError(f"{DEFAULT_MODEL}: the packaged default model is missing from this installation; "
-                              "pass a model.pt")
+        raise CheckpointError(
+            f"{DEFAULT_MODEL}: the packaged default model is missing from this installation; pass a model.pt"
+        )
     return DEFAULT_MODEL
 
 
 def _half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu()).clone()
-            for k, v in state.items()}
+    return {
+        k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu()).clone()
+        for k, v in state.items()
+    }
 
 
 def pack_model(src: str | Path, dest: str | Path = DEFAULT_MODEL, note: str = "") -> dict[str, Any]:
@@ -56,8 +60,14 @@ def pack_model(src: str | Path, dest: str | Path = DEFAULT_MODEL, note: str = ""
         stripped = [BACKBONE_PREFIX]
         state = {k: v for k, v in state.items() if not k.startswith(BACKBONE_PREFIX)}
     state = _half(state)
-    packed = {"phase": "packaged", "model": state, "space": space, "genotype": payload.get("genotype"),
-              "stripped": stripped, "note": note}
+    packed = {
+        "phase": "packaged",
+        "model": state,
+        "space": space,
+        "genotype": payload.get("genotype"),
+        "stripped": stripped,
+        "note": note,
+    }
     dest = Path(dest)
     save_checkpoint(dest, packed)
     dest.chmod(0o644)  # a temp file's 0600 would make an installed copy unreadable to other users

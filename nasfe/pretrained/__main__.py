@@ -1,4 +1,5 @@
 """``python -m nasfe.pretrained MODEL_PT [--out FILE] [--note TEXT]``: pack a retrained model."""
+
 from __future__ import annotations
 
 import argparse

@@ -7,6 +7,7 @@ artifact and a row of a ``genotypes`` table; sample restorations (degraded | res
 Any exception from wandb is logged once as a warning and turns the logger off: tracking must
 never fail a training run.
 """
+
 from __future__ import annotations
 
 import json
@@ -105,7 +106,6 @@ def heatmap_figure(matrix, title: str, xlabels: list[str], ylabels: list[str]):
 def restoration_grid(panels: dict[str, Any]):
     """uint8 HxWx3 image: one row per sample, columns degraded | restored | clean."""
 
-
     cols = [panels[k].float().clamp(0, 1) for k in ("degraded", "restored", "clean")]
     rows = [torch.cat([c[i] for c in cols], dim=2) for i in range(len(cols[0]))]
     return to_uint8(torch.cat(rows, dim=1))
@@ -131,8 +131,9 @@ class WandbLogger(Callback):
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # tracking never fails a run
-            log.warning("W&B %s failed (%s: %s); W&B logging is off for the rest of this run",
-                        what, type(exc).__name__, exc)
+            log.warning(
+                "W&B %s failed (%s: %s); W&B logging is off for the rest of this run", what, type(exc).__name__, exc
+            )
             self.disabled = True
             self._failed = True
             return None
@@ -157,13 +158,28 @@ class WandbLogger(Callback):
         root = Path(s.dir or state.run_dir or ".")
         root.mkdir(parents=True, exist_ok=True)
         self._ops = list(config.get("space", {}).get("model", {}).get("operators", []))
-        run_config = {"phase": state.phase, "world_size": state.world_size, "epochs": state.epochs,
-                      "steps_per_epoch": state.steps_per_epoch, "resumed_from": config.get("resumed_from"),
-                      "space": config.get("space"), **s.extra_config}
-        self.run = wandb.init(project=s.project, mode=self.mode, dir=str(root), group=s.group,
-                              job_type=state.phase, name=s.name, id=s.run_id,
-                              resume="allow" if s.run_id else None, tags=list(s.tags) or None,
-                              config=run_config, settings=self._wandb_settings())
+        run_config = {
+            "phase": state.phase,
+            "world_size": state.world_size,
+            "epochs": state.epochs,
+            "steps_per_epoch": state.steps_per_epoch,
+            "resumed_from": config.get("resumed_from"),
+            "space": config.get("space"),
+            **s.extra_config,
+        }
+        self.run = wandb.init(
+            project=s.project,
+            mode=self.mode,
+            dir=str(root),
+            group=s.group,
+            job_type=state.phase,
+            name=s.name,
+            id=s.run_id,
+            resume="allow" if s.run_id else None,
+            tags=list(s.tags) or None,
+            config=run_config,
+            settings=self._wandb_settings(),
+        )
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
         self.write_pointer(root, state.phase)
@@ -175,8 +191,12 @@ class WandbLogger(Callback):
 
         # a new phase's run replaces any run still open in this process (W&B's default would hand
         # back the old run, and this phase would log into it)
-        base = {"silent": True, "console": "off", "reinit": "finish_previous",
-                **({"sweep_id": self.settings.sweep_id} if self.settings.sweep_id else {})}
+        base = {
+            "silent": True,
+            "console": "off",
+            "reinit": "finish_previous",
+            **({"sweep_id": self.settings.sweep_id} if self.settings.sweep_id else {}),
+        }
         try:
             return wandb.Settings(**base, x_transaction_log_flush_interval=float(self.settings.flush_every))
         except Exception:  # noqa: BLE001  (an older wandb without that setting)
@@ -198,9 +218,14 @@ class WandbLogger(Callback):
         if self.run is None:
             return {"mode": self.mode or "disabled"}
         run_dir = str(Path(self.run.dir).parent)  # .../wandb/offline-run-<time>-<id>
-        return {"mode": self.mode, "id": self.run.id, "project": self.settings.project, "dir": run_dir,
-                "url": getattr(self.run, "url", None) if self.mode == "online" else None,
-                "sync": f"wandb sync {run_dir}" if self.mode == "offline" else None}
+        return {
+            "mode": self.mode,
+            "id": self.run.id,
+            "project": self.settings.project,
+            "dir": run_dir,
+            "url": getattr(self.run, "url", None) if self.mode == "online" else None,
+            "sync": f"wandb sync {run_dir}" if self.mode == "offline" else None,
+        }
 
     def on_step(self, state, metrics):
         if not self._active(state) or state.step % max(1, self.settings.log_every):
@@ -253,8 +278,11 @@ class WandbLogger(Callback):
 
         d = genotype.to_dict()
         gid = genotype.genotype_id()
-        art = wandb.Artifact(f"genotype-{self.run.id}", type="genotype",
-                             metadata={"epoch": state.epoch, "step": state.step, "genotype_id": gid})
+        art = wandb.Artifact(
+            f"genotype-{self.run.id}",
+            type="genotype",
+            metadata={"epoch": state.epoch, "step": state.step, "genotype_id": gid},
+        )
         with art.new_file("genotype.json") as fh:
             json.dump(d, fh, indent=1)
         self.run.log_artifact(art, aliases=[f"epoch-{state.epoch}", "latest"])
@@ -270,8 +298,9 @@ class WandbLogger(Callback):
             import wandb
 
             grid = restoration_grid(panels)
-            self.run.log({"step": state.step, f"{state.phase}/samples":
-                          wandb.Image(grid, caption="degraded | restored | clean")})
+            self.run.log(
+                {"step": state.step, f"{state.phase}/samples": wandb.Image(grid, caption="degraded | restored | clean")}
+            )
 
         self._guard("image log", log_images)
 
@@ -357,9 +386,9 @@ def read_offline_records(path: str | Path) -> list[Any]:
         if left < head:  # a block tail too short for a chunk header is zero padding
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + head])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + head])
         pos += head
-        chunk = data[pos:pos + length]
+        chunk = data[pos : pos + length]
         if len(chunk) < length:  # a file copied or read while W&B writes it: drop the torn tail
             break
         pos += length

@@ -13,6 +13,7 @@
 
 Every call is guarded: W&B never fails a sweep.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,17 +55,27 @@ def sweep_config(sweep, name: str, project: str) -> dict[str, Any]:
         if p.type == "choice":
             params[p.key] = {"values": list(p.values)}
         elif p.type == "int":
-            params[p.key] = ({"distribution": "q_log_uniform_values", "q": 1, "min": p.low, "max": p.high}
-                             if p.log else {"distribution": "int_uniform", "min": int(p.low), "max": int(p.high)})
+            params[p.key] = (
+                {"distribution": "q_log_uniform_values", "q": 1, "min": p.low, "max": p.high}
+                if p.log
+                else {"distribution": "int_uniform", "min": int(p.low), "max": int(p.high)}
+            )
         else:
-            params[p.key] = {"distribution": "log_uniform_values" if p.log else "uniform",
-                             "min": float(p.low), "max": float(p.high)}
-    return {"name": name, "project": project, "method": "random",
-            "metric": {"name": f"{sweep.phase}/{sweep.metric}", "goal": "maximize" if sweep.mode == "max" else "minimize"},
-            "parameters": params,
-            # Optuna (TPE) and ASHA choose every trial; W&B's own scheduler never proposes runs
-            "controller": {"type": "local"},
-            "description": f"nasfe sweep {name}: Ray Tune + Optuna TPE + ASHA over {sweep.base}"}
+            params[p.key] = {
+                "distribution": "log_uniform_values" if p.log else "uniform",
+                "min": float(p.low),
+                "max": float(p.high),
+            }
+    return {
+        "name": name,
+        "project": project,
+        "method": "random",
+        "metric": {"name": f"{sweep.phase}/{sweep.metric}", "goal": "maximize" if sweep.mode == "max" else "minimize"},
+        "parameters": params,
+        # Optuna (TPE) and ASHA choose every trial; W&B's own scheduler never proposes runs
+        "controller": {"type": "local"},
+        "description": f"nasfe sweep {name}: Ray Tune + Optuna TPE + ASHA over {sweep.base}",
+    }
 
 
 def register_sweep(sweep, name: str, settings, sweep_dir: Path) -> Optional[str]:
@@ -83,8 +94,9 @@ def register_sweep(sweep, name: str, settings, sweep_dir: Path) -> Optional[str]
         log.info("registered W&B sweep %s (project %s)", sweep_id, settings.project)
         return sweep_id
     except Exception as exc:  # tracking never fails a sweep
-        log.warning("W&B sweep not registered (%s: %s); the trials' runs are grouped by name only",
-                    type(exc).__name__, exc)
+        log.warning(
+            "W&B sweep not registered (%s: %s); the trials' runs are grouped by name only", type(exc).__name__, exc
+        )
         return None
 
 
@@ -113,15 +125,14 @@ class SummaryRun:
         try:
             return fn(*args)
         except Exception as exc:  # tracking never fails a sweep
-            log.warning("W&B sweep summary %s failed (%s: %s); W&B summary is off for this sweep",
-                        what, type(exc).__name__, exc)
+            log.warning(
+                "W&B sweep summary %s failed (%s: %s); W&B summary is off for this sweep", what, type(exc).__name__, exc
+            )
             self.disabled = True
             return None
 
     def _open(self):
         import wandb
-
-
 
         self.mode = resolve_mode(self.settings.mode)
         if self.mode == "disabled":
@@ -131,11 +142,20 @@ class SummaryRun:
         config = {"sweep.run_name": self.name, **flatten(self.sweep.to_dict(), "sweep")}
         if self.sweep_id:
             config["sweep.wandb_sweep_id"] = self.sweep_id
-        self.run = wandb.init(project=self.settings.project, mode=self.mode, dir=str(self.sweep_dir),
-                              group=self.name, job_type="sweep-summary", name=f"{self.name}-summary",
-                              id=state["summary_id"], resume="allow", tags=["sweep", "sweep-summary", self.name],
-                              config=config, reinit="create_new",
-                              settings=wandb.Settings(silent=True, console="off"))
+        self.run = wandb.init(
+            project=self.settings.project,
+            mode=self.mode,
+            dir=str(self.sweep_dir),
+            group=self.name,
+            job_type="sweep-summary",
+            name=f"{self.name}-summary",
+            id=state["summary_id"],
+            resume="allow",
+            tags=["sweep", "sweep-summary", self.name],
+            config=config,
+            reinit="create_new",
+            settings=wandb.Settings(silent=True, console="off"),
+        )
 
     def update(self, rows, best, columns, data, best_genotype: Path) -> None:
         """Log the table (and the best genotype when the best trial changed)."""
@@ -150,19 +170,37 @@ class SummaryRun:
 
         finished = [r for r in rows if r.status not in ("RUNNING", "PENDING")]
         counts = {s: sum(r.status == s for r in rows) for s in ("COMPLETED", "STOPPED", "DIVERGED", "ERROR")}
-        self.run.log({"sweep_table": wandb.Table(columns=list(columns), data=[list(r) for r in data]),
-                      "trials_finished": len(finished), **{f"trials_{k.lower()}": v for k, v in counts.items()}})
+        self.run.log(
+            {
+                "sweep_table": wandb.Table(columns=list(columns), data=[list(r) for r in data]),
+                "trials_finished": len(finished),
+                **{f"trials_{k.lower()}": v for k, v in counts.items()},
+            }
+        )
         if best is None:
             return
         metric = self.sweep.metric
-        self.run.summary.update({"best_trial": best.trial, f"best_{metric}": best.metrics.get(metric),
-                                 "best_genotype_id": best.genotype_id,
-                                 **{f"best.{k}": v for k, v in best.params.items()}})
+        self.run.summary.update(
+            {
+                "best_trial": best.trial,
+                f"best_{metric}": best.metrics.get(metric),
+                "best_genotype_id": best.genotype_id,
+                **{f"best.{k}": v for k, v in best.params.items()},
+            }
+        )
         key = (best.trial, best.genotype_id)
         if key != self.best_logged and Path(best_genotype).is_file():
-            art = wandb.Artifact(f"{self.name}-best-genotype", type="genotype",
-                                 metadata={"trial": best.trial, "genotype_id": best.genotype_id, "metric": metric,
-                                           "value": best.metrics.get(metric), "params": best.params})
+            art = wandb.Artifact(
+                f"{self.name}-best-genotype",
+                type="genotype",
+                metadata={
+                    "trial": best.trial,
+                    "genotype_id": best.genotype_id,
+                    "metric": metric,
+                    "value": best.metrics.get(metric),
+                    "params": best.params,
+                },
+            )
             art.add_file(str(best_genotype), name="genotype.json")
             self.run.log_artifact(art, aliases=["best", f"trial-{best.trial}"])
             self.best_logged = key

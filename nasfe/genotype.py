@@ -24,9 +24,6 @@ from typing import Any, Optional
 
 from nasfe.errors import GenotypeError
 from nasfe.registry import OPERATORS, param_free_ops
-import torch
-from nasfe.imageio import atomic_write_text
-import math as _m
 import itertools
 import random
 
@@ -101,6 +98,7 @@ def beta_weights(betas, cells: int, levels: int, log: bool = False) -> dict:
     of every complete path multiply to a probability and all paths' probabilities sum to one.
     ``log``: log-probabilities (Viterbi). Differentiable in ``betas``.
     """
+    import torch  # local: a genotype is plain data, reading one loads no torch
 
     out = {}
     for layer in range(cells):
@@ -231,6 +229,7 @@ class Genotype:
 
     def to_json(self, path: str | Path) -> Path:
         """Write atomically (temp file in the same folder, then ``os.replace``)."""
+        from nasfe.imageio import atomic_write_text  # local: imageio loads torch
 
         path = Path(path)
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
@@ -304,6 +303,7 @@ def derive_genotype(alphas, betas, space, edge_weights=None) -> Genotype:
     Network level: Viterbi over ``beta_weights`` (softmax over each node's outgoing moves, as
     Auto-DeepLab), from level 0 before the first cell to level 0 after the last.
     """
+    import torch  # local: a genotype is plain data, reading one loads no torch
 
     m = space.model
     alphas = torch.as_tensor(alphas).detach().float().cpu()
@@ -341,6 +341,7 @@ def derive_from_strength(op_strength, transition_strength, space) -> Genotype:
     Viterbi path with the strengths standing in for beta's logits, so the transitions the loss
     misses most are followed.
     """
+    import torch  # local: a genotype is plain data, reading one loads no torch
 
     m = space.model
     ops = torch.as_tensor(op_strength).detach().float().cpu()
@@ -364,6 +365,7 @@ def derive_from_strength(op_strength, transition_strength, space) -> Genotype:
 
 def _cells_from_scores(scores, m, edge_scale=None) -> list[list[BlockGene]]:
     """Per block, the two incoming edges whose best non-zero operator scores highest, with it."""
+    import torch  # local: a genotype is plain data, reading one loads no torch
 
     live = [i for i, o in enumerate(m.operators) if o != "zero"]
     best_w, best_i = scores[..., live].max(dim=-1)  # (types, edges)
@@ -394,6 +396,7 @@ def derive_from_arch(arch_params, space) -> Genotype:
 
 def block_softmax(gammas, blocks: int):
     """Softmax of edge logits ``(..., edges)`` over the incoming edges of each block separately."""
+    import torch  # local: a genotype is plain data, reading one loads no torch
 
     parts = [torch.softmax(gammas[..., edge_offset(i) : edge_offset(i + 1)], dim=-1) for i in range(blocks)]
     return torch.cat(parts, dim=-1)
@@ -409,13 +412,14 @@ def param_free_share(genotype: Genotype) -> float:
 def _mean_norm_entropy(probs_rows) -> float:
     """Mean over rows of the entropy divided by log(row length): 1 = uniform, 0 = one-hot."""
 
-    vals = [-sum(p * _m.log(p) for p in row if p > 0) / _m.log(len(row)) for row in probs_rows if len(row) > 1]
+    vals = [-sum(p * math.log(p) for p in row if p > 0) / math.log(len(row)) for row in probs_rows if len(row) > 1]
     return sum(vals) / len(vals) if vals else 0.0
 
 
 def arch_entropies(arch_params, space) -> dict[str, float]:
     """Normalised entropies (1 = undecided, 0 = decided) of softmax(alpha) per edge, of softmax(beta)
     over each trellis node's outgoing moves, and (PC mode) of each block's edge weights."""
+    import torch  # local: a genotype is plain data, reading one loads no torch
 
     m = space.model
     arch = list(arch_params)
@@ -443,6 +447,7 @@ def viterbi_path(betas, cells: int, levels: int) -> list[int]:
     """Most probable level sequence under ``beta_weights`` (softmax over each node's outgoing
     moves), from level 0 before the first cell to level 0 after the last; only nodes that can
     still return to level 0 exist, so no invalid path is ever scored."""
+    import torch  # local: a genotype is plain data, reading one loads no torch
 
     logp = {
         k: float(v) for k, v in beta_weights(torch.as_tensor(betas).detach().float(), cells, levels, log=True).items()
@@ -489,6 +494,7 @@ def diff_genotypes(a: Genotype, b: Genotype) -> list[str]:
 def expected_log_prob(betas, path: list[int], cells: int, levels: int) -> float:
     """Log-probability of ``path`` under ``beta_weights`` (what Viterbi maximises); ``-inf`` for a
     path that is not a valid path of the trellis (``check_path``). For reports and tests."""
+    import torch  # local: a genotype is plain data, reading one loads no torch
 
     if check_path(list(path), cells, levels) is not None:
         return -math.inf

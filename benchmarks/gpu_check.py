@@ -71,6 +71,7 @@ SMOKE_MODEL = {
     "model.partial_channels": 2,
     "model.identity_channels": 8,
     "identity.width": 0.25,
+    "identity.weights": None,  # a quarter-width backbone: the packaged weights are full width
     "identity.refs": 1,
     "degrade.motion_kernels": 64,
     "degrade.gaussian_kernels": 4,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("ray") is not None and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.slow)
+
+
+def _module_holds_ray(module) -> bool:
+    marks = getattr(module, "pytestmark", [])
+    marks = marks if isinstance(marks, list) else [marks]
+    return any(m.name == "ray" for m in marks)
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_left_connected(request):
+    """A test that leaves this process connected to Ray (a job run in-process joins or starts one)
+    would make the next ``ray.init`` fail: disconnect after it, unless its module shares one Ray
+    instance across its tests."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized() and not _module_holds_ray(request.module):
+        ray.shutdown()

@@ -179,11 +179,11 @@ def _two_rank_worker(rank: int, init: str, run_dir: str, out: str) -> None:
     measured before the strengths were averaged, and the genotype it ended with."""
     import torch.distributed as tdist
 
-    from nasfe.engine import selection
+    from nasfe.engine import search
     from nasfe.engine.search import run_search
 
     local: list = []
-    measure = selection.choice_strengths
+    measure = search.choice_strengths
 
     def recording_measure(*args, average, **kwargs):
         def recording_average(tensor):
@@ -192,7 +192,7 @@ def _two_rank_worker(rank: int, init: str, run_dir: str, out: str) -> None:
 
         return measure(*args, average=recording_average, **kwargs)
 
-    selection.choice_strengths = recording_measure  # the search imports it when it selects
+    search.choice_strengths = recording_measure  # the search phase's own name for the measure
     tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     res: dict = {}
     try:

@@ -99,11 +99,26 @@ def write_synthetic_faces(
     return folder
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--drills",
+        action="store_true",
+        help="also run the drills: minutes of a real cluster on this machine (faults, S3 resumes, the autoscaler)",
+    )
+
+
 def pytest_collection_modifyitems(config, items):
-    """A test that starts Ray is slow (the fast tier, ``-m "not slow"``, skips it)."""
+    """A test that starts Ray, or a drill, is slow (the fast tier, ``-m "not slow"``, skips it); a
+    drill runs only with ``--drills`` (``bash scripts/check.sh --drills``), which keeps the default
+    suite within its time budget."""
+    run_drills = config.getoption("--drills")
+    skip_drill = pytest.mark.skip(reason="a drill: run with --drills (bash scripts/check.sh --drills)")
     for item in items:
-        if item.get_closest_marker("ray") is not None and item.get_closest_marker("slow") is None:
+        heavy = item.get_closest_marker("ray") is not None or item.get_closest_marker("drill") is not None
+        if heavy and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("drill") is not None and not run_drills:
+            item.add_marker(skip_drill)
 
 
 def _module_holds_ray(module) -> bool:

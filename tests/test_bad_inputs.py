@@ -1146,7 +1146,7 @@ def _alive(pid: int, started: str) -> bool:
     return st is not None and st[2] == started and st[0] != "Z"
 
 
-@pytest.mark.slow
+@pytest.mark.drill
 @pytest.mark.ray
 @pytest.mark.timeout(600)
 def test_a_killed_driver_leaves_no_ray_process(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from localcluster import RayCluster, S3Server  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray]
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.drill]
 pytest.importorskip("moto")
 pytest.importorskip("boto3")
 if not Path("/proc/self/cmdline").exists():

@@ -922,11 +922,13 @@ def test_job_flags_are_checked_before_ray(tmp_path, capsys, flags, says, no_ray)
 
 
 def test_gpus_yes_without_a_gpu_or_a_cluster_that_declares_one_is_one_line(tmp_path, capsys, monkeypatch, no_ray):
-    import nasfe.distributed.cluster as cluster
+    import nasfe.distributed.search_job as sj
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    monkeypatch.setattr(cluster, "ray_address", lambda address: address)  # no cluster on this node to join
+    # no cluster to join, whatever else runs on this node (search_job holds its own name for it)
+    monkeypatch.setattr(sj, "ray_address", lambda address: address)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("NASFE_CLUSTER_CONFIG", str(tmp_path / "no-cluster.yaml"))
     monkeypatch.delenv("NASFE_GPUS_PER_WORKER", raising=False)
     rc, _, err = run(capsys, "search", "--gpus", "yes", "--storage", tmp_path, "--wandb-mode", "disabled")

@@ -18,14 +18,14 @@ def _args(**kw):
 
 
 def test_gpus_come_from_the_cluster_config_not_from_the_nodes_up_now(monkeypatch):
-    import nasfe.distributed.cluster as cluster
+    import nasfe.distributed.search_job as sj
     from nasfe.distributed.search_job import open_cluster
 
     # the head right after `ray up`: no GPU node yet (min_workers: 0), the config declares them
     monkeypatch.setenv("NASFE_CLUSTER_CONFIG", str(REPO / "cluster.yaml"))
     monkeypatch.delenv("NASFE_GPUS_PER_WORKER", raising=False)
-    monkeypatch.setattr(cluster, "connect", lambda *a, **k: "joined a cluster with no GPU up")
-    monkeypatch.setattr(cluster, "cluster_gpus", lambda: 0, raising=False)
+    monkeypatch.setattr(sj, "connect", lambda *a, **k: "joined a cluster with no GPU up")  # no Ray here
+    monkeypatch.setattr(sj, "cluster_gpus", lambda: 0)
     assert open_cluster(_args(), workers=8) is True
     assert open_cluster(_args(gpus="no"), workers=8) is False
 

@@ -118,7 +118,7 @@ def test_online_sweep_is_registered_once_with_the_sweep_space(tmp_path, sweep, m
     import wandb
 
     calls = []
-    monkeypatch.setattr("nasfe.tracking.wandb_logger.resolve_mode", lambda mode: "online")
+    monkeypatch.setattr(wandb_sweep, "resolve_mode", lambda mode: "online")
     monkeypatch.setattr(wandb, "sweep", lambda config, project=None: calls.append((config, project)) or "swp123")
     settings = WandbSettings(project="nasfe-test", mode="online")
     assert wandb_sweep.register_sweep(sweep, "s1", settings, tmp_path) == "swp123"

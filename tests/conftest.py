@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,18 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+# A job given no address joins the cluster of the last `ray start` on this machine, found in Ray's
+# default temp dir (/tmp/ray): a private one keeps other runs' clusters on a shared machine away.
+_OWN_RAY_TMPDIR = None
+if "RAY_TMPDIR" not in os.environ:
+    _OWN_RAY_TMPDIR = os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="nt", dir="/tmp")  # short: socket paths
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_RAY_TMPDIR is not None:
+        shutil.rmtree(_OWN_RAY_TMPDIR, ignore_errors=True)
+
 
 SHARED = Path(os.environ.get("NASFE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 

@@ -9,11 +9,16 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 # Two-core CI: keep torch from oversubscribing when several tests' workers run at once.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+# One intra-op thread in the test process, whichever module is collected or run first: the tests share
+# two cores with Ray workers and job subprocesses, and a result must not depend on the order of tests.
+torch.set_num_threads(1)
 
 # A job given no address joins the cluster of the last `ray start` on this machine, found in Ray's
 # default temp dir (/tmp/ray): a private one keeps other runs' clusters on a shared machine away.

@@ -13,8 +13,6 @@ from nasfe.config import SpaceConfig
 from nasfe.data.batches import Batch, BatchMaker, FaceRefDataset, ShardSampler
 from nasfe.data.faces import FolderFaces, SyntheticFaces
 
-torch.set_num_threads(1)
-
 
 class _Params:
     """Stand-in for DegradeParams: only what BatchMaker uses."""

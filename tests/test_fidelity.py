@@ -62,7 +62,15 @@ def test_fast_ssim_agrees_with_metrics():
 @pytest.fixture(scope="module")
 def scores():
     root = shared_path("data", "celeba-id")
-    torch.set_num_threads(2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the one heavy computation here; every other test runs on one thread
+    try:
+        return _scores(root)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _scores(root):
     files = sorted(root.glob("*/*.jpg"))
     by_id = {}
     for f in files:

@@ -111,13 +111,3 @@ def test_a_multi_gpu_node_type_gets_one_worker_per_gpu(tmp_path, monkeypatch):
     assert gpus == 1.0 and "GPU: 4 per node: one worker each" in where
     with pytest.raises(CommandError, match="at most|between 0 and 1"):
         declared_gpus(_args(gpus_per_worker=4.0))
-
-
-def test_a_job_without_an_address_in_the_tests_finds_no_cluster_started_elsewhere_on_the_machine(monkeypatch):
-    from ray._common.utils import get_default_ray_temp_dir
-
-    from nasfe.distributed.cluster import ray_address
-
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert not get_default_ray_temp_dir().startswith("/tmp/ray")  # another run's `ray start` writes there
-    assert ray_address(None) is None

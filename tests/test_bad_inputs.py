@@ -777,6 +777,7 @@ def test_full_disk_during_training_leaves_no_half_checkpoint(full_dir):
 
 
 # ---- every command, once as a real process ------------------------------------------------------------------
+@pytest.mark.slow
 def test_one_bad_input_per_command_in_a_real_process(world, tmp_path):
     latin1 = write_yaml(tmp_path, "latin1")
     bad_json = tmp_path / "g.json"

@@ -190,6 +190,7 @@ class LrRecorder(Callback):
         self.lrs.append([g["lr"] for o in ph.optimizers().values() for g in o.param_groups])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase_name", ["search", "retrain"])
 def test_phase_follows_the_schedule_for_weights_only_and_across_resume(tmp_path, phase_name):
     from nasfe.engine.retrain import RetrainPhase

@@ -116,6 +116,7 @@ def test_script_imports_nothing_the_device_lacks(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_smoke_runs_every_part(prepared):
     tmp, dest, _ = prepared
     out = tmp / "out"

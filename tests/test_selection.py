@@ -107,6 +107,7 @@ def test_selection_is_validated_before_anything_runs():
     assert load_space("search_spaces/cpu.yaml").search.selection == "strength"
 
 
+@pytest.mark.slow
 def test_search_in_partial_channel_mode_writes_the_genotype_its_strengths_give(tmp_path):
     """The product's mode: a search with partial channels (as cpu.yaml and paper.yaml) and
     selection by strength; its genotype.json is what the recorded strengths derive, alpha is left
@@ -205,6 +206,7 @@ def _two_rank_worker(rank: int, init: str, run_dir: str, out: str) -> None:
         tdist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1800)  # two processes each searching: past the default 600 s at load 10-12 on 2 cores
 def test_two_ranks_choose_one_genotype_from_their_averaged_strengths(tmp_path):
     """Data-parallel search, as Ray Train runs it: each rank measures strengths on its own shard,

@@ -180,6 +180,7 @@ time.sleep(300)
 """
 
 
+@pytest.mark.slow
 def test_a_process_killed_with_its_wandb_service_keeps_the_history_flushed_before(tmp_path):
     """What Tune does to a trial it stops (ASHA): SIGKILL to the worker and its W&B service, no
     finish. The run's .wandb file is written every ``flush_every`` s, so the epochs logged more than

@@ -98,3 +98,19 @@ def test_job_scripts_run_outside_the_cli(tmp_path, script):
     )
     assert out.returncode == 2
     _one_clear_line(out.stderr, "nope.yaml: search space file not found")
+
+
+def test_a_space_files_relative_data_root_reaches_the_workers_absolute(tmp_path, monkeypatch):
+    """Ray Train's workers run in another working directory: the job hands them the root resolved."""
+    import argparse
+
+    from nasfe.distributed.search_job import load_job_space
+
+    (tmp_path / "faces" / "id0").mkdir(parents=True)
+    (tmp_path / "faces" / "id0" / "a.jpg").write_bytes(b"")
+    (tmp_path / "space.yaml").write_text("inherit: tiny\ndata: {source: folder, root: faces}\n")
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(space=str(tmp_path / "space.yaml"), data=None, data_source=None, overrides=[])
+    space = load_job_space(args)
+    assert Path(space.data.root).is_absolute()
+    assert Path(space.data.root) == (tmp_path / "faces").resolve()

@@ -214,9 +214,12 @@ def load_job_space(args, extra: Optional[dict[str, Any]] = None):
     overrides.update({k: v for k, v in (extra or {}).items() if v is not None})
     space = load_space(args.space, overrides)
     if space.data.source != "synthetic" and not is_uri(space.data.root):
-        root = Path(space.data.root or "")
+        root = Path(space.data.root or "").expanduser()
         if not space.data.root or not root.exists():
             raise CommandError(f"data.root {space.data.root!r}: no such folder (data.source = {space.data.source!r})")
+        # a root relative to the working directory (as a space file may give it) made absolute:
+        # Ray Train's workers run in another working directory
+        space.data.root = str(root.resolve())
 
         check_layout(space.data.source, root)  # the layout the workers will read, before Ray starts
     return space

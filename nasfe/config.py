@@ -165,18 +165,23 @@ class DataConfig:
     workers: int = 0  # DataLoader workers
 
 
-@dataclass
-class SearchConfig:
-    """First-order DARTS bilevel search (section 4; Auto-DeepLab's alternation)."""
+#: ``<phase>.lr_schedule`` values (nasfe.engine.loop.scheduled_lr)
+LR_SCHEDULES = {"constant", "cosine"}
 
-    epochs: int = 40
-    warmup_epochs: int = 10  # weight-only epochs before architecture steps start
+#: the training phases of a space, each one section of the space file (``PhaseConfig`` subclasses)
+PHASES = ("search", "retrain")
+
+
+@dataclass(kw_only=True)
+class PhaseConfig:
+    """What every training phase reads: the settings the ``search`` and ``retrain`` sections share,
+    each with its one default (section 4: Adam 5e-4, batch 40). A phase's section adds its own
+    settings and its ``epochs`` default; the engine's :class:`~nasfe.engine.loop.Phase` reads these."""
+
+    epochs: int  # each phase's own default (SearchConfig, RetrainConfig)
     steps_per_epoch: Optional[int] = None  # None: one pass over the training split
     batch_size: int = 40
     lr: float = 5e-4  # Adam on weights
-    arch_lr: float = 3e-4  # Adam on alpha and beta
-    arch_weight_decay: float = 1e-3
-    second_order: bool = False
     grad_clip: float = 5.0
     # clip each part's gradient (encoders, CN, stem, fusion, decoder) to grad_clip on its own: one
     # global clip scales every part by the largest part's norm and starves the small ones (below
@@ -187,15 +192,26 @@ class SearchConfig:
     checkpoint_every: int = 100  # steps
     pretrain_steps: int = 0  # steps pre-training each task encoder and CN alone first
     seed: int = 0
-    # share of the training identities held out for the architecture steps (DARTS: half); the
-    # weights train on the rest, and the validation split is only used for validation metrics
-    arch_fraction: float = 0.5
     log_every: int = 10  # steps between host reads of the loss terms (and the divergence check)
     # the weights' learning rate over the phase: "constant" (the paper's) or "cosine" (linear
-    # warm-up for lr_warmup_steps, then cosine decay to lr_min); alpha and beta keep arch_lr
+    # warm-up for lr_warmup_steps, then cosine decay to lr_min); the search's alpha and beta keep arch_lr
     lr_schedule: str = "constant"
     lr_min: float = 0.0
     lr_warmup_steps: int = 0
+
+
+@dataclass(kw_only=True)
+class SearchConfig(PhaseConfig):
+    """First-order DARTS bilevel search (section 4; Auto-DeepLab's alternation)."""
+
+    epochs: int = 40
+    warmup_epochs: int = 10  # weight-only epochs before architecture steps start
+    arch_lr: float = 3e-4  # Adam on alpha and beta
+    arch_weight_decay: float = 1e-3
+    second_order: bool = False
+    # share of the training identities held out for the architecture steps (DARTS: half); the
+    # weights train on the rest, and the validation split is only used for validation metrics
+    arch_fraction: float = 0.5
     # how the final genotype is read off the supernet: "alpha" (DARTS: the largest architecture
     # weights) or "strength" (DARTS-PT: what masking each operator and transition costs the loss on
     # selection_batches held-out batches; nasfe.engine.selection)
@@ -203,25 +219,11 @@ class SearchConfig:
     selection_batches: int = 8
 
 
-@dataclass
-class RetrainConfig:
-    """Training of the derived network with L_final (section 4: Adam 5e-4, batch 40)."""
+@dataclass(kw_only=True)
+class RetrainConfig(PhaseConfig):
+    """Training of the derived network with L_final."""
 
     epochs: int = 100
-    steps_per_epoch: Optional[int] = None
-    batch_size: int = 40
-    lr: float = 5e-4
-    grad_clip: float = 5.0
-    grad_clip_per_part: bool = False  # as search.grad_clip_per_part
-    amp: bool = False
-    val_batches: int = 4
-    checkpoint_every: int = 100
-    pretrain_steps: int = 0  # steps pre-training each task encoder and CN alone first
-    seed: int = 0
-    log_every: int = 10  # steps between host reads of the loss terms (and the divergence check)
-    lr_schedule: str = "constant"  # "constant" (the paper's) | "cosine" (see SearchConfig)
-    lr_min: float = 0.0
-    lr_warmup_steps: int = 0
 
 
 @dataclass
@@ -237,6 +239,13 @@ class SpaceConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     source: Optional[str] = None  # the file it was loaded from (not part of the hash)
+
+    def phase(self, name: str) -> PhaseConfig:
+        """The section of training phase ``name`` (one of :data:`PHASES`)."""
+        if name not in PHASES:
+            raise ConfigError(f"unknown phase {name!r}; expected one of {list(PHASES)}")
+        section: PhaseConfig = getattr(self, name)
+        return section
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (JSON/YAML-safe), without ``source``."""
@@ -266,9 +275,9 @@ _LATER_FIELDS = {"global_context": False, "fusion_skip": False, "stable_cells": 
 #: take the names of their registries (``nasfe.registry.CONFIG_CHOICES``).
 _VALID_CHOICES = {
     ("loss", "l2"): {"sum", "mean"},
-    ("search", "lr_schedule"): {"constant", "cosine"},
+    ("search", "lr_schedule"): LR_SCHEDULES,
     ("search", "selection"): {"alpha", "strength"},
-    ("retrain", "lr_schedule"): {"constant", "cosine"},
+    ("retrain", "lr_schedule"): LR_SCHEDULES,
 }
 
 
@@ -350,7 +359,7 @@ MAX_STEPS = 100_000_000
 
 def _ranges(cfg: SpaceConfig) -> list[tuple[str, Any, float, float]]:
     """(field, value, low, high) of every bounded number of a space (None values are unset)."""
-    m, i, l, dg, d, s, r = cfg.model, cfg.identity, cfg.loss, cfg.degrade, cfg.data, cfg.search, cfg.retrain
+    m, i, l, dg, d, s = cfg.model, cfg.identity, cfg.loss, cfg.degrade, cfg.data, cfg.search
     out: list[tuple[str, Any, float, float]] = [
         ("model.channels", m.channels, 1, MAX_CHANNELS),
         ("model.encoder_channels", m.encoder_channels, 1, MAX_CHANNELS),
@@ -378,7 +387,8 @@ def _ranges(cfg: SpaceConfig) -> list[tuple[str, Any, float, float]]:
         ("data.workers", d.workers, 0, 256),
     ]
     out += [("degrade.kernel_sizes", k, 3, 255) for k in dg.kernel_sizes]
-    for name, sec in (("search", s), ("retrain", r)):
+    for name in PHASES:
+        sec = cfg.phase(name)
         out += [
             (f"{name}.epochs", sec.epochs, 1, MAX_STEPS),
             (f"{name}.steps_per_epoch", sec.steps_per_epoch, 1, MAX_STEPS),
@@ -507,8 +517,8 @@ def _check_phases_and_identity(cfg: SpaceConfig, where: str) -> None:
         )
     if not 0.0 <= cfg.identity.drop_refs <= 1.0:
         raise ConfigError(f"{where}: identity.drop_refs must lie in [0, 1]")
-    for name in ("search", "retrain"):
-        sec = getattr(cfg, name)
+    for name in PHASES:
+        sec = cfg.phase(name)
         if not 0.0 <= sec.lr_min <= sec.lr:
             raise ConfigError(f"{where}: {name}.lr_min must lie in [0, {name}.lr = {sec.lr}], got {sec.lr_min}")
         if sec.lr_warmup_steps < 0:

@@ -120,3 +120,76 @@ def test_space_hash_tracks_model_section_only():
     c = space_from_dict({"model": {"blocks": 4}})
     assert a.space_hash() == b.space_hash() != c.space_hash()
     assert len(a.space_hash()) == 12
+
+
+def _load_snapshot_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).with_name("snapshots") / "make_shipped_spaces.py"
+    spec = importlib.util.spec_from_file_location("make_shipped_spaces", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_shipped_space_loads_to_its_recorded_values():
+    """The loader reads every shipped space (and each sweep's base with its overrides) and an empty
+    space to exactly the keys, values and number types recorded in tests/snapshots."""
+    import json
+
+    snap = _load_snapshot_module()
+    recorded = json.loads(snap.OUT.read_text())
+    now = json.loads(json.dumps(snap.shipped_spaces(), sort_keys=True))
+    assert sorted(now) == sorted(recorded)
+    for name in recorded:
+        # dumped text compares int 3 and float 3.0 apart, which == would not
+        assert json.dumps(now[name], sort_keys=True, indent=1) == json.dumps(
+            recorded[name], sort_keys=True, indent=1
+        ), name
+
+
+def test_a_setting_both_phases_share_has_its_default_in_one_place():
+    """search and retrain sections are PhaseConfig subclasses; a default given in two class bodies
+    must differ (epochs), so a shared default is written once, in PhaseConfig."""
+    import dataclasses
+
+    from nasfe.config import PHASES, PhaseConfig
+
+    sections = {type(SpaceConfig().phase(name)) for name in PHASES}
+    assert all(issubclass(cls, PhaseConfig) and cls is not PhaseConfig for cls in sections)
+    given: dict[str, list[tuple[str, object]]] = {}
+    for cls in (PhaseConfig, *sections):
+        for name in vars(cls).get("__annotations__", {}):
+            if name in vars(cls):  # a default written in this class body
+                given.setdefault(name, []).append((cls.__name__, vars(cls)[name]))
+    for name, defaults in given.items():
+        values = [v for _, v in defaults]
+        assert len(values) == len({repr(v) for v in values}), f"{name}: the same default in {defaults}"
+    shared = set.intersection(*({f.name for f in dataclasses.fields(cls)} for cls in sections))
+    assert shared == {f.name for f in dataclasses.fields(PhaseConfig)}
+    assert {n for n, d in given.items() if len(d) > 1} == {"epochs"}
+
+
+def test_the_engine_trains_on_the_space_phase_sections_themselves(tmp_path):
+    """No second copy of the phase settings: a phase reads its section of the space."""
+    import dataclasses
+    import importlib
+    import pkgutil
+
+    import nasfe.engine
+    from nasfe.config import PhaseConfig
+    from nasfe.engine.retrain import RetrainPhase
+    from nasfe.engine.search import SearchPhase
+
+    space = SpaceConfig()
+    assert SearchPhase(space, tmp_path).cfg is space.search
+    assert RetrainPhase(space, None, tmp_path).cfg is space.retrain
+    phase_fields = {f.name for f in dataclasses.fields(PhaseConfig)}
+    for info in pkgutil.iter_modules(nasfe.engine.__path__, "nasfe.engine."):
+        module = importlib.import_module(info.name)
+        for obj in vars(module).values():
+            if isinstance(obj, type) and dataclasses.is_dataclass(obj) and not issubclass(obj, PhaseConfig):
+                overlap = phase_fields & {f.name for f in dataclasses.fields(obj)}
+                assert len(overlap) < 5, f"{info.name}.{obj.__name__} repeats phase settings {sorted(overlap)}"

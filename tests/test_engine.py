@@ -161,24 +161,22 @@ def test_bf16_autocast_search_step_is_finite(tmp_path):
 
 
 def test_cosine_schedule_warms_up_decays_and_leaves_alpha_alone():
-    from nasfe.engine.loop import PhaseSettings, scheduled_lr
+    from nasfe.engine.loop import scheduled_lr
 
-    s = PhaseSettings.from_section(
-        tiny(
-            **{
-                "retrain.lr": 1e-3,
-                "retrain.lr_schedule": "cosine",
-                "retrain.lr_min": 1e-5,
-                "retrain.lr_warmup_steps": 4,
-            }
-        ).retrain
-    )
+    s = tiny(
+        **{
+            "retrain.lr": 1e-3,
+            "retrain.lr_schedule": "cosine",
+            "retrain.lr_min": 1e-5,
+            "retrain.lr_warmup_steps": 4,
+        }
+    ).retrain
     lrs = [scheduled_lr(s, i, 104) for i in range(104)]
     assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
     assert lrs[4] == pytest.approx(1e-3) and lrs[54] == pytest.approx((1e-3 + 1e-5) / 2)
     assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))  # never rises after the warm-up
     assert scheduled_lr(s, 104, 104) == pytest.approx(1e-5)
-    assert scheduled_lr(PhaseSettings.from_section(tiny().retrain), 50, 104) == tiny().retrain.lr
+    assert scheduled_lr(tiny().retrain, 50, 104) == tiny().retrain.lr
 
 
 class LrRecorder(Callback):
@@ -216,9 +214,9 @@ def test_phase_follows_the_schedule_for_weights_only_and_across_resume(tmp_path,
     rec = LrRecorder(ref)
     ref[0] = ph = make([rec])
     ph.run()
-    from nasfe.engine.loop import PhaseSettings, scheduled_lr
+    from nasfe.engine.loop import scheduled_lr
 
-    want = [scheduled_lr(PhaseSettings.from_section(getattr(space, phase_name)), i, 6) for i in range(6)]
+    want = [scheduled_lr(space.phase(phase_name), i, 6) for i in range(6)]
     assert [lrs[0] for lrs in rec.lrs] == pytest.approx(want)
     assert want[0] > want[-1] >= 1e-4
     if phase_name == "search":  # alpha/beta keep their own constant rate

@@ -37,7 +37,7 @@ from nasfe.errors import GpuUnavailableError, NasfeError
 from nasfe.engine.checkpoint import CheckpointError, list_checkpoints
 from nasfe.tracking.wandb_logger import WandbLogger, WandbSettings
 import torch
-from nasfe.config import space_from_dict
+from nasfe.config import PHASES, space_from_dict
 from nasfe.engine.dist import DistContext
 from nasfe.data.remote import localize_space
 from nasfe.engine.search import run_search
@@ -57,7 +57,6 @@ from nasfe.errors import error_chain
 
 log = logging.getLogger("nasfe.distributed")
 
-PHASES = ("search", "retrain")
 #: Small run artifacts carried by every Ray checkpoint (then published into the run root).
 ARTIFACTS = (
     "genotype.json",
@@ -408,7 +407,7 @@ def build_trainer(
 
     if phase not in PHASES:
         raise ValueError(f"phase {phase!r}; expected one of {PHASES}")
-    batch = space.search.batch_size if phase == "search" else space.retrain.batch_size
+    batch = space.phase(phase).batch_size
     if num_workers < 1 or batch % num_workers:
         raise ValueError(f"{phase}.batch_size {batch} is not divisible by {num_workers} workers")
     st = storage if isinstance(storage, RunStorage) else RunStorage.create(storage, run_name)

@@ -231,7 +231,7 @@ def check_workers(space, workers: int, phases: tuple[str, ...]) -> None:
     if workers < 1:
         raise CommandError(f"--workers {workers}: need at least 1")
     for phase in phases:
-        batch = getattr(space, phase).batch_size
+        batch = space.phase(phase).batch_size
         if batch % workers:
             raise CommandError(
                 f"{phase}.batch_size {batch} is not divisible by --workers {workers} (use --set {phase}.batch_size=...)"

@@ -37,6 +37,7 @@ from typing import Any, Optional
 
 from nasfe.registry import fusion_is_searched
 from nasfe.config import (
+    PHASES,
     SPACES_DIR,
     ConfigError,
     SpaceConfig,
@@ -47,7 +48,6 @@ from nasfe.config import (
 )
 
 PARAM_TYPES = ("float", "int", "choice")
-PHASES = ("search", "retrain")
 
 
 @dataclass
@@ -112,7 +112,7 @@ class SweepSpace:
     def phase_epochs(self) -> int:
         """Epochs of one trial (the phase's ``epochs`` after the fixed overrides)."""
         space = self.base_space()
-        return getattr(space, self.phase).epochs
+        return space.phase(self.phase).epochs
 
     def max_t(self) -> int:
         """ASHA's horizon: ``asha.max_t`` or the phase's epochs."""

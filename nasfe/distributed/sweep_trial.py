@@ -298,7 +298,7 @@ def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     if reason is None:
         raise error
     step = int(m.group(1)) if (m := re.search(r"step (\d+)", reason)) else 0
-    spe = getattr(space, ctx["phase"]).steps_per_epoch or 1
+    spe = space.phase(ctx["phase"]).steps_per_epoch or 1
     log.warning("trial %s diverged: %s", trial_id, reason)
     ray.tune.report(diverged_result(ctx["metric"], ctx["mode"], reason, step // spe, step))
 

@@ -13,14 +13,13 @@ import math
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from nasfe.config import SpaceConfig
+from nasfe.config import PhaseConfig, SpaceConfig
 from nasfe.engine.callbacks import Callback, CallbackList, TrainState
 from nasfe.engine.checkpoint import (
     CheckpointError,
@@ -46,33 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("nasfe.engine")
 
 
-@dataclass
-class PhaseSettings:
-    """The knobs a phase reads from its config section (search or retrain)."""
-
-    epochs: int
-    steps_per_epoch: Optional[int]
-    batch_size: int
-    lr: float
-    grad_clip: float
-    amp: bool
-    grad_clip_per_part: bool
-    val_batches: int
-    checkpoint_every: int
-    seed: int
-    pretrain_steps: int = 0
-    log_every: int = 10
-    lr_schedule: str = "constant"
-    lr_min: float = 0.0
-    lr_warmup_steps: int = 0
-
-    @classmethod
-    def from_section(cls, section) -> "PhaseSettings":
-        """The knobs of a ``SearchConfig`` or ``RetrainConfig``."""
-        return cls(**{f: getattr(section, f) for f in cls.__dataclass_fields__})
-
-
-def scheduled_lr(settings: PhaseSettings, step: int, total_steps: int) -> float:
+def scheduled_lr(settings: PhaseConfig, step: int, total_steps: int) -> float:
     """The weights' learning rate for optimisation step ``step`` (0-based) of ``total_steps``.
 
     A pure function of the step, so a resumed phase continues the same curve.
@@ -98,7 +71,7 @@ class Phase:
     def __init__(
         self,
         space: SpaceConfig,
-        settings: PhaseSettings,
+        settings: PhaseConfig,
         run_dir: str | Path,
         callbacks: Sequence[Callback] = (),
         device: str | torch.device = "cpu",

@@ -10,7 +10,7 @@ import torch
 from nasfe.config import SpaceConfig
 from nasfe.engine.callbacks import Callback
 from nasfe.engine.dist import DistContext
-from nasfe.engine.loop import Phase, PhaseSettings
+from nasfe.engine.loop import Phase
 from nasfe.engine.network import build_network
 from nasfe.engine.checkpoint import save_checkpoint
 
@@ -21,8 +21,7 @@ class RetrainPhase(Phase):
     name = "retrain"
 
     def __init__(self, space: SpaceConfig, genotype, run_dir, **kwargs):
-        settings = PhaseSettings.from_section(space.retrain)
-        super().__init__(space, settings, run_dir, **kwargs)
+        super().__init__(space, space.retrain, run_dir, **kwargs)
         self.genotype = genotype
 
     def build(self) -> None:

@@ -23,7 +23,7 @@ import torch
 from nasfe.config import SpaceConfig
 from nasfe.engine.callbacks import Callback
 from nasfe.engine.dist import DistContext
-from nasfe.engine.loop import Phase, PhaseSettings
+from nasfe.engine.loop import Phase
 from nasfe.engine.network import build_network
 from nasfe.data.faces import open_faces
 from nasfe.engine.arch_data import split_for_architecture, whole_split_space
@@ -75,8 +75,7 @@ class SearchPhase(Phase):
     hvp_norm = 0.01
 
     def __init__(self, space: SpaceConfig, run_dir, **kwargs):
-        settings = PhaseSettings.from_section(space.search)
-        super().__init__(space, settings, run_dir, **kwargs)
+        super().__init__(space, space.search, run_dir, **kwargs)
         self.genotype: Optional[Genotype] = None
         self._parts = None
         self._arch_batches = None

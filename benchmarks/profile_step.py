@@ -285,7 +285,11 @@ def main() -> int:
     }
     peak = max(rates.values())
     print()
-    print("| phase | variant | step s (median) | " + " | ".join(PARTS) + " | GFLOP / step | achieved GFLOP/s (fwd+bwd) | of peak |")
+    print(
+        "| phase | variant | step s (median) | "
+        + " | ".join(PARTS)
+        + " | GFLOP / step | achieved GFLOP/s (fwd+bwd) | of peak |"
+    )
     print("|---|---|---|" + "---|" * len(PARTS) + "---|---|---|")
     for (kind, name), r in results.items():
         total = sum(r["per_step"].values())

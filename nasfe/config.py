@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -49,6 +49,9 @@ PACKAGED_WEIGHTS = "packaged"
 #: ModelConfig fields that say how the network runs, not what it is (left out of ``space_hash``).
 EXECUTION_FIELDS = ("checkpoint_cells", "channels_last", "compile")
 
+
+#: ``model.channels_last`` value choosing the layout by device (on for the CPU, off elsewhere)
+CHANNELS_LAST_AUTO = "auto"
 
 #: ``degrade.kernel_mode`` values (nasfe.degrade.kernels)
 KERNEL_MODES = ("centred", "paper-compatible")
@@ -91,8 +94,10 @@ class ModelConfig:
     # (torch.utils.checkpoint, training with grad only; results unchanged; not part of space_hash)
     checkpoint_cells: bool = False
     # channels_last memory format for weights and inputs (NHWC convolutions; execution setting,
-    # not part of space_hash); default off until measured faster on the GPU (docs/BENCHMARKS.md)
-    channels_last: bool = False
+    # not part of space_hash): true, false, or "auto" = on for the CPU, where it measures faster
+    # (docs/BENCHMARKS.md, "Profile of a step"), off on other devices until benchmarks/gpu_check.py
+    # shows it faster there (nasfe.model.nasfe.resolve_channels_last)
+    channels_last: Union[bool, str] = CHANNELS_LAST_AUTO
     # torch.compile each encoder, CN, the decoder and each fusion cell in place (nn.Module.compile:
     # state dicts and parameter groups unchanged; execution setting); default off, as channels_last
     compile: bool = False
@@ -285,15 +290,24 @@ _VALID_CHOICES = {
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
+def _coerce_union(value: Any, args: tuple, where: str) -> Any:
+    """``Optional[X]`` and ``Union[bool, str]``: None where allowed, a value of a later plain
+    alternative as it is, else checked against the first alternative (whose error names it)."""
+    if value is None and type(None) in args:
+        return None
+    inner = [a for a in args if a is not type(None)]
+    for a in inner[1:]:
+        if a in (bool, int, str) and isinstance(value, a) and not (a is int and isinstance(value, bool)):
+            return value
+    return _coerce(value, inner[0], where)
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
+        return _coerce_union(value, args, where)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
@@ -417,6 +431,10 @@ def _check_choices(cfg: SpaceConfig, where: str) -> None:
         if value not in allowed:
             raise ConfigError(f"{where}: {section}.{key} = {value!r}; expected one of {sorted(allowed)}")
     m = cfg.model
+    if not isinstance(m.channels_last, bool) and m.channels_last != CHANNELS_LAST_AUTO:
+        raise ConfigError(
+            f"{where}: model.channels_last = {m.channels_last!r}; expected true, false or {CHANNELS_LAST_AUTO!r}"
+        )
     bad_ops = [o for o in m.operators if o not in OPERATORS]
     if bad_ops:
         raise ConfigError(f"{where}: model.operators has unknown operator(s) {bad_ops}; known: {sorted(OPERATORS)}")

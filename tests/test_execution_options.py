@@ -3,12 +3,13 @@ never what it computes, its parameter names or its space hash."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import nasfe.model.nasfe as nasfe_mod
-from nasfe.config import load_space
+from nasfe.config import ConfigError, load_space
 from nasfe.model import create_model
-from nasfe.model.nasfe import compile_targets
+from nasfe.model.nasfe import compile_targets, resolve_channels_last
 
 
 def _build(small=False, **opts):
@@ -40,8 +41,9 @@ def test_options_leave_the_space_hash_alone():
 
 
 def test_channels_last_same_results_and_names():
-    _, ref = _build()
+    _, ref = _build(channels_last=False)
     _, cl = _build(channels_last=True)
+    assert ref.stem.weight.is_contiguous() and not ref.channels_last
     assert list(cl.state_dict()) == list(ref.state_dict())
     assert cl.stem.weight.is_contiguous(memory_format=torch.channels_last)
     # Compared in float64 (deterministic, no tolerance guessed): NHWC convolutions sum in another
@@ -71,3 +73,37 @@ def test_compile_compiles_the_parts_in_place(monkeypatch):
         out_ref, out_c = ref(*_inputs()).restored, comp(*_inputs()).restored
     torch.testing.assert_close(out_c, out_ref, rtol=1e-4, atol=1e-5)
     torch._dynamo.reset()
+
+
+def test_channels_last_auto_is_the_default_on_for_the_cpu_only():
+    space = load_space("tiny")
+    assert space.model.channels_last == "auto"
+    assert resolve_channels_last(space.model, "cpu") and resolve_channels_last(space.model, None)
+    assert not resolve_channels_last(space.model, "cuda")
+    torch.manual_seed(0)
+    on_cpu = create_model(space)
+    assert on_cpu.channels_last and on_cpu.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(0)
+    for_gpu = create_model(space, device="cuda")  # built on the CPU, laid out for the GPU
+    assert not for_gpu.channels_last and for_gpu.stem.weight.is_contiguous()
+    for explicit in (True, False):
+        cfg = load_space("tiny", {"model.channels_last": explicit}).model
+        assert resolve_channels_last(cfg, "cuda") is explicit and resolve_channels_last(cfg, "cpu") is explicit
+
+
+def test_channels_last_accepts_true_false_or_auto_only():
+    for value in (True, False, "auto"):
+        assert load_space("tiny", {"model.channels_last": value}).model.channels_last == value
+    for bad in ("yes", "on", 1):
+        with pytest.raises(ConfigError, match="model.channels_last"):
+            load_space("tiny", {"model.channels_last": bad})
+
+
+def test_phases_lay_out_the_network_for_their_device(tmp_path):
+    from nasfe.engine.retrain import RetrainPhase
+
+    space = load_space("tiny", {"model.fusion": "res2", "model.use_identity": False})
+    phase = RetrainPhase(space, None, tmp_path, device="cpu", resume=False)
+    phase.build()
+    assert phase.model.channels_last
+    assert phase.model.stem.weight.is_contiguous(memory_format=torch.channels_last)

@@ -9,10 +9,11 @@ from nasfe.identity.losses import NASFELoss
 from nasfe.model.registry import create_model
 
 
-def build_network(space: SpaceConfig, genotype=None, with_loss: bool = True):
-    """The model and its loss sharing one frozen face backbone (loss None without ``with_loss``)."""
+def build_network(space: SpaceConfig, genotype=None, with_loss: bool = True, device=None):
+    """The model and its loss sharing one frozen face backbone (loss None without ``with_loss``),
+    on the CPU, with the execution options chosen for ``device`` (None: the CPU)."""
     backbone = build_backbone(space.identity)
     identity = IdentityInfo(backbone) if space.model.use_identity else None
-    model = create_model(space, genotype=genotype, identity=identity)
+    model = create_model(space, genotype=genotype, identity=identity, device=device)
     loss = NASFELoss(backbone, space.loss) if with_loss else None
     return model, loss

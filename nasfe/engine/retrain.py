@@ -25,7 +25,7 @@ class RetrainPhase(Phase):
         self.genotype = genotype
 
     def build(self) -> None:
-        model, loss = build_network(self.space, genotype=self.genotype)
+        model, loss = build_network(self.space, genotype=self.genotype, device=self.device)
         self.model = model.to(self.device)
         self.loss_fn = loss.to(self.device)
         self.weights = list(self.model.weight_parameters())

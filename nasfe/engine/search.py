@@ -82,7 +82,7 @@ class SearchPhase(Phase):
         self._arch_state: Optional[list[int]] = None  # where a resumed search's arch batches continue
 
     def build(self) -> None:
-        model, self.loss_fn = build_network(self.space)
+        model, self.loss_fn = build_network(self.space, device=self.device)
         self.model = model.to(self.device)
         self.loss_fn = self.loss_fn.to(self.device)
         self.arch_params = list(self.model.arch_parameters())

@@ -134,7 +134,7 @@ def build_and_load(
         genotype = None
     refuse_non_finite(state_dict, where)
     built = _space_without_missing_weights(space, where)
-    model, _ = build_network(built, genotype, with_loss=False)
+    model, _ = build_network(built, genotype, with_loss=False, device=device)
     model.refs_usable = True
     if fill:
         own = {k: v for k, v in model.state_dict().items() if k.startswith(tuple(fill))}

@@ -24,7 +24,7 @@ def evaluate_restoration(
     space gives references.
     """
     payload = load_checkpoint(model_path, required=("model",))
-    model, _ = build_network(space, genotype=genotype)
+    model, _ = build_network(space, genotype=genotype, device=device)
     model.load_state_dict(payload["model"])
     model.to(device).eval()
     maker = BatchMaker(space, "test", batch_size=min(16, max_images), device=device, seed=space.retrain.seed + 5000)

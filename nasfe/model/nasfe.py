@@ -81,6 +81,8 @@ class NASFE(nn.Module):
         self.stem = nn.Conv2d(3 * e + prior_ch + iden_ch, c, 3, padding=1)
         self.fusion = fusion
         self.decoder = Decoder(c, e, cfg.decoder_blocks)
+        #: the layout in use (``cfg.channels_last`` resolved for the device by apply_execution_options)
+        self.channels_last = cfg.channels_last is True
 
     # ---- architecture / weight parameter groups -------------------------------------------------
     @property
@@ -222,7 +224,7 @@ class NASFE(nn.Module):
         the identity module as its ``mask``; samples with none are treated as refs=None)."""
         if y.dim() != 4 or y.shape[1] != 3:
             raise ValueError(f"y must be (N, 3, H, W), got {tuple(y.shape)}")
-        if self.cfg.channels_last:  # the format of the input carries through every convolution
+        if self.channels_last:  # the format of the input carries through every convolution
             y = y.contiguous(memory_format=torch.channels_last)
         h, w = y.shape[-2:]
         logits = self.classifier(y)
@@ -257,13 +259,25 @@ def compile_targets(model: NASFE) -> list[nn.Module]:
 COMPILE_KWARGS: dict = {"dynamic": False}
 
 
-def apply_execution_options(model: NASFE) -> NASFE:
-    """Apply ``model.channels_last`` and ``model.compile`` of the model's config, in place.
+def resolve_channels_last(cfg: ModelConfig, device: torch.device | str | None = None) -> bool:
+    """``model.channels_last`` for ``device`` (None: the CPU, where models are built): true and
+    false as given; "auto" on for the CPU, where NHWC convolutions (oneDNN) measure faster
+    (docs/BENCHMARKS.md, "Profile of a step"), and off on any other device until
+    ``benchmarks/gpu_check.py`` shows it faster there."""
+    if isinstance(cfg.channels_last, bool):
+        return cfg.channels_last
+    return torch.device(device or "cpu").type == "cpu"
+
+
+def apply_execution_options(model: NASFE, device: torch.device | str | None = None) -> NASFE:
+    """Apply ``model.channels_last`` (resolved for ``device``, :func:`resolve_channels_last`) and
+    ``model.compile`` of the model's config, in place.
 
     Both keep parameter names, state dicts and results (within float tolerance); they only change
     how the network runs. Compiling is lazy: the first forward of each part compiles it.
     """
-    if model.cfg.channels_last:
+    model.channels_last = resolve_channels_last(model.cfg, device)
+    if model.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub omits memory_format
     if model.cfg.compile:
         for part in compile_targets(model):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import torch
 from torch import nn
 
 from nasfe.config import SpaceConfig
@@ -107,17 +108,25 @@ register_fusion("res2", nasfe_bn)
 
 
 def create_model(
-    space: SpaceConfig, genotype: Optional[Genotype] = None, identity: Optional[nn.Module] = None
+    space: SpaceConfig,
+    genotype: Optional[Genotype] = None,
+    identity: Optional[nn.Module] = None,
+    device: torch.device | str | None = None,
 ) -> NASFE:
     """Build the network ``space`` describes: the fusion model ``model.fusion`` names (BN baseline,
-    supernet without a genotype or derived network with one, or a registered one)."""
-    return apply_execution_options(FUSIONS[space.model.fusion](space, genotype, identity))
+    supernet without a genotype or derived network with one, or a registered one), with the
+    execution options for ``device`` (None: the CPU; the model itself stays on the CPU)."""
+    return apply_execution_options(FUSIONS[space.model.fusion](space, genotype, identity), device)
 
 
 def build_model(
-    name: str, space: SpaceConfig, genotype: Optional[Genotype] = None, identity: Optional[nn.Module] = None
+    name: str,
+    space: SpaceConfig,
+    genotype: Optional[Genotype] = None,
+    identity: Optional[nn.Module] = None,
+    device: torch.device | str | None = None,
 ) -> NASFE:
-    """Build a registered model by name (``model.channels_last`` / ``model.compile`` applied)."""
+    """Build a registered model by name (``model.channels_last`` / ``model.compile`` applied for ``device``)."""
     if name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; registered: {list_models()}")
-    return apply_execution_options(_MODELS[name](space, genotype, identity))
+    return apply_execution_options(_MODELS[name](space, genotype, identity), device)

@@ -1,0 +1,202 @@
+"""Time to quality: cpu.yaml's retraining with the settings before the CPU defaults and with them, side by side.
+
+    nice -n 10 .venv/bin/python benchmarks/time_to_quality.py --quick      # ~10 min on the idle 2-core VM
+    nice -n 10 .venv/bin/python benchmarks/time_to_quality.py              # the space's own 4200 steps
+
+Both variants retrain the same network (the genotype read off cpu.yaml's supernet at its initial
+alpha/beta, ``torch.manual_seed(0)``: no search is run) from the same seed on the same data in one
+process, in interleaved chunks (old, new, new, old, ...), so the machine's load hits them alike.
+Each variant's encoder and CN pre-training is one chunk. After every chunk each variant is
+validated on the same ``--val-batches`` validation batches (not timed). The variants:
+
+* ``old``: the execution settings as they were before the CPU defaults (``model.channels_last:
+  false``: NCHW convolutions);
+* ``new``: the defaults (``model.channels_last: auto``, on for the CPU).
+
+Quality ``p`` = the old variant's final validation PSNR minus 0.1 dB; each variant's time is the
+training time (pre-training included, validation excluded) until its first validation at or above
+``p``. Prints ``time to quality: <ratio>x (<old> s -> <new> s to reach val PSNR <p> dB)`` and both
+final PSNRs. ``--quick``: 300 steps (cosine over them), 20 pre-training steps per part, chunks of
+50 steps, 4 validation batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+import torch  # noqa: E402
+
+#: the settings before the CPU defaults, and the defaults (overrides of cpu.yaml)
+VARIANTS = {"old": {"model.channels_last": False}, "new": {}}
+#: validation PSNR within this many dB of the old final counts as reached
+TOLERANCE_DB = 0.1
+
+
+class Run:
+    """One variant's retraining, advanced chunk by chunk, with its own RNG state."""
+
+    def __init__(self, name: str, space, genotype, faces, run_dir: Path, val_batches: int):
+        from nasfe.engine.retrain import RetrainPhase
+
+        self.name = name
+        torch.manual_seed(space.retrain.seed)
+        self.phase = RetrainPhase(space, genotype, run_dir, resume=False, faces=faces)
+        self.phase.build()
+        self.phase.cfg.val_batches = val_batches
+        self.train_maker = self.phase.weight_batches()
+        self.phase.val_maker = self.phase.make_batches("val", seed_offset=1000)
+        self.phase.state.steps_per_epoch = space.retrain.steps_per_epoch
+        self.total_steps = space.retrain.epochs * space.retrain.steps_per_epoch
+        self.rng = torch.get_rng_state()
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
+        self.curve: list[tuple[int, float, float]] = []  # (step, training seconds, val PSNR)
+        self.epoch = 0
+        self.batches = None
+
+    def _timed(self, fn) -> None:
+        torch.set_rng_state(self.rng)
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        self.seconds += time.perf_counter() - t
+        self.cpu_seconds += time.process_time() - c
+        self.rng = torch.get_rng_state()
+
+    def pretrain(self) -> None:
+        from nasfe.engine.pretrain import pretrain_parts
+
+        ph = self.phase
+        if ph.cfg.pretrain_steps > 0:
+            self._timed(
+                lambda: pretrain_parts(
+                    ph.model,
+                    ph.space,
+                    lambda sp: ph.weight_batches(3000, space=sp),
+                    ph.cfg.pretrain_steps,
+                    ph.cfg.lr,
+                    ph.dist,
+                    ph.cfg.grad_clip or 5.0,
+                )
+            )
+        ph.model.train()
+
+    def _next_batch(self):
+        if self.batches is None:
+            self.train_maker.set_epoch(self.epoch)
+            self.batches = iter(self.train_maker)
+        batch = next(self.batches, None)
+        if batch is None:
+            self.epoch += 1
+            self.batches = None
+            return self._next_batch()
+        return batch
+
+    def train(self, steps: int) -> None:
+        ph = self.phase
+        log_every = max(1, ph.cfg.log_every)
+
+        def chunk():
+            for _ in range(steps):
+                batch = self._next_batch()
+                ph.apply_lr()
+                ph.meter.add(ph.train_step(batch))
+                ph.state.step += 1
+                if ph.state.step % log_every == 0:
+                    ph.check_finite()
+                    ph.meter.interval_means()
+
+        self._timed(chunk)
+
+    def validate(self) -> float:
+        torch.set_rng_state(self.rng)
+        psnr = self.phase.validate()["val_psnr"]
+        self.rng = torch.get_rng_state()
+        self.curve.append((self.phase.state.step, self.seconds, psnr))
+        return psnr
+
+    def time_to(self, p: float):
+        """Training seconds until the first validation at or above ``p`` (None: never)."""
+        return next((s for _, s, v in self.curve if v >= p), None)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--quick", action="store_true", help="300 steps, 20 pre-training steps, chunks of 50, 4 validation batches"
+    )
+    ap.add_argument("--steps", type=int, default=None, help="retraining steps (default: the space's)")
+    ap.add_argument("--pretrain-steps", type=int, default=None, help="per part (default: the space's)")
+    ap.add_argument("--chunk", type=int, default=None, help="steps per interleaved chunk (default 300; quick 50)")
+    ap.add_argument("--val-batches", type=int, default=None, help="validation batches after every chunk (8; quick 4)")
+    ap.add_argument("--space", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from nasfe.config import load_space
+    from nasfe.data.faces import open_faces
+    from gpu_parts import initial_genotype
+
+    base = load_space(args.space)
+    steps = args.steps or (300 if args.quick else base.retrain.epochs * base.retrain.steps_per_epoch)
+    pre = (
+        args.pretrain_steps if args.pretrain_steps is not None else (20 if args.quick else base.retrain.pretrain_steps)
+    )
+    chunk = args.chunk or (50 if args.quick else 300)
+    args.val_batches = args.val_batches or (4 if args.quick else 8)
+    over = {"retrain.epochs": 1, "retrain.steps_per_epoch": steps, "retrain.pretrain_steps": pre}
+    spaces = {n: load_space(args.space, {**over, **o}) for n, o in VARIANTS.items()}
+    faces = open_faces(base.data)
+    genotype = initial_genotype(base)
+    load0 = os.getloadavg()
+    print(
+        f"space {args.space}, retraining {steps} steps (cosine), pre-training {pre} steps per part, chunks of "
+        f"{chunk}, validation on {args.val_batches} batches of {base.retrain.batch_size}; genotype "
+        f"{genotype.genotype_id()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"load average at start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}",
+        flush=True,
+    )
+    t_start = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {n: Run(n, sp, genotype, faces, Path(tmp) / n, args.val_batches) for n, sp in spaces.items()}
+        order = list(runs)
+        for n in order:
+            runs[n].pretrain()
+            runs[n].validate()
+        done, k = 0, 0
+        while done < steps:
+            n_steps = min(chunk, steps - done)
+            for n in order if k % 2 == 0 else order[::-1]:
+                runs[n].train(n_steps)
+                runs[n].validate()
+            done += n_steps
+            k += 1
+            line = ", ".join(f"{n} {r.seconds:.0f} s {r.curve[-1][2]:.2f} dB" for n, r in runs.items())
+            print(f"step {done}: {line}; load {os.getloadavg()[0]:.2f}", flush=True)
+    old, new = runs["old"], runs["new"]
+    p = old.curve[-1][2] - TOLERANCE_DB
+    t_old, t_new = old.time_to(p), new.time_to(p)
+    load1 = os.getloadavg()
+    print(
+        f"final val PSNR: old {old.curve[-1][2]:.2f} dB, new {new.curve[-1][2]:.2f} dB "
+        f"(difference {new.curve[-1][2] - old.curve[-1][2]:+.2f} dB); training time old {old.seconds:.0f} s "
+        f"({old.cpu_seconds:.0f} CPU-s), new {new.seconds:.0f} s ({new.cpu_seconds:.0f} CPU-s); wall "
+        f"{time.time() - t_start:.0f} s; load average at end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}"
+    )
+    if t_old is None or t_new is None:
+        print(f"time to quality: not reached by {'new' if t_new is None else 'old'} (val PSNR {p:.2f} dB)")
+    else:
+        print(f"time to quality: {t_old / t_new:.2f}x ({t_old:.0f} s -> {t_new:.0f} s to reach val PSNR {p:.2f} dB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -39,25 +39,28 @@ def test_paper_and_its_rehearsal_default_to_the_pretrained_mobilefacenet(caplog)
         assert bb.pretrained and "no weights" not in caplog.text
 
 
-# a shipped space whose loss or input uses the face backbone but whose backbone is a random init
-# trains L2 only (NASFELoss switches L_per/L_iden off); tiny is the tests' space (not a paper
-# setting) and bn is the paper's BN row, trained with L_mse only by design
-ALLOWED_RANDOM = {"tiny"}
+# every shipped space trains with L_per and L_iden on real face features, except the paper's BN
+# row, trained with L_mse only by design (Table 6)
+L2_ONLY_BY_DESIGN = {"bn"}
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "search_spaces").glob("*.yaml")), ids=lambda p: p.stem)
-def test_no_shipped_space_silently_trains_l2_only(path):
+def test_no_shipped_space_trains_l2_only(path):
     import yaml
+
+    from nasfe.engine.network import build_network
 
     if "phase" in yaml.safe_load(path.read_text()):  # a sweep file, not a space
         pytest.skip("sweep definition")
     space = load_space(path)
-    uses_backbone = space.loss.lambda_per > 0 or space.loss.lambda_iden > 0 or space.model.use_identity
-    if not uses_backbone or space.name in ALLOWED_RANDOM:
+    if space.name in L2_ONLY_BY_DESIGN:
+        assert space.loss.lambda_per == 0 and space.loss.lambda_iden == 0 and not space.model.use_identity
         return
     w = resolve_weights(space.identity.weights)
     assert w is not None, f"{space.name}: identity.weights is empty: L_per and L_iden would be off"
     assert Path(w).is_file(), f"{space.name}: identity.weights {w} is not a file"
+    _, loss = build_network(space)  # the loss the engine trains with (a random backbone switches terms off)
+    assert loss.lambda_per > 0 and loss.lambda_iden > 0, f"{space.name} trains L2 only"
 
 
 def test_packaged_weights_need_the_mobilefacenet_backbone():

@@ -275,3 +275,83 @@ def test_rank_table_is_logged_to_wandb_offline(tmp_path):
     assert list((tmp_path / "wandb").glob("offline-run-*"))
     # a broken settings object is a warning, never an error
     assert log_rank(object(), "r", {"rows": rows}, tmp_path / "x.png", tmp_path) is None
+
+
+def test_the_study_plans_as_many_trials_at_once_as_the_cluster_config_can_grow_to(tmp_path, monkeypatch):
+    """A cold cluster (the head alone up): the shipped cluster.yaml's 8 GPU workers hold 8 trials."""
+    import nasfe.distributed.sweep as sweep_mod
+    from nasfe.distributed import rank_job
+
+    class Planned(Exception):
+        pass
+
+    def tuner(ctx, ids, storage, root, max_concurrent):
+        raise Planned(max_concurrent)
+
+    monkeypatch.setenv("NASFE_CLUSTER_CONFIG", str(Path(__file__).resolve().parents[1] / "cluster.yaml"))
+    monkeypatch.setattr(sweep_mod, "cluster_nodes", lambda: [{"CPU": 0}])  # nothing but the head is up
+    monkeypatch.setattr(rank_job, "open_cluster", lambda args, workers: True)  # the workers ask for GPUs
+    monkeypatch.setattr(rank_job, "_tuner", tuner)
+    parser = argparse.ArgumentParser()
+    rank_job.add_arguments(parser)
+    args = parser.parse_args(["--space", "tiny", "--random", "2", "--storage", str(tmp_path), "--name", "c"])
+    with pytest.raises(Planned) as planned:
+        rank_job.main(args)
+    assert planned.value.args == (8,)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(1800)
+def test_a_study_with_storage_on_s3_trains_scores_and_resumes_from_s3(tmp_path, monkeypatch):
+    """Storage on a local S3 server (moto): the trials, candidates and report land on S3, nothing in
+    a local runs folder, and a rerun from a fresh driver folder trains nothing again."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("moto")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from localcluster import S3Server
+
+    from nasfe.distributed import rank_job
+
+    s3 = S3Server().start()
+    try:
+        for k, v in s3.env.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setenv("NASFE_WORK_DIR", str(tmp_path / "driver"))
+        monkeypatch.chdir(tmp_path)
+        argv = ["--space", "tiny", "--random", "1", "--storage", f"s3://{s3.bucket}/ranks", "--name", "r"]
+        argv += ["--test-images", "2", "--max-images", "4", "--wandb-mode", "disabled", "--quiet"]
+        argv += [a for kv in TINY.items() for a in ("--set", f"{kv[0]}={json.dumps(kv[1])}")]
+        parser = argparse.ArgumentParser()
+        rank_job.add_arguments(parser)
+        args = parser.parse_args(argv)
+        env = {"RAY_TRAIN_V2_ENABLED": "1", "OMP_NUM_THREADS": "1", **s3.env}
+        ray.init(
+            address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env}
+        )
+        try:
+            assert rank_job.main(args) == 0
+            first = json.loads(s3.read("ranks/r/rank.json"))
+            monkeypatch.setenv("NASFE_WORK_DIR", str(tmp_path / "other-driver"))
+            assert rank_job.main(args) == 0  # another driver folder: resumed from S3, nothing retrained
+        finally:
+            ray.shutdown()
+        keys = s3.keys("ranks/r/")
+        for name in ("candidates.json", "rank.json", "rank.md"):  # no rank.png: nothing has a supernet score
+            assert f"ranks/r/{name}" in keys, sorted(keys)[:40]
+        for cand in ("random_00", "hand_bn"):
+            for name in ("model.pt", "retrain_summary.json", "trial.json"):
+                assert f"ranks/r/trials/{cand}/{name}" in keys, sorted(keys)[:40]
+            assert json.loads(s3.read(f"ranks/r/trials/{cand}/trial.json"))["starts"] == 1, f"{cand} trained twice"
+        assert any(k.startswith("ranks/r/tune-") for k in keys)
+        assert not (tmp_path / "runs").exists()  # no local study folder: S3 holds it
+        data = json.loads(s3.read("ranks/r/rank.json"))
+        assert sorted(r["kind"] for r in data["rows"]) == ["hand", "random"]
+        for r in data["rows"]:
+            assert math.isfinite(r["val_psnr"]) and math.isfinite(r["bn_psnr"])
+            assert r["run_dir"] == f"s3://{s3.bucket}/ranks/r/trials/{r['id']}"
+        assert [r["val_psnr"] for r in data["rows"]] == [r["val_psnr"] for r in first["rows"]]
+    finally:
+        s3.stop()

@@ -10,13 +10,18 @@ Test-BN and Test-BNL, each genotype by every searched supernet (alpha rule and s
 :mod:`nasfe.engine.ranking`), and ``rank.json``, ``rank.md`` and ``rank.png`` are written
 (:mod:`nasfe.evaluate.rank_report`), with a W&B table and scatter plot.
 
-Layout of a study named ``<name>`` in ``<storage>`` (a local folder)::
+Layout of a study named ``<name>`` in ``<storage>`` (a local folder or ``s3://bucket/prefix``)::
 
     <storage>/<name>/candidates.json  the genotypes it trains (a rerun may add, never change one)
     <storage>/<name>/trials/<id>/     each genotype's retrain run (random_00, searched_00, hand_bn):
                                       model.pt, trial.json, rank_scores.json, ray/retrain/ ...
     <storage>/<name>/tune-<time>/     the Tune experiment of each invocation that trained
     <storage>/<name>/rank.json, rank.md, rank.png
+
+With storage on S3 no shared file system is needed: Tune and every trial write to S3, and the
+driver keeps the candidates, copies of the trained models (with their ``rank_scores.json``), the
+built test sets and the report in a local folder (``$NASFE_WORK_DIR/<name>-rank``), copying the
+candidates and the report to S3.
 """
 
 from __future__ import annotations
@@ -28,32 +33,26 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
-from nasfe.registry import fusion_is_searched
-from nasfe.distributed.search_job import _override as parse
-from nasfe.engine.ranking import load_supernet
-from nasfe.errors import CommandError, GenotypeError
-from nasfe.genotype import sample_genotypes
-from nasfe.data.remote import is_uri
-from nasfe.engine.ranking import RULES, supernet_scores
-from nasfe.genotype import Genotype
-from nasfe.distributed.sweep import _trainable
-from nasfe.distributed.sweep_trial import reaper_callback, trial_dirname
+
 import torch
-from nasfe.evaluate.ablation import EVAL_SETS, _cached_scores, _scores, _store_scores
+
+from nasfe.config import load_space
+from nasfe.data.remote import is_uri
+from nasfe.distributed.cluster import RunStorage
+from nasfe.distributed.job_args import add_set, add_trial_arguments, job_wandb, run_storage
+from nasfe.distributed.search_job import open_cluster
+from nasfe.distributed.sweep import _trainable, default_max_concurrent, delete_study, staging_dir, sweep_nodes
+from nasfe.distributed.sweep_space import SweepSpace
+from nasfe.distributed.sweep_trial import reaper_callback, trial_context, trial_dirname
+from nasfe.engine.ranking import RULES, load_supernet, supernet_scores
+from nasfe.errors import CommandError, GenotypeError
+from nasfe.evaluate.ablation import EVAL_SETS, _cached_scores, _scores, _store_scores, build_ablation_testsets
 from nasfe.evaluate.evaluate_cmd import evaluate_sets, network_method
 from nasfe.evaluate.model_io import load_trained
-import shutil
-from nasfe.distributed.cluster import RunStorage, StorageError
-from nasfe.distributed.search_job import open_cluster
-from nasfe.distributed.sweep_space import SweepSpace
-from nasfe.distributed.sweep_trial import trial_context
-from nasfe.config import load_space
-from nasfe.evaluate.rank_report import write_rank_report
+from nasfe.evaluate.rank_report import kendall_tau, write_rank_report
+from nasfe.genotype import Genotype, sample_genotypes
 from nasfe.imageio import atomic_write_json
-from nasfe.tracking.wandb_logger import WandbSettings
-from nasfe.distributed.sweep import default_max_concurrent, sweep_nodes
-from nasfe.evaluate.ablation import build_ablation_testsets
-from nasfe.evaluate.rank_report import kendall_tau
+from nasfe.registry import fusion_is_searched
 from nasfe.tracking.wandb_rank import log_rank
 
 log = logging.getLogger("nasfe.rank")
@@ -62,22 +61,10 @@ log = logging.getLogger("nasfe.rank")
 HAND_OVERRIDES = {"bn": {"model.fusion": "res2"}}
 
 
-def _override(text: str):
-    return parse(text)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``nasfe rank``."""
     parser.add_argument("--space", default="tiny", help="search space: built-in name or a .yaml file (default tiny)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        type=_override,
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a space field for every genotype, e.g. --set retrain.epochs=2 (repeatable)",
-    )
+    add_set(parser, "override a space field for every genotype, e.g. --set retrain.epochs=2 (repeatable)")
     parser.add_argument("--random", type=int, default=12, help="random genotypes to draw (default 12)")
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of the random draw (default 0)")
     parser.add_argument(
@@ -95,11 +82,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="hand-made fusions to train beside them (default bn; none: --hand)",
     )
     parser.add_argument("--name", help="study name (default rank-<space name>); reuse it to resume")
-    parser.add_argument("--storage", help="folder holding the study (default ./runs)")
-    parser.add_argument("--max-concurrent", type=int, help="trials at a time (default: as many as the CPUs/GPUs hold)")
+    parser.add_argument(
+        "--storage",
+        help="where the study lives: a folder (default ./runs) or s3://bucket/prefix "
+        "(a cluster: no shared file system needed)",
+    )
+    parser.add_argument(
+        "--max-concurrent",
+        type=int,
+        help="trials at a time (default: how many trials fit the nodes the cluster config lets the "
+        "cluster grow to, or the nodes up without one)",
+    )
     parser.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (default 1)")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each worker asks for (default 1)")
-    parser.add_argument("--max-failures", type=int, default=1, help="worker-group restarts per trial (default 1)")
     parser.add_argument(
         "--testsets",
         help="built test sets with Test-BN and Test-BNL (default: build small ones from the space's test identities)",
@@ -113,25 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train nothing: report the genotypes whose retraining finished (the rest are listed)",
     )
-    parser.add_argument(
-        "--no-resume",
-        dest="resume",
-        action="store_false",
-        default=True,
-        help="start over: the earlier study of this name is deleted",
-    )
-    parser.add_argument("--gpus", default="auto", help="'auto' (default: GPUs when the cluster has them), 'yes'/'no'")
-    parser.add_argument(
-        "--address", help="Ray address to join (default: RAY_ADDRESS or a cluster on this node, else start a local one)"
-    )
-    parser.add_argument("--wandb-project", default="nasfe", help="W&B project (default nasfe)")
-    parser.add_argument(
-        "--wandb-mode",
-        default="auto",
-        choices=["auto", "online", "offline", "disabled"],
-        help="auto: online with an API key and network, else offline (default)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines from the trials")
+    add_trial_arguments(parser, "study")
 
 
 # ----- the candidates (plain data, no Ray) ----------------------------------------------------------
@@ -209,10 +186,11 @@ def score_rows(cands: list[dict], nets: list, space) -> None:
 
 
 # ----- the trials ----------------------------------------------------------------------------------
-def _tuner(ctx, ids: list[str], root: Path, max_concurrent: int):
-    """A Tune grid over the candidate ids still to train (one trial each) in a Tune folder of its own;
-    each trial's Ray Train run is named for its candidate, so an interrupted one continues from its
-    last checkpoint when a later study trains it again."""
+def _tuner(ctx, ids: list[str], storage: str, root: Path, max_concurrent: int):
+    """A Tune grid over the candidate ids still to train (one trial each) in a Tune folder of its own
+    in ``storage`` (the study's folder or URI); each trial's Ray Train run is named for its
+    candidate, so an interrupted one continues from its last checkpoint when a later study trains it
+    again. ``root``: the study's local folder."""
     from ray import tune
 
     return tune.Tuner(
@@ -226,7 +204,7 @@ def _tuner(ctx, ids: list[str], root: Path, max_concurrent: int):
         ),
         run_config=tune.RunConfig(
             name=time.strftime("tune-%Y%m%d-%H%M%S"),
-            storage_path=str(root),
+            storage_path=storage,
             callbacks=[reaper_callback(root / "trials")],
             failure_config=tune.FailureConfig(max_failures=1),
             verbose=1,
@@ -234,13 +212,24 @@ def _tuner(ctx, ids: list[str], root: Path, max_concurrent: int):
     )
 
 
-def _trained(root: Path) -> dict[str, Path]:
-    """Candidate id -> its run folder, for the candidates whose retraining finished."""
-    return {
-        d.name: d
-        for d in sorted((root / "trials").glob("*"))
-        if (d / "model.pt").is_file() and (d / "retrain_summary.json").is_file()
-    }
+#: What scoring a trained candidate reads of its run (a study on S3 copies them to its local folder).
+TRAINED_FILES = ("retrain_summary.json", "model.pt")
+
+
+def _trained(run: RunStorage, root: Path) -> dict[str, Path]:
+    """Candidate id -> a local folder of its run, for the candidates whose retraining finished: the
+    run folder itself, or (storage on S3) its copy in ``root/trials`` (model.pt copied again only
+    when the run's summary changed)."""
+    if not run.is_local:
+        for name in run.listdir("trials"):
+            if set(TRAINED_FILES) <= set(run.listdir(f"trials/{name}")):
+                trial, local = RunStorage(f"{run.root}/trials", name), root / "trials" / name
+                summary = local / TRAINED_FILES[0]
+                before = summary.read_bytes() if summary.is_file() else None
+                trial.download(TRAINED_FILES[0], local)
+                if summary.read_bytes() != before or not (local / "model.pt").is_file():
+                    trial.download("model.pt", local)
+    return {d.name: d for d in sorted((root / "trials").glob("*")) if all((d / f).is_file() for f in TRAINED_FILES)}
 
 
 def score_trained(
@@ -282,10 +271,10 @@ def score_trained(
     }
 
 
-def check_same_candidates(path: Path, cands: list[dict]) -> list[dict]:
+def check_same_candidates(path: Path, cands: list[dict], where: Optional[str] = None) -> list[dict]:
     """A candidate id stands for one genotype and its overrides: a study run again with a changed one
-    is refused in one line. Candidates may be added (e.g. another ``--searched`` run); returns the
-    union, earlier candidates first."""
+    is refused in one line (naming ``where``, else the file's folder). Candidates may be added (e.g.
+    another ``--searched`` run); returns the union, earlier candidates first."""
 
     if not path.is_file():
         return cands
@@ -298,15 +287,16 @@ def check_same_candidates(path: Path, cands: list[dict]) -> list[dict]:
     ]
     if changed:
         raise CommandError(
-            f"{path.parent}: {', '.join(changed)} trained other genotypes in this study (another "
+            f"{where or path.parent}: {', '.join(changed)} trained other genotypes in this study (another "
             f"--space, --set, --sample-seed or --searched); pick another --name or use --no-resume"
         )
     now = {c["id"] for c in cands}
     return cands + [c for c in before.values() if c["id"] not in now]
 
 
-def _candidate_rows(cands, done, testsets, faces, max_images) -> list[dict]:
-    """One report row per candidate: its genotype's id and path, and its scores when it trained."""
+def _candidate_rows(cands, done, trials: str, testsets, faces, max_images) -> list[dict]:
+    """One report row per candidate: its genotype's id and path, and its scores when it trained
+    (``run_dir``: its run in ``trials``, the study's trials folder or URI)."""
     rows = []
     for c in cands:
         row = {k: v for k, v in c.items() if k not in ("genotype", "overrides")}
@@ -316,7 +306,7 @@ def _candidate_rows(cands, done, testsets, faces, max_images) -> list[dict]:
             row.update(genotype_id=g.genotype_id(), path=g.path)
         if c["id"] in done:
             row.update(
-                run_dir=str(done[c["id"]]), **score_trained(done[c["id"]], c["label"], testsets, faces, max_images)
+                run_dir=f"{trials}/{c['id']}", **score_trained(done[c["id"]], c["label"], testsets, faces, max_images)
             )
         rows.append(row)
     return rows
@@ -348,16 +338,15 @@ def main(args) -> int:
     cands, nets = build_candidates(space, args.random, args.sample_seed, list(args.searched), list(args.hand))
     for c in cands:  # every candidate's space loads before Ray starts
         load_space(args.space, {**overrides, **c["overrides"]})
-    try:
-        run = RunStorage.create(args.storage, args.name or f"rank-{space.name}")
-    except StorageError as exc:
-        raise CommandError(str(exc)) from None
-    if not run.is_local:
-        raise CommandError(f"--storage {args.storage}: a rank study keeps its trials in a local or shared folder")
-    root = Path(run.root)
-    if not args.resume and root.exists():
-        shutil.rmtree(root)
-    cands = check_same_candidates(root / "candidates.json", cands)
+    run = run_storage(args.storage, args.name or f"rank-{space.name}")
+    # on S3 (no shared file system) Tune and the trials write to storage; the candidates, copies of
+    # the trained models, the test sets and the report are made in a local folder of the driver
+    root = Path(run.root) if run.is_local else staging_dir(run, "rank")
+    if not args.resume:
+        delete_study(run, root)
+    elif not run.is_local:
+        run.download("candidates.json", root)
+    cands = check_same_candidates(root / "candidates.json", cands, where=run.root)
     for name in ("testsets", "faces"):
         if getattr(args, name) and not Path(getattr(args, name)).is_dir():
             raise CommandError(f"--{name} {getattr(args, name)}: not a folder")
@@ -379,31 +368,31 @@ def main(args) -> int:
         root / "candidates.json",
         {"space": args.space, "overrides": overrides, "sample_seed": args.sample_seed, "candidates": cands},
     )
-    wandb = None if args.wandb_mode == "disabled" else WandbSettings(project=args.wandb_project, mode=args.wandb_mode)
-    done = _trained(root)
+    run.upload(root, ["candidates.json"])
+    wandb = job_wandb(args)
+    done = _trained(run, root)
     # the searched and hand-made genotypes first: a study stopped early still compares them
     order = {"searched": 0, "hand": 1, "random": 2}
     todo = [c["id"] for c in sorted(cands, key=lambda c: order[c["kind"]]) if c["id"] not in done]
     t0 = time.time()
     print(
-        f"[nasfe] rank study {run.name!r}: {len(cands)} genotypes ({len(done)} trained before); folder {root}",
+        f"[nasfe] rank study {run.name!r}: {len(cands)} genotypes ({len(done)} trained before); folder {run.root}",
         flush=True,
     )
     if todo and not args.only_finished:
         use_gpu = open_cluster(args, args.workers_per_trial)
         max_concurrent = default_max_concurrent(sweep, sweep_nodes(), use_gpu)
-        ctx = trial_context(sweep, f"{run.root}/trials", use_gpu, wandb, not args.quiet, args.max_failures)
-        ctx["sweep_name"] = run.name
+        ctx = trial_context(sweep, run, use_gpu, wandb, not args.quiet, args.max_failures)
         ctx["candidates"] = {c["id"]: {"genotype": c["genotype"], "overrides": c["overrides"]} for c in cands}
         print(f"[nasfe] {len(todo)} to train, {max_concurrent} at a time", flush=True)
-        _tuner(ctx, todo, root, max_concurrent).fit()
-    done = _trained(root)
+        _tuner(ctx, todo, run.root, root, max_concurrent).fit()
+    done = _trained(run, root)
 
     testsets, faces = (Path(args.testsets) if args.testsets else None), (Path(args.faces) if args.faces else None)
     if testsets is None:
         testsets, faces = build_ablation_testsets(args.space, root, args.test_images, overrides=overrides)
     score_rows(cands, nets, space)
-    rows = _candidate_rows(cands, done, testsets, faces, args.max_images)
+    rows = _candidate_rows(cands, done, f"{run.root}/trials", testsets, faces, args.max_images)
     missing = [c["id"] for c in cands if c["id"] not in done]
     meta = {
         "space": args.space,
@@ -421,12 +410,14 @@ def main(args) -> int:
         meta["kendall_tau_by_search"] = _tau_by_search(rows, len(nets))
     out = Path(args.out) if args.out else root
     data = write_rank_report(rows, out, meta)
+    if not args.out:
+        run.upload(out, ["rank.json", "rank.md", "rank.png"])
     if wandb is not None:
         where = log_rank(wandb, run.name, data, out / "rank.png", out)
         if where:
             print(f"[nasfe] W&B rank table ({where})", flush=True)
     print((out / "rank.md").read_text(), flush=True)
-    print(f"[nasfe] rank.json, rank.md, rank.png in {out}", flush=True)
+    print(f"[nasfe] rank.json, rank.md, rank.png in {run.root if not args.out else out}", flush=True)
     if missing and not args.only_finished:
         print(
             f"nasfe rank: {len(missing)} genotype(s) not trained ({', '.join(missing)}); run the same command "

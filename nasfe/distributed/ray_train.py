@@ -491,8 +491,7 @@ def fit_phase(
         raise RuntimeError(f"{phase} of run {run_name!r} finished without a checkpoint")
     local_dir = _published_dir(st, phase)
     if not st.is_local:
-        result.checkpoint.to_directory(str(local_dir))
-        st.upload(local_dir, [a for a in ARTIFACTS if (local_dir / a).exists()])
+        publish_artifacts(st, result.checkpoint, local_dir)
     summary = _read_summary(local_dir, phase)
     if not summary or int((result.metrics or {}).get("step", -1)) != int(summary.get("steps", -2)):
         # no error, yet the phase did not reach its end: an abort (Ctrl-C before the workers ran)
@@ -508,6 +507,13 @@ def fit_phase(
         },
     )
     return PhaseResult(phase, summary, st.root, local_dir, result.checkpoint.path, dict(result.metrics or {}))
+
+
+def publish_artifacts(st: RunStorage, checkpoint, local_dir: Path) -> None:
+    """Remote storage: Ray's last ``checkpoint`` into ``local_dir`` and its artifacts (model.pt, the
+    phase's summary ...) into the run root, where a run in a local folder has them."""
+    checkpoint.to_directory(str(local_dir))
+    st.upload(local_dir, [a for a in ARTIFACTS if (local_dir / a).exists()])
 
 
 def _published_dir(st: RunStorage, phase: str) -> Path:

@@ -13,7 +13,7 @@ import logging
 import time
 from pathlib import Path
 from typing import Any, Optional
-from nasfe.config import ConfigError, parse_override
+from nasfe.distributed.job_args import add_cluster_arguments, add_no_resume, add_set, run_storage
 from nasfe.errors import CommandError
 import sys
 from nasfe.distributed.cluster import ray_address
@@ -28,7 +28,6 @@ from nasfe.distributed.ray_train import check_resumable
 from nasfe.distributed.cluster import declared_gpus_per_worker
 from nasfe.distributed.cluster import StorageError, connect
 from nasfe.distributed.cluster import cluster_gpus
-from nasfe.distributed.cluster import RunStorage
 from nasfe.tracking.wandb_logger import WandbSettings
 from nasfe.distributed.resume import run_lock
 from nasfe.distributed.ray_train import finished_phase, fit_retrain, fit_search
@@ -38,13 +37,6 @@ from nasfe.genotype import Genotype
 from nasfe.imageio import atomic_write_json
 
 log = logging.getLogger("nasfe.distributed")
-
-
-def _override(text: str) -> tuple[str, Any]:
-    try:
-        return parse_override(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,37 +80,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="continue the run's last checkpoint (default)",
     )
-    parser.add_argument(
-        "--no-resume",
-        dest="resume",
-        action="store_false",
-        help="start over: the run's earlier checkpoints are moved to <run>/previous/ (not deleted)",
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        type=_override,
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a space field, e.g. --set search.lr=1e-3 (repeatable)",
-    )
-    parser.add_argument("--wandb-project", default="nasfe", help="W&B project (default nasfe)")
-    parser.add_argument(
-        "--wandb-mode",
-        default="auto",
-        choices=["auto", "online", "offline", "disabled"],
-        help="auto: online with an API key and network, else offline (default)",
-    )
-    parser.add_argument(
-        "--address", help="Ray address to join (default: RAY_ADDRESS or a cluster on this node, else start a local one)"
-    )
-    parser.add_argument(
-        "--max-failures",
-        type=int,
-        default=2,
-        help="worker-group restarts from the last checkpoint before giving up (default 2)",
-    )
+    add_no_resume(parser, "start over: the run's earlier checkpoints are moved to <run>/previous/ (not deleted)")
+    add_set(parser, "override a space field, e.g. --set search.lr=1e-3 (repeatable)")
+    add_cluster_arguments(parser, 2, "worker-group restarts from the last checkpoint before giving up (default 2)")
     parser.add_argument("--eval-images", type=int, default=256, help="test images to evaluate (default 256)")
 
 
@@ -299,10 +263,7 @@ def job_storage(args, space):
     """The run's :class:`RunStorage` (name defaults to ``<space>-<date>-<time>``)."""
 
     name = args.name if args.name is not None else f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    try:
-        return RunStorage.create(args.storage, name)
-    except StorageError as exc:
-        raise CommandError(str(exc)) from None
+    return run_storage(args.storage, name)
 
 
 def wandb_settings(args, name: str):

@@ -31,6 +31,7 @@ checkpoint, and the Optuna sampler continues from its saved state.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -40,18 +41,19 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from nasfe.config import ConfigError
-from nasfe.distributed.sweep_space import SweepSpace
-from nasfe.distributed.sweep_summary import TrialRow
-from nasfe.distributed.cluster import cluster_config_path
-from nasfe.distributed.sweep_trial import trial_driver
-from nasfe.distributed.sweep_optuna import make_searcher, open_storage
-from nasfe.distributed.sweep_trial import stop_diverged, trial_dirname
-import os
-from nasfe.distributed.cluster import RunStorage
+from nasfe.distributed.cluster import RunStorage, cluster_config_path
 from nasfe.distributed.run_identity import differences, refuse
-from nasfe.distributed.sweep_optuna import fail_running
-from nasfe.distributed.sweep_summary import SweepReport, rows_from_grid, summary_callback, trial_run_name
-from nasfe.distributed.sweep_trial import reap_placement_groups, reaper_callback, trial_context
+from nasfe.distributed.sweep_optuna import fail_running, make_searcher, open_storage
+from nasfe.distributed.sweep_space import SweepSpace
+from nasfe.distributed.sweep_summary import SweepReport, TrialRow, rows_from_grid, summary_callback, trial_run_name
+from nasfe.distributed.sweep_trial import (
+    reap_placement_groups,
+    reaper_callback,
+    stop_diverged,
+    trial_context,
+    trial_dirname,
+    trial_driver,
+)
 from nasfe.imageio import atomic_write_text
 from nasfe.tracking.wandb_sweep import SummaryRun, register_sweep
 
@@ -232,10 +234,10 @@ STAGED = ("sweep.yaml", "sweep_table.csv", "sweep_table.md", "best", "wandb_swee
 TRIAL_FILES = ("genotype.json", "space.yaml", "trial.json", "placement_groups.json")
 
 
-def staging_dir(run) -> Path:
-    """The driver's local folder of a sweep whose storage is a URI."""
+def staging_dir(run, kind: str = "sweep") -> Path:
+    """The driver's local folder of a sweep (or another ``kind`` of study) whose storage is a URI."""
 
-    return Path(os.environ.get("NASFE_WORK_DIR", Path.home() / "nasfe-work")) / f"{run.name}-sweep"
+    return Path(os.environ.get("NASFE_WORK_DIR", Path.home() / "nasfe-work")) / f"{run.name}-{kind}"
 
 
 def mirror_trials(run, local_trials: Path, names: Sequence[str]) -> None:
@@ -251,17 +253,17 @@ def mirror_trials(run, local_trials: Path, names: Sequence[str]) -> None:
                 log.debug("%s/%s not copied: %s", name, rel, exc)
 
 
-def _delete_sweep(run, sweep_dir: Path) -> None:
-    """--no-resume: the earlier sweep of this name goes (storage and the driver's local folder)."""
-    if sweep_dir.exists():
-        log.info("--no-resume: deleting the earlier sweep in %s", sweep_dir)
-        shutil.rmtree(sweep_dir)
+def delete_study(run, local_dir: Path) -> None:
+    """--no-resume: the earlier sweep or study of this name goes (storage and the driver's local folder)."""
+    if local_dir.exists():
+        log.info("--no-resume: deleting the earlier run in %s", local_dir)
+        shutil.rmtree(local_dir)
     if not run.is_local:
         import pyarrow.fs
 
         fs, path = run._fs()
         if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
-            log.info("--no-resume: deleting the earlier sweep in %s", run.root)
+            log.info("--no-resume: deleting the earlier run in %s", run.root)
             fs.delete_dir(path)
 
 
@@ -349,7 +351,7 @@ def run_sweep(
         use_gpu = sum(n.get("GPU", 0) for n in nodes) >= 1 and sweep.gpus_per_worker != 0
     max_concurrent = default_max_concurrent(sweep, nodes, use_gpu)
     if not resume:
-        _delete_sweep(run, sweep_dir)
+        delete_study(run, sweep_dir)
     elif not run.is_local:
         for rel in STAGED:  # a sweep resumed from another driver node continues its summary
             run.download(rel, sweep_dir)
@@ -363,9 +365,7 @@ def run_sweep(
         atomic_write_text(sweep_dir / "sweep.yaml", yaml.safe_dump(sweep.to_dict(), sort_keys=False))
         if not run.is_local:
             run.upload(sweep_dir, ["sweep.yaml"])
-    trials_storage = f"{run.root}/trials"
-    ctx = trial_context(sweep, trials_storage, use_gpu, wandb, progress, max_failures)
-    ctx["sweep_name"] = run.name  # the W&B group: unique per sweep run, not per sweep space
+    ctx = trial_context(sweep, run, use_gpu, wandb, progress, max_failures)
     summary_run = None
     if wandb is not None:
         ctx["wandb_sweep_id"] = register_sweep(sweep, run.name, wandb, sweep_dir)

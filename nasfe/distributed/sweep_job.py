@@ -10,21 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from nasfe.distributed.search_job import _override as parse
-from nasfe.errors import CommandError
-from nasfe.distributed.sweep_space import sweep_from_dict
-from pathlib import Path
-from nasfe.distributed.cluster import RunStorage, StorageError
-from nasfe.distributed.sweep import check_same_sweep
 import tempfile
+from pathlib import Path
+
+from nasfe.distributed.job_args import add_set, add_trial_arguments, job_wandb, run_storage
 from nasfe.distributed.search_job import open_cluster
-from nasfe.distributed.sweep import run_sweep
-from nasfe.distributed.sweep_space import load_sweep
-from nasfe.tracking.wandb_logger import WandbSettings
-
-
-def _override(text: str):
-    return parse(text)
+from nasfe.distributed.sweep import check_same_sweep, run_sweep
+from nasfe.distributed.sweep_space import load_sweep, sweep_from_dict
+from nasfe.errors import CommandError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,42 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Optuna storage URL, e.g. sqlite:///runs/study.db "
         "(overrides storage of the sweep space; optuna-dashboard reads it)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        type=_override,
-        default=[],
-        metavar="KEY=VALUE",
-        help="fix a space field for every trial, e.g. --set loss.lambda_per=0.5 "
+    add_set(
+        parser,
+        "fix a space field for every trial, e.g. --set loss.lambda_per=0.5 "
         "(repeatable; joins the overrides, and a swept field stops being swept)",
     )
-    parser.add_argument(
-        "--no-resume",
-        dest="resume",
-        action="store_false",
-        default=True,
-        help="start over: the earlier sweep of this name is deleted (also the way to re-run a "
-        "name with other settings)",
-    )
-    parser.add_argument("--gpus", default="auto", help="'auto' (default: GPUs when the cluster has them), 'yes'/'no'")
-    parser.add_argument(
-        "--address", help="Ray address to join (default: RAY_ADDRESS or a cluster on this node, else start a local one)"
-    )
-    parser.add_argument(
-        "--max-failures",
-        type=int,
-        default=1,
-        help="worker-group restarts per trial from its last checkpoint (default 1)",
-    )
-    parser.add_argument("--wandb-project", default="nasfe", help="W&B project (default nasfe)")
-    parser.add_argument(
-        "--wandb-mode",
-        default="auto",
-        choices=["auto", "online", "offline", "disabled"],
-        help="auto: online with an API key and network, else offline (default)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines from the trials")
+    add_trial_arguments(parser, "sweep")
 
 
 def _apply_cli(sweep, args):
@@ -118,13 +81,8 @@ def _apply_cli(sweep, args):
 def preflight(sweep, args) -> None:
     """Before Ray starts: a re-run of a sweep name with other settings is refused (one line)."""
 
-    try:
-        run = RunStorage.create(args.storage, args.name or f"sweep-{sweep.name}")
-    except StorageError as exc:
-        raise CommandError(str(exc)) from None
-    if args.resume and run.is_local:
-        check_same_sweep(sweep, Path(run.root))
-    elif args.resume:  # storage on S3: its sweep.yaml, read before Ray starts
+    run = run_storage(args.storage, args.name or f"sweep-{sweep.name}")
+    if args.resume:  # its sweep.yaml (a local folder or S3), read before Ray starts
         with tempfile.TemporaryDirectory(prefix="nasfe-sweep-") as tmp:
             if run.download("sweep.yaml", tmp):
                 check_same_sweep(sweep, Path(tmp), where=run.root)
@@ -136,7 +94,7 @@ def main(args) -> int:
     sweep = _apply_cli(load_sweep(args.sweep), args)
     preflight(sweep, args)
     use_gpu = open_cluster(args, sweep.workers_per_trial)
-    wandb = None if args.wandb_mode == "disabled" else WandbSettings(project=args.wandb_project, mode=args.wandb_mode)
+    wandb = job_wandb(args)
     result = run_sweep(
         sweep,
         storage=args.storage,

@@ -323,6 +323,24 @@ def _check_budget(sweep: SweepSpace, where: str) -> None:
         )
 
 
+#: The scalar fields of a sweep space, in the order they are checked: (key, types, check, expected).
+_SCALARS: tuple[tuple[str, Any, Any, str], ...] = (
+    ("phase", str, lambda v: v in PHASES, f"one of {list(PHASES)}"),
+    ("mode", str, lambda v: v in ("max", "min"), "'max' or 'min'"),
+    ("metric", str, bool, "a metric name such as val_psnr"),
+    ("num_samples", int, lambda v: v >= 1, "an integer >= 1"),
+    ("max_concurrent", int, lambda v: v >= 1, "an integer >= 1 or null"),
+    ("workers_per_trial", int, lambda v: v >= 1, "an integer >= 1"),
+    ("cpus_per_worker", (int, float), lambda v: v > 0, "a number > 0"),
+    ("gpus_per_worker", (int, float), lambda v: v >= 0, "a number >= 0 or null"),
+    ("seed", int, None, "an integer"),
+    ("storage", str, lambda v: "://" in v, "an Optuna storage URL like sqlite:///study.db, or null"),
+    ("study_name", str, bool, "a name or null"),
+    ("name", str, bool, "a name"),
+    ("genotype", str, bool, "a path to genotype.json or null"),
+)
+
+
 def sweep_from_dict(
     data: Any, where: str, default_name: str = "sweep", default_base: Optional[str] = None
 ) -> SweepSpace:
@@ -334,55 +352,21 @@ def sweep_from_dict(
         raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(_TOP_KEYS)}")
     base = _resolve_base(data, where, default_base)
 
-    def typed(key, tp, default, check=None, why=""):
+    defaults = {f.name: f.default for f in dataclasses.fields(SweepSpace)}
+    values: dict[str, Any] = {}
+    for key, tp, check, why in _SCALARS:
+        default = default_name if key == "name" else defaults[key]
         value = data.get(key, default)
-        if value is None and default is None:
-            return None
-        ok = isinstance(value, tp) and not (isinstance(value, bool) and tp is not bool)
-        if not ok or (check is not None and not check(value)):
-            raise ConfigError(f"{where}: {key}: expected {why or tp.__name__}, got {value!r}")
-        return value
-
-    phase = typed("phase", str, "search", lambda v: v in PHASES, f"one of {list(PHASES)}")
-    mode = typed("mode", str, "max", lambda v: v in ("max", "min"), "'max' or 'min'")
-    metric = typed("metric", str, "val_psnr", bool, "a metric name such as val_psnr")
-    num_samples = typed("num_samples", int, 8, lambda v: v >= 1, "an integer >= 1")
-    max_concurrent = typed("max_concurrent", int, None, lambda v: v >= 1, "an integer >= 1 or null")
-    workers = typed("workers_per_trial", int, 1, lambda v: v >= 1, "an integer >= 1")
-    cpus = typed("cpus_per_worker", (int, float), 1.0, lambda v: v > 0, "a number > 0")
-    gpus = typed("gpus_per_worker", (int, float), None, lambda v: v >= 0, "a number >= 0 or null")
-    seed = typed("seed", int, 0, None, "an integer")
-    storage = typed(
-        "storage", str, None, lambda v: "://" in v, "an Optuna storage URL like sqlite:///study.db, or null"
-    )
-    study_name = typed("study_name", str, None, bool, "a name or null")
-    name = typed("name", str, default_name, bool, "a name")
-    genotype = typed("genotype", str, None, bool, "a path to genotype.json or null")
+        if not (value is None and default is None):
+            ok = isinstance(value, tp) and not (isinstance(value, bool) and tp is not bool)
+            if not ok or (check is not None and not check(value)):
+                raise ConfigError(f"{where}: {key}: expected {why}, got {value!r}")
+        values[key] = float(value) if key.endswith("per_worker") and value is not None else value
     asha = _parse_asha(data.get("asha") or {}, where)
     overrides, params = _parse_overrides_and_params(data, where)
-    if phase == "retrain" and genotype is not None:
-        genotype = _fixed_genotype(genotype, params, where)
-
-    sweep = SweepSpace(
-        name=name,
-        base=base,
-        phase=phase,
-        metric=metric,
-        mode=mode,
-        num_samples=num_samples,
-        max_concurrent=max_concurrent,
-        workers_per_trial=workers,
-        cpus_per_worker=float(cpus),
-        gpus_per_worker=None if gpus is None else float(gpus),
-        seed=seed,
-        asha=asha,
-        storage=storage,
-        study_name=study_name,
-        genotype=genotype,
-        overrides=overrides,
-        params=params,
-        source=where,
-    )
+    if values["phase"] == "retrain" and values["genotype"] is not None:
+        values["genotype"] = _fixed_genotype(values["genotype"], params, where)
+    sweep = SweepSpace(base=base, asha=asha, overrides=overrides, params=params, source=where, **values)
     _check_values_load(sweep, where)
     _check_budget(sweep, where)
     return sweep

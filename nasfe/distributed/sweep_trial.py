@@ -19,22 +19,22 @@ import json
 import logging
 import math
 import re
+import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
-from nasfe.distributed.sweep_summary import trial_run_name
-from nasfe.errors import DivergenceError, error_chain
-from nasfe.tracking.wandb_logger import WandbSettings
 from nasfe.config import load_space
 from nasfe.distributed.cluster import RunStorage
-from nasfe.distributed.ray_train import build_trainer
-from nasfe.imageio import atomic_write_json, atomic_write_text
+from nasfe.distributed.ray_train import build_trainer, publish_artifacts
+from nasfe.distributed.sweep_summary import trial_run_name
+from nasfe.errors import DivergenceError, error_chain
 from nasfe.genotype import Genotype
-import tempfile
-from dataclasses import asdict
+from nasfe.imageio import atomic_write_json, atomic_write_text
+from nasfe.tracking.wandb_logger import WandbSettings
 
 log = logging.getLogger("nasfe.sweep")
 
@@ -293,6 +293,9 @@ def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     except Exception as exc:  # Train V2 raises the run's error from fit()
         error = exc
     if error is None:
+        if not storage.is_local and result.checkpoint is not None:  # model.pt etc. where a local run has them
+            with tempfile.TemporaryDirectory(prefix="nasfe-trial-") as tmp:
+                publish_artifacts(storage, result.checkpoint, Path(tmp))
         return
     reason = divergence_reason(error)
     if reason is None:
@@ -303,10 +306,9 @@ def trial_driver(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     ray.tune.report(diverged_result(ctx["metric"], ctx["mode"], reason, step // spe, step))
 
 
-def trial_context(
-    sweep, trials_storage: str, use_gpu: bool, wandb, progress: bool, max_failures: int
-) -> dict[str, Any]:
-    """Plain data every trial driver needs (it travels to the trial's actor)."""
+def trial_context(sweep, run: RunStorage, use_gpu: bool, wandb, progress: bool, max_failures: int) -> dict[str, Any]:
+    """Plain data every trial driver needs (it travels to the trial's actor); the trials' runs go
+    to ``<run>/trials/``, and the run's name is the trials' W&B group (unique per sweep run)."""
 
     genotype = None
     if sweep.genotype:
@@ -318,8 +320,8 @@ def trial_context(
         "phase": sweep.phase,
         "metric": sweep.metric,
         "mode": sweep.mode,
-        "sweep_name": sweep.name,
-        "trials_storage": trials_storage,
+        "sweep_name": run.name,
+        "trials_storage": f"{run.root}/trials",
         "workers": sweep.workers_per_trial,
         "use_gpu": use_gpu,
         "cpus_per_worker": sweep.cpus_per_worker,

@@ -107,3 +107,14 @@ def test_phases_lay_out_the_network_for_their_device(tmp_path):
     phase.build()
     assert phase.model.channels_last
     assert phase.model.stem.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_saved_network_restores_in_the_layout_of_the_device_it_loads_on():
+    from nasfe.evaluate.model_io import load_trained
+    from nasfe.pretrained import DEFAULT_MODEL
+
+    # the packaged model's file says channels_last: false (how it trained); on the CPU it runs NHWC
+    assert torch.load(DEFAULT_MODEL, weights_only=True)["space"]["model"]["channels_last"] is False
+    model, space, _ = load_trained(DEFAULT_MODEL)
+    assert space.model.channels_last == "auto" and model.channels_last
+    assert model.stem.weight.is_contiguous(memory_format=torch.channels_last)

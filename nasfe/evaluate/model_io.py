@@ -26,7 +26,7 @@ from nasfe.engine.checkpoint import CheckpointError, load_checkpoint
 from nasfe.genotype import Genotype, GenotypeError
 from nasfe.registry import fusion_is_searched
 from nasfe.errors import CommandError
-from nasfe.config import PACKAGED_WEIGHTS
+from nasfe.config import CHANNELS_LAST_AUTO, PACKAGED_WEIGHTS
 from nasfe.data.remote import is_uri
 from nasfe.engine.network import build_network
 import sys
@@ -200,6 +200,8 @@ def load_trained(
         cfg = load_space(space)
     elif isinstance(payload.get("space"), dict):
         cfg = space_from_dict(payload["space"], where=f"{src} (space)")
+        # the layout the network trained in says nothing about the device it restores on
+        cfg.model.channels_last = CHANNELS_LAST_AUTO
     else:
         raise CheckpointError(f"{src}: holds no search space; pass --space space.yaml")
 

@@ -149,8 +149,7 @@ def test_pack_model_round_trip_and_limits(tmp_path):
 def test_pack_leaves_the_face_backbone_out(tmp_path, capsys):
     from nasfe.pretrained import BACKBONE_PREFIX
 
-    # a backbone without weights: the packed model cannot rebuild the real one
-    model_pt = _tiny_run(tmp_path / "iden", **{"identity.backbone": "vggface", "identity.weights": None})
+    model_pt = _tiny_run(tmp_path / "iden")
     pack_model(model_pt, tmp_path / "packed.pt")
     state = torch.load(tmp_path / "packed.pt", weights_only=True)["model"]
     full = torch.load(model_pt, weights_only=True)["model"]
@@ -158,7 +157,7 @@ def test_pack_leaves_the_face_backbone_out(tmp_path, capsys):
     assert not any(k.startswith(BACKBONE_PREFIX) for k in state) and len(state) < len(full)
     assert _same_output(model_pt, tmp_path / "packed.pt")  # without references the backbone is unused
     model, _, _ = load_trained(tmp_path / "packed.pt")
-    assert model.refs_usable is False  # no identity.weights: the rebuilt backbone is not the real one
+    assert model.refs_usable is False  # tiny has no identity.weights: the rebuilt backbone is not the real one
     photo = tmp_path / "p.png"
     Image.fromarray(np.zeros((48, 40, 3), np.uint8)).save(photo)
     assert (

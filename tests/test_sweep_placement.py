@@ -108,7 +108,7 @@ def two_nodes(tmp_path):
                 log,
             )
             procs = [head]
-            deadline = time.time() + 90
+            deadline = time.time() + 240  # a poll: returns once up; a raylet took over 90 s at load 33
             while True:
                 probe = subprocess.run(
                     [str(RAY), "status", f"--address={address}"], env=env, capture_output=True, text=True
@@ -121,7 +121,7 @@ def two_nodes(tmp_path):
             _stop(head)
             if attempt == 2:
                 pytest.fail(f"ray head did not start: {probe.stdout[-2000:]} {probe.stderr[-2000:]}")
-        deadline = time.time() + 90
+        deadline = time.time() + 240  # a poll: returns once up; a raylet took over 90 s at load 33
         procs.append(
             _start([f"--address={address}", "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats"], env, log)
         )

@@ -174,7 +174,7 @@ def test_a_registered_backbone_drives_identity_and_losses(tmp_path):
             return self.features(x).mean(dim=(-2, -1))
 
     with BACKBONES.registered("poolnet", PoolNet):
-        space = tiny_space(**{"identity.backbone": "poolnet"})
+        space = tiny_space(**{"identity.backbone": "poolnet", "identity.weights": None})
         assert isinstance(build_backbone(space.identity), PoolNet)
         summary, _ = search(space, tmp_path)
         assert summary["steps"] == 1

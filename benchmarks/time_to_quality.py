@@ -123,8 +123,9 @@ class Run:
         return psnr
 
     def time_to(self, p: float):
-        """Training seconds until the first validation at or above ``p`` (None: never)."""
-        return next((s for _, s, v in self.curve if v >= p), None)
+        """Training seconds until the first validation after a training chunk at or above ``p``
+        (None: never; the validation before any step does not count)."""
+        return next((s for step, s, v in self.curve if step > 0 and v >= p), None)
 
 
 def main() -> int:
@@ -191,6 +192,8 @@ def main() -> int:
         f"({old.cpu_seconds:.0f} CPU-s), new {new.seconds:.0f} s ({new.cpu_seconds:.0f} CPU-s); wall "
         f"{time.time() - t_start:.0f} s; load average at end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}"
     )
+    cpu_ratio = old.cpu_seconds / new.cpu_seconds if new.cpu_seconds else float("nan")
+    print(f"CPU time ratio (old / new, whole run): {cpu_ratio:.2f}x")
     if t_old is None or t_new is None:
         print(f"time to quality: not reached by {'new' if t_new is None else 'old'} (val PSNR {p:.2f} dB)")
     else:

@@ -71,22 +71,8 @@ class Run:
         self.rng = torch.get_rng_state()
 
     def pretrain(self) -> None:
-        from nasfe.engine.pretrain import pretrain_parts
-
-        ph = self.phase
-        if ph.cfg.pretrain_steps > 0:
-            self._timed(
-                lambda: pretrain_parts(
-                    ph.model,
-                    ph.space,
-                    lambda sp: ph.weight_batches(3000, space=sp),
-                    ph.cfg.pretrain_steps,
-                    ph.cfg.lr,
-                    ph.dist,
-                    ph.cfg.grad_clip or 5.0,
-                )
-            )
-        ph.model.train()
+        self._timed(self.phase.pretrain)
+        self.phase.model.train()
 
     def _next_batch(self):
         if self.batches is None:

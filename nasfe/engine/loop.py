@@ -359,6 +359,19 @@ class Phase:
         log.info("resumed %s from %s at step %d", self.name, path, self.state.step)
         return path
 
+    def pretrain(self) -> None:
+        """Each task encoder and CN trained alone for ``pretrain_steps`` (none when it is 0)."""
+        if self.cfg.pretrain_steps > 0:
+            pretrain_parts(
+                self.model,
+                self.space,
+                lambda sp: self.weight_batches(3000, space=sp),
+                self.cfg.pretrain_steps,
+                self.cfg.lr,
+                self.dist,
+                self.cfg.grad_clip or 5.0,
+            )
+
     def run(self) -> dict[str, Any]:
         """Train for the configured epochs (continuing a checkpoint), then return a summary."""
         torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
@@ -372,16 +385,8 @@ class Phase:
         resumed = self.maybe_resume()
         if resumed is None:  # a fresh network must be finite before hours of pre-training go into it
             preflight(self.model, self.space.data.height, self.space.data.width, self.device, self.name)
-        if resumed is None and self.cfg.pretrain_steps > 0:
-            pretrain_parts(
-                self.model,
-                self.space,
-                lambda sp: self.weight_batches(3000, space=sp),
-                self.cfg.pretrain_steps,
-                self.cfg.lr,
-                self.dist,
-                self.cfg.grad_clip or 5.0,
-            )
+        if resumed is None:
+            self.pretrain()
         self.callbacks.on_start(
             self.state,
             {"phase": self.name, "space": self.space.to_dict(), "resumed_from": str(resumed) if resumed else None},

@@ -2,8 +2,9 @@
 # The project's checks, in the order a contributor fixes them: lint, format, types, tests.
 #   bash scripts/check.sh          lint, format, types and the default test suite (under 15 min on 2 cores)
 #   bash scripts/check.sh --fast   the same with the fast tier only (pytest -m "not slow")
-#   bash scripts/check.sh --drills only the drills: minutes of a real cluster on this machine (raylets
-#                                  and drivers killed, interrupt and resume on S3, the fake autoscaler)
+#   bash scripts/check.sh --drills only the drills: minutes of a real cluster on this machine (raylets,
+#                                  workers and drivers killed, several raylets, interrupt and resume
+#                                  on S3, the fake autoscaler)
 # Extra arguments go to pytest, e.g. `bash scripts/check.sh --fast -k genotype`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -300,7 +300,7 @@ def test_the_study_plans_as_many_trials_at_once_as_the_cluster_config_can_grow_t
     assert planned.value.args == (8,)
 
 
-@pytest.mark.slow
+@pytest.mark.drill
 @pytest.mark.ray
 @pytest.mark.timeout(1800)
 def test_a_study_with_storage_on_s3_trains_scores_and_resumes_from_s3(tmp_path, monkeypatch):

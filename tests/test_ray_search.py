@@ -124,6 +124,7 @@ def test_search_on_two_workers_resumes_after_an_interruption(tmp_path):
     assert any(r.WhichOneof("record_type") == "artifact" and r.artifact.type == "genotype" for r in records)
 
 
+@pytest.mark.drill
 def test_a_lost_worker_is_replaced_and_the_run_continues(tmp_path):
     from nasfe.distributed.ray_train import fit_search
 

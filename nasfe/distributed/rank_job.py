@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 
 from nasfe.config import load_space
 from nasfe.data.remote import is_uri
@@ -46,8 +45,7 @@ from nasfe.distributed.sweep_space import SweepSpace
 from nasfe.distributed.sweep_trial import reaper_callback, trial_context, trial_dirname
 from nasfe.engine.ranking import RULES, load_supernet, supernet_scores
 from nasfe.errors import CommandError, GenotypeError
-from nasfe.evaluate.ablation import EVAL_SETS, _cached_scores, _scores, _store_scores, build_ablation_testsets
-from nasfe.evaluate.evaluate_cmd import evaluate_sets, network_method
+from nasfe.evaluate.ablation import build_ablation_testsets, score_test_sets
 from nasfe.evaluate.model_io import load_trained
 from nasfe.evaluate.rank_report import kendall_tau, write_rank_report
 from nasfe.genotype import Genotype, sample_genotypes
@@ -240,27 +238,10 @@ def score_trained(
 
     summary = json.loads((run_dir / "retrain_summary.json").read_text())
     model_pt = run_dir / "model.pt"
-    key = {
-        "testsets": str(Path(testsets).resolve()),
-        "faces": str(faces),
-        "max_images": max_images,
-        "model_mtime_ns": model_pt.stat().st_mtime_ns,
-    }
-    scores = _cached_scores(run_dir / "rank_scores.json", key)
     model, space, _ = load_trained(model_pt, device)
-    if scores is None:
-        method = network_method(label, model, torch.device(device), with_refs=bool(faces))
-        res = evaluate_sets(
-            [method],
-            testsets,
-            EVAL_SETS,
-            faces=faces,
-            k_refs=space.identity.refs,
-            recognizer=None,
-            max_images=max_images,
-            progress=False,
-        )
-        scores = _store_scores(run_dir / "rank_scores.json", key, _scores(res))
+    scores = score_test_sets(
+        label, model, space, model_pt, "rank_scores.json", testsets, faces, max_images, device, False
+    )
     final = summary.get("final") or {}
     return {
         "val_psnr": final.get("val_psnr"),

@@ -308,6 +308,44 @@ def _scores(res: dict) -> dict[str, Any]:
     }
 
 
+def score_test_sets(
+    label: str,
+    model,
+    space,
+    model_pt: Path,
+    cache_name: str,
+    testsets: str | Path,
+    faces,
+    max_images: Optional[int],
+    device: str,
+    progress: bool,
+) -> dict[str, Any]:
+    """Test-BN/Test-BNL scores of one trained network, cached in ``cache_name`` beside ``model_pt``
+    (valid while the test sets, faces, image cap and the model file stay the same)."""
+    cache = model_pt.with_name(cache_name)
+    key = {
+        "testsets": str(Path(testsets).resolve()),
+        "faces": str(faces),
+        "max_images": max_images,
+        "model_mtime_ns": model_pt.stat().st_mtime_ns,
+    }
+    scores = _cached_scores(cache, key)
+    if scores is None:
+        method = network_method(label, model, torch.device(device), with_refs=bool(faces))
+        res = evaluate_sets(
+            [method],
+            testsets,
+            EVAL_SETS,
+            faces=faces,
+            k_refs=space.identity.refs,
+            recognizer=None,
+            max_images=max_images,
+            progress=progress,
+        )
+        scores = _store_scores(cache, key, _scores(res))
+    return scores
+
+
 def evaluate_baselines(
     names: Sequence[str], testsets: str | Path, max_images: Optional[int], progress: bool = True
 ) -> list[dict[str, Any]]:
@@ -411,26 +449,18 @@ def run_ablation(
         trained = train_row(base, row, schedule, out, device, callbacks)
         model, space, _ = load_trained(trained["model_pt"], device)
         # a finished row measured on the same test images is not measured again (reruns aggregate seeds)
-        key = {
-            "testsets": str(Path(testsets).resolve()),
-            "faces": str(faces),
-            "max_images": max_images,
-            "model_mtime_ns": Path(trained["model_pt"]).stat().st_mtime_ns,
-        }
-        scores = _cached_scores(Path(trained["model_pt"]).with_name("ablation_scores.json"), key)
-        if scores is None:
-            method = network_method(row.name, model, torch.device(device), with_refs=bool(faces))
-            res = evaluate_sets(
-                [method],
-                testsets,
-                EVAL_SETS,
-                faces=faces,
-                k_refs=space.identity.refs,
-                recognizer=None,
-                max_images=max_images,
-                progress=progress,
-            )
-            scores = _store_scores(Path(trained["model_pt"]).with_name("ablation_scores.json"), key, _scores(res))
+        scores = score_test_sets(
+            row.name,
+            model,
+            space,
+            Path(trained["model_pt"]),
+            "ablation_scores.json",
+            testsets,
+            faces,
+            max_images,
+            device,
+            progress,
+        )
         params = model.parameter_counts()["restoration"] / 1e6
         table.append(
             {

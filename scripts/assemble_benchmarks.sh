@@ -14,7 +14,7 @@ OUT="${1:-$ROOT/docs/BENCHMARKS.md}"
 PARTS_DIR="$ROOT/docs/bench_parts"
 
 # The order of the sections in BENCHMARKS.md.
-PARTS=(gpu speed degrade fidelity model ray rehearsal studies)
+PARTS=(gpu speed degrade fidelity model ray rehearsal tests studies)
 
 fail() { echo "assemble_benchmarks: $*" >&2; exit 1; }
 

@@ -1,4 +1,4 @@
-"""The bad-input corpus (issue 13), generated at test time and run through every command.
+"""The bad-input corpus, generated at test time and run through every command.
 
 Broken images of every kind, broken YAML, genotype and checkpoint files, malicious pickles and
 YAML tags, non-finite weights, a read-only folder, a tiny full filesystem and two builds into one

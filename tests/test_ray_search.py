@@ -168,7 +168,7 @@ def test_ray_train_report_chatter_is_quieted_but_warnings_stay():
 
 def test_a_truncated_ray_record_resumes_from_the_newest_checkpoint_that_loads(tmp_path):
     """A full disk cut Ray's record of the run short and half wrote a newer checkpoint folder: the
-    run continues from the newest checkpoint that loads and keeps every earlier file (issue 13)."""
+    run continues from the newest checkpoint that loads and keeps every earlier file."""
     from nasfe.distributed.ray_train import fit_search
 
     out = tmp_path / "probe"

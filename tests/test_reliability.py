@@ -1,6 +1,6 @@
-"""Issue 13, case by case: nothing lost, nothing corrupted in silence, one clear line for bad input.
+"""Nothing lost, nothing corrupted in silence, one clear line for bad input.
 
-Each test is named after the case it holds (docs/RELIABILITY.md maps promises to these tests).
+Each test is named after the behaviour it holds (docs/RELIABILITY.md maps promises to these tests).
 The corpus of broken inputs run through every command is tests/test_bad_inputs.py.
 """
 
@@ -60,7 +60,7 @@ def _build(out, faces, **kw):
 
 
 # ---- 1. restore never overwrites the user's photos ---------------------------------------------------
-def test_case01_restore_into_its_input_folder_is_refused(model_pt, tmp_path, capsys):
+def test_restore_into_its_input_folder_is_refused(model_pt, tmp_path, capsys):
     d = tmp_path / "photos"
     rng = np.random.default_rng(1)
     for name in ("a.png", "b.png"):
@@ -74,7 +74,7 @@ def test_case01_restore_into_its_input_folder_is_refused(model_pt, tmp_path, cap
 
 
 # ---- 2. testsets: fingerprint, re-verify, lock, verify every field -----------------------------------
-def test_case02a_a_changed_face_folder_is_not_relabelled(tmp_path, faces):
+def test_a_changed_face_folder_is_not_relabelled(tmp_path, faces):
     out = tmp_path / "ts"
     _build(out, faces)
     shutil.rmtree(faces / "id0")  # the folder changes: the seeded sample now lands on other faces
@@ -83,7 +83,7 @@ def test_case02a_a_changed_face_folder_is_not_relabelled(tmp_path, faces):
     assert ts.verify_testsets(out)  # the old build stays as it was
 
 
-def test_case02b_a_corrupted_png_is_rebuilt_not_rehashed(tmp_path, faces):
+def test_a_corrupted_png_is_rebuilt_not_rehashed(tmp_path, faces):
     out = tmp_path / "ts"
     m = _build(out, faces)
     victim = out / m["sets"]["Test-N"][4]["file"]
@@ -95,7 +95,7 @@ def test_case02b_a_corrupted_png_is_rebuilt_not_rehashed(tmp_path, faces):
     assert ts.verify_testsets(out) == {"Test-N": 18}
 
 
-def test_case02c_a_second_build_into_the_folder_is_refused_while_one_runs(tmp_path, faces):
+def test_a_second_build_into_the_folder_is_refused_while_one_runs(tmp_path, faces):
     from nasfe.errors import LockedError
     from nasfe.locks import FolderLock
 
@@ -109,7 +109,7 @@ def test_case02c_a_second_build_into_the_folder_is_refused_while_one_runs(tmp_pa
 
 
 @pytest.mark.parametrize("edit", ["identity", "sigma_s", "clean_identity", "kernel_id"])
-def test_case02d_verify_checks_every_manifest_field(tmp_path, faces, edit):
+def test_verify_checks_every_manifest_field(tmp_path, faces, edit):
     out = tmp_path / "ts"
     _build(out, faces, sets=["Test-N", "Test-B"])
     path = out / "manifest.json"
@@ -168,7 +168,7 @@ def _fake_trainer(monkeypatch, seen):
     monkeypatch.setattr(rt, "build_trainer", build_trainer)
 
 
-def test_case03a_resume_uses_rays_record_not_the_newest_folder(tmp_path, monkeypatch):
+def test_resume_uses_rays_record_not_the_newest_folder(tmp_path, monkeypatch):
     from nasfe.distributed.ray_train import fit_search
 
     space, st, good = _ray_run(tmp_path)
@@ -180,7 +180,7 @@ def test_case03a_resume_uses_rays_record_not_the_newest_folder(tmp_path, monkeyp
     assert (good / checkpoint_name("search", 2)).is_file()
 
 
-def test_case03b_no_resume_moves_checkpoints_aside(tmp_path, monkeypatch, capsys):
+def test_no_resume_moves_checkpoints_aside(tmp_path, monkeypatch, capsys):
     from nasfe.distributed.ray_train import fit_search
 
     space, st, good = _ray_run(tmp_path)
@@ -194,7 +194,7 @@ def test_case03b_no_resume_moves_checkpoints_aside(tmp_path, monkeypatch, capsys
     assert "moved to" in capsys.readouterr().out
 
 
-def test_case03c_latest_checkpoint_passes_over_a_half_written_file(tmp_path):
+def test_latest_checkpoint_passes_over_a_half_written_file(tmp_path):
     for s in (2, 4):
         save_checkpoint(tmp_path / checkpoint_name("search", s), {"step": s})
     newest = tmp_path / checkpoint_name("search", 4)
@@ -204,7 +204,7 @@ def test_case03c_latest_checkpoint_passes_over_a_half_written_file(tmp_path):
 
 
 # ---- 4. one run name, one job at a time -------------------------------------------------------------
-def test_case04_two_searches_with_one_name_the_second_refuses(tmp_path, capsys, monkeypatch):
+def test_two_searches_with_one_name_the_second_refuses(tmp_path, capsys, monkeypatch):
     import nasfe.distributed.search_job as sj
 
     monkeypatch.setattr(sj, "open_cluster", lambda *a: (_ for _ in ()).throw(_Stop()))  # never start Ray here
@@ -237,14 +237,14 @@ def test_case04_two_searches_with_one_name_the_second_refuses(tmp_path, capsys, 
 
 
 # ---- 5, 8, 11. configuration files as people write them ---------------------------------------------
-def test_case05_an_empty_yaml_is_refused(tmp_path):
+def test_an_empty_yaml_is_refused(tmp_path):
     p = tmp_path / "empty.yaml"
     p.write_text("# nothing but a comment\n")
     with pytest.raises(ConfigError, match="empty"):
         load_space(p)
 
 
-def test_case08_a_yaml_that_is_not_utf8_is_one_line(tmp_path, capsys):
+def test_a_yaml_that_is_not_utf8_is_one_line(tmp_path, capsys):
     p = tmp_path / "latin1.yaml"
     p.write_bytes("name: café\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="not UTF-8"):
@@ -253,7 +253,7 @@ def test_case08_a_yaml_that_is_not_utf8_is_one_line(tmp_path, capsys):
     _one_line(capsys.readouterr().err, "not UTF-8")
 
 
-def test_case11_scientific_notation_is_a_float(tmp_path):
+def test_scientific_notation_is_a_float(tmp_path):
     p = tmp_path / "lr.yaml"
     p.write_text("name: lr\nsearch:\n  lr: 1e-3\n  arch_lr: 3E-4\n")
     space = load_space(p, {"retrain.lr": "2e-4"})  # what --set search.lr=2e-4 hands over
@@ -264,7 +264,7 @@ def test_case11_scientific_notation_is_a_float(tmp_path):
 
 
 # ---- 6. a scan of many faces does not die on one bad file --------------------------------------------
-def test_case06_unreadable_faces_are_skipped_and_counted(tmp_path, faces, capsys):
+def test_unreadable_faces_are_skipped_and_counted(tmp_path, faces, capsys):
     (faces / "id1" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     m = _build(tmp_path / "ts", faces, images=None)
     assert len(m["clean"]) == 7 and len(m["skipped_faces"]) == 1 and "id1" in m["skipped_faces"][0]
@@ -274,7 +274,7 @@ def test_case06_unreadable_faces_are_skipped_and_counted(tmp_path, faces, capsys
 
 
 # ---- 7. files nasfe writes have the usual permissions ------------------------------------------------
-def test_case07_written_files_get_the_usual_mode(tmp_path, model_pt):
+def test_written_files_get_the_usual_mode(tmp_path, model_pt):
     old = os.umask(0o022)
     try:
         write_png_atomic(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
@@ -287,7 +287,7 @@ def test_case07_written_files_get_the_usual_mode(tmp_path, model_pt):
 
 
 # ---- 9. an output folder that cannot be written: one line, before the work ---------------------------
-def test_case09_evaluate_checks_its_output_folder_first(model_pt, tmp_path, faces, capsys, monkeypatch):
+def test_evaluate_checks_its_output_folder_first(model_pt, tmp_path, faces, capsys, monkeypatch):
     import nasfe.evaluate.evaluate_cmd as ev
 
     _build(tmp_path / "ts", faces, images=1)
@@ -300,14 +300,14 @@ def test_case09_evaluate_checks_its_output_folder_first(model_pt, tmp_path, face
 
 
 # ---- 10. checked before Ray starts -------------------------------------------------------------------
-def test_case10a_a_face_size_the_network_cannot_take_is_a_config_error(tmp_path, capsys):
+def test_a_face_size_the_network_cannot_take_is_a_config_error(tmp_path, capsys):
     with pytest.raises(ConfigError, match="data.height = 7 is too small"):
         load_space("tiny", {"data.height": 7})
     assert cli(["search", "--set", "data.width=9", "--storage", str(tmp_path)]) == 2
     _one_line(capsys.readouterr().err, "data.width = 9 is too small")
 
 
-def test_case10b_resuming_with_another_model_space_is_refused_before_ray(tmp_path, capsys, monkeypatch):
+def test_resuming_with_another_model_space_is_refused_before_ray(tmp_path, capsys, monkeypatch):
     import nasfe.distributed.search_job as sj
 
     monkeypatch.setattr(sj, "open_cluster", lambda *a: (_ for _ in ()).throw(_Stop()))  # never start Ray here
@@ -329,7 +329,7 @@ def test_case10b_resuming_with_another_model_space_is_refused_before_ray(tmp_pat
     _one_line(capsys.readouterr().err, "made for model space")
 
 
-def test_case10c_a_truncated_ray_snapshot_falls_back_to_the_newest_loadable_checkpoint(tmp_path, monkeypatch):
+def test_a_truncated_ray_snapshot_falls_back_to_the_newest_loadable_checkpoint(tmp_path, monkeypatch):
     from nasfe.distributed.ray_train import fit_search
 
     space, st, good = _ray_run(tmp_path)

@@ -1,4 +1,4 @@
-"""Issue 10: the search optimises restoration. One test (at least) per defect the issue lists:
+"""The search optimises restoration. At least one test for each of:
 
 1. loss balance (L2 at the paper's scale dominates; a random backbone never drives a loss)
 2. derivation uses the PC-DARTS edge weights (a search in partial-channel mode)
@@ -49,7 +49,7 @@ MFN = ("models", "mobilefacenet", "mobilefacenet.pt")
 
 
 def test_weighted_l2_dominates_at_the_papers_lambdas_with_real_face_features():
-    """Defect 1: with mean-normalised L2 the perceptual term outweighed fidelity (8x-300x)."""
+    """L2 is a sum, so at the paper's lambdas fidelity outweighs the perceptual term (a mean would let it be 8x-300x smaller)."""
     from nasfe.identity.backbones import MobileFaceNet
     from nasfe.identity.losses import NASFELoss, identity_loss, l2_loss, perceptual_loss
 
@@ -77,7 +77,7 @@ def test_weighted_l2_dominates_at_the_papers_lambdas_with_real_face_features():
 
 
 def test_random_backbone_never_drives_a_loss(caplog):
-    """Defect 1: without weights, L_per and L_iden trained towards a random network's features."""
+    """Without identity weights, L_per and L_iden are off: no loss trains towards a random network's features."""
     from nasfe.identity.backbones import build_backbone
     from nasfe.identity.losses import NASFELoss, l2_loss
 
@@ -128,7 +128,7 @@ def pc_search(tmp_path_factory):
 
 
 def test_pc_search_derives_with_the_learned_edge_weights(pc_search):
-    """Defect 2: the written genotype ignored the PC-DARTS edge weights."""
+    """The written genotype uses the PC-DARTS edge weights."""
     from nasfe.genotype import Genotype
 
     space, run, summary, _ = pc_search
@@ -199,7 +199,7 @@ def test_paper_search_pretrains_encoders_and_cn_first():
 
 
 def test_architecture_trains_on_held_out_training_identities_with_fresh_degradations(tmp_path):
-    """Defect 4: alpha/beta trained on the validation split in a fixed order and degradation."""
+    """alpha/beta train on held-out training identities, reshuffled, with fresh degradations (not the validation split)."""
     seen = {"weights": [], "arch": []}
 
     class Spy(SearchPhase):
@@ -229,8 +229,7 @@ def test_architecture_trains_on_held_out_training_identities_with_fresh_degradat
 
 
 def test_second_order_lookahead_is_the_weight_optimisers_step_and_stays_bounded(tmp_path):
-    """Defect 5: the look-ahead was an SGD step at Adam's learning rate (1.08 -> 53 at 5e-3). Now it
-    is the step Adam itself takes: the loss at the look-ahead weights equals the loss after the
+    """The look-ahead is the step Adam itself takes (an SGD step at Adam's learning rate is unbounded): the loss at the look-ahead weights equals the loss after the
     real weight step, and at the paper's learning rate it stays bounded."""
     import copy
 
@@ -271,7 +270,7 @@ def _finite_file(path) -> bool:
 
 
 def test_diverging_search_stops_and_writes_nothing_non_finite(tmp_path):
-    """Defect 6: lr 1e12 exited 0 and wrote a NaN genotype and checkpoints."""
+    """At lr 1e12 the search stops with one line and writes no NaN genotype or checkpoint."""
     from nasfe.engine.checkpoint import list_checkpoints
     from nasfe.errors import DivergenceError
 
@@ -321,7 +320,7 @@ def test_diverging_retrain_writes_no_model_and_a_nan_model_is_refused(tmp_path):
 
 
 def test_vggface_identity_embedding_ignores_layout():
-    """Defect 7: L_iden compared flattened pool3 maps, so a shifted photo looked like another person."""
+    """L_iden compares identity, not layout: a shifted photo of the same face stays close."""
     from nasfe.identity.backbones import build_backbone
 
     bb = build_backbone(IdentityConfig(backbone="vggface", width=0.25))
@@ -344,7 +343,7 @@ def test_identity_loss_with_real_weights_separates_people():
     assert same + 0.3 < other
 
 
-# ---------------------------------------------------------------- issue 11 (a): host reads
+# ---------------------------------------------------------------- host reads
 
 
 class _HostReads:
@@ -379,7 +378,7 @@ class _HostReads:
 
 
 def test_search_steps_read_the_device_once_per_logging_interval(tmp_path):
-    """Issue 11 (a): every loss term was read with float() in every step (~11 host syncs)."""
+    """The loss terms are read to the host once per logging interval, not with float() each step."""
     reads = []
 
     class Counted(SearchPhase):
@@ -449,11 +448,11 @@ def test_meter_sums_on_device_and_reports_first_bad_step():
     assert fresh.read([torch.tensor([1.0, float("nan")])]) == ("weights", -1)
 
 
-# ---------------------------------------------------------------- issue 11 (b): one reference pass
+# ---------------------------------------------------------------- one reference pass
 
 
 def test_reference_features_computed_once_per_step():
-    """Issue 11 (b): the model (I_iden) and the loss (L_iden) each ran the backbone over the refs."""
+    """The model (I_iden) and the loss (L_iden) share one backbone pass over the references."""
     from nasfe.identity.adain import IdentityInfo
     from nasfe.identity.backbones import build_backbone
     from nasfe.identity.losses import NASFELoss

@@ -1,4 +1,4 @@
-"""Issue 10: the genotype chosen by what the supernet relies on (``search.selection: strength``).
+"""The genotype chosen by what the supernet relies on (``search.selection: strength``).
 
 In a short search alpha ends near uniform and can favour operators whose removal lowers the loss;
 strength selection masks each choice and keeps what the loss misses most (DARTS-PT).

@@ -1,9 +1,8 @@
 """A run name stands for one set of settings: re-running it with others is refused, in one line.
 
-Re-using a name resumes that run (search, retrain, sweep). Before this check, a finished run
-re-run with ``--set loss.lambda_per=0.5`` silently returned its old results (``model.pt``
-still trained with 0.04). Now the settings a run was started with are recorded next to it, and a
-re-run whose settings differ stops before Ray starts with one line naming every differing field;
+Re-using a name resumes that run (search, retrain, sweep). The settings a run was started with are
+recorded next to it (without that, a finished run re-run with ``--set loss.lambda_per=0.5`` would
+return its old results, trained with 0.04), and a re-run whose settings differ stops before Ray starts with one line naming every differing field;
 ``--no-resume`` starts the name over with the new settings.
 """
 

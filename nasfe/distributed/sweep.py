@@ -7,9 +7,9 @@ a small driver function that applies the sampled values to the base space, build
 Placement. Ray Train V2 always reserves its workers in a placement group of its own (it cannot
 reuse a Tune trial's group), so the trainer's group is the trial's one reservation: it is created
 atomically, all workers or none. The driver holds no CPU or GPU (only a small ``memory``
-reservation), so a trial waiting for its workers holds nothing another trial's workers need: on
-two 1-CPU nodes two drivers of 0.01 CPU each used to leave no node with a whole CPU for either
-trial (a deadlock). A sweep asking for more trials at once than the cluster holds now waits (the
+reservation), so a trial waiting for its workers holds nothing another trial's workers need (on
+two 1-CPU nodes, two drivers of 0.01 CPU each would leave no node with a whole CPU for either
+trial: a deadlock). A sweep asking for more trials at once than the cluster holds waits (the
 Train controller retries its group until resources free up). The default concurrency is the
 number of trials whose worker bundles fit the cluster's nodes side by side.
 

@@ -168,3 +168,16 @@ def test_mixed_second_derivative_matches_a_finite_difference_along_the_architect
     numeric = (vals[0] - vals[1]) / (2 * h)
     analytic = sum(float((m * di).sum()) for m, di in zip(mixed, d))
     assert analytic == pytest.approx(numeric, rel=1e-4), (analytic, numeric)
+
+
+def test_strict_fp32_runs_attention_on_a_kernel_with_double_backward_and_restores_the_settings(tmp_path):
+    phase, _, _ = _phase(tmp_path, 0.0, False)
+    before = (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled())
+    q = torch.randn(1, 1, 4, 8, requires_grad=True)
+    with strict_fp32(phase):
+        assert torch.backends.cuda.math_sdp_enabled() and not torch.backends.cuda.flash_sdp_enabled()
+        out = F.scaled_dot_product_attention(q, q, q)
+        (g,) = torch.autograd.grad(out.square().sum(), q, create_graph=True)
+        (gg,) = torch.autograd.grad(g.sum(), q)
+    assert torch.isfinite(gg).all()
+    assert (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled()) == before

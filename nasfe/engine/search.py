@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nasfe.config import SpaceConfig
 from nasfe.engine.callbacks import Callback
@@ -41,7 +42,8 @@ COLLAPSE_SHARE = 0.5
 
 
 class strict_fp32:
-    """Within: no TF32 matmuls/convolutions and no autocast in ``phase.network_loss`` (restored after)."""
+    """Within: no TF32 matmuls/convolutions, no autocast in ``phase.network_loss`` and attention by
+    the math kernel (the fused ones have no double backward); all restored after."""
 
     def __init__(self, phase):
         self.phase = phase
@@ -55,9 +57,12 @@ class strict_fp32:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         self.phase._strict_fp32 = True
+        self.sdpa = sdpa_kernel(SDPBackend.MATH)
+        self.sdpa.__enter__()
         return self
 
     def __exit__(self, *exc):
+        self.sdpa.__exit__(*exc)
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, self.phase._strict_fp32 = self.saved
         return False
 
@@ -71,8 +76,6 @@ class SearchPhase(Phase):
     """The architecture search phase."""
 
     name = "search"
-    #: norm of the weight perturbation of the second-order finite difference (DARTS: 0.01)
-    hvp_norm = 0.01
 
     def __init__(self, space: SpaceConfig, run_dir, **kwargs):
         super().__init__(space, space.search, run_dir, **kwargs)
@@ -224,15 +227,15 @@ class SearchPhase(Phase):
         """d/d(arch) of ``lookahead_objective``: the direct term grad_arch L_arch(w') minus the
         implicit term (d AdamStep / d arch)^T grad_w' L_arch(w'). With g = grad_w L_train(w, arch)
         and J the Jacobian of ``_adam_lookahead`` at g (clip coefficients and second moments
-        included), the implicit term is grad_arch (g . J^T u), u = grad_w' L_arch: J^T u by
-        autograd through the step, the mixed second derivative by central finite differences of
-        grad_arch L_train at w +- eps J^T u (perturbation of norm 0.01), all in strict fp32 (no
-        TF32, no autocast: the difference of two nearby gradients drowns in their rounding).
+        included), the implicit term is grad_arch (g . z) with z = J^T u, u = grad_w' L_arch: z by
+        autograd through the step, the mixed second derivative exactly by double backward
+        (``mixed_second_derivative``), all in ``strict_fp32``.
         Returns (gradients like ``arch_params``, L_arch(w')); the weights are restored."""
         backup = [w.detach().clone() for w in self.weights]
         with strict_fp32(self):
             loss_t, _ = self.network_loss(train_batch, drop_refs=drop)
             g_train = torch.autograd.grad(loss_t, self.weights, allow_unused=True)
+            del loss_t
             g_var = [gi.detach().requires_grad_(True) if gi is not None else None for gi in g_train]
             with torch.enable_grad():
                 step = self._adam_lookahead(g_var)
@@ -254,24 +257,30 @@ class SearchPhase(Phase):
                 )
                 it = iter(jt)
                 z = [(next(it) if gv is not None else None) for gv in g_var]
-                z = [zi if zi is not None else torch.zeros_like(w) for zi, w in zip(z, self.weights)]
-                eps = self.hvp_norm / (torch.nn.utils.get_total_norm(z) + 1e-12)
-                implicit = []
-                for sign in (1.0, -1.0):
-                    with torch.no_grad():
-                        for w, b, zi in zip(self.weights, backup, z):
-                            w.copy_(b + sign * eps * zi)
-                    loss_s, _ = self.network_loss(train_batch, drop_refs=drop)
-                    implicit.append(torch.autograd.grad(loss_s, self.arch_params, allow_unused=True))
+                del step, g_var, grads, u, jt
             finally:
                 with torch.no_grad():
                     for w, b in zip(self.weights, backup):
                         w.copy_(b)
-        out = []
-        for da, gp, gm in zip(d_alpha, *implicit):
-            hess = ((gp if gp is not None else 0) - (gm if gm is not None else 0)) / (2 * eps)
-            out.append(da - hess)
-        return out, loss_v
+            mixed = self.mixed_second_derivative(train_batch, z, drop)
+        return [da - m for da, m in zip(d_alpha, mixed)], loss_v.detach()
+
+    def mixed_second_derivative(self, batch, z: Sequence[Optional[torch.Tensor]], drop: bool = False):
+        """grad_arch (grad_w L(w, arch) . z) at the current weights, by double backward (the
+        gradient's graph kept, then differentiated along ``z``; None entries of ``z`` count as
+        zero). Exact up to fp32 rounding, unlike a finite difference of two gradients at w +- eps z,
+        whose truncation error grows with eps and whose rounding error grows as eps shrinks.
+        Every operator of the paper space has a double backward (attention through the math
+        kernel, which ``strict_fp32`` selects; checkpointed cells recompute with the graph kept)."""
+        loss, _ = self.network_loss(batch, drop_refs=drop)
+        live = [(w, zi) for w, zi in zip(self.weights, z) if zi is not None]
+        g = torch.autograd.grad(loss, [w for w, _ in live], create_graph=True, allow_unused=True)
+        terms = [(gi * zi.detach()).sum() for gi, (_, zi) in zip(g, live) if gi is not None and gi.requires_grad]
+        if not terms:  # no weight's gradient depends on the architecture
+            return [torch.zeros_like(p) for p in self.arch_params]
+        dot = torch.stack(terms).sum()
+        mixed = torch.autograd.grad(dot, self.arch_params, allow_unused=True)
+        return [m if m is not None else torch.zeros_like(p) for m, p in zip(mixed, self.arch_params)]
 
     def _arch_step_second_order(self, train_batch, arch_batch, drop: bool) -> dict[str, torch.Tensor]:
         """DARTS' unrolled step with the weight optimiser's own look-ahead (``second_order_gradient``)."""

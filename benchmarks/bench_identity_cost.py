@@ -2,11 +2,16 @@
 
     nice -n 10 .venv/bin/python benchmarks/bench_identity_cost.py step --batch 8 --reps 10
     nice -n 10 .venv/bin/python benchmarks/bench_identity_cost.py size --ids 40 --per-id 4
+    nice -n 10 .venv/bin/python benchmarks/bench_identity_cost.py run
 
 ``step``: CPU time (``time.process_time``, one thread: steadier than wall time on a shared
 machine) of one forward + L_final + backward of the tiny space's network (``build_network``) on
 random images, a new reference tensor every step, variants interleaved; the median per variant and
 its ratio to a random VGGFace with L2 only.
+
+``run``: CPU time of a whole default run of the tiny space in the engine (``run_search``, then
+``run_retrain`` of its genotype; one thread, no Ray), as shipped and with a random VGGFace and L2
+only.
 
 ``size``: MobileFaceNet embeddings of celeba-id faces (../shared) resized to 48x40 and aligned to an
 s x s template (s < 112), the 7x7 global depthwise conv fed by resizing the 1/16 map (a), the 1/8
@@ -77,6 +82,35 @@ def step_cost(batch: int, reps: int) -> None:
         print(f"| {name} | {med:.3f} | {med / base:.2f} |")
 
 
+def run_cost(variant: str | None) -> None:
+    """Each variant in a fresh process (one-time costs alike), or, with ``variant``, that one here."""
+    import subprocess
+    import tempfile
+
+    if variant is None:
+        print("| tiny space, whole default run | search CPU s | retrain CPU s |")
+        print("|---|---|---|")
+        for name in ("as shipped", "random VGGFace, L2 only"):
+            cmd = [sys.executable, __file__, "run", "--variant", name]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            print(out.strip().splitlines()[-1])
+        return
+    from nasfe.config import load_space
+    from nasfe.engine.retrain import run_retrain
+    from nasfe.engine.search import run_search
+    from nasfe.genotype import Genotype
+
+    space = load_space("tiny", overrides=VARIANTS.get(variant, {}))
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.process_time()
+        run_search(space, Path(tmp) / "search", resume=False)
+        t1 = time.process_time()
+        genotype = Genotype.from_json(Path(tmp) / "search" / "genotype.json", space)
+        run_retrain(space, genotype, Path(tmp) / "retrain", resume=False)
+        t2 = time.process_time()
+    print(f"| {variant} | {t1 - t0:.1f} | {t2 - t1:.1f} |")
+
+
 def size_study(ids: int, per_id: int) -> None:
     from nasfe.identity.align import align_faces
     from nasfe.identity.backbones import MobileFaceNet
@@ -131,6 +165,8 @@ def main() -> int:
     st = sub.add_parser("step")
     st.add_argument("--batch", type=int, default=8)
     st.add_argument("--reps", type=int, default=10)
+    rn = sub.add_parser("run")
+    rn.add_argument("--variant", default=None)
     sz = sub.add_parser("size")
     sz.add_argument("--ids", type=int, default=40)
     sz.add_argument("--per-id", type=int, default=4)
@@ -138,6 +174,8 @@ def main() -> int:
     torch.set_num_threads(1)
     if args.what == "step":
         step_cost(args.batch, args.reps)
+    elif args.what == "run":
+        run_cost(args.variant)
     else:
         size_study(args.ids, args.per_id)
     return 0

@@ -122,6 +122,10 @@ class LossConfig:
 
     lambda_per: float = 0.04
     lambda_iden: float = 0.003
+    # L_iden on the first n samples of each batch (0: all). The MobileFaceNet embedding runs on the
+    # 112x112 aligned face whatever the image size, so on tiny images it costs more than the whole
+    # network; batches are drawn at random, so a few samples give an unbiased, noisier L_iden.
+    iden_samples: int = 0
     perceptual: str = "l1"  # Eq. 10 as written: mean |F^x_hat - F^x|; "l2sq": Johnson et al.'s mean squared
     # Weight of CN's multi-label BCE when CN trains jointly with the network (the paper trains CN
     # on (y, c) and gives no weight; joint training keeps one loop; 0 freezes CN's objective).
@@ -389,6 +393,7 @@ def _ranges(cfg: SpaceConfig) -> list[tuple[str, Any, float, float]]:
         ("loss.lambda_per", l.lambda_per, 0.0, math.inf),
         ("loss.lambda_iden", l.lambda_iden, 0.0, math.inf),
         ("loss.lambda_cls", l.lambda_cls, 0.0, math.inf),
+        ("loss.iden_samples", l.iden_samples, 0, MAX_STEPS),
         ("degrade.motion_kernels", dg.motion_kernels, 0, MAX_KERNELS),
         ("degrade.gaussian_kernels", dg.gaussian_kernels, 0, MAX_KERNELS),
         ("degrade.bank_seed", dg.bank_seed, 0, 2**32 - 1),
@@ -516,6 +521,10 @@ def _check_degrade(cfg: SpaceConfig, where: str) -> None:
         raise ConfigError(f"{where}: degrade.kernel_mode must be one of {list(KERNEL_MODES)}, got {d.kernel_mode!r}")
 
 
+#: Built-in backbones whose weights files hold the full-width network only.
+_FULL_WIDTH_WEIGHTS = ("vggface", "mobilefacenet")
+
+
 def _check_phases_and_identity(cfg: SpaceConfig, where: str) -> None:
     if not 0 <= cfg.data.val_fraction < 1 or not 0 <= cfg.data.test_fraction < 1:
         raise ConfigError(f"{where}: data.val_fraction and data.test_fraction must lie in [0, 1)")
@@ -532,6 +541,12 @@ def _check_phases_and_identity(cfg: SpaceConfig, where: str) -> None:
             f"{where}: identity.weights: {PACKAGED_WEIGHTS} names the packaged MobileFaceNet; "
             f"identity.backbone is {cfg.identity.backbone!r} (set it to mobilefacenet, or give "
             "the path of that backbone's weights)"
+        )
+    if cfg.identity.weights is not None and cfg.identity.backbone in _FULL_WIDTH_WEIGHTS and cfg.identity.width != 1.0:
+        raise ConfigError(
+            f"{where}: identity.width = {cfg.identity.width}: the {cfg.identity.backbone} weights "
+            f"({cfg.identity.weights}) are full width; use identity.width 1.0, or identity.weights: null "
+            "for a narrower random backbone"
         )
     if not 0.0 <= cfg.identity.drop_refs <= 1.0:
         raise ConfigError(f"{where}: identity.drop_refs must lie in [0, 1]")

@@ -33,6 +33,8 @@ TINY_RUN = {
     "degrade.motion_kernels": 8,
     "degrade.gaussian_kernels": 2,
     "degrade.kernel_sizes": [7, 9],
+    "identity.backbone": "vggface",  # an eighth-width random backbone (real weights are full width)
+    "identity.weights": None,
     "identity.width": 0.125,
     "model.blocks": 1,
     "model.cells": 1,

@@ -289,3 +289,27 @@ def test_traced_reference_features_use_the_traced_input_not_a_memo():
         backbone.reference_features(refs)  # eager call: fills the memo for this tensor
         traced = torch.jit.trace(lambda r: backbone.reference_features(r), (refs,), check_trace=False)
         assert torch.allclose(traced(other), backbone.features(other.flatten(0, 1)), atol=1e-5)
+
+
+def test_mobilefacenet_folds_batchnorm_into_its_convolutions_when_frozen(monkeypatch):
+    import nasfe.identity.mobilefacenet as mfn
+
+    bb = MobileFaceNet(str(shared_path(*MFN)))
+    x = torch.rand(2, 3, 48, 40, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    calls = []
+    real_bn = nn.functional.batch_norm
+    monkeypatch.setattr(nn.functional, "batch_norm", lambda *a, **k: calls.append(1) or real_bn(*a, **k))
+    e = bb.embedding(x)
+    (g,) = torch.autograd.grad(e.square().sum(), x)
+    assert calls == []  # every BN folded: no batch-norm pass forward or backward
+    monkeypatch.setattr(mfn, "conv_bn", lambda conv, bn, t: bn(conv(t)))  # the layers one by one
+    x2 = x.detach().clone().requires_grad_()
+    e2 = bb.embedding(x2)
+    (g2,) = torch.autograd.grad(e2.square().sum(), x2)
+    assert calls  # the unfolded path does run BN
+    torch.testing.assert_close(e, e2, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(g, g2, rtol=1e-3, atol=1e-3 * g2.abs().max().item())
+    net = MobileFaceNetNet(width=0.25).train()  # training mode: batch statistics, not folded
+    calls.clear()
+    net(torch.rand(2, 3, 112, 112))
+    assert calls

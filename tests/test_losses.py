@@ -120,3 +120,31 @@ def test_nasfe_loss_rejects_bad_config():
         NASFELoss(bb, LossConfig(perceptual="l3"))
     with pytest.raises(ConfigError, match="lambda"):
         NASFELoss(bb, LossConfig(lambda_per=-1.0))
+
+
+class CountingBackbone(FlatBackbone):
+    """FlatBackbone that records the batch size of every embedding pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedded: list[int] = []
+
+    def embedding(self, x):
+        self.embedded.append(x.shape[0])
+        return super().embedding(x)
+
+
+def test_identity_loss_on_the_first_samples_only_embeds_those():
+    x, r, refs = _imgs(4, 3, 4, 4), _imgs(4, 3, 4, 4, seed=1).requires_grad_(), _imgs(4, 2, 3, 4, 4, seed=2)
+    mask = torch.tensor([[True, False], [True, True], [False, True], [True, True]])
+    bb = CountingBackbone()
+    _, parts = NASFELoss(bb, LossConfig(lambda_per=0.0, lambda_iden=1.0, iden_samples=1))(r, x, refs, mask)
+    assert sorted(bb.embedded) == [1, 2]  # the first sample and its two references, nothing else
+    assert parts["iden"].item() == pytest.approx(identity_loss(FlatBackbone(), r[:1], refs[:1], mask[:1]).item())
+    for n in (0, 4, 9):  # 0 or at least the batch: every sample
+        total, parts = NASFELoss(bb, LossConfig(lambda_per=0.0, lambda_iden=1.0, iden_samples=n))(r, x, refs, mask)
+        assert parts["iden"].item() == pytest.approx(identity_loss(FlatBackbone(), r, refs, mask).item())
+    total.backward()
+    assert r.grad[1:].abs().sum() > 0
+    with pytest.raises(ConfigError, match="loss.iden_samples"):
+        NASFELoss(bb, LossConfig(iden_samples=-1))

@@ -35,6 +35,8 @@ TINY = {
     "model.channels": 4,
     "model.encoder_channels": 4,
     "model.identity_channels": 4,
+    "identity.backbone": "vggface",  # a quarter-width random backbone (real weights are full width)
+    "identity.weights": None,
     "identity.width": 0.25,
 }
 

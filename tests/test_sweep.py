@@ -34,6 +34,8 @@ overrides:
   search.batch_size: 4
   search.val_batches: 1
   search.checkpoint_every: 0
+  identity.backbone: vggface   # a quarter-width random backbone (real weights are full width)
+  identity.weights: null
   identity.width: 0.25
   identity.refs: 1
   data.height: 32

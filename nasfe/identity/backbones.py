@@ -86,27 +86,31 @@ class FaceBackbone(nn.Module):
                 memo["features"] = self.features(refs.flatten(0, 1))
         return memo["features"]
 
-    def reference_embeddings(self, refs: torch.Tensor, size: Optional[tuple[int, int]] = None) -> torch.Tensor:
+    def reference_embeddings(
+        self, refs: torch.Tensor, size: Optional[tuple[int, int]] = None, samples: Optional[int] = None
+    ) -> torch.Tensor:
         """``embedding`` of references (N,k,3,H,W) as (N,k,D) float32, without a graph (memoised per batch).
 
         ``size``: resize the references to (H, W) first (the restored image's size) when they differ.
+        ``samples``: only the first ``samples`` samples' references (``loss.iden_samples``), (samples,k,D).
         Reuses the memoised feature maps when the embedding is a function of them (VGGFace).
         """
         n, k = refs.shape[:2]
+        m = n if samples is None else max(0, min(int(samples), n))
         same_size = size is None or tuple(refs.shape[-2:]) == tuple(size)
         memo = self._ref_memo(refs)
-        key = ("embedding", None if same_size else tuple(size))
+        key = ("embedding", None if same_size else tuple(size), m)
         if key not in memo:
             with torch.no_grad():
                 e = None
                 if same_size and self.embedding_uses_features:
-                    e = self.embedding_from_features(self.reference_features(refs))
+                    e = self.embedding_from_features(self.reference_features(refs)[: m * k])
                 if e is None:
-                    flat = refs.flatten(0, 1)
+                    flat = refs[:m].flatten(0, 1)
                     if not same_size:
                         flat = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
                     e = self.embedding(flat)
-            memo[key] = e.float().view(n, k, -1)
+            memo[key] = e.float().view(m, k, -1)
         return memo[key]
 
     def freeze(self) -> "FaceBackbone":

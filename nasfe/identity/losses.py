@@ -107,9 +107,10 @@ class NASFELoss(nn.Module):
 
     ``forward(restored, x, refs=None, ref_mask=None) -> (total, {'l2', 'per', 'iden'})``; the
     dict holds detached scalars for logging. A term whose lambda is 0 costs no backbone pass;
-    L_iden is 0 without references. The references used here are the clean photos of the
-    sample's identity whether or not the network was shown them (``drop_refs`` only hides them
-    from the network's input).
+    L_iden is 0 without references; with ``loss.iden_samples`` n > 0 it is the mean over the
+    batch's first n samples only (the embedding pass is the costly one on small images). The
+    references used here are the clean photos of the sample's identity whether or not the network
+    was shown them (``drop_refs`` only hides them from the network's input).
 
     A backbone without pretrained weights (``backbone.pretrained`` False: the seeded random init)
     never drives a loss: L_per and L_iden are switched off (their lambdas set to 0) with a
@@ -134,6 +135,9 @@ class NASFELoss(nn.Module):
         self.lambda_iden = float(cfg.lambda_iden)
         self.mode = mode
         self.l2_mode = l2_mode
+        if cfg.iden_samples < 0:
+            raise ConfigError(f"loss.iden_samples must be >= 0, got {cfg.iden_samples}")
+        self.iden_samples = int(cfg.iden_samples)
         if (
             not getattr(backbone, "pretrained", True)
             and not allow_random_backbone
@@ -171,11 +175,12 @@ class NASFELoss(nn.Module):
             per = _feature_distance(f_hat, f_x, self.mode)
         if use_iden:
             _check_refs(refs, restored, ref_mask)
+            n = restored.shape[0] if self.iden_samples == 0 else min(self.iden_samples, restored.shape[0])
             # Reuse the perceptual pass when the embedding is a function of the same features.
-            e_hat = self.backbone.embedding_from_features(f_hat) if f_hat is not None else None
+            e_hat = self.backbone.embedding_from_features(f_hat[:n]) if f_hat is not None else None
             if e_hat is None:
-                e_hat = self.backbone.embedding(restored)
-            e_ref = self.backbone.reference_embeddings(refs, restored.shape[-2:])
-            iden = _arccos_mean(e_hat, e_ref, ref_mask)
+                e_hat = self.backbone.embedding(restored[:n])
+            e_ref = self.backbone.reference_embeddings(refs, restored.shape[-2:], samples=n)
+            iden = _arccos_mean(e_hat, e_ref, None if ref_mask is None else ref_mask[:n])
         total = l2 + self.lambda_per * per + self.lambda_iden * iden
         return total, {"l2": l2.detach(), "per": per.detach(), "iden": iden.detach()}

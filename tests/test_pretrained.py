@@ -149,7 +149,8 @@ def test_pack_model_round_trip_and_limits(tmp_path):
 def test_pack_leaves_the_face_backbone_out(tmp_path, capsys):
     from nasfe.pretrained import BACKBONE_PREFIX
 
-    model_pt = _tiny_run(tmp_path / "iden")
+    # a backbone without weights: the one rebuilt at load is not the one trained with
+    model_pt = _tiny_run(tmp_path / "iden", **{"identity.backbone": "vggface", "identity.weights": None})
     pack_model(model_pt, tmp_path / "packed.pt")
     state = torch.load(tmp_path / "packed.pt", weights_only=True)["model"]
     full = torch.load(model_pt, weights_only=True)["model"]
@@ -157,7 +158,7 @@ def test_pack_leaves_the_face_backbone_out(tmp_path, capsys):
     assert not any(k.startswith(BACKBONE_PREFIX) for k in state) and len(state) < len(full)
     assert _same_output(model_pt, tmp_path / "packed.pt")  # without references the backbone is unused
     model, _, _ = load_trained(tmp_path / "packed.pt")
-    assert model.refs_usable is False  # tiny has no identity.weights: the rebuilt backbone is not the real one
+    assert model.refs_usable is False  # no identity.weights: the rebuilt backbone is not the real one
     photo = tmp_path / "p.png"
     Image.fromarray(np.zeros((48, 40, 3), np.uint8)).save(photo)
     assert (
@@ -179,3 +180,21 @@ def test_pack_leaves_the_face_backbone_out(tmp_path, capsys):
         == 2
     )
     assert "backbone" in capsys.readouterr().err
+
+
+def test_a_packed_model_rebuilds_the_packaged_face_backbone_and_takes_references(tmp_path):
+    from nasfe.pretrained import BACKBONE_PREFIX
+
+    model_pt = _tiny_run(tmp_path / "iden")  # tiny: the packaged MobileFaceNet
+    pack_model(model_pt, tmp_path / "packed.pt")
+    state = torch.load(tmp_path / "packed.pt", weights_only=True)["model"]
+    assert not any(k.startswith(BACKBONE_PREFIX) for k in state)
+    model, _, _ = load_trained(tmp_path / "packed.pt")
+    assert model.refs_usable is True
+    full, _, _ = load_trained(model_pt)
+    y = torch.rand(1, 3, 48, 40)
+    refs = torch.rand(1, 2, 3, 48, 40)
+    with torch.no_grad():
+        packed, trained = model(y, refs=refs).restored, full(y, refs=refs).restored
+        # float16 weights move outputs by about 1e-4; a random backbone moves them by far more
+        torch.testing.assert_close(packed, trained, atol=2e-3, rtol=0)

@@ -17,7 +17,7 @@ from torch import nn
 
 from nasfe.config import ConfigError, IdentityConfig
 from nasfe.identity.align import ARCFACE_SIZE, align_faces
-from nasfe.identity.mobilefacenet import MobileFaceNetNet, load_mobilefacenet_state
+from nasfe.identity.mobilefacenet import MobileFaceNetNet, fold_batchnorms, load_mobilefacenet_state
 from nasfe.identity.vggface import VGGFACE_MEAN, VGGFacePool3, load_vggface_state
 from nasfe.registry import BACKBONES
 from nasfe.config import PACKAGED_WEIGHTS
@@ -178,7 +178,13 @@ class MobileFaceNet(FaceBackbone):
     """
 
     def __init__(
-        self, weights: Optional[str] = None, width: float = 1.0, align: bool = True, seed: int = 0, warn: bool = True
+        self,
+        weights: Optional[str] = None,
+        width: float = 1.0,
+        align: bool = True,
+        seed: int = 0,
+        warn: bool = True,
+        fold_bn: bool = True,
     ):
         super().__init__()
         if width <= 0:
@@ -201,6 +207,26 @@ class MobileFaceNet(FaceBackbone):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.freeze()
+        # ``net`` holds the weights (state dict, checkpoints); ``folded`` runs them with its batch
+        # norms folded into the convolutions, rebuilt when a tensor of ``net`` changes (a load).
+        self.fold_bn = fold_bn
+        self.folded = fold_batchnorms(self.net)
+        self._folded_from = self._stamp()
+
+    def _stamp(self) -> tuple:
+        return tuple((id(t), t._version) for t in (*self.net.parameters(), *self.net.buffers()))
+
+    def _runner(self) -> MobileFaceNetNet:
+        """The network a pass runs: ``folded`` (refolded if ``net``'s weights changed), or ``net``
+        itself with ``fold_bn`` False."""
+        if not self.fold_bn:
+            return self.net
+        if not torch.compiler.is_compiling():
+            stamp = self._stamp()
+            if stamp != self._folded_from:
+                with torch.inference_mode(False):  # the folded weights must be usable with autograd
+                    self.folded, self._folded_from = fold_batchnorms(self.net), stamp
+        return self.folded
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
@@ -217,11 +243,11 @@ class MobileFaceNet(FaceBackbone):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Trunk map after features.11 of the unaligned image: (N, 128*width, ceil(H/8), ceil(W/8))."""
         _check_images(x, "MobileFaceNet.features")
-        return self.net.trunk(self._normalise(x))
+        return self._runner().trunk(self._normalise(x))
 
     def embedding(self, x: torch.Tensor) -> torch.Tensor:
         """128-d embedding of the aligned 112x112 face (not normalised)."""
-        return self.net(self._normalise(self.to_template(x)))
+        return self._runner()(self._normalise(self.to_template(x)))
 
 
 def resolve_weights(weights: Optional[str]) -> Optional[str]:

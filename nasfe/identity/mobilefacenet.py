@@ -25,8 +25,12 @@ channel count is unchanged. The embedding needs a 112x112 input (7x7 before ``gd
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from nasfe.identity.weights import check_state_dict, read_state_dict
 
@@ -159,3 +163,40 @@ def load_mobilefacenet_state(net: MobileFaceNetNet, path) -> None:
     state = read_state_dict(path, "MobileFaceNet")
     check_state_dict(net.state_dict(), state, path, "a MobileFaceNet state dict")
     net.load_state_dict(state, strict=True)
+
+
+def _fuse(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """``conv`` followed by eval-mode ``bn`` as one convolution with a bias."""
+    return fuse_conv_bn_eval(conv, bn)
+
+
+def fold_batchnorms(net: MobileFaceNetNet) -> MobileFaceNetNet:
+    """A copy of the frozen ``net`` with every batch norm folded into the convolution before it.
+
+    Same function in eval mode (up to float rounding): BN(conv(x)) = conv'(x) with w' = w * g/s and
+    b' = (b - mu) * g/s + beta, s = sqrt(var + eps), so a forward and backward pass skip the
+    normalisation passes. The activations run in place (the convolutions' backward needs their
+    inputs, not their outputs). The copy's weights are non-persistent buffers: no parameters, no
+    state-dict keys, moved by ``.to()`` with the module that holds it.
+    """
+    f: Any = copy.deepcopy(net).eval()  # submodules reached by name and index
+    with torch.no_grad():
+        for seq in [f.conv1, f.conv2] + [m for b in f.features for m in (b.conv[0], b.conv[1])]:
+            seq[0], seq[1] = _fuse(seq[0], seq[1]), nn.Identity()
+            seq[2].inplace = True
+        for b in f.features:
+            b.conv[2], b.conv[3] = _fuse(b.conv[2], b.conv[3]), nn.Identity()
+        dw = f.dw_conv
+        dw.depthwise, dw.bn1 = _fuse(dw.depthwise, dw.bn1), nn.Identity()
+        dw.pointwise, dw.bn2 = _fuse(dw.pointwise, dw.bn2), nn.Identity()
+        dw.relu.inplace = True
+        f.gdconv.depthwise, f.gdconv.bn = _fuse(f.gdconv.depthwise, f.gdconv.bn), nn.Identity()
+        f.conv3, f.bn = _fuse(f.conv3, f.bn), nn.Identity()
+    for m in f.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None:
+                del m._parameters[name]
+                m.register_buffer(name, p.detach().clone(), persistent=False)
+    if any(isinstance(m, nn.BatchNorm2d) for m in f.modules()):
+        raise AssertionError("fold_batchnorms: a batch norm was left unfolded")
+    return f

@@ -152,6 +152,7 @@ class StepProfile:
         maker.set_epoch(0)
         self.batches = iter(maker)
         self.step_times: list[float] = []
+        self.step_cpu: list[float] = []  # CPU seconds of the process (all threads) per step
         self.batch = None
 
     def step(self, i: int, last: bool) -> None:
@@ -161,7 +162,7 @@ class StepProfile:
         if i == self.warmup:
             timers.total.clear()
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         self.batch = batch = next(self.batches)
         if timers.on:
             timers.total["data"] += time.perf_counter() - t0  # degradation inside: subtracted in result()
@@ -188,6 +189,7 @@ class StepProfile:
         if timers.on:
             timers.total["host reads"] += time.perf_counter() - t
             self.step_times.append(time.perf_counter() - t0)
+            self.step_cpu.append(time.process_time() - c0)
 
     def result(self, steps: int) -> dict[str, Any]:
         """Per-step seconds of each part, FLOPs of one step (counted on the last batch, untimed)."""
@@ -200,6 +202,7 @@ class StepProfile:
         return {
             "per_step": {p: total.get(p, 0.0) / steps for p in PARTS},
             "step": statistics.median(self.step_times),
+            "cpu": statistics.median(self.step_cpu),
             "flops": counter.get_total_flops(),
         }
 
@@ -319,18 +322,18 @@ def main() -> int:
     peak = max(rates.values())
     print()
     print(
-        "| phase | variant | step s (median) | "
+        "| phase | variant | step s (median) | CPU s (median) | "
         + " | ".join(PARTS)
         + " | GFLOP / step | achieved GFLOP/s (fwd+bwd) | of peak |"
     )
-    print("|---|---|---|" + "---|" * len(PARTS) + "---|---|---|")
+    print("|---|---|---|---|" + "---|" * len(PARTS) + "---|---|---|")
     for (kind, name), r in results.items():
         total = sum(r["per_step"].values())
         shares = " | ".join(f"{_fmt_ms(r['per_step'][p])} ms ({100 * r['per_step'][p] / total:.0f} %)" for p in PARTS)
         compute = r["per_step"]["forward"] + r["per_step"]["backward"]
         achieved = r["flops"] / compute if compute else 0.0
         print(
-            f"| {kind} | {name} | {r['step']:.3f} | {shares} | {r['flops'] / 1e9:.2f} | {achieved / 1e9:.1f} | "
+            f"| {kind} | {name} | {r['step']:.3f} | {r['cpu']:.3f} | {shares} | {r['flops'] / 1e9:.2f} | {achieved / 1e9:.1f} | "
             f"{100 * achieved / peak:.0f} % |"
         )
     print()

@@ -21,7 +21,9 @@ of one ``train_step`` (forward and backward, 2 per multiply-add; elementwise ops
 counted) over forward + backward time. The machine's peak for the same kind of work is measured on
 the same threads: a large 3x3 conv2d (forward + backward), a 3x3 conv2d at the network's own width
 and size, and a large fp32 matmul. ``--set KEY=VALUE`` overrides the space (e.g.
-``model.channels_last=true``); ``--variants`` profiles several settings interleaved.
+``model.channels_last=true``); ``--variants`` profiles several settings interleaved. Keys under
+``bench.`` are not the space's but how the benchmark runs the built network: ``bench.fold_bn=false``
+runs the frozen MobileFaceNet with its batch norms (unfolded), as before they were folded.
 """
 
 from __future__ import annotations
@@ -42,6 +44,28 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+#: benchmark-only variant keys (``bench.<key>``) and their defaults
+BENCH_OPTIONS = {"fold_bn": True}
+
+
+def split_bench_options(overrides: dict) -> tuple[dict, dict]:
+    """(space overrides, benchmark options) of one variant's ``KEY=VALUE`` pairs."""
+    bench = {k[len("bench.") :]: v for k, v in overrides.items() if k.startswith("bench.")}
+    unknown = sorted(set(bench) - set(BENCH_OPTIONS))
+    if unknown:
+        raise SystemExit(f"unknown benchmark option(s) {unknown}; known: {sorted(BENCH_OPTIONS)}")
+    return {k: v for k, v in overrides.items() if not k.startswith("bench.")}, {**BENCH_OPTIONS, **bench}
+
+
+def apply_bench_options(phase, options: dict) -> None:
+    """Apply benchmark options to a built phase: ``fold_bn`` on every MobileFaceNet it runs."""
+    from nasfe.identity.backbones import MobileFaceNet
+
+    for m in [*phase.model.modules(), *phase.loss_fn.modules()]:
+        if isinstance(m, MobileFaceNet):
+            m.fold_bn = bool(options["fold_bn"])
+
 
 PARTS = ("data", "degradation", "forward", "backward", "optimiser", "logging", "host reads")
 
@@ -113,10 +137,11 @@ def _phase(kind: str, space, run_dir: Path, faces, genotype):
 class StepProfile:
     """One phase (search or retrain) of one variant, stepped by :meth:`step` with every part timed."""
 
-    def __init__(self, kind: str, space, genotype, faces, tmp: Path, warmup: int):
+    def __init__(self, kind: str, space, genotype, faces, tmp: Path, warmup: int, options: dict):
         self.device = torch.device("cpu")
         self.warmup = warmup
         self.phase = phase = _phase(kind, space, tmp, faces, genotype)
+        apply_bench_options(phase, options)
         self.timers = Timers(self.device)
         maker = _timed_maker(phase.weight_batches(), self.timers)
         if kind == "search":
@@ -127,6 +152,7 @@ class StepProfile:
         maker.set_epoch(0)
         self.batches = iter(maker)
         self.step_times: list[float] = []
+        self.step_cpu: list[float] = []  # CPU seconds of the process (all threads) per step
         self.batch = None
 
     def step(self, i: int, last: bool) -> None:
@@ -136,7 +162,7 @@ class StepProfile:
         if i == self.warmup:
             timers.total.clear()
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         self.batch = batch = next(self.batches)
         if timers.on:
             timers.total["data"] += time.perf_counter() - t0  # degradation inside: subtracted in result()
@@ -163,6 +189,7 @@ class StepProfile:
         if timers.on:
             timers.total["host reads"] += time.perf_counter() - t
             self.step_times.append(time.perf_counter() - t0)
+            self.step_cpu.append(time.process_time() - c0)
 
     def result(self, steps: int) -> dict[str, Any]:
         """Per-step seconds of each part, FLOPs of one step (counted on the last batch, untimed)."""
@@ -175,15 +202,22 @@ class StepProfile:
         return {
             "per_step": {p: total.get(p, 0.0) / steps for p in PARTS},
             "step": statistics.median(self.step_times),
+            "cpu": statistics.median(self.step_cpu),
             "flops": counter.get_total_flops(),
         }
 
 
-def profile(kind: str, spaces: dict, genotype, faces, steps: int, warmup: int) -> dict[str, dict]:
+def profile(
+    kind: str, spaces: dict, genotype, faces, steps: int, warmup: int, options: dict | None = None
+) -> dict[str, dict]:
     """Profile ``kind`` for every variant in ``spaces``, interleaved step by step (the order
     alternating), so a shared machine's changing load hits the variants alike."""
     with tempfile.TemporaryDirectory() as tmp:
-        profs = {n: StepProfile(kind, sp, genotype, faces, Path(tmp) / n, warmup) for n, sp in spaces.items()}
+        opts = options or {}
+        profs = {
+            n: StepProfile(kind, sp, genotype, faces, Path(tmp) / n, warmup, opts.get(n, BENCH_OPTIONS))
+            for n, sp in spaces.items()
+        }
         names = list(profs)
         for i in range(warmup + steps):
             for n in names if i % 2 == 0 else names[::-1]:
@@ -255,7 +289,9 @@ def main() -> int:
         for spec in args.variants.split(";"):
             name, _, keys = spec.partition(":")
             variants[name.strip()] = dict(parse_override(k) for k in keys.split(",") if k.strip())
-    spaces = {n: load_space(args.space, {**base, **o}) for n, o in variants.items()}
+    split = {n: split_bench_options(o) for n, o in variants.items()}
+    spaces = {n: load_space(args.space, {**base, **o}) for n, (o, _) in split.items()}
+    options = {n: b for n, (_, b) in split.items()}
     first = next(iter(spaces.values()))
     faces = open_faces(first.data)
     from gpu_parts import initial_genotype
@@ -272,7 +308,7 @@ def main() -> int:
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     results: dict[tuple[str, str], dict] = {}
     for kind in phases:
-        for name, r in profile(kind, spaces, genotype, faces, args.steps, args.warmup).items():
+        for name, r in profile(kind, spaces, genotype, faces, args.steps, args.warmup, options).items():
             results[(kind, name)] = r
     h, w = first.data.height, first.data.width
     n, c = first.retrain.batch_size, first.model.channels
@@ -286,18 +322,18 @@ def main() -> int:
     peak = max(rates.values())
     print()
     print(
-        "| phase | variant | step s (median) | "
+        "| phase | variant | step s (median) | CPU s (median) | "
         + " | ".join(PARTS)
         + " | GFLOP / step | achieved GFLOP/s (fwd+bwd) | of peak |"
     )
-    print("|---|---|---|" + "---|" * len(PARTS) + "---|---|---|")
+    print("|---|---|---|---|" + "---|" * len(PARTS) + "---|---|---|")
     for (kind, name), r in results.items():
         total = sum(r["per_step"].values())
         shares = " | ".join(f"{_fmt_ms(r['per_step'][p])} ms ({100 * r['per_step'][p] / total:.0f} %)" for p in PARTS)
         compute = r["per_step"]["forward"] + r["per_step"]["backward"]
         achieved = r["flops"] / compute if compute else 0.0
         print(
-            f"| {kind} | {name} | {r['step']:.3f} | {shares} | {r['flops'] / 1e9:.2f} | {achieved / 1e9:.1f} | "
+            f"| {kind} | {name} | {r['step']:.3f} | {r['cpu']:.3f} | {shares} | {r['flops'] / 1e9:.2f} | {achieved / 1e9:.1f} | "
             f"{100 * achieved / peak:.0f} % |"
         )
     print()

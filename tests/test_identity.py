@@ -313,3 +313,18 @@ def test_mobilefacenet_folds_batchnorm_into_its_convolutions_when_frozen(monkeyp
     calls.clear()
     net(torch.rand(2, 3, 112, 112))
     assert calls
+
+
+def test_mobilefacenet_fold_bn_off_runs_its_batch_norms_with_the_same_result(monkeypatch):
+    bb = MobileFaceNet(str(shared_path(*MFN)))
+    x = torch.rand(2, 3, 48, 40, generator=torch.Generator().manual_seed(0))
+    calls = []
+    real_bn = nn.functional.batch_norm
+    monkeypatch.setattr(nn.functional, "batch_norm", lambda *a, **k: calls.append(1) or real_bn(*a, **k))
+    with torch.no_grad():
+        folded = bb.embedding(x)
+        assert bb.fold_bn is True and calls == []
+        bb.fold_bn = False
+        unfolded = bb.embedding(x)
+    assert bb.fold_bn is False and calls
+    torch.testing.assert_close(folded, unfolded, rtol=1e-4, atol=1e-4)

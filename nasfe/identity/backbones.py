@@ -206,6 +206,17 @@ class MobileFaceNet(FaceBackbone):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.freeze()
 
+    @property
+    def fold_bn(self) -> bool:
+        """Whether eval-mode passes fold each batch norm into its convolution (on by default)."""
+        return all(getattr(m, "fold", True) for m in self.net.modules() if isinstance(m, nn.BatchNorm2d))
+
+    @fold_bn.setter
+    def fold_bn(self, value: bool) -> None:
+        for m in self.net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.fold = bool(value)
+
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 

@@ -47,9 +47,10 @@ def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tenso
 
     The backbone is frozen in eval mode, where BN is a fixed per-channel affine map: folding it
     skips BN's forward and backward passes (about a sixth of a MobileFaceNet step on a CPU). The
-    weights are folded at each call, so the state dict keeps the file's layout.
+    weights are folded at each call, so the state dict keeps the file's layout. A BN whose ``fold``
+    attribute is False runs as it is (``MobileFaceNet.fold_bn``; benchmarks compare both).
     """
-    if bn.training:
+    if bn.training or not getattr(bn, "fold", True):
         return bn(conv(x))
     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
     bias = bn.bias - bn.running_mean * scale

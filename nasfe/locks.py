@@ -30,11 +30,18 @@ class FolderLock:
         self.what = what
         self._fd: Optional[int] = None
 
-    def _holder(self) -> str:
-        try:
-            info = json.loads(self.path.read_text(encoding="utf-8") or "{}")
-        except (OSError, ValueError):
-            info = {}
+    def _holder(self, wait_s: float = 2.0) -> str:
+        """Who holds the lock, from its file. The holder writes the file just after its ``flock``, so
+        an empty or half-written file is read again for up to ``wait_s`` before giving up on it."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                info = json.loads(self.path.read_text(encoding="utf-8") or "{}")
+            except (OSError, ValueError):
+                info = {}
+            if info or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
         if not info:
             return "another process"
         return f"pid {info.get('pid')} on {info.get('host')} since {info.get('since')}"

@@ -144,6 +144,7 @@ def s3_server():
     server.stop()
 
 
+@pytest.mark.slow  # a local S3 server (moto) and a training run
 def test_training_starts_from_s3_before_the_faces_are_copied_and_a_node_fills_its_cache(
     tmp_path, monkeypatch, s3_server
 ):

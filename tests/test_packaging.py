@@ -71,6 +71,7 @@ def test_spaces_resolve_from_any_directory(installed, tmp_path):
     assert where.startswith(str(installed))
 
 
+@pytest.mark.slow  # a fresh interpreter importing the whole package and Ray
 def test_job_script_alone_in_an_empty_directory_shows_help(installed, tmp_path):
     shutil.copy2(REPO / "jobs" / "search.py", tmp_path / "search.py")
     out = _run(installed, tmp_path, "search.py", "--space", "paper", "--help")

@@ -108,6 +108,30 @@ def test_a_second_build_into_the_folder_is_refused_while_one_runs(tmp_path, face
     assert set(m["sets"]) == {"Test-N", "Test-L"}  # every set the folder was asked for is listed
 
 
+def test_a_refused_lock_names_the_holder_who_has_not_written_its_name_yet(tmp_path):
+    import fcntl
+    import json
+    import os
+    import threading
+
+    from nasfe.errors import LockedError
+    from nasfe.locks import LOCK_NAME, FolderLock
+
+    # the holder between its flock and writing who it is: the file is there, locked, still empty
+    path = tmp_path / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    info = {"pid": 4242, "host": "h", "since": "now", "what": "x"}
+    writer = threading.Timer(0.3, lambda: os.write(fd, json.dumps(info).encode()))
+    writer.start()
+    try:
+        with pytest.raises(LockedError, match="in use by pid 4242 on h"):
+            FolderLock(tmp_path, "test-set folder").acquire()
+    finally:
+        writer.join()
+        os.close(fd)
+
+
 @pytest.mark.parametrize("edit", ["identity", "sigma_s", "clean_identity", "kernel_id"])
 def test_verify_checks_every_manifest_field(tmp_path, faces, edit):
     out = tmp_path / "ts"

@@ -120,6 +120,7 @@ def test_float64_mirror_of_the_loss_is_the_phases_loss(tmp_path):
     torch.testing.assert_close(_loss_in_model_dtype(phase)(tb)[0], real)
 
 
+@pytest.mark.slow  # float64 references and a finite difference: seconds each, in the default suite
 @pytest.mark.parametrize("clip,per_part", [(0.0, False), (0.05, True)])
 def test_second_order_gradient_in_float32_matches_a_float64_finite_difference_of_the_lookahead(
     tmp_path, clip, per_part
@@ -130,6 +131,7 @@ def test_second_order_gradient_in_float32_matches_a_float64_finite_difference_of
     assert analytic == pytest.approx(numeric, rel=0.05), (analytic, numeric)
 
 
+@pytest.mark.slow  # float64 references and a finite difference: seconds each, in the default suite
 def test_second_order_gradient_is_right_with_every_paper_operator_partial_channels_and_checkpointed_cells(
     tmp_path,
 ):
@@ -141,6 +143,7 @@ def test_second_order_gradient_is_right_with_every_paper_operator_partial_channe
     assert analytic == pytest.approx(numeric, rel=0.05), (analytic, numeric)
 
 
+@pytest.mark.slow  # float64 references and a finite difference: seconds each, in the default suite
 def test_mixed_second_derivative_matches_a_finite_difference_along_the_architecture(tmp_path):
     """grad_arch (grad_w L . z) by double backward against a float64 central difference of
     grad_w L . z (computed exactly at each point) along a random architecture direction: no step

@@ -5,7 +5,9 @@
 
 Both variants retrain the same network (the genotype read off cpu.yaml's supernet at its initial
 alpha/beta, ``torch.manual_seed(0)``: no search is run) from the same seed on the same data in one
-process, in interleaved chunks (old, new, new, old, ...), so the machine's load hits them alike.
+process, in interleaved chunks (old, new, new, old, ...), so the machine's load hits them alike;
+a throw-away copy of each variant first takes ``--warmup`` untimed steps, so the process's one-time
+costs fall on neither.
 Each variant's encoder and CN pre-training is one chunk. After every chunk each variant is
 validated on the same ``--val-batches`` validation batches (not timed). The variants:
 
@@ -141,6 +143,7 @@ def main() -> int:
     ap.add_argument("--pretrain-steps", type=int, default=None, help="per part (default: the space's)")
     ap.add_argument("--chunk", type=int, default=None, help="steps per interleaved chunk (default 300; quick 40)")
     ap.add_argument("--val-batches", type=int, default=None, help="validation batches after every chunk (8; quick 2)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps of a throw-away copy of each variant first")
     ap.add_argument("--space", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = ap.parse_args()
@@ -177,6 +180,13 @@ def main() -> int:
             n: Run(n, sp, genotype, faces, Path(tmp) / n, args.val_batches, split[n][1]) for n, sp in spaces.items()
         }
         order = list(runs)
+        # untimed: a throw-away copy of each variant takes a few steps first, so the process's
+        # one-time costs (reading the faces, kernel set-up for each layout) fall on neither timed run
+        for n, sp in spaces.items():
+            warm = Run(n, sp, genotype, faces, Path(tmp) / f"warm-{n}", 1, split[n][1])
+            warm.train(args.warmup)
+            warm.validate()
+            del warm
         for n in order:
             runs[n].pretrain()
             runs[n].validate()

@@ -13,7 +13,6 @@ threads) are printed. CPU seconds are the steadier figure on a shared machine.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ def main() -> int:
     args = ap.parse_args()
     from nasfe.identity.backbones import MobileFaceNet
     from nasfe.identity.packaged import MOBILEFACENET
+    from profile_step import load_average
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(args.batch, 3, 176, 144, generator=g)
@@ -57,10 +57,9 @@ def main() -> int:
         loss.backward()
         return time.perf_counter() - t, time.process_time() - c
 
-    load0 = os.getloadavg()
     print(
         f"batch {args.batch} x 176x144, {args.repeats} repeats after 1 warm-up, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}",
+        f"{torch.get_num_threads()} threads; load average {load_average()}",
         flush=True,
     )
     times: dict[tuple[str, bool], list[tuple[float, float]]] = {v: [] for v in variants}
@@ -78,8 +77,7 @@ def main() -> int:
         u = statistics.median(r[1] for r in times[(layout, False)])
         f = statistics.median(r[1] for r in times[(layout, True)])
         print(f"{layout}: folded {u / f:.2f}x in CPU time")
-    load1 = os.getloadavg()
-    print(f"load average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+    print(f"load average after: {load_average()}")
     return 0
 
 

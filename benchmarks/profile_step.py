@@ -58,6 +58,21 @@ def split_bench_options(overrides: dict) -> tuple[dict, dict]:
     return {k: v for k, v in overrides.items() if not k.startswith("bench.")}, {**BENCH_OPTIONS, **bench}
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as every benchmark prints them beside its numbers."""
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def variant_spaces(space: str, base: dict, variants: dict[str, dict]):
+    """``space`` loaded with ``base`` and each variant's overrides: ({name: space}, {name: bench
+    options}); ``bench.`` keys are options of the run (:func:`split_bench_options`), not of the space."""
+    from nasfe.config import load_space
+
+    split = {n: split_bench_options(o) for n, o in variants.items()}
+    spaces = {n: load_space(space, {**base, **o}) for n, (o, _) in split.items()}
+    return spaces, {n: b for n, (_, b) in split.items()}
+
+
 def apply_bench_options(phase, options: dict) -> None:
     """Apply benchmark options to a built phase: ``fold_bn`` on every MobileFaceNet it runs."""
     from nasfe.identity.backbones import MobileFaceNet
@@ -279,7 +294,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from nasfe.config import load_space, parse_override
+    from nasfe.config import parse_override
     from nasfe.data.faces import open_faces
 
     base = dict(parse_override(s) for s in args.set)
@@ -289,21 +304,18 @@ def main() -> int:
         for spec in args.variants.split(";"):
             name, _, keys = spec.partition(":")
             variants[name.strip()] = dict(parse_override(k) for k in keys.split(",") if k.strip())
-    split = {n: split_bench_options(o) for n, o in variants.items()}
-    spaces = {n: load_space(args.space, {**base, **o}) for n, (o, _) in split.items()}
-    options = {n: b for n, (_, b) in split.items()}
+    spaces, options = variant_spaces(args.space, base, variants)
     first = next(iter(spaces.values()))
     faces = open_faces(first.data)
     from gpu_parts import initial_genotype
 
     genotype = initial_genotype(first)
-    load0 = os.getloadavg()
     print(
         f"space {args.space} ({first.space_hash()}), {first.data.height}x{first.data.width}, "
         f"search batch {first.search.batch_size}, retrain batch {first.retrain.batch_size}, genotype "
         f"{genotype.genotype_id()} (initial alpha/beta, seed 0); torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {platform.machine()} {os.cpu_count()} cores; "
-        f"{args.steps} timed steps after {args.warmup}; load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}"
+        f"{args.steps} timed steps after {args.warmup}; load average {load_average()}"
     )
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     results: dict[tuple[str, str], dict] = {}
@@ -341,8 +353,7 @@ def main() -> int:
     print("|---|---|")
     for k, v in rates.items():
         print(f"| {k} | {v / 1e9:.1f} |")
-    load1 = os.getloadavg()
-    print(f"\nload average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+    print(f"\nload average after: {load_average()}")
     return 0
 
 

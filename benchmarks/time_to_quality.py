@@ -152,7 +152,7 @@ def main() -> int:
     from nasfe.config import load_space
     from nasfe.data.faces import open_faces
     from gpu_parts import initial_genotype
-    from profile_step import split_bench_options
+    from profile_step import load_average, variant_spaces
 
     base = load_space(args.space)
     steps = args.steps or (120 if args.quick else base.retrain.epochs * base.retrain.steps_per_epoch)
@@ -162,28 +162,24 @@ def main() -> int:
     chunk = args.chunk or (40 if args.quick else 300)
     args.val_batches = args.val_batches or (2 if args.quick else 8)
     over = {"retrain.epochs": 1, "retrain.steps_per_epoch": steps, "retrain.pretrain_steps": pre}
-    split = {n: split_bench_options(o) for n, o in VARIANTS.items()}
-    spaces = {n: load_space(args.space, {**over, **o}) for n, (o, _) in split.items()}
+    spaces, options = variant_spaces(args.space, over, VARIANTS)
     faces = open_faces(base.data)
     genotype = initial_genotype(base)
-    load0 = os.getloadavg()
     print(
         f"space {args.space}, retraining {steps} steps (cosine), pre-training {pre} steps per part, chunks of "
         f"{chunk}, validation on {args.val_batches} batches of {base.retrain.batch_size}; genotype "
         f"{genotype.genotype_id()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"load average at start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}",
+        f"load average at start {load_average()}",
         flush=True,
     )
     t_start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {
-            n: Run(n, sp, genotype, faces, Path(tmp) / n, args.val_batches, split[n][1]) for n, sp in spaces.items()
-        }
+        runs = {n: Run(n, sp, genotype, faces, Path(tmp) / n, args.val_batches, options[n]) for n, sp in spaces.items()}
         order = list(runs)
         # untimed: a throw-away copy of each variant takes a few steps first, so the process's
         # one-time costs (reading the faces, kernel set-up for each layout) fall on neither timed run
         for n, sp in spaces.items():
-            warm = Run(n, sp, genotype, faces, Path(tmp) / f"warm-{n}", 1, split[n][1])
+            warm = Run(n, sp, genotype, faces, Path(tmp) / f"warm-{n}", 1, options[n])
             warm.train(args.warmup)
             warm.validate()
             del warm
@@ -205,12 +201,11 @@ def main() -> int:
     old, new = runs["old"], runs["new"]
     p = old.curve[-1][2] - TOLERANCE_DB
     t_old, t_new = old.time_to(p), new.time_to(p)
-    load1 = os.getloadavg()
     print(
         f"final val PSNR: old {old.curve[-1][2]:.2f} dB, new {new.curve[-1][2]:.2f} dB "
         f"(difference {new.curve[-1][2] - old.curve[-1][2]:+.2f} dB); training time old {old.seconds:.0f} s "
         f"({old.cpu_seconds:.0f} CPU-s), new {new.seconds:.0f} s ({new.cpu_seconds:.0f} CPU-s); wall "
-        f"{time.time() - t_start:.0f} s; load average at end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}"
+        f"{time.time() - t_start:.0f} s; load average at end {load_average()}"
     )
     cpu_ratio = old.cpu_seconds / new.cpu_seconds if new.cpu_seconds else float("nan")
     print(f"CPU time ratio (old / new, whole run): {cpu_ratio:.2f}x")

@@ -12,9 +12,11 @@ Each variant's encoder and CN pre-training is one chunk. After every chunk each 
 validated on the same ``--val-batches`` validation batches (not timed). The variants:
 
 * ``old``: the execution settings as they were before the CPU defaults (``model.channels_last:
-  false``: NCHW convolutions; the frozen MobileFaceNet run with its batch norms, unfolded);
+  false``: NCHW convolutions; the frozen MobileFaceNet run with its batch norms, unfolded;
+  ``retrain.amp: false``: float32 throughout);
 * ``new``: the defaults (``model.channels_last: auto``, on for the CPU; the MobileFaceNet's batch
-  norms folded into its convolutions).
+  norms folded into its convolutions; ``retrain.amp: auto``, bf16 autocast on a CPU with native
+  bf16). Validation runs in float32 for both.
 
 Quality ``p`` = the old variant's final validation PSNR minus 0.1 dB; each variant's time is the
 training time (pre-training included, validation excluded) until the first validation after a
@@ -23,9 +25,10 @@ first step never counts). Prints ``time to quality: <ratio>x (<old> s -> <new> s
 PSNR <p> dB)``, both final PSNRs and the CPU-time ratio of the whole run; when the network before
 retraining already validates at ``p`` or above (a run too short to raise val PSNR), a note says so:
 the ratio is then that of the training time until the PSNR holds at ``p``, which for two curves
-that agree is a ratio of equal step counts. ``--quick``: 120 steps (cosine over them), 10
-pre-training steps per part, chunks of 40 steps, 2 validation batches: 240 retraining steps in all, about 3 minutes
-at the idle 2-core VM's step times (docs/BENCHMARKS.md); a loaded machine stretches it.
+that agree is a ratio of equal step counts. ``--quick``: 800 steps (cosine over them), 50
+pre-training steps per part, chunks of 100 steps, 2 validation batches: 1600 retraining steps in
+all, about 10 minutes at the idle 2-core VM's step times (docs/BENCHMARKS.md); a loaded machine
+stretches it.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import torch  # noqa: E402
 
 #: the settings before the CPU defaults, and the defaults (overrides of cpu.yaml; ``bench.`` keys:
 #: how the built network runs, profile_step.BENCH_OPTIONS)
-VARIANTS = {"old": {"model.channels_last": False, "bench.fold_bn": False}, "new": {}}
+VARIANTS = {"old": {"model.channels_last": False, "bench.fold_bn": False, "retrain.amp": False}, "new": {}}
 #: validation PSNR within this many dB of the old final counts as reached
 TOLERANCE_DB = 0.1
 
@@ -137,11 +140,11 @@ class Run:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--quick", action="store_true", help="120 steps, 10 pre-training steps, chunks of 40, 2 validation batches"
+        "--quick", action="store_true", help="800 steps, 50 pre-training steps, chunks of 100, 2 validation batches"
     )
     ap.add_argument("--steps", type=int, default=None, help="retraining steps (default: the space's)")
     ap.add_argument("--pretrain-steps", type=int, default=None, help="per part (default: the space's)")
-    ap.add_argument("--chunk", type=int, default=None, help="steps per interleaved chunk (default 300; quick 40)")
+    ap.add_argument("--chunk", type=int, default=None, help="steps per interleaved chunk (default 300; quick 100)")
     ap.add_argument("--val-batches", type=int, default=None, help="validation batches after every chunk (8; quick 2)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps of a throw-away copy of each variant first")
     ap.add_argument("--space", default="cpu")
@@ -155,11 +158,11 @@ def main() -> int:
     from profile_step import load_average, variant_spaces
 
     base = load_space(args.space)
-    steps = args.steps or (120 if args.quick else base.retrain.epochs * base.retrain.steps_per_epoch)
+    steps = args.steps or (800 if args.quick else base.retrain.epochs * base.retrain.steps_per_epoch)
     pre = (
-        args.pretrain_steps if args.pretrain_steps is not None else (10 if args.quick else base.retrain.pretrain_steps)
+        args.pretrain_steps if args.pretrain_steps is not None else (50 if args.quick else base.retrain.pretrain_steps)
     )
-    chunk = args.chunk or (40 if args.quick else 300)
+    chunk = args.chunk or (100 if args.quick else 300)
     args.val_batches = args.val_batches or (2 if args.quick else 8)
     over = {"retrain.epochs": 1, "retrain.steps_per_epoch": steps, "retrain.pretrain_steps": pre}
     spaces, options = variant_spaces(args.space, over, VARIANTS)

@@ -52,6 +52,9 @@ EXECUTION_FIELDS = ("checkpoint_cells", "channels_last", "compile")
 
 #: ``model.channels_last`` value choosing the layout by device (on for the CPU, off elsewhere)
 CHANNELS_LAST_AUTO = "auto"
+#: ``search.amp`` / ``retrain.amp`` value choosing bf16 autocast by device (on for a CPU with
+#: native bf16 convolutions, off elsewhere until benchmarks/gpu_check.py decides there)
+AMP_AUTO = "auto"
 
 #: ``degrade.kernel_mode`` values (nasfe.degrade.kernels)
 KERNEL_MODES = ("centred", "paper-compatible")
@@ -196,7 +199,9 @@ class PhaseConfig:
     # global clip scales every part by the largest part's norm and starves the small ones (below
     # Adam's eps; docs/MODEL.md, "Gradient clipping per part"); on in the paper's space
     grad_clip_per_part: bool = False
-    amp: bool = False  # bf16 autocast
+    # bf16 autocast of the forward pass and the loss's face backbone: true, false or "auto"
+    # (nasfe.engine.loop.resolve_amp); off in the search (fp32 for the architecture gradient)
+    amp: Union[bool, str] = False
     val_batches: int = 4
     checkpoint_every: int = 100  # steps
     pretrain_steps: int = 0  # steps pre-training each task encoder and CN alone first
@@ -233,6 +238,9 @@ class RetrainConfig(PhaseConfig):
     """Training of the derived network with L_final."""
 
     epochs: int = 100
+    # "auto": bf16 on a CPU with native bf16 (2.2x the fp32 NCHW step on this project's CPU at the
+    # same validation PSNR: docs/BENCHMARKS.md, "Time to quality"); fp32 on GPUs for now
+    amp: Union[bool, str] = AMP_AUTO
 
 
 @dataclass
@@ -435,6 +443,10 @@ def _check_choices(cfg: SpaceConfig, where: str) -> None:
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
             raise ConfigError(f"{where}: {section}.{key} = {value!r}; expected one of {sorted(allowed)}")
+    for section in PHASES:
+        amp = getattr(cfg, section).amp
+        if not isinstance(amp, bool) and amp != AMP_AUTO:
+            raise ConfigError(f"{where}: {section}.amp = {amp!r}; expected true, false or {AMP_AUTO!r}")
     m = cfg.model
     if not isinstance(m.channels_last, bool) and m.channels_last != CHANNELS_LAST_AUTO:
         raise ConfigError(

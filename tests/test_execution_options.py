@@ -118,3 +118,81 @@ def test_a_saved_network_restores_in_the_layout_of_the_device_it_loads_on():
     model, space, _ = load_trained(DEFAULT_MODEL)
     assert space.model.channels_last == "auto" and model.channels_last
     assert model.stem.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_retrain_amp_auto_is_bf16_on_a_cpu_with_native_bf16_only(monkeypatch):
+    from nasfe.engine import loop
+
+    space = load_space("tiny")
+    assert space.retrain.amp == "auto" and space.search.amp is False
+    assert load_space("paper").retrain.amp is False  # GPUs: fp32 until the GPU check decides
+    assert loop.resolve_amp("auto", torch.device("cpu")) is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    for native in (True, False):
+        monkeypatch.setattr(loop, "native_bf16", lambda device, native=native: native and device.type == "cpu")
+        assert loop.resolve_amp("auto", torch.device("cpu")) is native
+        assert loop.resolve_amp("auto", torch.device("cuda")) is False
+        for explicit in (True, False):
+            assert loop.resolve_amp(explicit, torch.device("cuda")) is explicit
+            assert loop.resolve_amp(explicit, torch.device("cpu")) is explicit
+
+
+def test_amp_accepts_true_false_or_auto_only():
+    for value in (True, False, "auto"):
+        assert load_space("tiny", {"retrain.amp": value}).retrain.amp == value
+    for section in ("search", "retrain"):
+        with pytest.raises(ConfigError, match=f"{section}.amp"):
+            load_space("tiny", {f"{section}.amp": "on"})
+
+
+def _retrain_phase(tmp_path, amp):
+    from nasfe.engine.retrain import RetrainPhase
+
+    space = load_space("tiny", {"model.fusion": "res2", "retrain.amp": amp, "retrain.val_batches": 1})
+    torch.manual_seed(0)
+    phase = RetrainPhase(space, None, tmp_path / str(amp), device="cpu", resume=False)
+    phase.build()
+    phase.val_maker = phase.make_batches("val", seed_offset=1000)
+    return phase
+
+
+def _first_batch(phase):
+    maker = phase.weight_batches()
+    maker.set_epoch(0)
+    return next(iter(maker))
+
+
+def test_amp_runs_the_loss_backbone_in_bf16_and_its_terms_in_float32(tmp_path):
+    phase = _retrain_phase(tmp_path, True)
+    seen, backbone = [], phase.loss_fn.backbone
+    features = backbone.features
+
+    def recorded(x):
+        out = features(x)
+        seen.append(out.dtype)
+        return out
+
+    backbone.features = recorded
+    total, parts = phase.network_loss(_first_batch(phase))
+    assert seen and set(seen) == {torch.bfloat16}
+    assert total.dtype == torch.float32 and all(v.dtype == torch.float32 for v in parts.values())
+    assert float(parts["per"]) > 0 and float(parts["iden"]) > 0
+
+
+def test_a_bf16_training_step_matches_float32_to_bf16_precision(tmp_path):
+    losses, grads = {}, {}
+    for amp in (False, True):
+        phase = _retrain_phase(tmp_path, amp)  # same seed: same weights, same batch
+        phase.model.zero_grad(set_to_none=True)
+        total, _ = phase.network_loss(_first_batch(phase))
+        total.backward()
+        losses[amp] = total.item()
+        grads[amp] = torch.cat([p.grad.flatten() for p in phase.model.parameters() if p.grad is not None])
+    assert losses[True] == pytest.approx(losses[False], rel=1e-2)
+    assert grads[True].shape == grads[False].shape
+    assert torch.nn.functional.cosine_similarity(grads[True], grads[False], dim=0) > 0.99
+
+
+def test_validation_runs_in_float32_whatever_the_training_precision(tmp_path):
+    fp32, bf16 = _retrain_phase(tmp_path, False), _retrain_phase(tmp_path, True)
+    bf16.model.load_state_dict(fp32.model.state_dict())
+    assert bf16.validate() == fp32.validate()

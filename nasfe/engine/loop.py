@@ -45,6 +45,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("nasfe.engine")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` is a CPU whose oneDNN runs bf16 convolutions natively (AVX-512 BF16 or
+    AMX), where they take about half the time of float32 ones (docs/BENCHMARKS.md)."""
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def resolve_amp(amp: bool | str, device: torch.device) -> bool:
+    """``search.amp`` / ``retrain.amp`` for ``device``: true and false as given; ``"auto"`` is on
+    for a CPU with native bf16 (:func:`native_bf16`) and off elsewhere (GPUs: until
+    benchmarks/gpu_check.py shows bf16 training at the same quality there)."""
+    if isinstance(amp, bool):
+        return amp
+    return native_bf16(torch.device(device))
+
+
 def scheduled_lr(settings: PhaseConfig, step: int, total_steps: int) -> float:
     """The weights' learning rate for optimisation step ``step`` (0-based) of ``total_steps``.
 
@@ -193,8 +213,8 @@ class Phase:
             raise DivergenceError(what, step if step >= 0 else self.state.step, self.name, self.last_good)
 
     def autocast(self):
-        """bf16 autocast when enabled in the config (CPU and CUDA)."""
-        if not self.cfg.amp or getattr(self, "_strict_fp32", False):
+        """bf16 autocast when the config enables it for this device (:func:`resolve_amp`)."""
+        if not resolve_amp(self.cfg.amp, self.device) or getattr(self, "_strict_fp32", False):
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
@@ -204,10 +224,9 @@ class Phase:
         With ``drop_refs`` the network restores without reference photos (so it learns to work
         without them at test time); the identity loss still uses them, as targets only.
         """
-        with self.autocast():
+        with self.autocast():  # the loss's face backbone too: most of a step's convolutions
             out = self.model(batch.y, refs=None if drop_refs else batch.refs)
-        restored = out.restored.float()
-        total, parts = self.loss_fn(restored, batch.x, batch.refs)
+            total, parts = self.loss_fn(out.restored.float(), batch.x, batch.refs)
         metrics = dict(parts)
         if self.space.loss.lambda_cls > 0 and out.class_logits is not None:
             cls = F.binary_cross_entropy_with_logits(out.class_logits.float(), batch.c.float())
@@ -275,8 +294,7 @@ class Phase:
         for i, batch in enumerate(self.val_maker):
             if i >= self.cfg.val_batches:
                 break
-            with self.autocast():
-                out = self.model(batch.y, refs=None)
+            out = self.model(batch.y, refs=None)  # float32, as evaluation and restoration run it
             restored = out.restored.float().clamp(0, 1)
             sums["val_psnr"] += psnr(restored, batch.x).clamp(max=100).sum().float()
             sums["val_ssim"] += ssim(restored, batch.x).sum().float()

@@ -116,6 +116,9 @@ class NASFELoss(nn.Module):
     never drives a loss: L_per and L_iden are switched off (their lambdas set to 0) with a
     warning, since their gradients would only train towards random features. Pass
     ``allow_random_backbone=True`` to keep them (tests, measurements).
+
+    Under bf16 autocast the backbone runs in bf16; L2 and the feature and embedding distances
+    are computed in float32.
     """
 
     def __init__(self, backbone: FaceBackbone, cfg: LossConfig, allow_random_backbone: bool = False):
@@ -172,7 +175,7 @@ class NASFELoss(nn.Module):
             f_hat = self.backbone.features(restored)
             with torch.no_grad():
                 f_x = self.backbone.features(x)
-            per = _feature_distance(f_hat, f_x, self.mode)
+            per = _feature_distance(f_hat.float(), f_x.float(), self.mode)  # fp32 under bf16 autocast
         if use_iden:
             _check_refs(refs, restored, ref_mask)
             n = restored.shape[0] if self.iden_samples == 0 else min(self.iden_samples, restored.shape[0])
@@ -181,6 +184,6 @@ class NASFELoss(nn.Module):
             if e_hat is None:
                 e_hat = self.backbone.embedding(restored[:n])
             e_ref = self.backbone.reference_embeddings(refs, restored.shape[-2:], samples=n)
-            iden = _arccos_mean(e_hat, e_ref, None if ref_mask is None else ref_mask[:n])
+            iden = _arccos_mean(e_hat.float(), e_ref.float(), None if ref_mask is None else ref_mask[:n])
         total = l2 + self.lambda_per * per + self.lambda_iden * iden
         return total, {"l2": l2.detach(), "per": per.detach(), "iden": iden.detach()}

@@ -36,15 +36,36 @@ class Identity(nn.Module):
         return x
 
 
+class Float32Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` that runs in float32 under autocast (float64 stays float64); as ``nn.Conv2d`` otherwise.
+
+    For the depthwise dilated convolution of :class:`DilConv`: the CPU's bf16 backward of that
+    convolution in channels_last layout (oneDNN, from 32 x 32 pixels up) returns a weight gradient
+    read from uninitialised memory (NaN or values near 1e33). Float32 is correct on every device,
+    and a depthwise convolution is a small share of a step's work.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_autocast_enabled(x.device.type):
+            return super().forward(x)
+        wide = torch.promote_types(x.dtype, torch.float32)
+        bias = None if self.bias is None else self.bias.to(wide)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._conv_forward(x.to(wide), self.weight.to(wide), bias)
+
+
 class DilConv(nn.Module):
-    """ReLU, depthwise k x k convolution with dilation 2, pointwise 1 x 1 (DARTS' dil_conv)."""
+    """ReLU, depthwise k x k convolution with dilation 2, pointwise 1 x 1 (DARTS' dil_conv).
+
+    The depthwise convolution runs in float32 under autocast (:class:`Float32Conv2d`).
+    """
 
     def __init__(self, c: int, k: int, dilation: int = 2):
         super().__init__()
         pad = dilation * (k - 1) // 2
         self.op = nn.Sequential(
             nn.ReLU(inplace=False),
-            nn.Conv2d(c, c, k, padding=pad, dilation=dilation, groups=c, bias=False),
+            Float32Conv2d(c, c, k, padding=pad, dilation=dilation, groups=c, bias=False),
             nn.Conv2d(c, c, 1, bias=True),
         )
 

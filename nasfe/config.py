@@ -200,7 +200,7 @@ class PhaseConfig:
     # Adam's eps; docs/MODEL.md, "Gradient clipping per part"); on in the paper's space
     grad_clip_per_part: bool = False
     # bf16 autocast of the forward pass and the loss's face backbone: true, false or "auto"
-    # (nasfe.engine.loop.resolve_amp); off in the search (fp32 for the architecture gradient)
+    # (nasfe.engine.loop.resolve_amp); off by default in the search
     amp: Union[bool, str] = False
     val_batches: int = 4
     checkpoint_every: int = 100  # steps

@@ -26,7 +26,7 @@ PSNR <p> dB)``, both final PSNRs and the CPU-time ratio of the whole run; when t
 retraining already validates at ``p`` or above (a run too short to raise val PSNR), a note says so:
 the ratio is then that of the training time until the PSNR holds at ``p``, which for two curves
 that agree is a ratio of equal step counts. ``--quick``: 800 steps (cosine over them), 50
-pre-training steps per part, chunks of 100 steps, 2 validation batches: 1600 retraining steps in
+pre-training steps per part, chunks of 100 steps, 8 validation batches (32 images) after each: 1600 retraining steps in
 all, about 10 minutes at the idle 2-core VM's step times (docs/BENCHMARKS.md); a loaded machine
 stretches it.
 """
@@ -139,13 +139,11 @@ class Run:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--quick", action="store_true", help="800 steps, 50 pre-training steps, chunks of 100, 2 validation batches"
-    )
+    ap.add_argument("--quick", action="store_true", help="800 steps, 50 pre-training steps, chunks of 100")
     ap.add_argument("--steps", type=int, default=None, help="retraining steps (default: the space's)")
     ap.add_argument("--pretrain-steps", type=int, default=None, help="per part (default: the space's)")
     ap.add_argument("--chunk", type=int, default=None, help="steps per interleaved chunk (default 300; quick 100)")
-    ap.add_argument("--val-batches", type=int, default=None, help="validation batches after every chunk (8; quick 2)")
+    ap.add_argument("--val-batches", type=int, default=None, help="validation batches after every chunk (default 8)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps of a throw-away copy of each variant first")
     ap.add_argument("--space", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -163,7 +161,7 @@ def main() -> int:
         args.pretrain_steps if args.pretrain_steps is not None else (50 if args.quick else base.retrain.pretrain_steps)
     )
     chunk = args.chunk or (100 if args.quick else 300)
-    args.val_batches = args.val_batches or (2 if args.quick else 8)
+    args.val_batches = args.val_batches or 8
     over = {"retrain.epochs": 1, "retrain.steps_per_epoch": steps, "retrain.pretrain_steps": pre}
     spaces, options = variant_spaces(args.space, over, VARIANTS)
     faces = open_faces(base.data)

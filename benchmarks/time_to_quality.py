@@ -34,6 +34,7 @@ stretches it.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import tempfile
@@ -60,6 +61,7 @@ class Run:
         from profile_step import apply_bench_options
 
         self.name = name
+        space = copy.deepcopy(space)  # its own settings: val_batches below must not reach another run
         torch.manual_seed(space.retrain.seed)
         self.phase = RetrainPhase(space, genotype, run_dir, resume=False, faces=faces)
         self.phase.build()

@@ -131,6 +131,35 @@ def test_kendall_tau_and_interval_on_known_rankings():
     assert kendall_tau([1, 2], [2, 1])["tau"] is None and kendall_tau([1, 1, 1], [1, 2, 3])["tau"] is None
 
 
+def test_budget_comparison_matches_rows_by_id_and_ranks_bn_at_each_budget():
+    from nasfe.evaluate.rank_report import compare_budgets
+
+    def row(i, val, bn, bnl):
+        return {"id": i, "val_psnr": val, "bn_psnr": bn, "bnl_psnr": bnl}
+
+    short = [
+        row("hand_bn", 14.0, 16.0, 12.0),
+        row("r0", 15.0, 18.0, 14.0),
+        row("r1", 14.5, 17.0, 13.0),
+        row("r2", 14.8, 17.5, 13.5),
+        row("untrained", 16.0, 19.0, 15.0),
+    ]
+    # the long budget: BN best, the random rows in the short budget's order
+    long_ = [
+        row("hand_bn", 17.0, 21.0, 17.0),
+        row("r0", 16.5, 20.0, 16.0),
+        row("r1", 15.5, 19.0, 15.0),
+        row("r2", 16.0, 19.5, 15.5),
+    ]
+    out = compare_budgets(short, long_)
+    for m in ("val_psnr", "test_psnr"):
+        assert sorted(out[m]["ids"]) == ["hand_bn", "r0", "r1", "r2"] and out[m]["n"] == 4
+        assert out[m]["tau"] == pytest.approx(0.0)  # BN's 3 pairs swapped, the other 3 kept
+        assert (out[m]["hand_rank_short"], out[m]["hand_rank_long"]) == (4, 1)
+    same = compare_budgets(short, short[:4])
+    assert same["val_psnr"]["tau"] == pytest.approx(1.0) and same["val_psnr"]["hand_rank_long"] == 4
+
+
 def test_percentile_counts_randoms_below_and_ties_as_half():
     from nasfe.evaluate.rank_report import percentile_among, summarize
 

@@ -265,3 +265,43 @@ def write_rank_report(
     atomic_write_text(out / "rank.md", render_markdown(summary, rows, meta))
     scatter_png(rows, out / "rank.png", rules, metric, summary["kendall_tau"])
     return data
+
+
+def rank_of(value: float, values: Sequence[float]) -> int:
+    """1-based rank of ``value`` among ``values`` from the best (highest): 1 + how many are above it."""
+    return 1 + sum(v > value for v in values)
+
+
+def compare_budgets(
+    short_rows: Sequence[dict[str, Any]],
+    long_rows: Sequence[dict[str, Any]],
+    metrics: Sequence[str] = ("val_psnr", "test_psnr"),
+    key: str = "id",
+    hand: str = "hand_bn",
+) -> dict[str, Any]:
+    """Does a short retraining budget rank like a longer one? For each metric: Kendall's tau-b
+    (:func:`kendall_tau`) between the two budgets' scores of the rows present (and scored) in both,
+    matched by ``key``, and the rank (1 = best) of the ``hand`` row among them at each budget.
+    ``test_psnr`` is filled in as the mean of Test-BN and Test-BNL PSNR where a row lacks it."""
+
+    def scored(rows):
+        out = {}
+        for r in rows:
+            r = dict(r)
+            if r.get("test_psnr") is None and r.get("bn_psnr") is not None and r.get("bnl_psnr") is not None:
+                r["test_psnr"] = (r["bn_psnr"] + r["bnl_psnr"]) / 2
+            out[r[key]] = r
+        return out
+
+    short, long_ = scored(short_rows), scored(long_rows)
+    result: dict[str, Any] = {}
+    for m in metrics:
+        ids = [i for i in long_ if i in short and short[i].get(m) is not None and long_[i].get(m) is not None]
+        xs, ys = [short[i][m] for i in ids], [long_[i][m] for i in ids]
+        entry: dict[str, Any] = {"ids": ids, **kendall_tau(xs, ys)}
+        if hand in ids:
+            j = ids.index(hand)
+            entry["hand_rank_short"] = rank_of(xs[j], xs)
+            entry["hand_rank_long"] = rank_of(ys[j], ys)
+        result[m] = entry
+    return result

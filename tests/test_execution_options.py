@@ -196,3 +196,20 @@ def test_validation_runs_in_float32_whatever_the_training_precision(tmp_path):
     fp32, bf16 = _retrain_phase(tmp_path, False), _retrain_phase(tmp_path, True)
     bf16.model.load_state_dict(fp32.model.state_dict())
     assert bf16.validate() == fp32.validate()
+
+
+def test_pretraining_runs_under_the_phase_autocast(tmp_path, monkeypatch):
+    from nasfe.engine import pretrain
+
+    phase = _retrain_phase(tmp_path, True)
+    seen = []
+    loss = pretrain.encoder_task_loss
+
+    def recorded(model, task, y, x, c=None):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return loss(model, task, y, x, c)
+
+    monkeypatch.setattr(pretrain, "encoder_task_loss", recorded)
+    phase.cfg.pretrain_steps = 1
+    phase.pretrain()
+    assert seen == [True, True, True]

@@ -388,6 +388,7 @@ class Phase:
                 self.cfg.lr,
                 self.dist,
                 self.cfg.grad_clip or 5.0,
+                autocast=self.autocast,
             )
 
     def run(self) -> dict[str, Any]:

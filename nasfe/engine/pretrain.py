@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Callable
+from contextlib import nullcontext
+from typing import Callable, ContextManager
 
 import torch
 
@@ -37,9 +38,18 @@ def single_task_space(space: SpaceConfig, task: str) -> SpaceConfig:
 
 
 def _train_part(
-    part: str, params, loss_of, batches, steps: int, lr: float, dist: DistContext, grad_clip: float
+    part: str,
+    params,
+    loss_of,
+    batches,
+    steps: int,
+    lr: float,
+    dist: DistContext,
+    grad_clip: float,
+    autocast: Callable[[], ContextManager] = nullcontext,
 ) -> torch.Tensor:
-    """``steps`` Adam steps of ``params`` on ``loss_of(batch)``; returns the last loss (device).
+    """``steps`` Adam steps of ``params`` on ``loss_of(batch)`` (computed inside ``autocast()``);
+    returns the last loss (device).
 
     No host read inside the loop; at the end one read checks that every loss and gradient norm
     was finite and raises :class:`DivergenceError` (phase ``pretrain``) otherwise.
@@ -51,7 +61,8 @@ def _train_part(
     for step in range(1, steps + 1):
         batch = next(batches)
         opt.zero_grad(set_to_none=True)
-        loss = loss_of(batch)
+        with autocast():
+            loss = loss_of(batch)
         loss.backward()
         dist.all_reduce_grads(params)
         meter.watch(step, "loss", loss)
@@ -76,10 +87,12 @@ def pretrain_parts(
     lr: float,
     dist: DistContext,
     grad_clip: float = 5.0,
+    autocast: Callable[[], ContextManager] = nullcontext,
 ) -> dict[str, float]:
     """Pre-train each encoder for ``steps`` steps on its single task, then CN; returns final losses.
 
-    ``make_batches(space)`` gives an iterable of batches for a (modified) space on this rank.
+    ``make_batches(space)`` gives an iterable of batches for a (modified) space on this rank;
+    ``autocast()`` wraps each forward and loss (the phase's bf16 autocast, or none).
     """
 
     if steps <= 0:
@@ -96,6 +109,7 @@ def pretrain_parts(
             lr,
             dist,
             grad_clip,
+            autocast,
         )
     last["pretrain_cls"] = _train_part(
         "classifier",
@@ -106,6 +120,7 @@ def pretrain_parts(
         lr,
         dist,
         grad_clip,
+        autocast,
     )
     keys = list(last)
     losses = dict(zip(keys, torch.stack([last[k] for k in keys]).tolist()))

@@ -36,4 +36,5 @@ class DegradationClassifier(nn.Module):
 
 def classification_loss(logits: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Multi-label binary cross-entropy between CN's logits (N, 3) and the labels c (N, 3) in {0, 1}."""
+    logits = logits.float()  # fp32 under bf16 autocast
     return F.binary_cross_entropy_with_logits(logits, c.to(logits.dtype))

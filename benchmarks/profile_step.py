@@ -20,7 +20,8 @@ Achieved FLOP/s: ``torch.utils.flop_counter.FlopCounterMode`` counts the convolu
 of one ``train_step`` (forward and backward, 2 per multiply-add; elementwise ops and FFTs are not
 counted) over forward + backward time. The machine's peak for the same kind of work is measured on
 the same threads: a large 3x3 conv2d (forward + backward), a 3x3 conv2d at the network's own width
-and size, and a large fp32 matmul. ``--set KEY=VALUE`` overrides the space (e.g.
+and size, and a large fp32 matmul; when a variant trains in bf16 (``amp``), the same convolutions
+in bf16 too, and that variant's share of peak is taken against them. ``--set KEY=VALUE`` overrides the space (e.g.
 ``model.channels_last=true``); ``--variants`` profiles several settings interleaved. Keys under
 ``bench.`` are not the space's but how the benchmark runs the built network: ``bench.fold_bn=false``
 runs the frozen MobileFaceNet with its batch norms (unfolded), as before they were folded.
@@ -250,10 +251,12 @@ def _bench(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def conv_rate(n: int, c: int, h: int, w: int, channels_last: bool, repeats: int = 5) -> float:
-    """FLOP/s of a 3x3 conv2d c->c (padding 1, fp32) forward + backward (input and weight grads)."""
-    conv = torch.nn.Conv2d(c, c, 3, padding=1)
-    x = torch.randn(n, c, h, w, requires_grad=True)
+def conv_rate(
+    n: int, c: int, h: int, w: int, channels_last: bool, repeats: int = 5, dtype: torch.dtype = torch.float32
+) -> float:
+    """FLOP/s of a 3x3 conv2d c->c (padding 1, ``dtype``) forward + backward (input and weight grads)."""
+    conv = torch.nn.Conv2d(c, c, 3, padding=1).to(dtype)
+    x = torch.randn(n, c, h, w, dtype=dtype, requires_grad=True)
     if channels_last:
         conv = conv.to(memory_format=torch.channels_last)
         x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
@@ -332,6 +335,16 @@ def main() -> int:
         "matmul 2048x2048 fp32": matmul_rate(),
     }
     peak = max(rates.values())
+    from nasfe.engine.loop import resolve_amp
+
+    amp = {v: {k: resolve_amp(sp.phase(k).amp, torch.device("cpu")) for k in phases} for v, sp in spaces.items()}
+    if any(a for per in amp.values() for a in per.values()):  # bf16 steps are measured against bf16 convolutions
+        bf16_rates = {
+            "conv 3x3 64->64 ch, 4x64x176x144, NHWC, bf16": conv_rate(4, 64, 176, 144, True, dtype=torch.bfloat16),
+            f"conv 3x3 {c}->{c} ch, {n}x{c}x{h}x{w}, NHWC, bf16": conv_rate(n, c, h, w, True, dtype=torch.bfloat16),
+        }
+        rates.update(bf16_rates)
+    peak_of = {False: peak, True: max(rates.values())}
     print()
     print(
         "| phase | variant | step s (median) | CPU s (median) | "
@@ -344,9 +357,10 @@ def main() -> int:
         shares = " | ".join(f"{_fmt_ms(r['per_step'][p])} ms ({100 * r['per_step'][p] / total:.0f} %)" for p in PARTS)
         compute = r["per_step"]["forward"] + r["per_step"]["backward"]
         achieved = r["flops"] / compute if compute else 0.0
+        bf16 = amp[name][kind]
         print(
-            f"| {kind} | {name} | {r['step']:.3f} | {r['cpu']:.3f} | {shares} | {r['flops'] / 1e9:.2f} | {achieved / 1e9:.1f} | "
-            f"{100 * achieved / peak:.0f} % |"
+            f"| {kind} | {name}{' (bf16)' if bf16 else ''} | {r['step']:.3f} | {r['cpu']:.3f} | {shares} | "
+            f"{r['flops'] / 1e9:.2f} | {achieved / 1e9:.1f} | {100 * achieved / peak_of[bf16]:.0f} % |"
         )
     print()
     print("| microbenchmark (same threads, fwd+bwd for convs) | GFLOP/s |")

@@ -238,8 +238,9 @@ class RetrainConfig(PhaseConfig):
     """Training of the derived network with L_final."""
 
     epochs: int = 100
-    # "auto": bf16 on a CPU with native bf16 (2.2x the fp32 NCHW step on this project's CPU at the
-    # same validation PSNR: docs/BENCHMARKS.md, "Time to quality"); fp32 on GPUs for now
+    # "auto": bf16 on a CPU with native bf16 (with NHWC and folded batch norms, 2.1x faster to the
+    # same validation PSNR on the project's CPU: docs/BENCHMARKS.md, "time to quality"); fp32 on GPUs
+    # until benchmarks/gpu_check.py measures bf16 training there
     amp: Union[bool, str] = AMP_AUTO
 
 

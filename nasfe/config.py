@@ -238,8 +238,8 @@ class RetrainConfig(PhaseConfig):
     """Training of the derived network with L_final."""
 
     epochs: int = 100
-    # "auto": bf16 on a CPU with native bf16 (with NHWC and folded batch norms, 2.1x faster to the
-    # same validation PSNR on the project's CPU: docs/BENCHMARKS.md, "time to quality"); fp32 on GPUs
+    # "auto": bf16 on a CPU with native bf16 (with NHWC and folded batch norms, 2x the old steps at the
+    # same final validation PSNR on the project's CPU: docs/BENCHMARKS.md, "time to quality"); fp32 on GPUs
     # until benchmarks/gpu_check.py measures bf16 training there
     amp: Union[bool, str] = AMP_AUTO
 

@@ -9,6 +9,7 @@ from torch import nn
 from nasfe.config import load_space
 from nasfe.engine.search import run_search
 from nasfe.model.ops import OPS, DilConv, Float32Conv2d, build_op
+from tests.test_extensions import TINY_RUN
 
 #: operator width of the paper space's mixed operation at rehearsal size (C = 8)
 WIDTH = 8
@@ -83,15 +84,10 @@ def test_bf16_search_step_with_every_convolution_operator_is_finite(tmp_path):
     space = load_space(
         "tiny",
         {
+            **TINY_RUN,
             "model.operators": ops,
             "model.channels_last": True,
             "search.amp": True,
-            "search.epochs": 1,
-            "search.warmup_epochs": 0,
-            "search.steps_per_epoch": 1,
-            "search.batch_size": 2,
-            "search.val_batches": 1,
-            "search.log_every": 1,
             "data.height": 64,  # the fusion cells run at half size: 32 x 32
             "data.width": 64,
         },

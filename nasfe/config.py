@@ -56,6 +56,11 @@ CHANNELS_LAST_AUTO = "auto"
 #: native bf16 convolutions, off elsewhere until benchmarks/gpu_check.py decides there)
 AMP_AUTO = "auto"
 
+#: ``identity.cache_mb`` value choosing the clean-photo cache by device
+CACHE_AUTO = "auto"
+#: the cache's size on the CPU under ``auto``: every 176x144 photo of the shared CelebA set fits
+CLEAN_CACHE_AUTO_MB = 1024
+
 #: ``degrade.kernel_mode`` values (nasfe.degrade.kernels)
 KERNEL_MODES = ("centred", "paper-compatible")
 #: ``degrade.noise_model`` values (nasfe.degrade.pipeline)
@@ -117,6 +122,10 @@ class IdentityConfig:
     refs: int = 3  # k clean reference photos per training sample
     drop_refs: float = 0.25  # probability of training a sample without refs (restore without them)
     width: float = 1.0  # backbone channel scaling; 1.0 for real weights, smaller for fast CPU spaces
+    # MiB of frozen-backbone outputs of clean photos (targets, references) kept across training
+    # steps (nasfe.identity.cache); 0: none; "auto": CLEAN_CACHE_AUTO_MB on the CPU, 0 elsewhere
+    # until benchmarks/gpu_check.py measures it there. Execution setting: results stay the same.
+    cache_mb: Union[int, str] = CACHE_AUTO
 
 
 @dataclass
@@ -438,6 +447,15 @@ def _ranges(cfg: SpaceConfig) -> list[tuple[str, Any, float, float]]:
     return out
 
 
+def resolve_cache_mb(cfg: IdentityConfig, device=None) -> int:
+    """``identity.cache_mb`` in MiB for ``device`` (None: the CPU): ``auto`` is
+    ``CLEAN_CACHE_AUTO_MB`` on the CPU and 0 elsewhere."""
+    if cfg.cache_mb != CACHE_AUTO:
+        return int(cfg.cache_mb)
+    kind = getattr(device, "type", None) or str(device or "cpu").split(":")[0]
+    return CLEAN_CACHE_AUTO_MB if kind == "cpu" else 0
+
+
 def _check_choices(cfg: SpaceConfig, where: str) -> None:
     choices = [*_VALID_CHOICES.items(), *((field, reg.names()) for field, reg in CONFIG_CHOICES.items())]
     for (section, key), allowed in choices:
@@ -448,6 +466,9 @@ def _check_choices(cfg: SpaceConfig, where: str) -> None:
         amp = getattr(cfg, section).amp
         if not isinstance(amp, bool) and amp != AMP_AUTO:
             raise ConfigError(f"{where}: {section}.amp = {amp!r}; expected true, false or {AMP_AUTO!r}")
+    cache_mb = cfg.identity.cache_mb
+    if cache_mb != CACHE_AUTO and (isinstance(cache_mb, bool) or not isinstance(cache_mb, int) or cache_mb < 0):
+        raise ConfigError(f"{where}: identity.cache_mb = {cache_mb!r}; expected an integer >= 0 or {CACHE_AUTO!r}")
     m = cfg.model
     if not isinstance(m.channels_last, bool) and m.channels_last != CHANNELS_LAST_AUTO:
         raise ConfigError(

@@ -10,6 +10,7 @@ degraded input y made on the device.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, fields
@@ -30,12 +31,20 @@ log = logging.getLogger(__name__)
 _MAX_SUBSTITUTIONS = 50  # tries to find a readable sample before giving up
 
 
+def image_key(record: FaceRecord, height: int, width: int) -> int:
+    """A stable 63-bit key of one photo as the dataset serves it (record, size): the key under
+    which the training loop keeps the frozen backbone's outputs of clean photos."""
+    digest = hashlib.blake2b(f"{record.identity}\0{record.key}\0{height}x{width}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 class FaceRefDataset(Dataset):
     """Clean faces with ``k`` reference photos of the same identity (paper section 3.2).
 
     Item ``i`` is ``{'x': float (3,H,W), 'refs': float (k,3,H,W), 'identity': int, 'record': int,
-    'ref_records': int64 (k,)}`` with values in [0, 1]; ``record`` and ``ref_records`` index
-    ``self.records`` (which files were used). ``refs`` are other records of the same identity than x (never x's own
+    'ref_records': int64 (k,), 'key': int, 'ref_keys': int64 (k,)}`` with values in [0, 1];
+    ``record`` and ``ref_records`` index ``self.records`` (which files were used), ``key`` and
+    ``ref_keys`` are their :func:`image_key`. ``refs`` are other records of the same identity than x (never x's own
     record), drawn without replacement when there are at least k others, with replacement
     otherwise. Draws depend only on (seed, epoch, i): call :meth:`set_epoch` for a new draw.
 
@@ -82,6 +91,9 @@ class FaceRefDataset(Dataset):
                 f"FaceRefDataset: no usable record in {source.name!r} "
                 f"({len(self.records)} records; every identity has a single image and k={k})"
             )
+
+    def _key(self, rec_index: int) -> int:
+        return image_key(self.records[rec_index], self.height, self.width)
 
     def set_epoch(self, epoch: int) -> None:
         """Change the reference draw (and substitution choices) to those of ``epoch``."""
@@ -143,6 +155,8 @@ class FaceRefDataset(Dataset):
                     "identity": ident,
                     "record": rec_index,
                     "ref_records": torch.tensor(got[1], dtype=torch.int64),
+                    "key": self._key(rec_index),
+                    "ref_keys": torch.tensor([self._key(m) for m in got[1]], dtype=torch.int64),
                 }
             candidate = int(rng.integers(len(self.items)))
         raise RuntimeError(
@@ -213,7 +227,8 @@ class _EpochIndices(Sampler[tuple[int, int]]):
 class Batch:
     """One step's data: degraded ``y`` (N,3,H,W), clean ``x`` (N,3,H,W), labels ``c`` (N,3) = (b, n, l),
     references ``refs`` (N,k,3,H,W) or None, the degradation ``params`` (a ``DegradeParams``, on
-    CPU) and ``identity`` (N,) int64 or None."""
+    CPU), ``identity`` (N,) int64 or None, and the photos' keys (:func:`image_key`, host lists:
+    reading them costs no device sync): ``keys`` N of x's, ``ref_keys`` N lists of k, or None."""
 
     y: torch.Tensor
     x: torch.Tensor
@@ -221,6 +236,8 @@ class Batch:
     refs: Optional[torch.Tensor]
     params: Any = None
     identity: Optional[torch.Tensor] = None
+    keys: Optional[list[int]] = None
+    ref_keys: Optional[list[list[int]]] = None
 
     def to(self, device: str | torch.device, non_blocking: bool = False) -> "Batch":
         """A copy with every tensor field moved to ``device`` (``params`` stays as it is)."""
@@ -332,7 +349,16 @@ class BatchMaker:
             refs = item["refs"].to(self.device, non_blocking=nb) if self.dataset.k > 0 else None
             y, params = self.degrader(x, gen)
             c = params.labels().to(self.device)
-            yield Batch(y=y, x=x, c=c, refs=refs, params=params, identity=item["identity"].to(self.device))
+            yield Batch(
+                y=y,
+                x=x,
+                c=c,
+                refs=refs,
+                params=params,
+                identity=item["identity"].to(self.device),
+                keys=item["key"].tolist(),
+                ref_keys=item["ref_keys"].tolist() if refs is not None else None,
+            )
 
 
 def cycle(maker) -> Iterator[Any]:

@@ -218,13 +218,24 @@ class Phase:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
+    def clean_photo_keys(self, batch):
+        """Bind the batch's photo keys to its clean images on the loss's backbone (a no-op for a
+        batch without keys or a loss without a backbone)."""
+        backbone = getattr(getattr(self, "loss_fn", None), "backbone", None)
+        keys = getattr(batch, "keys", None)
+        if backbone is None or keys is None or not hasattr(backbone, "image_keys"):
+            return nullcontext()
+        return backbone.image_keys((batch.x, keys), (batch.refs, getattr(batch, "ref_keys", None)))
+
     def network_loss(self, batch, drop_refs: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L_final (Eq. 9) plus CN's BCE, and its detached parts (device tensors, no host read).
 
         With ``drop_refs`` the network restores without reference photos (so it learns to work
         without them at test time); the identity loss still uses them, as targets only.
         """
-        with self.autocast():  # the loss's face backbone too: most of a step's convolutions
+        # autocast: the loss's face backbone too (most of a step's convolutions); the photo keys let
+        # the backbone reuse clean targets' and references' outputs from earlier steps
+        with self.autocast(), self.clean_photo_keys(batch):
             out = self.model(batch.y, refs=None if drop_refs else batch.refs)
             total, parts = self.loss_fn(out.restored.float(), batch.x, batch.refs)
         metrics = dict(parts)

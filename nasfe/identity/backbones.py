@@ -9,7 +9,8 @@ through it into the restoration network.
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from torch import nn
 
 from nasfe.config import ConfigError, IdentityConfig
 from nasfe.identity.align import ARCFACE_SIZE, align_faces
+from nasfe.identity.cache import CleanImageCache
 from nasfe.identity.mobilefacenet import MobileFaceNetNet, load_mobilefacenet_state
 from nasfe.identity.vggface import VGGFACE_MEAN, VGGFacePool3, load_vggface_state
 from nasfe.registry import BACKBONES
@@ -33,6 +35,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def _check_images(x: torch.Tensor, who: str) -> None:
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"{who}: expected RGB images (N,3,H,W), got shape {tuple(x.shape)}")
+
+
+def _compute_dtype(x: torch.Tensor) -> str:
+    """The dtype a backbone pass on ``x`` computes in: autocast's when it is on, else x's."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return str(torch.get_autocast_dtype(device))
+    return str(x.dtype)
 
 
 class FaceBackbone(nn.Module):
@@ -78,13 +88,72 @@ class FaceBackbone(nn.Module):
             self.__dict__["_refs_memo"] = memo
         return memo
 
+    # ---- clean photos' outputs across steps ----------------------------------------------------------
+    # With a cache enabled and the batch's photo keys bound (``image_keys``), the outputs of clean
+    # targets and references come from ``CleanImageCache`` when the photo was seen before.
+    def enable_cache(self, max_bytes: int) -> None:
+        """Keep clean photos' outputs across steps, at most ``max_bytes`` (0: no cache)."""
+        self.__dict__["_clean_cache"] = CleanImageCache(max_bytes) if max_bytes > 0 else None
+
+    @property
+    def clean_cache(self) -> Optional[CleanImageCache]:
+        """The cache of clean photos' outputs, or None."""
+        return self.__dict__.get("_clean_cache")
+
+    @contextmanager
+    def image_keys(self, *pairs: tuple[Optional[torch.Tensor], Optional[Sequence]]) -> Iterator[None]:
+        """Within the block, the tensors of ``pairs`` (images, keys) are known clean photos: targets
+        (N,3,H,W) with N keys, references (N,k,3,H,W) with N lists of k keys."""
+        known = {id(t): (t, t._version, keys) for t, keys in pairs if t is not None and keys is not None}
+        self.__dict__["_image_keys"] = known
+        try:
+            yield
+        finally:
+            self.__dict__.pop("_image_keys", None)
+
+    def _keys_of(self, images: torch.Tensor) -> Optional[list]:
+        known = self.__dict__.get("_image_keys")
+        if not known or self.clean_cache is None or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return None
+        entry = known.get(id(images))
+        if entry is None or entry[0] is not images or entry[1] != images._version:
+            return None
+        keys = list(entry[2])
+        if len(keys) != images.shape[0]:
+            return None
+        return keys
+
+    def target_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``features`` of clean targets x (N,3,H,W) without a graph (cached when keyed)."""
+        with torch.no_grad():
+            keys = self._keys_of(x)
+            if keys is None:
+                return self.features(x)
+            cache = self.clean_cache
+            assert cache is not None
+            return cache.lookup(("features", _compute_dtype(x)), keys, lambda pos: self.features(x[pos]))
+
     def reference_features(self, refs: torch.Tensor) -> torch.Tensor:
-        """``features`` of references (N,k,3,H,W) as (N*k, C, h, w), without a graph (memoised per batch)."""
+        """``features`` of references (N,k,3,H,W) as (N*k, C, h, w), without a graph (memoised per
+        batch; cached across steps when keyed)."""
         memo = self._ref_memo(refs)
         if "features" not in memo:
             with torch.no_grad():
-                memo["features"] = self.features(refs.flatten(0, 1))
+                flat = refs.flatten(0, 1)
+                keys = self._flat_ref_keys(refs, refs.shape[0])
+                if keys is None:
+                    memo["features"] = self.features(flat)
+                else:
+                    memo["features"] = self.clean_cache.lookup(  # type: ignore[union-attr]
+                        ("features", _compute_dtype(flat)), keys, lambda pos: self.features(flat[pos])
+                    )
         return memo["features"]
+
+    def _flat_ref_keys(self, refs: torch.Tensor, samples: int) -> Optional[list[int]]:
+        keys = self._keys_of(refs)
+        if keys is None or any(len(row) != refs.shape[1] for row in keys):
+            return None
+        return [int(k) for row in keys[:samples] for k in row]
 
     def reference_embeddings(
         self, refs: torch.Tensor, size: Optional[tuple[int, int]] = None, samples: Optional[int] = None
@@ -107,9 +176,18 @@ class FaceBackbone(nn.Module):
                     e = self.embedding_from_features(self.reference_features(refs)[: m * k])
                 if e is None:
                     flat = refs[:m].flatten(0, 1)
-                    if not same_size:
-                        flat = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
-                    e = self.embedding(flat)
+
+                    def embed(images: torch.Tensor) -> torch.Tensor:
+                        if not same_size:
+                            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+                        return self.embedding(images)
+
+                    keys = self._flat_ref_keys(refs, m)
+                    if keys is None:
+                        e = embed(flat)
+                    else:
+                        kind = ("embedding", None if same_size else tuple(size), _compute_dtype(flat))
+                        e = self.clean_cache.lookup(kind, keys, lambda pos: embed(flat[pos]))  # type: ignore[union-attr]
             memo[key] = e.float().view(m, k, -1)
         return memo[key]
 

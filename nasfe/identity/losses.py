@@ -173,8 +173,7 @@ class NASFELoss(nn.Module):
             if restored.shape != x.shape:
                 raise ValueError(f"NASFELoss: shapes differ, {tuple(restored.shape)} vs {tuple(x.shape)}")
             f_hat = self.backbone.features(restored)
-            with torch.no_grad():
-                f_x = self.backbone.features(x)
+            f_x = self.backbone.target_features(x)  # no graph; reused across steps when cached
             per = _feature_distance(f_hat.float(), f_x.float(), self.mode)  # fp32 under bf16 autocast
         if use_iden:
             _check_refs(refs, restored, ref_mask)

@@ -8,6 +8,7 @@ gets a deadline and stops measuring when it passes (at least one timed step is a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import os
 import socket
@@ -425,7 +426,41 @@ def part_derived(ctx, deadline: float) -> list[Row]:
         row.status = "skipped: time box"
     rows.append(row)
     reset_peak(ctx.device)
+    rows.append(_clean_cache_row(ctx, genotype, deadline))
+    reset_peak(ctx.device)
     return rows
+
+
+def _clean_cache_row(ctx, genotype, deadline: float) -> Row:
+    """The retraining step with the clean-photo cache warm (``identity.cache_mb``) against none, both
+    on new target and reference tensors every step (as a real loop brings them)."""
+    B = ctx.batch
+    row = Row("b", f"retrain step fp32, batch {B}, identity.cache_mb warm")
+    steps = {}
+
+    def run():
+        for mb in (0, 4096):
+            sp = ctx.space({"identity.cache_mb": mb})
+            ph = build_retrain(sp, genotype, ctx.tmp / f"b_cache{mb}", ctx.device)
+            bt = random_batch(B, sp, ctx.device)
+            bt.keys = list(range(B))
+            bt.ref_keys = [[B + i * sp.identity.refs + j for j in range(sp.identity.refs)] for i in range(B)]
+
+            def step(ph=ph, bt=bt):
+                fresh = dataclasses.replace(bt, x=bt.x.clone(), refs=bt.refs.clone() if bt.refs is not None else None)
+                ph.train_step(fresh)
+
+            reset_peak(ctx.device)
+            steps[mb] = time_steps(step, ctx.device, ctx.warmup, ctx.repeats, deadline)
+        return steps[4096]
+
+    times = attempt(row, run) if time.perf_counter() < deadline or ctx.smoke else None
+    if times and steps.get(0):
+        fill(row, times, B, ctx.device)
+        row.note = f"{statistics.median(steps[0]) / row.step_s:.2f}x the speed without the cache"
+    elif row.status == "ok":
+        row.status = "skipped: time box"
+    return row
 
 
 def part_compile(ctx, deadline: float) -> list[Row]:

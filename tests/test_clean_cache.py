@@ -4,6 +4,7 @@ training steps. It saves backbone passes and never changes what a step computes.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,3 +157,16 @@ def test_cache_size_is_chosen_per_device_and_validated():
     for bad in (-1, "lots", True):
         with pytest.raises(ConfigError, match="identity.cache_mb"):
             load_space("tiny", {"identity.cache_mb": bad})
+
+
+def test_the_profile_warms_the_cache_so_its_step_runs_only_the_uncached_passes(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from profile_step import warm_clean_cache
+
+    space, phase = _phase(tmp_path, 64)
+    seen = _trunk_images(phase.loss_fn.backbone)
+    batch = _batches(space, 1)[0]
+    warm_clean_cache(phase, batch)
+    before = seen["images"]
+    _loss_and_grads(phase, batch)
+    assert seen["images"] - before == 4 * 3  # degraded input, restored features and embedding

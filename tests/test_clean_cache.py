@@ -14,6 +14,7 @@ from nasfe.data.batches import BatchMaker, image_key
 from nasfe.data.faces import FaceRecord
 from nasfe.engine.retrain import RetrainPhase
 from nasfe.identity.cache import CleanImageCache
+
 # the tiny space as shipped (the packaged MobileFaceNet: perceptual and identity losses on, as in
 # training), every sample's L_iden, one block
 SMALL = {"model.blocks": 1, "model.cells": 1, "model.levels": 1, "loss.iden_samples": 0, "identity.drop_refs": 0.0}
@@ -49,7 +50,9 @@ def _loss_and_grads(phase, batch):
 def _trunk_images(backbone):
     """A counter of the images the backbone's trunk sees (every feature map and embedding)."""
     seen = {"images": 0}
-    backbone.net.conv1.register_forward_pre_hook(lambda m, a: seen.__setitem__("images", seen["images"] + a[0].shape[0]))
+    backbone.net.conv1.register_forward_pre_hook(
+        lambda m, a: seen.__setitem__("images", seen["images"] + a[0].shape[0])
+    )
     return seen
 
 

@@ -54,9 +54,7 @@ class CleanImageCache:
         self._store[key] = value
         self.bytes += size
 
-    def lookup(
-        self, kind: Hashable, keys: Sequence[int], compute: Callable[[list[int]], torch.Tensor]
-    ) -> torch.Tensor:
+    def lookup(self, kind: Hashable, keys: Sequence[int], compute: Callable[[list[int]], torch.Tensor]) -> torch.Tensor:
         """Outputs of ``keys`` stacked along a new first dimension (see the class doc)."""
         rows: list = [None] * len(keys)
         missing: list[int] = []

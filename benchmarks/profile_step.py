@@ -50,6 +50,8 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from nasfe.data.batches import cycle  # noqa: E402
+
 #: benchmark-only variant keys (``bench.<key>``) and their defaults
 BENCH_OPTIONS = {"fold_bn": True, "warm_cache": True}
 
@@ -186,8 +188,7 @@ class StepProfile:
             _timed_maker(phase._arch_batches.maker, self.timers)
         _instrument(phase, self.timers)
         self.log_every = max(1, phase.cfg.log_every)
-        maker.set_epoch(0)
-        self.batches = iter(maker)
+        self.batches = cycle(maker)  # a small space's split may hold fewer batches than the steps
         self.step_times: list[float] = []
         self.step_cpu: list[float] = []  # CPU seconds of the process (all threads) per step
         self.batch = None
